@@ -1,0 +1,46 @@
+# pxejoin — see README.md. Every target that needs something installs it first (Debian 12, as root).
+SHELL := /bin/bash
+K8S_VERSION ?= v1.37.2
+CACHE ?= /var/cache/pxejoin
+K8S_BIN := $(CACHE)/k8s/$(K8S_VERSION)
+GO ?= go
+export PXEJOIN_K8S_BIN := $(K8S_BIN)
+export PXEJOIN_CACHE := $(CACHE)
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all build deps k8s test test-short test-e2e bench bench-join fuzz lab lab-down images clean vet
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./nodeagent ./bootserver
+
+deps:
+	lab/install-deps.sh
+
+k8s: deps
+	lab/build-k8s.sh $(CACHE)/k8s $(K8S_VERSION)
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above are not formatted"; exit 1; }
+
+# Everything: unit tests, the boot server on real links, joins against a real control plane.
+test: deps k8s vet build
+	$(GO) test -count=1 -timeout 40m ./...
+
+# Quick iteration: pure-logic tests only (no control plane, no namespaces, no VM).
+test-short: build
+	$(GO) test -short -count=1 ./...
+
+bench: deps k8s build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 30m ./...
+
+bench-join: deps k8s build
+	$(GO) test -run '^$$' -bench 'Join' -benchtime 1x -count=1 -timeout 30m ./nodeagent/...
+
+fuzz:
+	@echo "see the fuzz targets in bootserver/dhcpd and bootserver/tftpd"
+
+clean:
+	rm -rf bin

@@ -1,0 +1,296 @@
+// Package controlplane runs a real, single-node Kubernetes control plane (etcd + kube-apiserver +
+// kube-controller-manager, v1.37.2 built by lab/build-k8s.sh) on one address, and leaves it the way
+// `kubeadm init` leaves a cluster for joining workers. Tests and `make lab` share it.
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	certutil "k8s.io/client-go/util/cert"
+
+	"github.com/pxejoin/pxejoin/pubkeypin"
+)
+
+// Version is the Kubernetes version the control plane runs.
+const Version = "v1.37.2"
+
+// Options configure a control plane.
+type Options struct {
+	// BinDir holds kube-apiserver and kube-controller-manager; default $PXEJOIN_K8S_BIN.
+	BinDir string
+	// Etcd is the etcd binary; default /usr/bin/etcd (Debian's etcd-server).
+	Etcd string
+	// StateDir holds PKI, etcd data and logs. Required.
+	StateDir string
+	// Address is where the apiserver listens and what nodes dial; default 127.0.0.1.
+	Address string
+	// APIPort is the apiserver's port; 0 picks a free one.
+	APIPort int
+	// NetNS, if set, runs the daemons inside that network namespace.
+	NetNS string
+	// Logf receives progress lines; may be nil.
+	Logf func(format string, args ...any)
+}
+
+// ControlPlane is a running control plane.
+type ControlPlane struct {
+	opts      Options
+	pki       string
+	ca        *x509.Certificate
+	endpoint  string // host:port
+	etcd      *process
+	apiserver *process
+	kcm       *process
+	admin     *rest.Config
+	client    kubernetes.Interface
+}
+
+// Start brings up etcd, kube-apiserver and kube-controller-manager and creates kubeadm's join objects.
+// It returns when the apiserver is ready; the controllers come up a few seconds later (WaitControllers).
+func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
+	if opts.StateDir == "" {
+		return nil, errors.New("controlplane: StateDir is required")
+	}
+	if opts.BinDir == "" {
+		opts.BinDir = os.Getenv("PXEJOIN_K8S_BIN")
+	}
+	if opts.BinDir == "" {
+		return nil, errors.New("controlplane: no binaries: set PXEJOIN_K8S_BIN or run through `make test` (it builds them with `make k8s`)")
+	}
+	if opts.Etcd == "" {
+		opts.Etcd = "/usr/bin/etcd"
+	}
+	if opts.Address == "" {
+		opts.Address = "127.0.0.1"
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	apiBin, err := binPath(opts.BinDir, "kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
+	kcmBin, err := binPath(opts.BinDir, "kube-controller-manager")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(opts.Etcd); err != nil {
+		return nil, fmt.Errorf("etcd not found at %s: run `make deps` (Debian's etcd-server)", opts.Etcd)
+	}
+	cp := &ControlPlane{opts: opts, pki: filepath.Join(opts.StateDir, "pki")}
+	ip := net.ParseIP(opts.Address)
+	if ip == nil {
+		return nil, fmt.Errorf("controlplane: Address %q is not an IP", opts.Address)
+	}
+	ca, err := writePKI(cp.pki, []net.IP{ip})
+	if err != nil {
+		return nil, err
+	}
+	cp.ca = ca.cert
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	if opts.APIPort != 0 {
+		ports[2] = opts.APIPort
+	}
+	cp.endpoint = net.JoinHostPort(opts.Address, strconv.Itoa(ports[2]))
+	logs := filepath.Join(opts.StateDir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return nil, err
+	}
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	cp.etcd = &process{name: "etcd", log: filepath.Join(logs, "etcd.log"), argv: []string{opts.Etcd,
+		"--name=cp", "--data-dir=" + filepath.Join(opts.StateDir, "etcd"),
+		"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
+		"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
+		"--initial-cluster=cp=" + peerURL, "--log-level=warn"}}
+	p := func(n string) string { return filepath.Join(cp.pki, n) }
+	cp.apiserver = &process{name: "kube-apiserver", log: filepath.Join(logs, "kube-apiserver.log"), argv: []string{apiBin,
+		"--advertise-address=" + opts.Address, "--bind-address=" + opts.Address, "--secure-port=" + strconv.Itoa(ports[2]),
+		"--etcd-servers=" + etcdURL, "--allow-privileged=true",
+		"--authorization-mode=Node,RBAC", "--enable-bootstrap-token-auth=true", "--enable-admission-plugins=NodeRestriction",
+		"--client-ca-file=" + p("ca.crt"), "--tls-cert-file=" + p("apiserver.crt"), "--tls-private-key-file=" + p("apiserver.key"),
+		"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"), "--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
+		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local", "--service-account-key-file=" + p("sa.pub"),
+		"--service-account-signing-key-file=" + p("sa.key"), "--service-cluster-ip-range=10.96.0.0/12",
+		"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"), "--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-username-headers=X-Remote-User", "--proxy-client-cert-file=" + p("front-proxy-client.crt"),
+		"--proxy-client-key-file=" + p("front-proxy-client.key"), "--endpoint-reconciler-type=none",
+		"--profiling=false", "--v=1"}}
+	kcmConf := filepath.Join(opts.StateDir, "controller-manager.conf")
+	cp.kcm = &process{name: "kube-controller-manager", log: filepath.Join(logs, "kube-controller-manager.log"), argv: []string{kcmBin,
+		"--kubeconfig=" + kcmConf, "--authentication-kubeconfig=" + kcmConf, "--authorization-kubeconfig=" + kcmConf,
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(ports[3]),
+		"--controllers=*,bootstrapsigner,tokencleaner", "--cluster-signing-cert-file=" + p("ca.crt"),
+		"--cluster-signing-key-file=" + p("ca.key"), "--use-service-account-credentials=true",
+		"--root-ca-file=" + p("ca.crt"), "--service-account-private-key-file=" + p("sa.key"),
+		"--leader-elect=false", "--flex-volume-plugin-dir=" + filepath.Join(opts.StateDir, "flexvolume"),
+		"--cluster-name=kubernetes", "--v=1"}}
+	if err := cp.writeKubeconfig(kcmConf, "controller-manager"); err != nil {
+		return nil, err
+	}
+	if err := cp.writeKubeconfig(cp.AdminKubeconfig(), "admin"); err != nil {
+		return nil, err
+	}
+	cp.admin, err = clientcmd.BuildConfigFromFlags("", cp.AdminKubeconfig())
+	if err != nil {
+		return nil, err
+	}
+	cp.client = kubernetes.NewForConfigOrDie(cp.admin)
+
+	t0 := time.Now()
+	if err := cp.etcd.start(opts.NetNS); err != nil {
+		return nil, err
+	}
+	if err := cp.StartAPIServer(ctx); err != nil {
+		cp.Stop()
+		return nil, err
+	}
+	opts.Logf("control plane: apiserver ready at %s after %s", cp.Endpoint(), time.Since(t0).Round(time.Millisecond))
+	if err := cp.kcm.start(opts.NetNS); err != nil {
+		cp.Stop()
+		return nil, err
+	}
+	if err := cp.applyJoinObjects(ctx); err != nil {
+		cp.Stop()
+		return nil, fmt.Errorf("controlplane: creating kubeadm's join objects: %w", err)
+	}
+	return cp, nil
+}
+
+// StartAPIServer (re)starts kube-apiserver and waits until /readyz says ok.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	if err := cp.apiserver.start(cp.opts.NetNS); err != nil {
+		return err
+	}
+	return cp.waitReady(ctx, cp.apiserver, "/readyz", 90*time.Second)
+}
+
+// StopAPIServer stops kube-apiserver (etcd and the controllers keep running).
+func (cp *ControlPlane) StopAPIServer() { cp.apiserver.stop(10 * time.Second) }
+
+// Stop stops every daemon.
+func (cp *ControlPlane) Stop() {
+	for _, p := range []*process{cp.kcm, cp.apiserver, cp.etcd} {
+		if p != nil {
+			p.stop(10 * time.Second)
+		}
+	}
+}
+
+// Endpoint is the apiserver's host:port, as a JoinConfiguration's apiServerEndpoint.
+func (cp *ControlPlane) Endpoint() string { return cp.endpoint }
+
+// CA is the cluster CA certificate.
+func (cp *ControlPlane) CA() *x509.Certificate { return cp.ca }
+
+// CAPin is the CA's public-key pin ("sha256:…") for --discovery-token-ca-cert-hash.
+func (cp *ControlPlane) CAPin() string { return pubkeypin.Hash(cp.ca) }
+
+// CAFile is the path of the CA certificate.
+func (cp *ControlPlane) CAFile() string { return filepath.Join(cp.pki, "ca.crt") }
+
+// AdminKubeconfig is the path of a cluster-admin kubeconfig.
+func (cp *ControlPlane) AdminKubeconfig() string {
+	return filepath.Join(cp.opts.StateDir, "admin.conf")
+}
+
+// Admin is a cluster-admin client.
+func (cp *ControlPlane) Admin() kubernetes.Interface { return cp.client }
+
+// AdminConfig is the cluster-admin rest config.
+func (cp *ControlPlane) AdminConfig() *rest.Config { return rest.CopyConfig(cp.admin) }
+
+// LogTail returns the end of a daemon's log ("etcd", "kube-apiserver", "kube-controller-manager").
+func (cp *ControlPlane) LogTail(name string, lines int) string {
+	for _, p := range []*process{cp.etcd, cp.apiserver, cp.kcm} {
+		if p.name == name {
+			return p.tail(lines)
+		}
+	}
+	return ""
+}
+
+func (cp *ControlPlane) writeKubeconfig(path, user string) error {
+	caPEM, err := os.ReadFile(cp.CAFile())
+	if err != nil {
+		return err
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: "https://" + cp.endpoint, CertificateAuthorityData: caPEM}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificate: filepath.Join(cp.pki, user+".crt"), ClientKey: filepath.Join(cp.pki, user+".key")}
+	cfg.Contexts[user] = &clientcmdapi.Context{Cluster: "kubernetes", AuthInfo: user}
+	cfg.CurrentContext = user
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+func (cp *ControlPlane) waitReady(ctx context.Context, p *process, path string, limit time.Duration) error {
+	pool, err := certutil.NewPool(cp.CAFile())
+	if err != nil {
+		return err
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(cp.pki, "admin.crt"), filepath.Join(cp.pki, "admin.key"))
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(limit)
+	for {
+		resp, err := hc.Get("https://" + cp.endpoint + path)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		if !p.running() {
+			return fmt.Errorf("%s exited while starting; its log ends with:\n%s", p.name, p.tail(20))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s; its log ends with:\n%s", p.name, limit, p.tail(20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

@@ -1,0 +1,361 @@
+package dhcpd
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/pxejoin/pxejoin/bootserver/leases"
+)
+
+const (
+	serverPort = 67
+	clientPort = 68
+	maxHops    = 16
+)
+
+// Spec deviations, with their reasons:
+//   - A reply to a client with no address (ciaddr 0, no giaddr) is broadcast even when the client
+//     did not set the broadcast flag. RFC 2131 4.1 asks for a unicast to yiaddr, which needs an ARP
+//     entry the client has not answered for yet (a raw socket or ioctl(SIOCSARP) per reply); every
+//     client we boot (PXE ROMs, iPXE, OVMF, dhclient, udhcpc, u-root) takes the broadcast.
+//   - A REQUEST in INIT-REBOOT state (no option 54) for an address we hold no record of is ACKed if
+//     the address is free and in the client's pool (RFC 2131 4.3.2 says to stay silent). The store
+//     is durable, so the case arises for clients that moved here; answering lets them keep their
+//     address rather than wait for a timeout (dnsmasq's --dhcp-authoritative does the same).
+//   - A malformed option 97 (client UUID) is not echoed and does not drop the request.
+
+// handlePacket is the whole path of one datagram without the socket: checks, parse, handle, encode.
+// It is what the fuzz target drives.
+func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte, *net.UDPAddr) {
+	if reason := precheck(b); reason != "" {
+		s.drop(reason, nil, "")
+		return nil, nil
+	}
+	req, err := dhcpv4.FromBytes(b)
+	if err != nil {
+		s.drop(dropParse, nil, err.Error())
+		return nil, nil
+	}
+	reply, dst := s.handle(req, peer, pxePort)
+	if reply == nil {
+		return nil, nil
+	}
+	return reply.ToBytes(), dst
+}
+
+// handle decides the reply to one parsed request and where it goes; nil means no reply.
+func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	mt := req.MessageType()
+	s.metrics.Packets.WithLabelValues(msgName(mt)).Inc()
+	mac := req.ClientHWAddr
+	switch {
+	case req.OpCode != dhcpv4.OpcodeBootRequest:
+		s.drop(dropNotRequest, mac, "")
+		return nil, nil
+	case len(mac) == 0:
+		s.drop(dropBadHlen, mac, "")
+		return nil, nil
+	case req.HopCount > maxHops:
+		s.drop(dropRelayedLoop, mac, "")
+		return nil, nil
+	case mt == dhcpv4.MessageTypeNone:
+		s.drop(dropNoType, mac, "BOOTP is not served")
+		return nil, nil
+	}
+	now := time.Now()
+	facts := factsOf(req, s.cfg.Mode == ModeProxy)
+	if s.cfg.Mode == ModeProxy {
+		return s.handleProxy(req, mt, facts, peer, pxePort)
+	}
+	if pxePort {
+		s.drop(dropNotForUs, mac, "port 4011 is served in proxy mode only")
+		return nil, nil
+	}
+	switch mt {
+	case dhcpv4.MessageTypeDiscover:
+		return s.discover(req, facts, now)
+	case dhcpv4.MessageTypeRequest:
+		return s.request(req, facts, now)
+	case dhcpv4.MessageTypeRelease:
+		s.release(req, now)
+	case dhcpv4.MessageTypeDecline:
+		s.decline(req, now)
+	case dhcpv4.MessageTypeInform:
+		return s.inform(req, facts)
+	default:
+		s.drop(dropBadType, mac, mt.String())
+	}
+	return nil, nil
+}
+
+// poolOf chooses the pool: by giaddr when relayed, else the pool of the server's own subnet.
+func (s *Server) poolOf(req *dhcpv4.DHCPv4) *Pool {
+	if !isZero(req.GatewayIPAddr) {
+		return s.cfg.poolFor(addrOf(req.GatewayIPAddr))
+	}
+	return s.cfg.poolFor(s.serverIP)
+}
+
+func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	mac := req.ClientHWAddr
+	s.event(mac, "discover", f.VendorClass)
+	p := s.poolOf(req)
+	if p == nil {
+		s.drop(dropNoPool, mac, req.GatewayIPAddr.String())
+		return nil, nil
+	}
+	ip, ok := s.alloc.offer(p, mac, addrOf(req.RequestedIPAddress()), now)
+	if !ok {
+		s.cfg.Logger.Warn("dhcp pool exhausted", "pool", p.Subnet, "mac", mac)
+		s.drop(dropExhausted, mac, p.Subnet.String())
+		return nil, nil
+	}
+	r := s.reply(req, dhcpv4.MessageTypeOffer)
+	r.YourIPAddr = ipOf(ip)
+	s.leaseOptions(r, p, mac)
+	boot := s.boot(f)
+	applyBoot(r, boot, f)
+	s.metrics.Offered.Inc()
+	s.cfg.Logger.Debug("dhcp offer", "mac", mac, "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
+	s.event(mac, "offer", eventDetail(ip, boot))
+	return r, s.dest(req, r, nil, false)
+}
+
+func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	mac := req.ClientHWAddr
+	if sid := req.ServerIdentifier(); sid != nil && addrOf(sid) != s.serverIP {
+		// The client took another server's offer: free ours.
+		s.alloc.unhold(mac)
+		s.drop(dropNotForUs, mac, "server identifier "+sid.String())
+		return nil, nil
+	}
+	want := addrOf(req.RequestedIPAddress())
+	if !want.Is4() {
+		want = addrOf(req.ClientIPAddr)
+	}
+	if !want.Is4() || want.IsUnspecified() {
+		s.drop(dropNoAddress, mac, "")
+		return nil, nil
+	}
+	p := s.poolOf(req)
+	if p == nil {
+		s.drop(dropNoPool, mac, req.GatewayIPAddr.String())
+		return nil, nil
+	}
+	if !s.alloc.claim(p, mac, want, now) {
+		s.metrics.Naked.Inc()
+		s.cfg.Logger.Debug("dhcp nak", "mac", mac, "ip", want)
+		r := s.reply(req, dhcpv4.MessageTypeNak)
+		r.UpdateOption(dhcpv4.OptMessage("address not available"))
+		return r, s.dest(req, r, nil, false)
+	}
+	hostname := cleanHostname(req.HostName())
+	if r, ok := s.alloc.reservation(p, mac); ok && r.IP == want && r.Hostname != "" {
+		hostname = r.Hostname
+	}
+	l := leases.Lease{MAC: mac, IP: want, Expiry: now.Add(p.LeaseTime), Hostname: hostname}
+	err := s.cfg.Leases.Commit(l)
+	s.alloc.unhold(mac)
+	if err != nil {
+		s.cfg.Logger.Warn("dhcp lease not stored, no ACK sent", "mac", mac, "ip", want, "err", err)
+		s.drop(dropStore, mac, err.Error())
+		return nil, nil
+	}
+	r := s.reply(req, dhcpv4.MessageTypeAck)
+	r.YourIPAddr = ipOf(want)
+	r.ClientIPAddr = req.ClientIPAddr
+	s.leaseOptions(r, p, mac)
+	boot := s.boot(f)
+	applyBoot(r, boot, f)
+	s.metrics.Acked.Inc()
+	s.cfg.Logger.Debug("dhcp ack", "mac", mac, "ip", want, "file", boot.File, "relay", req.GatewayIPAddr)
+	s.event(mac, "ack", eventDetail(want, boot))
+	return r, s.dest(req, r, nil, false)
+}
+
+func (s *Server) release(req *dhcpv4.DHCPv4, now time.Time) {
+	mac := req.ClientHWAddr
+	if sid := req.ServerIdentifier(); sid != nil && addrOf(sid) != s.serverIP {
+		s.drop(dropNotForUs, mac, "")
+		return
+	}
+	l, ok := s.cfg.Leases.Get(mac)
+	if !ok || l.IP != addrOf(req.ClientIPAddr) || !l.Active(now) {
+		return
+	}
+	if err := s.cfg.Leases.Release(mac); err != nil {
+		s.cfg.Logger.Warn("dhcp release not stored", "mac", mac, "err", err)
+		return
+	}
+	s.cfg.Logger.Debug("dhcp release", "mac", mac, "ip", l.IP)
+}
+
+func (s *Server) decline(req *dhcpv4.DHCPv4, now time.Time) {
+	mac := req.ClientHWAddr
+	ip := addrOf(req.RequestedIPAddress())
+	if sid := req.ServerIdentifier(); (sid != nil && addrOf(sid) != s.serverIP) || !ip.Is4() {
+		s.drop(dropNotForUs, mac, "")
+		return
+	}
+	l, ok := s.cfg.Leases.Get(mac)
+	if !ok || l.IP != ip {
+		return
+	}
+	s.alloc.decline(ip, now)
+	if err := s.cfg.Leases.Delete(mac); err != nil {
+		s.cfg.Logger.Warn("dhcp decline not stored", "mac", mac, "err", err)
+	}
+	s.cfg.Logger.Warn("dhcp address declined: in use on the link", "mac", mac, "ip", ip)
+}
+
+func (s *Server) inform(req *dhcpv4.DHCPv4, f ClientFacts) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	ci := addrOf(req.ClientIPAddr)
+	p := s.cfg.poolFor(ci)
+	if p == nil || !ci.Is4() {
+		s.drop(dropNoPool, req.ClientHWAddr, ci.String())
+		return nil, nil
+	}
+	r := s.reply(req, dhcpv4.MessageTypeAck)
+	r.ClientIPAddr = req.ClientIPAddr
+	s.netOptions(r, p)
+	applyBoot(r, s.boot(f), f)
+	return r, s.dest(req, r, nil, false)
+}
+
+// handleProxy answers PXE, HTTP-boot and iPXE clients with boot information only: DISCOVER on
+// port 67 gets a ProxyDHCP OFFER, REQUEST (or INFORM) on port 4011 an ACK.
+func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, f ClientFacts, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	mac := req.ClientHWAddr
+	if !f.IsPXE() && !f.IsHTTP() && !f.IsIPXE() {
+		s.drop(dropNotForUs, mac, "not a network boot client")
+		return nil, nil
+	}
+	var rt dhcpv4.MessageType
+	switch {
+	case !pxePort && mt == dhcpv4.MessageTypeDiscover:
+		rt = dhcpv4.MessageTypeOffer
+		s.event(mac, "discover", f.VendorClass)
+	case pxePort && (mt == dhcpv4.MessageTypeRequest || mt == dhcpv4.MessageTypeInform):
+		rt = dhcpv4.MessageTypeAck
+	default:
+		s.drop(dropNotForUs, mac, mt.String())
+		return nil, nil
+	}
+	boot := s.boot(f)
+	if boot.Empty() {
+		s.drop(dropNoBoot, mac, "")
+		return nil, nil
+	}
+	r := s.reply(req, rt)
+	r.YourIPAddr = net.IPv4zero
+	if pxePort {
+		r.ClientIPAddr = req.ClientIPAddr
+	}
+	applyBoot(r, boot, f)
+	if rt == dhcpv4.MessageTypeOffer {
+		s.metrics.Offered.Inc()
+		s.event(mac, "offer", eventDetail(netip.Addr{}, boot))
+	} else {
+		s.metrics.Acked.Inc()
+		s.event(mac, "ack", eventDetail(netip.Addr{}, boot))
+	}
+	s.cfg.Logger.Debug("dhcp proxy "+msgName(rt), "mac", mac, "file", boot.File, "pxe_port", pxePort)
+	return r, s.dest(req, r, peer, pxePort)
+}
+
+// reply starts a reply to req: header fields copied, option 53 and 54 set, siaddr the server.
+func (s *Server) reply(req *dhcpv4.DHCPv4, t dhcpv4.MessageType) *dhcpv4.DHCPv4 {
+	sid := ipOf(s.serverIP)
+	r := &dhcpv4.DHCPv4{
+		OpCode:        dhcpv4.OpcodeBootReply,
+		HWType:        req.HWType,
+		TransactionID: req.TransactionID,
+		Flags:         req.Flags,
+		ClientHWAddr:  req.ClientHWAddr,
+		GatewayIPAddr: req.GatewayIPAddr,
+		ClientIPAddr:  net.IPv4zero,
+		YourIPAddr:    net.IPv4zero,
+		ServerIPAddr:  sid,
+		Options:       dhcpv4.Options{},
+	}
+	r.UpdateOption(dhcpv4.OptMessageType(t))
+	r.UpdateOption(dhcpv4.OptServerIdentifier(sid))
+	// RFC 6842: echo the client identifier; RFC 3046: echo the relay agent information.
+	for _, c := range []dhcpv4.OptionCode{dhcpv4.OptionClientIdentifier, dhcpv4.OptionRelayAgentInformation} {
+		if v := req.Options.Get(c); v != nil {
+			r.UpdateOption(dhcpv4.OptGeneric(c, v))
+		}
+	}
+	if t == dhcpv4.MessageTypeNak {
+		r.ServerIPAddr = net.IPv4zero
+	}
+	return r
+}
+
+func (s *Server) netOptions(r *dhcpv4.DHCPv4, p *Pool) {
+	r.UpdateOption(dhcpv4.OptSubnetMask(net.CIDRMask(p.Subnet.Bits(), 32)))
+	if p.Router.Is4() {
+		r.UpdateOption(dhcpv4.OptRouter(ipOf(p.Router)))
+	}
+	if len(p.DNS) > 0 {
+		dns := make([]net.IP, len(p.DNS))
+		for i, a := range p.DNS {
+			dns[i] = ipOf(a)
+		}
+		r.UpdateOption(dhcpv4.OptDNS(dns...))
+	}
+}
+
+func (s *Server) leaseOptions(r *dhcpv4.DHCPv4, p *Pool, mac net.HardwareAddr) {
+	s.netOptions(r, p)
+	r.UpdateOption(dhcpv4.OptIPAddressLeaseTime(p.LeaseTime))
+	r.UpdateOption(dhcpv4.OptRenewTimeValue(p.LeaseTime / 2))
+	r.UpdateOption(dhcpv4.OptRebindingTimeValue(p.LeaseTime * 7 / 8))
+	if res, ok := s.alloc.reservation(p, mac); ok && res.Hostname != "" && addrOf(r.YourIPAddr) == res.IP {
+		r.UpdateOption(dhcpv4.OptHostName(res.Hostname))
+	}
+}
+
+// dest is where a reply goes (RFC 2131 4.1, with the deviation noted above).
+func (s *Server) dest(req, r *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) *net.UDPAddr {
+	switch {
+	case pxePort && peer != nil:
+		return peer
+	case !isZero(req.GatewayIPAddr):
+		return &net.UDPAddr{IP: req.GatewayIPAddr.To4(), Port: serverPort}
+	case r.MessageType() == dhcpv4.MessageTypeNak:
+		return &net.UDPAddr{IP: net.IPv4bcast, Port: clientPort}
+	case !isZero(req.ClientIPAddr):
+		return &net.UDPAddr{IP: req.ClientIPAddr.To4(), Port: clientPort}
+	}
+	return &net.UDPAddr{IP: net.IPv4bcast, Port: clientPort}
+}
+
+func (s *Server) boot(f ClientFacts) Boot {
+	if s.cfg.BootPolicy == nil {
+		return Boot{}
+	}
+	return s.cfg.BootPolicy.Boot(f)
+}
+
+func (s *Server) drop(reason string, mac net.HardwareAddr, detail string) {
+	s.metrics.Dropped.WithLabelValues(reason).Inc()
+	s.cfg.Logger.Debug("dhcp drop", "reason", reason, "mac", mac, "detail", detail)
+}
+
+func eventDetail(ip netip.Addr, b Boot) string {
+	d := ""
+	if ip.IsValid() {
+		d = ip.String()
+	}
+	if b.File != "" {
+		if d != "" {
+			d += " "
+		}
+		d += "file=" + b.File
+	}
+	return d
+}

@@ -1,0 +1,231 @@
+// Package dhcpd is the boot server's DHCPv4 service, built on insomniacslk/dhcp's server4: full
+// DHCP (with relayed requests) or ProxyDHCP beside another server, boot information for PXE,
+// UEFI HTTP boot and iPXE clients from a BootPolicy, and leases made durable before they are
+// acknowledged.
+package dhcpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+)
+
+// Server is a DHCPv4 server. Create it with New and run it with Serve.
+type Server struct {
+	cfg      Config
+	metrics  *Metrics
+	alloc    *allocator
+	serverIP netip.Addr // set by New or at the start of Serve, read-only after
+	events   chan event
+	ready    chan struct{}
+}
+
+type event struct {
+	mac          net.HardwareAddr
+	kind, detail string
+}
+
+const eventBuffer = 1024
+
+// New checks cfg, fills its defaults and registers the metrics. It opens no socket.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer, cfg.Leases)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, metrics: m, serverIP: cfg.ServerIP, ready: make(chan struct{})}
+	s.alloc = newAllocator(&s.cfg, func() netip.Addr { return s.serverIP })
+	if cfg.OnEvent != nil {
+		s.events = make(chan event, eventBuffer)
+	}
+	return s, nil
+}
+
+// Metrics returns the server's metrics.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Ready is closed once Serve listens.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// ServerIP is the address the server names itself by (valid once Ready is closed).
+func (s *Server) ServerIP() netip.Addr { return s.serverIP }
+
+// Serve opens the sockets (in the calling goroutine's network namespace) and answers requests
+// until ctx ends; then it closes them and returns nil. A Server serves once.
+func (s *Server) Serve(ctx context.Context) error {
+	laddr, err := net.ResolveUDPAddr("udp4", s.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("dhcpd: listen address %q: %w", s.cfg.ListenAddr, err)
+	}
+	if !s.serverIP.Is4() {
+		ip, err := interfaceIPv4(s.cfg.Interface)
+		if err != nil {
+			return err
+		}
+		s.serverIP = ip
+	}
+	if s.cfg.Mode == ModeFull && s.cfg.poolFor(s.serverIP) == nil {
+		s.cfg.Logger.Warn("dhcp: no pool holds the server's address: only relayed requests get addresses", "server", s.serverIP)
+	}
+	conns := []struct {
+		port    int
+		pxePort bool
+	}{{laddr.Port, false}}
+	if s.cfg.Mode == ModeProxy && s.cfg.ProxyPort > 0 {
+		conns = append(conns, struct {
+			port    int
+			pxePort bool
+		}{s.cfg.ProxyPort, true})
+	}
+	var servers []*server4.Server
+	for _, c := range conns {
+		uc, err := server4.NewIPv4UDPConn(s.cfg.Interface, &net.UDPAddr{IP: laddr.IP, Port: c.port})
+		if err != nil {
+			for _, srv := range servers {
+				srv.Close()
+			}
+			return fmt.Errorf("dhcpd: listen on %s port %d: %w", s.cfg.Interface, c.port, err)
+		}
+		srv, err := server4.NewServer(s.cfg.Interface, nil, s.handler(c.pxePort),
+			server4.WithConn(&filterConn{UDPConn: uc, s: s}), server4.WithLogger(parseLogger{s}))
+		if err != nil {
+			uc.Close()
+			return err
+		}
+		servers = append(servers, srv)
+	}
+	var wg sync.WaitGroup
+	if s.events != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.dispatchEvents(ctx) }()
+	}
+	s.cfg.Logger.Info("dhcp serving", "mode", s.cfg.Mode, "interface", s.cfg.Interface, "server", s.serverIP, "listen", laddr)
+	close(s.ready)
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errc <- srv.Serve() }()
+	}
+	var first error
+	got := 0
+	select {
+	case <-ctx.Done():
+	case first = <-errc:
+		got++
+	}
+	for _, srv := range servers {
+		srv.Close()
+	}
+	for ; got < len(servers); got++ {
+		<-errc
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("dhcpd: %w", first)
+}
+
+// handler answers one parsed packet; server4 runs it in a goroutine of its own.
+func (s *Server) handler(pxePort bool) server4.Handler {
+	return func(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
+		up, _ := peer.(*net.UDPAddr)
+		reply, dst := s.handle(m, up, pxePort)
+		if reply == nil {
+			return
+		}
+		if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
+			s.cfg.Logger.Warn("dhcp send failed", "to", dst, "mac", m.ClientHWAddr, "err", err)
+			s.metrics.Dropped.WithLabelValues(dropSendFailed).Inc()
+			return
+		}
+		s.metrics.Replies.WithLabelValues(msgName(reply.MessageType())).Inc()
+	}
+}
+
+// event queues a boot event without blocking; a full queue drops it.
+func (s *Server) event(mac net.HardwareAddr, kind, detail string) {
+	if s.events == nil {
+		return
+	}
+	select {
+	case s.events <- event{mac: append(net.HardwareAddr(nil), mac...), kind: kind, detail: detail}:
+	default:
+		s.metrics.EventsDropped.Inc()
+	}
+}
+
+func (s *Server) dispatchEvents(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-s.events:
+			s.cfg.OnEvent(e.mac, e.kind, e.detail)
+		}
+	}
+}
+
+// filterConn drops, before server4 parses them, datagrams that cannot be DHCP requests, and counts
+// them.
+type filterConn struct {
+	*net.UDPConn
+	s *Server
+}
+
+func (c *filterConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, addr, err := c.UDPConn.ReadFrom(b)
+		if err != nil {
+			return n, addr, err
+		}
+		if reason := precheck(b[:n]); reason != "" {
+			c.s.drop(reason, nil, fmt.Sprint(addr))
+			continue
+		}
+		return n, addr, nil
+	}
+}
+
+// parseLogger is server4's logger: it counts the packets server4 could not parse and forgets the
+// rest (handle logs what matters).
+type parseLogger struct{ s *Server }
+
+func (l parseLogger) PrintMessage(string, *dhcpv4.DHCPv4) {}
+
+func (l parseLogger) Printf(format string, v ...any) {
+	if strings.HasPrefix(format, "Error parsing") {
+		l.s.drop(dropParse, nil, fmt.Sprintf(format, v...))
+	}
+}
+
+func interfaceIPv4(name string) (netip.Addr, error) {
+	if name == "" {
+		return netip.Addr{}, errors.New("dhcpd: set Config.ServerIP or Config.Interface")
+	}
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("dhcpd: %w", err)
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("dhcpd: addresses of %s: %w", name, err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip := addrOf(n.IP); ip.Is4() {
+				return ip, nil
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("dhcpd: %s has no IPv4 address", name)
+}

@@ -1,0 +1,277 @@
+package leases
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func mac(i int) net.HardwareAddr {
+	return net.HardwareAddr{0x02, 0x00, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}
+}
+
+func ip(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 78, byte(i >> 8), byte(i)})
+}
+
+func openT(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestCommitGetReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "leases.db")
+	s := openT(t, path)
+	exp := time.Now().Add(time.Hour).Round(0)
+	tests := []struct {
+		name string
+		l    Lease
+	}{
+		{"plain", Lease{MAC: mac(1), IP: ip(10), Expiry: exp}},
+		{"hostname", Lease{MAC: mac(2), IP: ip(11), Expiry: exp, Hostname: "node-2"}},
+		{"infiniband-length hwaddr", Lease{MAC: make(net.HardwareAddr, 16), IP: ip(12), Expiry: exp}},
+	}
+	for _, tt := range tests {
+		if err := s.Commit(tt.l); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+	}
+	if err := s.Commit(Lease{MAC: nil, IP: ip(1)}); err == nil {
+		t.Error("Commit with no hardware address succeeded")
+	}
+	if err := s.Commit(Lease{MAC: mac(9), IP: netip.MustParseAddr("::1")}); err == nil {
+		t.Error("Commit with an IPv6 address succeeded")
+	}
+	check := func(s *Store) {
+		t.Helper()
+		for _, tt := range tests {
+			got, ok := s.Get(tt.l.MAC)
+			if !ok || got.IP != tt.l.IP || !got.Expiry.Equal(tt.l.Expiry) || got.Hostname != tt.l.Hostname {
+				t.Errorf("%s: Get = %v %v, want %v", tt.name, got, ok, tt.l)
+			}
+			if h, ok := s.HolderOf(tt.l.IP, time.Now()); !ok || h.String() != tt.l.MAC.String() {
+				t.Errorf("%s: HolderOf(%v) = %v %v", tt.name, tt.l.IP, h, ok)
+			}
+		}
+		if n := len(s.All()); n != len(tests) {
+			t.Errorf("All has %d leases, want %d", n, len(tests))
+		}
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(tests[0].l); err != ErrClosed {
+		t.Errorf("Commit after Close = %v, want ErrClosed", err)
+	}
+	s = openT(t, path)
+	defer s.Close()
+	check(s)
+}
+
+func TestMoveReleaseDelete(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "leases.db"))
+	defer s.Close()
+	now := time.Now()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.Commit(Lease{MAC: mac(1), IP: ip(1), Expiry: now.Add(-time.Minute)}))
+	// Another client takes the expired address: the old record goes.
+	must(s.Commit(Lease{MAC: mac(2), IP: ip(1), Expiry: now.Add(time.Hour)}))
+	if _, ok := s.Get(mac(1)); ok {
+		t.Error("the previous holder's lease survived")
+	}
+	// A client moving to another address frees the old one.
+	must(s.Commit(Lease{MAC: mac(2), IP: ip(2), Expiry: now.Add(time.Hour)}))
+	if _, ok := s.ByIP(ip(1)); ok {
+		t.Error("old address still indexed")
+	}
+	if got := s.Active(now); got != 1 {
+		t.Errorf("Active = %d, want 1", got)
+	}
+	must(s.Release(mac(2)))
+	l, ok := s.Get(mac(2))
+	if !ok || l.Active(time.Now().Add(time.Millisecond)) {
+		t.Errorf("after Release: %v %v, want an expired record", l, ok)
+	}
+	if _, ok := s.HolderOf(ip(2), time.Now().Add(time.Millisecond)); ok {
+		t.Error("released address still held")
+	}
+	must(s.Delete(mac(2)))
+	if _, ok := s.Get(mac(2)); ok {
+		t.Error("Delete left the lease")
+	}
+}
+
+// TestGroupCommit checks that concurrent writers share transactions: far fewer commits than writes.
+func TestGroupCommit(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "leases.db"))
+	defer s.Close()
+	before := s.txns.Load()
+	const writers, each = 32, 20
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				n := w*each + i
+				if err := s.Commit(Lease{MAC: mac(n), IP: ip(n), Expiry: time.Now().Add(time.Hour)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(s.All()); n != writers*each {
+		t.Fatalf("%d leases, want %d", n, writers*each)
+	}
+	txs := s.txns.Load() - before
+	t.Logf("%d commits in %d transactions", writers*each, txs)
+	if txs > writers*each/2 {
+		t.Errorf("%d transactions for %d concurrent commits: no group commit", txs, writers*each)
+	}
+}
+
+// The kill -9 test: a child process commits leases from many goroutines and prints "ACK <n>" after
+// each Commit returns; the parent SIGKILLs it mid-stream, reopens the file and wants every printed
+// lease there.
+const childEnv = "PXEJOIN_LEASES_CRASH_CHILD"
+
+func TestCrashChild(t *testing.T) {
+	path := os.Getenv(childEnv)
+	if path == "" {
+		t.Skip("helper process for TestKill9KeepsAcknowledgedLeases")
+	}
+	s, err := Open(path)
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	out := bufio.NewWriter(os.Stdout)
+	var outMu sync.Mutex
+	var n atomic.Int64
+	fmt.Println("READY")
+	var wg sync.WaitGroup
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(n.Add(1))
+				if i > 60000 {
+					return
+				}
+				if err := s.Commit(Lease{MAC: mac(i), IP: ip(i), Expiry: time.Now().Add(time.Hour), Hostname: fmt.Sprint("h", i)}); err != nil {
+					outMu.Lock()
+					fmt.Fprintln(out, "ERR", err)
+					out.Flush()
+					outMu.Unlock()
+					return
+				}
+				outMu.Lock()
+				fmt.Fprintln(out, "ACK", i)
+				out.Flush()
+				outMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	os.Exit(0)
+}
+
+func TestKill9KeepsAcknowledgedLeases(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "leases.db")
+	for round := 0; round < 3; round++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), childEnv+"="+path)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		acked := map[int]bool{}
+		sc := bufio.NewScanner(stdout)
+		killAt := 300 + round*500
+		killed := false
+		for sc.Scan() {
+			line := sc.Text()
+			var i int
+			if _, err := fmt.Sscanf(line, "ACK %d", &i); err == nil {
+				acked[i] = true
+			} else if strings.HasPrefix(line, "ERR") {
+				t.Fatalf("child: %s", line)
+			}
+			if !killed && len(acked) >= killAt {
+				// Kill while writers are mid-commit; keep reading what it printed before dying.
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
+			}
+		}
+		err = cmd.Wait()
+		if !killed {
+			t.Fatalf("child ended before being killed (%v) with %d acks", err, len(acked))
+		}
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("child was not killed by SIGKILL: %v", err)
+		}
+		s := openT(t, path)
+		missing := 0
+		for i := range acked {
+			l, ok := s.Get(mac(i))
+			if !ok || l.IP != ip(i) || l.Hostname != fmt.Sprint("h", i) {
+				missing++
+			}
+		}
+		total := len(s.All())
+		s.Close()
+		t.Logf("round %d: %d acknowledged before SIGKILL, %d in the store, %d missing", round, len(acked), total, missing)
+		if missing > 0 {
+			t.Fatalf("%d acknowledged leases lost", missing)
+		}
+		if total < len(acked) {
+			t.Fatalf("store has %d leases, fewer than %d acknowledged", total, len(acked))
+		}
+	}
+}
+
+func BenchmarkCommitParallel(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "leases.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var n atomic.Int64
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := int(n.Add(1))
+			if err := s.Commit(Lease{MAC: mac(i), IP: ip(i), Expiry: time.Now().Add(time.Hour)}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -116,6 +116,8 @@ networking:
 		func() error {
 			return cp.bind(ctx, "kubeadm:node-autoapprove-certificate-rotation", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes")
 		},
+		func() error { return cp.readableBy(ctx, "kubeadm:kubelet-config", "kubelet-config") },
+		func() error { return cp.readableBy(ctx, "kubeadm:nodes-kubeadm-config", "kubeadm-config") },
 		func() error {
 			_, err := c.CoreV1().ConfigMaps(metav1.NamespaceSystem).Create(ctx, &corev1.ConfigMap{
 				ObjectMeta: metav1.ObjectMeta{Name: "kubelet-config"},
@@ -148,6 +150,27 @@ func (cp *ControlPlane) bind(ctx context.Context, name, role, group string) erro
 	if apierrors.IsAlreadyExists(err) {
 		return nil
 	}
+	return err
+}
+
+// readableBy lets nodes and bootstrapping nodes get one kube-system ConfigMap, as kubeadm's Roles do.
+func (cp *ControlPlane) readableBy(ctx context.Context, name, configMap string) error {
+	_, err := cp.client.RbacV1().Roles(metav1.NamespaceSystem).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
+			ResourceNames: []string{configMap}, Verbs: []string{"get"}}},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	_, err = cp.client.RbacV1().RoleBindings(metav1.NamespaceSystem).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects: []rbacv1.Subject{
+			{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:nodes"},
+			{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: bootstraptoken.DefaultGroup},
+		},
+	}, metav1.CreateOptions{})
 	return err
 }
 

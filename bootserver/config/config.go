@@ -1,0 +1,158 @@
+// Package config reads the boot server's configuration: a YAML file (full mode) or the command-line
+// flags of quick mode, which build the same Config with one profile that every machine gets.
+//
+// A file is decoded strictly (an unknown field is an error) and then validated; every error names the
+// line of the offending field, e.g. "bootserver.yaml:12: machines[1].mac: "52:54:zz" is not a MAC
+// address".
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// DHCP modes.
+const (
+	DHCPFull  = "full"  // the boot server hands out addresses from its pool
+	DHCPProxy = "proxy" // another DHCP server hands out addresses; we add boot information only
+	DHCPOff   = "off"   // no DHCP at all (another server points clients at our HTTP script)
+)
+
+// Defaults used when the file leaves a field out.
+const (
+	DefaultHTTPAddr = ":8080"
+	DefaultTFTPAddr = ":69"
+	DefaultTFTPRoot = "/usr/lib/ipxe"
+	DefaultStateDir = "/var/lib/pxejoin"
+	DefaultTokenTTL = 30 * time.Minute
+	MinTokenTTL     = time.Minute
+	MaxTokenTTL     = 24 * time.Hour
+)
+
+// Config is the whole configuration. Field names are the YAML keys.
+type Config struct {
+	// Interface is the network interface DHCP serves and whose first IPv4 address names the server.
+	Interface string `yaml:"interface"`
+	// ServerURL is how machines reach the HTTP server, e.g. http://10.0.0.1:8080. Default: the
+	// interface's first IPv4 address and the HTTP port.
+	ServerURL string `yaml:"serverURL"`
+	// Listen holds the listening addresses.
+	Listen Listen `yaml:"listen"`
+	// DHCP configures the DHCP server.
+	DHCP DHCP `yaml:"dhcp"`
+	// TFTP configures the TFTP server that hands out iPXE.
+	TFTP TFTP `yaml:"tftp"`
+	// Cluster names the Kubernetes cluster machines join.
+	Cluster Cluster `yaml:"cluster"`
+	// StateDir holds the state store (timelines, token ids) and DHCP leases.
+	StateDir string `yaml:"stateDir"`
+	// Unknown says what machines missing from the inventory get.
+	Unknown Unknown `yaml:"unknownMachines"`
+	// Profiles are boot profiles by name.
+	Profiles map[string]Profile `yaml:"profiles"`
+	// Machines is the inventory.
+	Machines []Machine `yaml:"machines"`
+
+	// Parsed values, filled by Validate.
+	TokenTTL time.Duration `yaml:"-"`
+}
+
+// Listen holds listening addresses (host:port; an empty host means every address).
+type Listen struct {
+	HTTP string `yaml:"http"`
+	TFTP string `yaml:"tftp"`
+	// DHCP is the DHCP listen address; empty means 0.0.0.0:67.
+	DHCP string `yaml:"dhcp"`
+}
+
+// DHCP configures the DHCP server.
+type DHCP struct {
+	// Mode is full, proxy or off.
+	Mode string `yaml:"mode"`
+	// Pool is the address range of full mode.
+	Pool Pool `yaml:"pool"`
+	// LeaseTime is a Go duration ("1h"); default 1h.
+	LeaseTime string `yaml:"leaseTime"`
+}
+
+// Pool is a DHCP address range with the options given with it.
+type Pool struct {
+	Start string `yaml:"start"`
+	End   string `yaml:"end"`
+	// Subnet (CIDR); default: the interface's subnet.
+	Subnet string   `yaml:"subnet"`
+	Router string   `yaml:"router"`
+	DNS    []string `yaml:"dns"`
+}
+
+// TFTP configures the TFTP server.
+type TFTP struct {
+	// Root is the directory of iPXE binaries (undionly.kpxe, ipxe.efi, snponly.efi); default
+	// /usr/lib/ipxe (Debian's ipxe package). It is served over HTTP at /ipxe/ too.
+	Root string `yaml:"root"`
+	// SNPOnly gives x64 UEFI snponly.efi instead of ipxe.efi.
+	SNPOnly bool `yaml:"snpOnly"`
+	// Disabled turns TFTP off (e.g. when another server or only iPXE ROMs are used).
+	Disabled bool `yaml:"disabled"`
+}
+
+// Cluster names the cluster machines join.
+type Cluster struct {
+	// Kubeconfig is an admin-ish kubeconfig: it must allow creating and deleting Secrets in
+	// kube-system and watching CSRs and Nodes. The CA pin is derived from its cluster CA.
+	Kubeconfig string `yaml:"kubeconfig"`
+	// APIServerEndpoint (host:port) overrides the endpoint taken from the kubeconfig's server, for
+	// when machines reach the API server at another address than the boot server does.
+	APIServerEndpoint string `yaml:"apiServerEndpoint"`
+	// TokenTTL is each machine token's lifetime (Go duration); default 30m.
+	TokenTTL string `yaml:"tokenTTL"`
+}
+
+// Unknown says what machines missing from the inventory get.
+type Unknown struct {
+	// Profile, if set, is booted by unknown machines; empty means they get nothing.
+	Profile string `yaml:"profile"`
+}
+
+// Profile is what a machine boots.
+type Profile struct {
+	// Kernel is a local file path.
+	Kernel string `yaml:"kernel"`
+	// Initrds are local file paths, loaded in order.
+	Initrds []string `yaml:"initrds"`
+	// Cmdline is a text/template of the kernel command line. Fields: .JoinURL .StatusURL .MAC
+	// .NodeName .ServerURL .RootImageURL .Profile.
+	Cmdline string `yaml:"cmdline"`
+	// RootImage is a local path (served at /images/<profile>/<name>) or an http(s) URL.
+	RootImage string `yaml:"rootImage"`
+}
+
+// Machine is one inventory entry; MAC or UUID (or both) identify it.
+type Machine struct {
+	MAC string `yaml:"mac"`
+	// UUID is the SMBIOS system UUID as dmidecode prints it.
+	UUID string `yaml:"uuid"`
+	// Name is the node name; default derived from the MAC (node-525400aabbcc).
+	Name    string            `yaml:"name"`
+	Profile string            `yaml:"profile"`
+	Labels  map[string]string `yaml:"labels"`
+}
+
+// Error is a configuration error at a line of a file (Line 0: no line is known).
+type Error struct {
+	File  string
+	Line  int
+	Field string
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	where := e.File
+	if e.Line > 0 {
+		where = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	if e.Field != "" {
+		return fmt.Sprintf("%s: %s: %s", where, e.Field, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", where, e.Msg)
+}

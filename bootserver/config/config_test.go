@@ -1,0 +1,138 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// files creates the kernel, initrd and kubeconfig a valid file names, in a temp dir.
+func files(t *testing.T) (dir string, expand func(string) string) {
+	t.Helper()
+	dir = t.TempDir()
+	for _, f := range []string{"vmlinuz", "initramfs.cpio.gz", "admin.conf", "root.squashfs"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, func(s string) string { return strings.ReplaceAll(s, "$D", dir) }
+}
+
+const valid = `interface: eth1
+listen:
+  http: ":8080"
+dhcp:
+  mode: full
+  pool:
+    start: 10.0.0.100
+    end: 10.0.0.200
+tftp:
+  root: $D
+cluster:
+  kubeconfig: $D/admin.conf
+  tokenTTL: 20m
+stateDir: $D/state
+unknownMachines:
+  profile: worker
+profiles:
+  worker:
+    kernel: $D/vmlinuz
+    initrds: [$D/initramfs.cpio.gz]
+    cmdline: console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
+    rootImage: $D/root.squashfs
+machines:
+  - mac: 52:54:00:00:00:01
+    name: worker-1
+    labels: {rack: r1}
+  - uuid: 4C4C4544-0000-1000-8000-000000000001
+    profile: worker
+`
+
+func TestParseValid(t *testing.T) {
+	_, expand := files(t)
+	c, err := Parse("bootserver.yaml", []byte(expand(valid)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TokenTTL != 20*time.Minute {
+		t.Errorf("TokenTTL = %s", c.TokenTTL)
+	}
+	if c.Machines[1].UUID != "4c4c4544-0000-1000-8000-000000000001" || c.Machines[0].Profile != "worker" {
+		t.Errorf("machines not canonicalised: %+v", c.Machines)
+	}
+	if c.Listen.TFTP != DefaultTFTPAddr {
+		t.Errorf("tftp default not applied: %q", c.Listen.TFTP)
+	}
+}
+
+// TestParseErrors checks that each bad file is refused with the line and the reason.
+func TestParseErrors(t *testing.T) {
+	_, expand := files(t)
+	tests := []struct {
+		name    string
+		edit    func(string) string
+		line    int
+		message string
+	}{
+		{"unknown top-level field", func(s string) string { return strings.Replace(s, "stateDir:", "statedir:", 1) }, 14, "unknown field statedir in the top level"},
+		{"unknown field in a machine", func(s string) string { return strings.Replace(s, "    name: worker-1", "    nmae: worker-1", 1) }, 25, "unknown field nmae in a machine"},
+		{"bad MAC", func(s string) string { return strings.Replace(s, "52:54:00:00:00:01", "52:54:00:zz:00:01", 1) }, 24, `machines[0].mac: "52:54:00:zz:00:01" is not a MAC address`},
+		{"bad UUID", func(s string) string { return strings.Replace(s, "4C4C4544-0000", "4C4C4544-00", 1) }, 27, "machines[1].uuid: "},
+		{"undefined profile", func(s string) string { return strings.Replace(s, "    profile: worker", "    profile: gpu", 1) }, 28, `machines[1].profile: profile "gpu" is not defined`},
+		{"bad dhcp mode", func(s string) string { return strings.Replace(s, "mode: full", "mode: fulll", 1) }, 5, `dhcp.mode: "fulll" is not one of`},
+		{"pool end before start", func(s string) string { return strings.Replace(s, "end: 10.0.0.200", "end: 10.0.0.1", 1) }, 8, "dhcp.pool.end: 10.0.0.1 comes before"},
+		{"bad token TTL", func(s string) string { return strings.Replace(s, "tokenTTL: 20m", "tokenTTL: 20", 1) }, 13, `cluster.tokenTTL: "20" is not a duration`},
+		{"missing kernel file", func(s string) string { return strings.Replace(s, "$D/vmlinuz", "$D/nope", 1) }, 19, "profiles.worker.kernel: kernel"},
+		{"bad cmdline template", func(s string) string { return strings.Replace(s, "{{.JoinURL}}", "{{.JoinUrl}}", 1) }, 21, "profiles.worker.cmdline: the template fails"},
+		{"bad label", func(s string) string { return strings.Replace(s, "{rack: r1}", "{rack: r1/2}", 1) }, 26, `machines[0].labels.rack: label value "r1/2"`},
+		{"syntax error", func(s string) string { return strings.Replace(s, "  http: \":8080\"", "\thttp: x", 1) }, 3, "found character that cannot start any token"},
+		{"wrong type", func(s string) string { return strings.Replace(s, "initrds: [$D/initramfs.cpio.gz]", "initrds: 3", 1) }, 20, "cannot unmarshal !!int `3` into []string"},
+		{"duplicate MAC", func(s string) string {
+			return s + "  - mac: 52-54-00-00-00-01\n"
+		}, 29, "machines[2].mac: 52:54:00:00:00:01 is also machines[0]"},
+		{"missing kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 11, "cluster.kubeconfig: required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("bootserver.yaml", []byte(expand(tt.edit(valid))))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			want := "bootserver.yaml:" + strconv.Itoa(tt.line) + ": "
+			found := false
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.HasPrefix(line, want) && strings.Contains(line, tt.message) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("error %q\nwants a line starting %q containing %q", err, want, tt.message)
+			}
+		})
+	}
+}
+
+
+func TestQuick(t *testing.T) {
+	dir, _ := files(t)
+	q := Quick{
+		Interface: "eth1", DHCPMode: "proxy", Kernel: dir + "/vmlinuz", Initrds: []string{dir + "/initramfs.cpio.gz"},
+		Cmdline: "pxejoin.url={{.JoinURL}}", Kubeconfig: dir + "/admin.conf", TFTPRoot: dir,
+	}
+	c, err := FromQuick(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Unknown.Profile != QuickProfile {
+		t.Errorf("quick mode must boot every machine with %q", QuickProfile)
+	}
+	q.DHCPMode = "full"
+	q.Kernel = dir + "/missing"
+	_, err = FromQuick(q)
+	if err == nil || !strings.Contains(err.Error(), "flags: --kernel: kernel") || !strings.Contains(err.Error(), "--pool-start") {
+		t.Errorf("want errors naming --kernel and --pool-start, got %v", err)
+	}
+}

@@ -12,7 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-func macN(i int) net.HardwareAddr { return net.HardwareAddr{0x52, 0x54, 0x00, 0x01, byte(i >> 8), byte(i)} }
+func macN(i int) net.HardwareAddr {
+	return net.HardwareAddr{0x52, 0x54, 0x00, 0x01, byte(i >> 8), byte(i)}
+}
 
 func dora(t *testing.T, s *Server, mac net.HardwareAddr, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
 	t.Helper()

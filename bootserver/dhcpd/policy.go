@@ -8,19 +8,19 @@ import (
 
 // Client architectures (option 93, RFC 4578 and the IANA registry) the default policy knows.
 const (
-	ArchBIOS          uint16 = 0
-	ArchEFIIA32       uint16 = 6
-	ArchEFIx64        uint16 = 7
-	ArchEFIBC         uint16 = 9 // "EFI byte code", used by x64 firmware in the wild
-	ArchEFIARM64      uint16 = 11
-	ArchEFIx86HTTP    uint16 = 15
-	ArchEFIx64HTTP    uint16 = 16
-	ArchEFIARM64HTTP  uint16 = 19
-	vendorPXEClient          = "PXEClient"
-	vendorHTTPClient         = "HTTPClient"
-	userClassIPXE            = "iPXE"
-	optIPXEEncapsulated      = 175
-	optIPXENoPXEDHCPSubOpt   = 176
+	ArchBIOS               uint16 = 0
+	ArchEFIIA32            uint16 = 6
+	ArchEFIx64             uint16 = 7
+	ArchEFIBC              uint16 = 9 // "EFI byte code", used by x64 firmware in the wild
+	ArchEFIARM64           uint16 = 11
+	ArchEFIx86HTTP         uint16 = 15
+	ArchEFIx64HTTP         uint16 = 16
+	ArchEFIARM64HTTP       uint16 = 19
+	vendorPXEClient               = "PXEClient"
+	vendorHTTPClient              = "HTTPClient"
+	userClassIPXE                 = "iPXE"
+	optIPXEEncapsulated           = 175
+	optIPXENoPXEDHCPSubOpt        = 176
 )
 
 // ClientFacts is what a request says about the client.

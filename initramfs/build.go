@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+// Spec says what goes into an initramfs.
+type Spec struct {
+	// Agent is the statically linked nodeagent binary; it becomes /init.
+	Agent string
+	// KernelVersion names /lib/modules/<KernelVersion> under ModulesRoot.
+	KernelVersion string
+	// ModulesRoot is where lib/modules lives ("/" for the host's linux-image-amd64).
+	ModulesRoot string
+	// Modules are module names to carry with their dependencies (DefaultModules if nil).
+	Modules []string
+	// CABundle, if set, is copied to /etc/ssl/certs/ca-certificates.crt (https discovery files).
+	CABundle string
+}
+
+// ModuleListPath is the file in the initramfs that lists the modules to load, in load order (one module
+// path relative to /lib/modules/<version> per line). nodeagent's init mode reads it.
+const ModuleListPath = "etc/pxejoin/modules"
+
+// Records builds the archive's records, sorted and reproducible (owner root, mtime 0).
+func Records(s Spec) ([]cpio.Record, error) {
+	agent, err := os.ReadFile(s.Agent)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkStatic(agent); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Agent, err)
+	}
+	root := s.ModulesRoot
+	if root == "" {
+		root = "/"
+	}
+	modDir := filepath.Join(root, "lib/modules", s.KernelVersion)
+	depFile, err := os.Open(filepath.Join(modDir, "modules.dep"))
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w (is linux-image for it installed?)", s.KernelVersion, err)
+	}
+	g, err := ParseModulesDep(depFile)
+	depFile.Close()
+	if err != nil {
+		return nil, err
+	}
+	builtinText, err := os.ReadFile(filepath.Join(modDir, "modules.builtin"))
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	builtin, err := ParseBuiltin(bytes.NewReader(builtinText))
+	if err != nil {
+		return nil, err
+	}
+	mods := s.Modules
+	if mods == nil {
+		mods = DefaultModules
+	}
+	order, err := g.Resolve(mods, builtin)
+	if err != nil {
+		return nil, err
+	}
+
+	kdir := "lib/modules/" + s.KernelVersion
+	recs := []cpio.Record{
+		cpio.StaticFile("init", string(agent), 0o755),
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.CharDev("dev/null", 0o666, 1, 3),
+		cpio.StaticFile(kdir+"/modules.dep", g.Subset(order), 0o644),
+		cpio.StaticFile(ModuleListPath, strings.Join(order, "\n")+"\n", 0o644),
+	}
+	if len(builtinText) > 0 {
+		recs = append(recs, cpio.StaticFile(kdir+"/modules.builtin", string(builtinText), 0o644))
+	}
+	for _, d := range []string{"proc", "sys", "run", "tmp", "newroot", "root"} {
+		recs = append(recs, cpio.Directory(d, 0o755))
+	}
+	for _, p := range order {
+		b, err := os.ReadFile(filepath.Join(modDir, p))
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, cpio.StaticFile(kdir+"/"+p, string(b), 0o644))
+	}
+	if s.CABundle != "" {
+		b, err := os.ReadFile(s.CABundle)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, cpio.StaticFile("etc/ssl/certs/ca-certificates.crt", string(b), 0o644))
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Name < recs[j].Name })
+	cpio.MakeAllReproducible(recs)
+	return recs, nil
+}
+
+// checkStatic refuses a dynamically linked /init: there is no loader or libc in the initramfs.
+func checkStatic(b []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("not an ELF executable: %w", err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("dynamically linked (build it with CGO_ENABLED=0)")
+		}
+	}
+	return nil
+}
+
+// Write writes the records as a newc cpio archive (parent directories added) compressed with zstd.
+func Write(w io.Writer, recs []cpio.Record) error {
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedBestCompression),
+		zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return err
+	}
+	cw := cpio.Newc.Writer(zw)
+	if err := cpio.WriteRecordsAndDirs(cw, recs); err != nil {
+		return err
+	}
+	if err := cpio.WriteTrailer(cw); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+// Build writes the initramfs for s to path (atomically: a temporary file renamed into place).
+func Build(s Spec, path string) error {
+	recs, err := Records(s)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".initramfs-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := Write(tmp, recs); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// staticAgent builds a tiny static Go program to stand in for nodeagent.
+func staticAgent(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte("package main\nfunc main() {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "agent")
+	cmd := exec.Command("go", "build", "-o", bin, src)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GO111MODULE=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	return bin
+}
+
+// TestBuildHostKernel builds an initramfs from the host's kernel modules (linux-image-amd64) and lists it.
+func TestBuildHostKernel(t *testing.T) {
+	kver := newestKernel()
+	if kver == "" {
+		t.Skip("no kernel in /lib/modules: install linux-image-amd64 (make deps)")
+	}
+	agent := staticAgent(t)
+	out := filepath.Join(t.TempDir(), "initramfs.cpio.zst")
+	if err := Build(Spec{Agent: agent, KernelVersion: kver, CABundle: caBundleIfAny()}, out); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("initramfs %.2f MB for kernel %s (stand-in agent)", float64(st.Size())/1e6, kver)
+	recs, err := ReadArchive(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{}
+	for _, r := range recs {
+		content := ""
+		if r.ReaderAt != nil && r.FileSize < 1<<20 {
+			b, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			content = string(b)
+		}
+		files[r.Name] = content
+		if r.UID != 0 || r.MTime != 0 {
+			t.Errorf("%s: uid %d mtime %d, want 0 0 (reproducible)", r.Name, r.UID, r.MTime)
+		}
+	}
+	kdir := "lib/modules/" + kver + "/"
+	for _, want := range []string{"init", "dev/console", kdir + "modules.dep", ModuleListPath, "proc", "newroot",
+		kdir + "kernel/drivers/net/virtio_net.ko", kdir + "kernel/drivers/virtio/virtio_pci.ko",
+		kdir + "kernel/net/core/failover.ko", kdir + "kernel/fs/squashfs/squashfs.ko"} {
+		if _, ok := files[want]; !ok {
+			t.Errorf("missing %s", want)
+		}
+	}
+	// No shell, no busybox: only what we put there.
+	for name := range files {
+		if strings.HasPrefix(name, "bin") || strings.HasPrefix(name, "sbin") || strings.HasPrefix(name, "usr") {
+			t.Errorf("unexpected %s in the initramfs", name)
+		}
+	}
+	dep := files[kdir+"modules.dep"]
+	if strings.Contains(dep, ": \n") || strings.Contains(dep, " \n") {
+		t.Errorf("modules.dep has a trailing space:\n%s", dep)
+	}
+	// Every module named in modules.dep and the load list is in the archive, and the list is ordered.
+	loaded := map[string]bool{}
+	for _, p := range strings.Fields(files[ModuleListPath]) {
+		if _, ok := files[kdir+p]; !ok {
+			t.Errorf("%s listed but not in the archive", p)
+		}
+		loaded[p] = true
+	}
+	g, err := ParseModulesDep(strings.NewReader(dep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, p := range strings.Fields(files[ModuleListPath]) {
+		for _, d := range g.deps[p] {
+			if !seen[d] {
+				t.Errorf("%s is loaded before its dependency %s", p, d)
+			}
+		}
+		seen[p] = true
+	}
+	for _, m := range []string{"virtio_net", "virtio_pci", "e1000", "squashfs", "overlay", "loop"} {
+		if p, ok := g.Path(m); !ok || !loaded[p] {
+			t.Errorf("module %s not carried", m)
+		}
+	}
+	if st.Size() > 15<<20 {
+		t.Errorf("initramfs is %d bytes, over the 15 MB budget", st.Size())
+	}
+}
+
+func TestRefusesDynamicAgent(t *testing.T) {
+	if newestKernel() == "" {
+		t.Skip("no kernel in /lib/modules")
+	}
+	_, err := Records(Spec{Agent: "/bin/true", KernelVersion: newestKernel()})
+	if err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Fatalf("err = %v, want a refusal of a dynamic /init", err)
+	}
+}
+
+func caBundleIfAny() string {
+	if _, err := os.Stat("/etc/ssl/certs/ca-certificates.crt"); err == nil {
+		return "/etc/ssl/certs/ca-certificates.crt"
+	}
+	return ""
+}

@@ -1,0 +1,185 @@
+package tftpd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+// testClient is a small RFC 1350/2347/2348/2349/7440 read client for the tests and the
+// benchmark. It ACKs the last block of each window, and the last block received in order as soon
+// as it sees a gap (once per gap). Knobs simulate loss and misbehaving clients.
+type testClient struct {
+	server  string // host:port
+	blksize int    // 0: option not sent
+	window  int    // 0: option not sent
+	tsize   bool
+	timeout time.Duration // default 2s
+	retries int           // default 5
+
+	// drop, if set, is asked about every DATA packet received (k is the block's 64-bit index,
+	// 1-based) and a true answer discards it: simulated loss.
+	drop func(k uint64) bool
+	// noGapAck: do not ACK on a gap, wait for the server's timeout instead.
+	noGapAck bool
+	// dupAcks: send every ACK twice.
+	dupAcks bool
+	// abortOACK: answer the OACK with ERROR abortOACK and stop (OVMF's tsize probe).
+	abortOACK uint16
+}
+
+type testResult struct {
+	data        []byte
+	oack        map[string]string // nil: no OACK came
+	dataPackets int               // DATA packets received, duplicates and dropped ones included
+	acks        int
+}
+
+// tftpError is an ERROR the server sent.
+type tftpError struct {
+	code uint16
+	msg  string
+}
+
+func (e *tftpError) Error() string { return fmt.Sprintf("server sent ERROR %d %q", e.code, e.msg) }
+
+func (c testClient) get(name string) (testResult, error) {
+	var res testResult
+	timeout, retries := c.timeout, c.retries
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	if retries == 0 {
+		retries = 5
+	}
+	srv, err := net.ResolveUDPAddr("udp4", c.server)
+	if err != nil {
+		return res, err
+	}
+	conn, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close()
+	var opts []option
+	if c.tsize {
+		opts = append(opts, option{"tsize", "0"})
+	}
+	if c.blksize > 0 {
+		opts = append(opts, option{"blksize", strconv.Itoa(c.blksize)})
+	}
+	if c.window > 0 {
+		opts = append(opts, option{"windowsize", strconv.Itoa(c.window)})
+	}
+	out := appendRequest(nil, request{op: opRRQ, filename: name, mode: "octet", opts: opts})
+	to := srv
+	if _, err := conn.WriteToUDP(out, to); err != nil {
+		return res, err
+	}
+	blksize, window := 512, 1
+	var tid *net.UDPAddr
+	var last uint64 // the last block received in order
+	inWin, tries, gapAcked, gotData := 0, 0, false, false
+	ack := func(block uint64) error {
+		out = binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, opACK), uint16(block))
+		n := 1
+		if c.dupAcks {
+			n = 2
+		}
+		for range n {
+			res.acks++
+			if _, err := conn.WriteToUDP(out, to); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	buf := make([]byte, 65536)
+	for {
+		_ = conn.SetReadDeadline(time.Now().Add(timeout))
+		n, from, err := conn.ReadFromUDP(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if tries++; tries > retries {
+				return res, fmt.Errorf("timeout after block %d", last)
+			}
+			if _, err := conn.WriteToUDP(out, to); err != nil { // the RRQ or the last ACK again
+				return res, err
+			}
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		if tid == nil {
+			tid, to = from, from
+		} else if from.String() != tid.String() {
+			continue
+		}
+		p := buf[:n]
+		if len(p) < 4 {
+			return res, fmt.Errorf("short packet %x", p)
+		}
+		switch binary.BigEndian.Uint16(p) {
+		case opERROR:
+			msg, _, _ := bytes.Cut(p[4:], []byte{0})
+			return res, &tftpError{code: binary.BigEndian.Uint16(p[2:]), msg: string(msg)}
+		case opOACK:
+			if gotData || res.oack != nil {
+				continue
+			}
+			res.oack = map[string]string{}
+			f := bytes.Split(p[2:], []byte{0})
+			for i := 0; i+1 < len(f); i += 2 {
+				res.oack[string(f[i])] = string(f[i+1])
+			}
+			if v, err := strconv.Atoi(res.oack["blksize"]); err == nil {
+				blksize = v
+			}
+			if v, err := strconv.Atoi(res.oack["windowsize"]); err == nil {
+				window = v
+			}
+			if c.abortOACK != 0 {
+				_, err := conn.WriteToUDP(appendError(nil, c.abortOACK, "tsize probe done"), to)
+				return res, err
+			}
+			if err := ack(0); err != nil {
+				return res, err
+			}
+		case opDATA:
+			gotData = true
+			res.dataPackets++
+			blk := binary.BigEndian.Uint16(p[2:])
+			k := last + uint64(blk-uint16(last)) // the block's index if it is ahead of last
+			if c.drop != nil && c.drop(k) {
+				continue
+			}
+			if blk != uint16(last+1) {
+				if !c.noGapAck && !gapAcked {
+					gapAcked, inWin = true, 0
+					if err := ack(last); err != nil {
+						return res, err
+					}
+				}
+				continue
+			}
+			res.data = append(res.data, p[4:]...)
+			last++
+			inWin++
+			gapAcked, tries = false, 0
+			if len(p)-4 < blksize {
+				return res, ack(last)
+			}
+			if inWin >= window {
+				inWin = 0
+				if err := ack(last); err != nil {
+					return res, err
+				}
+			}
+		}
+	}
+}

@@ -6,8 +6,6 @@ package join
 import (
 	"io"
 	"time"
-
-	"github.com/pxejoin/pxejoin/joinconfig"
 )
 
 // Options are the parts of a join that are not in the JoinConfiguration.
@@ -20,6 +18,9 @@ type Options struct {
 	DryRun bool
 	// IgnorePreflightErrors adds to cfg.NodeRegistration.IgnorePreflightErrors ("all" ignores every check).
 	IgnorePreflightErrors []string
+	// PatchesDir overrides cfg.Patches.Directory (kubeadm's --patches); only "kubeletconfiguration"
+	// patches apply to a worker.
+	PatchesDir string
 	// Out receives kubeadm-style progress lines; nil discards them.
 	Out io.Writer
 	// Observer, if set, is told about every phase transition (for boot-status reports). It must be quick.
@@ -35,5 +36,3 @@ type Event struct {
 	// Detail is a short, secret-free note (e.g. the CSR name or the API endpoint).
 	Detail string
 }
-
-var _ = joinconfig.Kind

@@ -1,0 +1,355 @@
+// Package initmode is nodeagent running as /init (PID 1) of the pxejoin initramfs: it mounts the
+// pseudo filesystems, loads the NIC modules, configures the boot interface by DHCP, fetches this
+// machine's JoinConfiguration, mounts the node's root image (squashfs in RAM under a tmpfs overlay),
+// joins into it and switch_roots to its systemd. Every phase is reported to the boot server; failures
+// are retried with backoff forever (there is no shell to drop to).
+//
+// The sequence is data (Agent.Phases) run against a System, so that it is tested without being PID 1:
+// Linux is the real System, tests use a fake one.
+package initmode
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/joinconfig"
+)
+
+// JoinFunc runs the join into rootfs, skipping the given phases, telling observe about every phase
+// transition. nodeagent's main wires it to join.Run (see Config.Join).
+type JoinFunc func(ctx context.Context, cfg *joinconfig.JoinConfiguration, rootfs string, skipPhases []string,
+	observe func(bootstatus.Event)) error
+
+// System is what the agent needs from the machine.
+type System interface {
+	// Network brings up the boot interface (mac, or any if nil) with DHCP and returns a short
+	// description ("eth0 10.77.0.50/24 via 10.77.0.1").
+	Network(ctx context.Context, mac net.HardwareAddr) (string, error)
+	// MountRoot mounts the squashfs image file under a tmpfs overlay at newroot.
+	MountRoot(image, newroot string) error
+	// SetHostname sets the kernel's host name.
+	SetHostname(name string) error
+	// SwitchRoot makes newroot the root and execs its init; it returns only on failure.
+	SwitchRoot(newroot string) error
+	// PowerOff turns the machine off.
+	PowerOff() error
+}
+
+// Agent is one run of the init sequence.
+type Agent struct {
+	Cmdline Cmdline
+	System  System
+	Join    JoinFunc
+	Report  *Reporter
+	HTTP    *http.Client
+	Backoff Backoff
+	// WorkDir holds the downloaded root image (a tmpfs: /run/pxejoin).
+	WorkDir string
+	// NewRoot is where the node's root is mounted (/newroot).
+	NewRoot string
+	// Logf prints to the console.
+	Logf func(format string, args ...any)
+	// Sleep waits (tests replace it); it returns early when ctx ends.
+	Sleep func(ctx context.Context, d time.Duration)
+
+	cfg         *joinconfig.JoinConfiguration
+	attempt     int
+	rootMounted bool
+}
+
+// Phase is one step of the sequence. On failure the sequence restarts at RetryFrom after a backoff.
+type Phase struct {
+	Name      string
+	Timeout   time.Duration
+	RetryFrom string
+	// Quiet phases report only errors (their sub-steps report themselves).
+	Quiet bool
+	Run   func(ctx context.Context) (detail string, err error)
+}
+
+// PhaseJoin wraps the join's own phases (preflight, kubelet-start/…), which the join reports itself.
+const PhaseJoin = "join"
+
+// SkipPhases are the join phases the agent never runs: the node's systemd starts kubelet after
+// switch_root.
+var SkipPhases = []string{"kubelet-start/start"}
+
+// Phases is the sequence after agent-start. A join failure (wrong CA pin, expired token) re-fetches the
+// join file, since the boot server may have written a new one.
+func (a *Agent) Phases() []Phase {
+	return []Phase{
+		{Name: bootstatus.PhaseNetwork, Timeout: 2 * time.Minute, RetryFrom: bootstatus.PhaseNetwork, Run: a.network},
+		{Name: bootstatus.PhaseJoinFile, Timeout: time.Minute, RetryFrom: bootstatus.PhaseJoinFile, Run: a.joinFile},
+		{Name: bootstatus.PhaseRootImage, Timeout: 15 * time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.rootImage},
+		{Name: PhaseJoin, Timeout: 10 * time.Minute, RetryFrom: bootstatus.PhaseJoinFile, Run: a.join},
+		{Name: bootstatus.PhaseSwitchRoot, Timeout: time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.switchRoot},
+	}
+}
+
+// Run reports agent-start and runs the phases until the last one succeeds (switch_root does not return
+// when it works) or ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Sleep == nil {
+		a.Sleep = sleepCtx
+	}
+	if a.Logf == nil {
+		a.Logf = func(string, ...any) {}
+	}
+	a.attempt = 1
+	a.report(ctx, bootstatus.PhaseAgentStart, bootstatus.StateDone, "mac "+a.Cmdline.MAC.String(), nil)
+	phases := a.Phases()
+	for i := 0; i < len(phases); {
+		p := phases[i]
+		if !p.Quiet {
+			a.report(ctx, p.Name, bootstatus.StateStart, "", nil)
+		}
+		pctx, cancel := context.WithTimeout(ctx, p.Timeout)
+		detail, err := p.Run(pctx)
+		cancel()
+		if err == nil {
+			if p.Name != bootstatus.PhaseSwitchRoot {
+				a.report(ctx, p.Name, bootstatus.StateDone, detail, nil)
+			}
+			i++
+			continue
+		}
+		if errors.Is(err, errSkipped) {
+			a.report(ctx, p.Name, bootstatus.StateSkipped, detail, nil)
+			i++
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.report(ctx, p.Name, bootstatus.StateError, detail, err)
+		wait := a.Backoff.Delay(a.attempt)
+		a.Logf("%s failed (attempt %d): %s; retrying from %s in %s", p.Name, a.attempt, a.Report.Redact(err.Error()), p.RetryFrom, wait.Round(100*time.Millisecond))
+		a.attempt++
+		a.Sleep(ctx, wait)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		for j, q := range phases {
+			if q.Name == p.RetryFrom {
+				i = j
+			}
+		}
+	}
+	// Nothing to switch to (no image): deliver the reports, then power off or idle.
+	for tries := 0; !a.Report.Flush(ctx) && tries < 10; tries++ {
+		a.Sleep(ctx, time.Second)
+	}
+	if a.Cmdline.PowerOff {
+		a.Logf("done; powering off (pxejoin.poweroff)")
+		return a.System.PowerOff()
+	}
+	a.Logf("done; no root image to switch to (no pxejoin.image=), idling")
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// errSkipped marks a phase that had nothing to do.
+var errSkipped = errors.New("skipped")
+
+func (a *Agent) report(ctx context.Context, phase, state, detail string, err error) {
+	ev := bootstatus.Event{Phase: phase, State: state, Detail: detail, Attempt: a.attempt}
+	if err != nil {
+		ev.Error = err.Error()
+	}
+	a.Report.Report(ctx, ev)
+}
+
+func (a *Agent) network(ctx context.Context) (string, error) {
+	d, err := a.System.Network(ctx, a.Cmdline.MAC)
+	if err != nil {
+		return "", err
+	}
+	a.Report.SetOnline(true)
+	return d, nil
+}
+
+func (a *Agent) joinFile(ctx context.Context) (string, error) {
+	body, err := a.get(ctx, a.Cmdline.JoinURL, 1<<20)
+	if err != nil {
+		return "", err
+	}
+	cfg, err := joinconfig.Parse(body)
+	if err != nil {
+		return "", fmt.Errorf("join file %s: %w", a.Cmdline.JoinURL, err)
+	}
+	if bt := cfg.Discovery.BootstrapToken; bt != nil {
+		a.Report.AddSecret(bt.Token)
+	}
+	a.Report.AddSecret(cfg.Discovery.TLSBootstrapToken)
+	if cfg.ControlPlane != nil {
+		a.Report.AddSecret(cfg.ControlPlane.CertificateKey)
+	}
+	a.cfg = cfg
+	if n := cfg.NodeRegistration.Name; n != "" {
+		if err := a.System.SetHostname(n); err != nil {
+			return "", fmt.Errorf("set host name %q: %w", n, err)
+		}
+	}
+	return fmt.Sprintf("node %q, %d bytes", cfg.NodeRegistration.Name, len(body)), nil
+}
+
+func (a *Agent) rootImage(ctx context.Context) (string, error) {
+	if a.Cmdline.ImageURL == "" {
+		return "no pxejoin.image=: joining into the initramfs", errSkipped
+	}
+	if a.rootMounted {
+		return "already mounted", nil
+	}
+	if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
+		return "", err
+	}
+	img := filepath.Join(a.WorkDir, "root.squashfs")
+	n, err := a.download(ctx, a.Cmdline.ImageURL, img)
+	if err != nil {
+		os.Remove(img)
+		return "", err
+	}
+	if err := a.System.MountRoot(img, a.NewRoot); err != nil {
+		return "", err
+	}
+	a.rootMounted = true
+	if name := a.cfg.NodeRegistration.Name; name != "" {
+		_ = os.WriteFile(filepath.Join(a.NewRoot, "etc/hostname"), []byte(name+"\n"), 0o644)
+	}
+	return fmt.Sprintf("%.1f MB from %s", float64(n)/1e6, a.Cmdline.ImageURL), nil
+}
+
+func (a *Agent) rootfs() string {
+	if a.Cmdline.ImageURL == "" {
+		return "/"
+	}
+	return a.NewRoot
+}
+
+func (a *Agent) join(ctx context.Context) (string, error) {
+	root := a.rootfs()
+	if HasValidCredentials(root, time.Now()) {
+		return "the root already holds valid kubelet credentials", errSkipped
+	}
+	if a.Join == nil {
+		return "", fmt.Errorf("this agent has no join engine")
+	}
+	err := a.Join(ctx, a.cfg, root, SkipPhases, func(ev bootstatus.Event) {
+		ev.Attempt = a.attempt
+		a.Report.Report(ctx, ev)
+	})
+	return "", err
+}
+
+func (a *Agent) switchRoot(ctx context.Context) (string, error) {
+	if a.Cmdline.ImageURL == "" {
+		return "no root image", errSkipped
+	}
+	a.report(ctx, bootstatus.PhaseSwitchRoot, bootstatus.StateDone, "exec /sbin/init", nil)
+	if !a.Report.Flush(ctx) {
+		a.Logf("could not deliver every report before switch_root; %d left", a.Report.Pending())
+	}
+	err := a.System.SwitchRoot(a.NewRoot)
+	if err == nil {
+		err = fmt.Errorf("switch_root returned")
+	}
+	return "", err
+}
+
+// get fetches a small document.
+func (a *Agent) get(ctx context.Context, url string, limit int64) ([]byte, error) {
+	resp, err := a.do(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(io.LimitReader(resp.Body, limit))
+}
+
+func (a *Agent) do(ctx context.Context, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	hc := a.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return resp, nil
+}
+
+// download writes url to path and returns its size.
+func (a *Agent) download(ctx context.Context, url, path string) (int64, error) {
+	resp, err := a.do(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(f, resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("GET %s: %d of %d bytes", url, n, resp.ContentLength)
+	}
+	return n, err
+}
+
+// HasValidCredentials says whether root holds a kubelet.conf and a kubelet client certificate valid
+// for at least another hour: such a machine (installed on disk) skips the join. Diskless roots are
+// fresh at every boot and always join.
+func HasValidCredentials(root string, now time.Time) bool {
+	if _, err := os.Stat(filepath.Join(root, "etc/kubernetes/kubelet.conf")); err != nil {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem"))
+	if err != nil {
+		return false
+	}
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return false
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return false
+		}
+		return now.After(c.NotBefore) && now.Add(time.Hour).Before(c.NotAfter)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,109 @@
+package initmode
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+)
+
+// Cmdline is what the agent reads from the kernel command line (/proc/cmdline).
+type Cmdline struct {
+	// MAC is the boot interface: pxejoin.mac=aa:bb:… or BOOTIF=01-aa-bb-… (as iPXE's ${netX/mac} and
+	// pxelinux's IPAPPEND 2 pass it). Nil means "the first interface that gets a DHCP lease".
+	MAC net.HardwareAddr
+	// JoinURL (pxejoin.url=) serves this machine's JoinConfiguration.
+	JoinURL string
+	// StatusURL (pxejoin.status=) receives bootstatus events. Default: JoinURL with its last "/join/"
+	// replaced by "/status/" (the boot server's layout), or none.
+	StatusURL string
+	// ImageURL (pxejoin.image=) is the node's root image (squashfs). Empty: join into the initramfs's own
+	// root and do not switch root (a test or rescue mode).
+	ImageURL string
+	// PowerOff (pxejoin.poweroff=1) powers the machine off when there is nothing to switch to (no image),
+	// instead of idling; VM tests use it to end quickly.
+	PowerOff bool
+	// Modules (pxejoin.modules=a,b) restricts the modules loaded to these names (default: all the
+	// initramfs carries).
+	Modules []string
+}
+
+// ParseCmdline parses a kernel command line. Unknown parameters are ignored; values may be double-quoted.
+func ParseCmdline(s string) (Cmdline, error) {
+	var c Cmdline
+	for _, f := range splitCmdline(s) {
+		k, v, _ := strings.Cut(f, "=")
+		var err error
+		switch k {
+		case "BOOTIF":
+			// pxelinux/iPXE form: ARP hardware type "01-" then the MAC with dashes.
+			v = strings.TrimPrefix(strings.ToLower(v), "01-")
+			if c.MAC != nil { // pxejoin.mac wins
+				continue
+			}
+			c.MAC, err = net.ParseMAC(strings.ReplaceAll(v, "-", ":"))
+		case "pxejoin.mac":
+			c.MAC, err = net.ParseMAC(strings.ReplaceAll(v, "-", ":"))
+		case "pxejoin.url":
+			c.JoinURL, err = checkURL(v)
+		case "pxejoin.status":
+			c.StatusURL, err = checkURL(v)
+		case "pxejoin.image":
+			c.ImageURL, err = checkURL(v)
+		case "pxejoin.poweroff":
+			c.PowerOff = v == "" || v == "1" || v == "true" || v == "yes"
+		case "pxejoin.modules":
+			c.Modules = strings.FieldsFunc(v, func(r rune) bool { return r == ',' })
+		}
+		if err != nil {
+			return c, fmt.Errorf("kernel command line %s: %w", k, err)
+		}
+	}
+	if c.JoinURL == "" {
+		return c, fmt.Errorf("kernel command line has no pxejoin.url= (the join file URL)")
+	}
+	if c.StatusURL == "" {
+		if i := strings.LastIndex(c.JoinURL, "/join/"); i >= 0 {
+			c.StatusURL = c.JoinURL[:i] + "/status/" + c.JoinURL[i+len("/join/"):]
+		}
+	}
+	return c, nil
+}
+
+func checkURL(v string) (string, error) {
+	u, err := url.Parse(v)
+	if err != nil {
+		return "", err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("%q is not an http(s) URL", v)
+	}
+	return v, nil
+}
+
+// splitCmdline splits on spaces outside double quotes and removes the quotes.
+func splitCmdline(s string) []string {
+	var out []string
+	var b strings.Builder
+	inQuote, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case (r == ' ' || r == '\t' || r == '\n') && !inQuote:
+			if have {
+				out = append(out, b.String())
+				b.Reset()
+				have = false
+			}
+		default:
+			b.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, b.String())
+	}
+	return out
+}

@@ -1,0 +1,59 @@
+package initmode
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestParseCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		want    Cmdline
+		wantErr bool
+	}{
+		{
+			name: "ipxe line with BOOTIF",
+			in:   "initrd=initrd console=ttyS0 BOOTIF=01-52-54-00-12-34-56 pxejoin.url=http://10.77.0.1:8080/join/52:54:00:12:34:56\n",
+			want: Cmdline{MAC: mac("52:54:00:12:34:56"), JoinURL: "http://10.77.0.1:8080/join/52:54:00:12:34:56",
+				StatusURL: "http://10.77.0.1:8080/status/52:54:00:12:34:56"},
+		},
+		{
+			name: "pxejoin.mac wins over BOOTIF, explicit status and image",
+			in: `BOOTIF=01-aa-aa-aa-aa-aa-aa pxejoin.mac=52-54-00-00-00-01 pxejoin.url=https://b/join/x ` +
+				`pxejoin.status=http://b/s pxejoin.image=http://b/images/root.squashfs pxejoin.poweroff=1 pxejoin.modules=e1000,virtio_net`,
+			want: Cmdline{MAC: mac("52:54:00:00:00:01"), JoinURL: "https://b/join/x", StatusURL: "http://b/s",
+				ImageURL: "http://b/images/root.squashfs", PowerOff: true, Modules: []string{"e1000", "virtio_net"}},
+		},
+		{
+			name: "quoted value",
+			in:   `quiet pxejoin.url="http://h/join/a b" x`,
+			want: Cmdline{JoinURL: "http://h/join/a b", StatusURL: "http://h/status/a b"},
+		},
+		{
+			name: "no status derivable",
+			in:   "pxejoin.url=http://h/cfg.yaml",
+			want: Cmdline{JoinURL: "http://h/cfg.yaml"},
+		},
+		{name: "no url", in: "console=ttyS0 BOOTIF=01-52-54-00-12-34-56", wantErr: true},
+		{name: "bad mac", in: "pxejoin.url=http://h/join/x pxejoin.mac=zz", wantErr: true},
+		{name: "not http", in: "pxejoin.url=tftp://h/join/x", wantErr: true},
+		{name: "bad image url", in: "pxejoin.url=http://h/join/x pxejoin.image=/root.sqfs", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseCmdline(tc.in)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("no error, got %+v", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,172 @@
+package join_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/pubkeypin"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	certutil "k8s.io/client-go/util/cert"
+)
+
+// TestDiscoveryAndJoin covers token discovery's outcomes end to end against the real control plane.
+func TestDiscoveryAndJoin(t *testing.T) {
+	needCP(t)
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	otherCA, err := certutil.NewSelfSignedCACert(certutil.Config{CommonName: "not-the-cluster"}, otherKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongPin := pubkeypin.Hash(otherCA)
+	cases := []struct {
+		name    string
+		args    func(tok string) []string
+		tok     func(tok string) string
+		ok      bool
+		wantOut string
+	}{
+		{name: "pin matches", args: func(string) []string { return []string{"--discovery-token-ca-cert-hash", cp.CAPin()} }, ok: true, wantOut: "token with CA pin"},
+		{name: "second of two pins matches", args: func(string) []string {
+			return []string{"--discovery-token-ca-cert-hash", wrongPin, "--discovery-token-ca-cert-hash", cp.CAPin()}
+		}, ok: true, wantOut: "This node has joined the cluster"},
+		{name: "wrong pin", args: func(string) []string { return []string{"--discovery-token-ca-cert-hash", wrongPin} },
+			wantOut: "none of the given CA certificate hashes matches"},
+		{name: "no pin and no unsafe flag", args: func(string) []string { return nil },
+			wantOut: "--discovery-token-unsafe-skip-ca-verification"},
+		{name: "unsafe skip", args: func(string) []string { return []string{"--discovery-token-unsafe-skip-ca-verification"} },
+			ok: true, wantOut: "CA verification is SKIPPED"},
+		{name: "wrong token secret", args: func(string) []string { return []string{"--discovery-token-ca-cert-hash", cp.CAPin()} },
+			tok: func(tok string) string { return tok[:7] + "0000000000000000" }, wantOut: "does not verify"},
+		{name: "malformed pin", args: func(string) []string { return []string{"--discovery-token-ca-cert-hash", "sha256:zz"} },
+			wantOut: "not 64 hex digits"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := token(t, time.Hour)
+			use := tok
+			if tc.tok != nil {
+				use = tc.tok(tok)
+			}
+			rootfs := t.TempDir()
+			node := fmt.Sprintf("disc-%d", i)
+			out := &syncBuffer{}
+			code := agent(t, ctxT(t, 2*time.Minute), out, joinArgs(use, node, rootfs, tc.args(tok)...)...)
+			if (code == 0) != tc.ok {
+				t.Fatalf("exit code %d, want success=%v", code, tc.ok)
+			}
+			if !strings.Contains(out.String(), tc.wantOut) {
+				t.Fatalf("output lacks %q", tc.wantOut)
+			}
+			if strings.Contains(out.String(), strings.SplitN(tok, ".", 2)[1]) {
+				t.Fatal("the token's secret appears in the output")
+			}
+			if tc.ok {
+				assertJoined(t, rootfs, node)
+			} else {
+				assertNoCredentials(t, rootfs)
+			}
+		})
+	}
+}
+
+// TestExpiredToken: once the token cleaner removed an expired token, discovery finds no signature and
+// fails when its timeout ends, saying what to do.
+func TestExpiredToken(t *testing.T) {
+	needCP(t)
+	tok := token(t, 2*time.Second)
+	ctx := ctxT(t, 2*time.Minute)
+	// Wait until the token cleaner has deleted it.
+	for {
+		_, err := cp.Admin().CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tok[:6], metav1GetOptions)
+		if err != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rootfs := t.TempDir()
+	cfg := writeConfig(t, tok, "expired", cp.CAPin(), "discovery: 4s")
+	out := &syncBuffer{}
+	if code := agent(t, ctx, out, "join", "--config", cfg, "--rootfs", rootfs); code == 0 {
+		t.Fatal("joined with an expired token")
+	}
+	if !strings.Contains(out.String(), "expired") || !strings.Contains(out.String(), "kubeadm token create") {
+		t.Fatal("the error should say the token may be expired and how to make one")
+	}
+	assertNoCredentials(t, rootfs)
+}
+
+// writeConfig writes a v1beta4 JoinConfiguration with the given timeouts lines.
+func writeConfig(t *testing.T, tok, node, pin string, timeouts ...string) string {
+	t.Helper()
+	var tl string
+	if len(timeouts) > 0 {
+		tl = "timeouts:\n  " + strings.Join(timeouts, "\n  ") + "\n"
+	}
+	body := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    token: %s
+    apiServerEndpoint: %s
+    caCertHashes: [%q]
+  tlsBootstrapToken: %s
+nodeRegistration:
+  name: %s
+  kubeletExtraArgs:
+  - name: node-labels
+    value: rack=r1
+skipPhases: [kubelet-start/start]
+%s`, tok, cp.Endpoint(), pin, tok, node, tl)
+	p := filepath.Join(t.TempDir(), "join.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConfigFile joins with --config (v1beta4) and checks the flags file carries its extra args; mixing
+// --config with discovery flags is refused as kubeadm refuses it.
+func TestConfigFile(t *testing.T) {
+	needCP(t)
+	tok := token(t, time.Hour)
+	rootfs := t.TempDir()
+	cfg := writeConfig(t, tok, "cfg-node", cp.CAPin())
+	out := &syncBuffer{}
+	if code := agent(t, ctxT(t, 2*time.Minute), out, "join", "--config", cfg, "--rootfs", rootfs); code != 0 {
+		t.Fatal("join --config failed")
+	}
+	assertJoined(t, rootfs, "cfg-node")
+	flags, _ := os.ReadFile(filepath.Join(rootfs, "var/lib/kubelet/kubeadm-flags.env"))
+	for _, want := range []string{"--node-labels=rack=r1", "--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock", "--hostname-override=cfg-node"} {
+		if !strings.Contains(string(flags), want) {
+			t.Errorf("kubeadm-flags.env lacks %q: %s", want, flags)
+		}
+	}
+	out = &syncBuffer{}
+	if code := agent(t, ctxT(t, time.Minute), out, "join", "--config", cfg, "--token", tok); code == 0 || !strings.Contains(out.String(), "can not mix '--config'") {
+		t.Fatal("mixing --config with --token should be refused")
+	}
+}
+
+// TestControlPlaneRefused: --control-plane fails at once with a clear message.
+func TestControlPlaneRefused(t *testing.T) {
+	out := &syncBuffer{}
+	code := agent(t, context.Background(), out, "join", "127.0.0.1:1", "--token", "abcdef.0123456789abcdef",
+		"--discovery-token-unsafe-skip-ca-verification", "--control-plane", "--certificate-key", "00ff")
+	if code == 0 || !strings.Contains(out.String(), "control-plane node (--control-plane) is not supported") {
+		t.Fatal("--control-plane should be refused")
+	}
+	if strings.Contains(out.String(), "0123456789abcdef") {
+		t.Fatal("token secret in output")
+	}
+}
+
+var metav1GetOptions = metav1.GetOptions{}

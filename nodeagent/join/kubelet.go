@@ -1,0 +1,280 @@
+package join
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/kubeletstart"
+	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
+	"github.com/pxejoin/pxejoin/nodeagent/tlsbootstrap"
+)
+
+// kubeletConfigMap is where kubeadm keeps the cluster-wide KubeletConfiguration.
+const kubeletConfigMap = "kubelet-config"
+
+func (d *data) write(files ...nodefiles.File) error {
+	if d.dryRun() {
+		nodefiles.Print(d.out, files...)
+		return nil
+	}
+	return d.root.Write(files...)
+}
+
+// runKubeletConfig writes config.yaml (from the cluster's kubelet-config ConfigMap, patched),
+// kubeadm-flags.env and the cluster CA.
+func runKubeletConfig(ctx context.Context, d *data) error {
+	c, err := d.bootstrapClient(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.checkExistingNode(ctx, c); err != nil {
+		return err
+	}
+	cm, err := c.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, kubeletConfigMap, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("cannot read the kubelet configuration (ConfigMap kube-system/%s): %w (kubeadm init creates it, with a Role letting bootstrap tokens read it)", kubeletConfigMap, err)
+	}
+	config, err := kubeletConfig([]byte(cm.Data["kubelet"]))
+	if err != nil {
+		return err
+	}
+	if dir := d.patchesDir(); dir != "" {
+		if config, err = applyPatches(dir, "kubeletconfiguration", config, d.printf); err != nil {
+			return err
+		}
+	}
+	caPath := d.cfg.CACertPath
+	if caPath == "" {
+		caPath = joinconfig.DefaultCACertPath
+	}
+	d.printf("[kubelet-start] Writing kubelet configuration to file %q", nodefiles.KubeletConfig)
+	d.printf("[kubelet-start] Writing kubelet environment file with flags to file %q", nodefiles.KubeletFlags)
+	return d.write(
+		nodefiles.File{Path: caPath, Data: d.disc.CAData, Mode: 0o644},
+		nodefiles.File{Path: nodefiles.KubeletConfig, Data: config, Mode: 0o644},
+		nodefiles.File{Path: nodefiles.KubeletFlags, Data: []byte(d.kubeletFlags()), Mode: 0o644},
+	)
+}
+
+func (d *data) patchesDir() string {
+	if d.opts.PatchesDir != "" {
+		return d.opts.PatchesDir
+	}
+	if d.cfg.Patches != nil {
+		return d.cfg.Patches.Directory
+	}
+	return ""
+}
+
+// kubeletConfig parses the cluster's KubeletConfiguration (typed, so a broken one is caught here and
+// not by the kubelet at boot) and renders it for config.yaml.
+func kubeletConfig(raw []byte) ([]byte, error) {
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("the ConfigMap kube-system/%s has no \"kubelet\" key", kubeletConfigMap)
+	}
+	var kc kubeletv1beta1.KubeletConfiguration
+	if err := yaml.Unmarshal(raw, &kc); err != nil {
+		return nil, fmt.Errorf("the cluster's KubeletConfiguration (kube-system/%s) does not parse: %w", kubeletConfigMap, err)
+	}
+	if kc.Kind != "" && kc.Kind != "KubeletConfiguration" {
+		return nil, fmt.Errorf("kube-system/%s holds a %s, not a KubeletConfiguration", kubeletConfigMap, kc.Kind)
+	}
+	kc.APIVersion, kc.Kind = kubeletv1beta1.SchemeGroupVersion.String(), "KubeletConfiguration"
+	return yaml.Marshal(&kc)
+}
+
+// kubeletFlags renders kubeadm-flags.env as kubeadm does: the node-specific flags, then the extra args.
+func (d *data) kubeletFlags() string {
+	nr := d.cfg.NodeRegistration
+	cri := nr.CRISocket
+	if cri == "" {
+		cri = joinconfig.DefaultCRI
+	}
+	args := map[string]string{"container-runtime-endpoint": cri}
+	if h, err := os.Hostname(); err != nil || strings.ToLower(h) != d.nodeName || string(d.root) != "/" {
+		args["hostname-override"] = d.nodeName
+	}
+	if len(nr.Taints) > 0 {
+		var ts []string
+		for _, t := range nr.Taints {
+			s := t.Key
+			if t.Value != "" {
+				s += "=" + t.Value
+			}
+			ts = append(ts, s+":"+string(t.Effect))
+		}
+		args["register-with-taints"] = strings.Join(ts, ",")
+	}
+	for _, a := range nr.KubeletExtraArgs {
+		args[a.Name] = a.Value
+	}
+	keys := make([]string, 0, len(args))
+	for k := range args {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, "--"+k+"="+args[k])
+	}
+	return fmt.Sprintf("KUBELET_KUBEADM_ARGS=%q\n", strings.Join(parts, " "))
+}
+
+// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does.
+func (d *data) checkExistingNode(ctx context.Context, c kubernetes.Interface) error {
+	n, err := c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil
+	case apierrors.IsForbidden(err):
+		d.printf("[kubelet-start] WARNING: cannot check for an existing Node %q (%v); kubeadm's ClusterRoleBinding kubeadm:get-nodes allows it", d.nodeName, err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("cannot check for an existing Node %q: %w", d.nodeName, err)
+	}
+	for _, cond := range n.Status.Conditions {
+		if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+			return fmt.Errorf("a Node with name %q and status \"Ready\" already exists in the cluster. "+
+				"You must delete the existing Node or change the name of this new joining Node (--node-name)", d.nodeName)
+		}
+	}
+	d.printf("[kubelet-start] A Node named %q exists but is not Ready: this node takes its place", d.nodeName)
+	return nil
+}
+
+// runTLSBootstrap gets the kubelet's client certificate and writes it with kubelet.conf. Nothing
+// under /etc/kubernetes or the kubelet's pki is written unless the certificate was issued.
+func runTLSBootstrap(ctx context.Context, d *data) error {
+	c, err := d.bootstrapClient(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.checkExistingNode(ctx, c); err != nil {
+		return err
+	}
+	existing, _ := d.root.Read(nodefiles.BootstrapKey)
+	key, keyPEM, isNew, err := tlsbootstrap.Key(existing)
+	if err != nil {
+		return err
+	}
+	d.key, d.keyPEM, d.keyIsNew = key, keyPEM, isNew
+	name, err := tlsbootstrap.CSRName(key.Public(), tlsbootstrap.Subject(d.nodeName))
+	if err != nil {
+		return err
+	}
+	if d.dryRun() {
+		d.printf("[dryrun] Would create the certificate signing request %s for system:node:%s (signer %s) and wait for it", name, d.nodeName, tlsbootstrap.SignerName)
+		nodefiles.Print(d.out, d.credentialFiles(nil)...)
+		return nil
+	}
+	if isNew {
+		if err := d.root.Write(nodefiles.File{Path: nodefiles.BootstrapKey, Data: keyPEM, Mode: 0o600, Secret: true}); err != nil {
+			return err
+		}
+	} else {
+		d.printf("[kubelet-start] Reusing the node's key from %s", nodefiles.BootstrapKey)
+	}
+	d.printf("[kubelet-start] Sending the certificate signing request %s and waiting for it to be approved and issued", name)
+	tctx, cancel := context.WithTimeout(ctx, d.cfg.TLSBootstrapTimeout())
+	defer cancel()
+	certPEM, csrName, err := tlsbootstrap.Run(tctx, tlsbootstrap.Request{
+		Client: c, NodeName: d.nodeName, Key: key,
+		Waiting: func(n string) {
+			d.printf("[kubelet-start] The certificate signing request %s waits for an administrator to approve it. On the control plane run:\n\tkubectl certificate approve %s", n, n)
+			d.event("kubelet-start/tls-bootstrap", "start", "waiting for approval of "+n, nil)
+		},
+	})
+	d.csrName = csrName
+	if err != nil {
+		return err
+	}
+	d.certPEM = certPEM
+	if err := d.root.Write(d.credentialFiles(certPEM)...); err != nil {
+		return err
+	}
+	// The key now lives in the pem; the bootstrap copy is no longer needed.
+	_ = os.Remove(d.root.Join(nodefiles.BootstrapKey))
+	d.printf("[kubelet-start] Certificate issued (%s); wrote %s", csrName, nodefiles.KubeletConf)
+	return nil
+}
+
+// credentialFiles are the kubelet's client pem (cert + key, as the kubelet's certificate store keeps
+// it), its "current" symlink, and kubelet.conf pointing at it — written last.
+func (d *data) credentialFiles(certPEM []byte) []nodefiles.File {
+	pemName := fmt.Sprintf("kubelet-client-%s.pem", time.Now().UTC().Format("2006-01-02-15-04-05"))
+	pem := append(append([]byte{}, certPEM...), d.keyPEM...)
+	return []nodefiles.File{
+		{Path: filepath.Join(nodefiles.KubeletPKI, pemName), Data: pem, Mode: 0o600, Secret: true},
+		{Path: nodefiles.KubeletClientCurrent, Link: pemName},
+		{Path: nodefiles.KubeletConf, Data: d.kubeletConf(), Mode: 0o600, Secret: true},
+	}
+}
+
+func (d *data) kubeletConf() []byte {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: d.disc.Server, CertificateAuthorityData: d.disc.CAData}
+	cfg.AuthInfos["default-auth"] = &clientcmdapi.AuthInfo{ClientCertificate: nodefiles.KubeletClientCurrent, ClientKey: nodefiles.KubeletClientCurrent}
+	cfg.Contexts["default-context"] = &clientcmdapi.Context{Cluster: "default-cluster", AuthInfo: "default-auth", Namespace: "default"}
+	cfg.CurrentContext = "default-context"
+	b, err := clientcmd.Write(*cfg)
+	if err != nil {
+		panic(err) // only fails on unencodable input, which this is not
+	}
+	return b
+}
+
+// runKubeletStart starts the kubelet through systemd and waits until its Node exists.
+func runKubeletStart(ctx context.Context, d *data) error {
+	if filepath.Clean(string(d.root)) != "/" {
+		return fmt.Errorf("kubelet-start/start would start this host's kubelet, but the files were written under --rootfs %s: add --skip-phases kubelet-start/start", d.root)
+	}
+	if d.dryRun() {
+		d.printf("[dryrun] Would enable and restart %s through systemd and wait for Node %q", kubeletstart.Unit, d.nodeName)
+		return nil
+	}
+	d.printf("[kubelet-start] Starting the kubelet")
+	tctx, cancel := context.WithTimeout(ctx, d.cfg.KubeletHealthCheckTimeout())
+	defer cancel()
+	if err := kubeletstart.Start(tctx); err != nil {
+		return err
+	}
+	d.printf("[kubelet-start] Waiting for the kubelet to register Node %q", d.nodeName)
+	return d.waitNode(tctx)
+}
+
+func (d *data) waitNode(ctx context.Context) error {
+	cfg, err := clientcmd.BuildConfigFromFlags("", d.root.Join(nodefiles.KubeletConf))
+	if err != nil {
+		return err
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{}); err == nil {
+			d.printf("[kubelet-start] Node %q registered", d.nodeName)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the kubelet did not register Node %q in time: see `journalctl -u kubelet`", d.nodeName)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,65 @@
+package join
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
+	"sigs.k8s.io/yaml"
+)
+
+// patchFile matches kubeadm's patch file names: target[+patchtype][suffix].(json|yaml).
+var patchFile = regexp.MustCompile(`^([a-z-]+?)(?:\+(strategic|merge|json))?([^.+]*)\.(json|yaml|yml)$`)
+
+// applyPatches applies, in file-name order, the patches in dir for target to doc (YAML) and returns
+// the patched YAML. Files for other targets (control-plane components) are ignored on a worker.
+func applyPatches(dir, target string, doc []byte, printf func(string, ...any)) ([]byte, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the patches directory: %w", err)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
+	cur, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		m := patchFile.FindStringSubmatch(e.Name())
+		if e.IsDir() || m == nil || m[1] != target {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		pj, err := yaml.YAMLToJSON(raw)
+		if err != nil {
+			return nil, fmt.Errorf("patch %s is not YAML or JSON: %w", e.Name(), err)
+		}
+		switch kind := m[2]; kind {
+		case "", "strategic":
+			cur, err = strategicpatch.StrategicMergePatch(cur, pj, kubeletv1beta1.KubeletConfiguration{})
+		case "merge":
+			cur, err = jsonpatch.MergePatch(cur, pj)
+		case "json":
+			var p jsonpatch.Patch
+			if p, err = jsonpatch.DecodePatch(pj); err == nil {
+				cur, err = p.Apply(cur)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("applying patch %s: %w", e.Name(), err)
+		}
+		printf("[patches] Applied patch %s to %s", e.Name(), target)
+	}
+	if !json.Valid(cur) {
+		return nil, fmt.Errorf("patching %s produced invalid JSON", target)
+	}
+	return yaml.JSONToYAML(cur)
+}

@@ -1,0 +1,222 @@
+package join
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/joinconfig"
+)
+
+// Phase is one step of a join, named as kubeadm names it. A phase either runs itself or its
+// sub-phases, in order.
+type Phase struct {
+	Name  string
+	Short string
+	Run   func(ctx context.Context, d *data) error
+	// Phases are the sub-phases, addressed as "parent/child".
+	Phases []Phase
+	// ControlPlaneOnly phases do nothing on a worker join.
+	ControlPlaneOnly bool
+}
+
+// Phases is kubeadm's join workflow; kubelet-start gains config / tls-bootstrap / start because the
+// agent does the TLS bootstrap itself.
+var Phases = []Phase{
+	{Name: "preflight", Short: "Run join pre-flight checks", Run: runPreflight},
+	{Name: "control-plane-prepare", Short: "Prepare the machine for serving a control plane", ControlPlaneOnly: true, Phases: []Phase{
+		{Name: "download-certs", Short: "Download certificates shared among control-plane nodes from the kubeadm-certs Secret"},
+		{Name: "certs", Short: "Generate the certificates for the new control plane components"},
+		{Name: "kubeconfig", Short: "Generate the kubeconfig for the new control plane components"},
+		{Name: "control-plane", Short: "Generate the manifests for the new control plane components"},
+	}},
+	{Name: "kubelet-start", Short: "Write kubelet settings, certificates and (re)start the kubelet", Phases: []Phase{
+		{Name: "config", Short: "Write config.yaml, kubeadm-flags.env and the cluster CA", Run: runKubeletConfig},
+		{Name: "tls-bootstrap", Short: "Get the kubelet's client certificate with a CSR and write kubelet.conf", Run: runTLSBootstrap},
+		{Name: "start", Short: "Start the kubelet through systemd and wait for the Node", Run: runKubeletStart},
+	}},
+	{Name: "control-plane-join", Short: "Join a machine as a control plane instance", ControlPlaneOnly: true, Phases: []Phase{
+		{Name: "etcd", Short: "Add a new local etcd member"},
+		{Name: "mark-control-plane", Short: "Mark a node as a control-plane"},
+	}},
+}
+
+// PhaseNames lists every phase and sub-phase ("kubelet-start", "kubelet-start/config", …).
+func PhaseNames() []string {
+	var names []string
+	var walk func(prefix string, ps []Phase)
+	walk = func(prefix string, ps []Phase) {
+		for _, p := range ps {
+			names = append(names, prefix+p.Name)
+			walk(prefix+p.Name+"/", p.Phases)
+		}
+	}
+	walk("", Phases)
+	return names
+}
+
+// Run joins the node: every phase in order, except skipped ones.
+func Run(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options) error {
+	d, err := prepare(cfg, opts)
+	if err != nil {
+		return err
+	}
+	for _, p := range Phases {
+		if err := d.runPhase(ctx, p, ""); err != nil {
+			return err
+		}
+	}
+	d.printSummary()
+	return nil
+}
+
+// RunPhase runs one phase (and its sub-phases), e.g. "kubelet-start" or "kubelet-start/config".
+func RunPhase(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options, name string) error {
+	name = strings.ReplaceAll(strings.TrimSpace(name), " ", "/")
+	p, parent, ok := findPhase(name)
+	if !ok {
+		return fmt.Errorf("unknown phase %q: one of %s", name, strings.Join(PhaseNames(), ", "))
+	}
+	d, err := prepare(cfg, opts)
+	if err != nil {
+		return err
+	}
+	return d.runPhase(ctx, p, parent)
+}
+
+func findPhase(name string) (Phase, string, bool) {
+	ps, parent := Phases, ""
+	parts := strings.Split(name, "/")
+	for i, part := range parts {
+		found := false
+		for _, p := range ps {
+			if p.Name == part {
+				if i == len(parts)-1 {
+					return p, parent, true
+				}
+				ps, parent, found = p.Phases, parent+p.Name+"/", true
+				break
+			}
+		}
+		if !found {
+			return Phase{}, "", false
+		}
+	}
+	return Phase{}, "", false
+}
+
+func prepare(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
+	if err := Validate(cfg); err != nil {
+		return nil, err
+	}
+	d, err := newData(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if errs := validation.IsDNS1123Subdomain(d.nodeName); len(errs) > 0 {
+		return nil, fmt.Errorf("the node name %q is not a valid Kubernetes node name (%s): pass --node-name with a lower-case DNS name", d.nodeName, strings.Join(errs, "; "))
+	}
+	for s := range d.skip {
+		if _, _, ok := findPhase(s); !ok && s != "all" {
+			return nil, fmt.Errorf("--skip-phases names unknown phase %q: one of %s", s, strings.Join(PhaseNames(), ", "))
+		}
+	}
+	return d, nil
+}
+
+func (d *data) skipped(full string) bool {
+	if d.skip["all"] {
+		return true
+	}
+	for p := full; ; {
+		if d.skip[p] {
+			return true
+		}
+		i := strings.LastIndex(p, "/")
+		if i < 0 {
+			return false
+		}
+		p = p[:i]
+	}
+}
+
+func (d *data) runPhase(ctx context.Context, p Phase, parent string) error {
+	full := parent + p.Name
+	if d.skipped(full) {
+		d.event(full, bootstatus.StateSkipped, "", nil)
+		return nil
+	}
+	if p.ControlPlaneOnly && d.cfg.ControlPlane == nil {
+		return nil
+	}
+	d.event(full, bootstatus.StateStart, "", nil)
+	if p.Run != nil {
+		if err := p.Run(ctx, d); err != nil {
+			d.event(full, bootstatus.StateError, "", err)
+			return fmt.Errorf("error execution phase %s: %w", full, err)
+		}
+	}
+	for _, sub := range p.Phases {
+		if err := d.runPhase(ctx, sub, full+"/"); err != nil {
+			d.event(full, bootstatus.StateError, "", err)
+			return err
+		}
+	}
+	d.event(full, bootstatus.StateDone, d.detail(full), nil)
+	return nil
+}
+
+func (d *data) detail(phase string) string {
+	if phase == "kubelet-start/tls-bootstrap" && d.csrName != "" {
+		return "csr " + d.csrName + " issued"
+	}
+	return ""
+}
+
+func (d *data) printSummary() {
+	if d.dryRun() {
+		d.printf("[dryrun] Finished dry-running the join: nothing was written and no CSR was created")
+		return
+	}
+	d.printf("\nThis node has joined the cluster:\n" +
+		"* Certificate signing request was sent to apiserver and a response was received.\n" +
+		"* The Kubelet was informed of the new secure connection details.\n\n" +
+		"Run 'kubectl get nodes' on the control-plane to see this node join the cluster.")
+}
+
+// Validate checks a JoinConfiguration the way kubeadm does before running any phase.
+func Validate(cfg *joinconfig.JoinConfiguration) error {
+	if cfg.ControlPlane != nil {
+		return errors.New("joining as a control-plane node (--control-plane) is not supported by nodeagent yet: " +
+			"join this machine as a worker (drop --control-plane and --certificate-key), or use `kubeadm join --control-plane`")
+	}
+	disc := cfg.Discovery
+	switch {
+	case disc.BootstrapToken != nil && disc.File != nil:
+		return errors.New("discovery.bootstrapToken and discovery.file are mutually exclusive: use either a token (with the API server endpoint) or --discovery-file")
+	case disc.BootstrapToken == nil && disc.File == nil:
+		return errors.New("no discovery method: pass the API server endpoint with --token and --discovery-token-ca-cert-hash, or --discovery-file")
+	case disc.File != nil && disc.File.KubeConfigPath == "":
+		return errors.New("discovery.file.kubeConfigPath is empty: pass --discovery-file PATH-or-https-URL")
+	case disc.BootstrapToken != nil:
+		bt := disc.BootstrapToken
+		if bt.Token == "" {
+			return errors.New("token discovery needs a token: pass --token or --discovery-token")
+		}
+		if bt.APIServerEndpoint == "" {
+			return errors.New("token discovery needs the API server endpoint: pass it as the first argument (host:port)")
+		}
+		if len(bt.CACertHashes) == 0 && !bt.UnsafeSkipCAVerification {
+			return errors.New("using token-based discovery without a CA pin is unsafe: pass --discovery-token-ca-cert-hash sha256:<hash> " +
+				"(set discovery.bootstrapToken.caCertHashes), or accept the risk with --discovery-token-unsafe-skip-ca-verification")
+		}
+		if disc.TLSBootstrapToken == "" {
+			return errors.New("no TLS bootstrap token: pass --token (or --tls-bootstrap-token)")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package join
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
+)
+
+// check is one pre-flight check; Name is what --ignore-preflight-errors takes (kubeadm's names).
+type check struct {
+	Name string
+	// HostOnly limits the check to joins that will start the kubelet on this host.
+	HostOnly bool
+	Run      func(d *data) error
+}
+
+var checks = []check{
+	{Name: "IsPrivilegedUser", Run: func(d *data) error {
+		if os.Geteuid() != 0 {
+			return fmt.Errorf("user is not running as root")
+		}
+		return nil
+	}},
+	{Name: "FileAvailable--etc-kubernetes-kubelet.conf", Run: fileAvailable(nodefiles.KubeletConf)},
+	{Name: "FileAvailable--etc-kubernetes-bootstrap-kubelet.conf", Run: fileAvailable(nodefiles.BootstrapKubeletConf)},
+	{Name: "FileAvailable--etc-kubernetes-pki-ca.crt", Run: func(d *data) error {
+		p := d.cfg.CACertPath
+		if p == "" {
+			p = joinconfig.DefaultCACertPath
+		}
+		return fileAvailable(p)(d)
+	}},
+	{Name: "Port-10250", HostOnly: true, Run: func(d *data) error {
+		l, err := net.Listen("tcp", ":10250")
+		if err != nil {
+			return fmt.Errorf("port 10250 is in use (the kubelet needs it): stop what listens there")
+		}
+		return l.Close()
+	}},
+	{Name: "CRI", HostOnly: true, Run: func(d *data) error {
+		sock := d.cfg.NodeRegistration.CRISocket
+		if sock == "" {
+			sock = joinconfig.DefaultCRI
+		}
+		path := strings.TrimPrefix(sock, "unix://")
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("container runtime socket %s is missing: start containerd, or pass --cri-socket", sock)
+		}
+		return nil
+	}},
+}
+
+func fileAvailable(p string) func(d *data) error {
+	return func(d *data) error {
+		if d.root.Exists(p) {
+			return fmt.Errorf("%s already exists", p)
+		}
+		return nil
+	}
+}
+
+// runPreflight runs the checks; failures not listed in --ignore-preflight-errors stop the join.
+func runPreflight(ctx context.Context, d *data) error {
+	d.printf("[preflight] Running pre-flight checks")
+	hostStart := !d.skipped("kubelet-start/start") && !d.dryRun()
+	var fatal []string
+	for _, c := range checks {
+		if c.HostOnly && !hostStart {
+			continue
+		}
+		err := c.Run(d)
+		if err == nil {
+			continue
+		}
+		if d.ignored["all"] || d.ignored[strings.ToLower(c.Name)] {
+			d.printf("\t[WARNING %s]: %v", c.Name, err)
+			continue
+		}
+		fatal = append(fatal, fmt.Sprintf("\t[ERROR %s]: %v", c.Name, err))
+	}
+	if len(fatal) > 0 {
+		return fmt.Errorf("[preflight] Some fatal errors occurred:\n%s\n[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`",
+			strings.Join(fatal, "\n"))
+	}
+	return nil
+}

@@ -15,7 +15,7 @@ import (
 // listed.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_net", "e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en",
-	"loop", "squashfs", "overlay",
+	"virtio_rng", "loop", "squashfs", "overlay",
 }
 
 // DepGraph is a parsed modules.dep: module paths (relative to /lib/modules/<version>) and their

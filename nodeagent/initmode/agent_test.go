@@ -1,0 +1,325 @@
+package initmode
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/joinconfig"
+)
+
+func mac(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+const token = "abcdef.0123456789abcdef"
+
+// bootServer stands in for the boot server: join file, root image and status endpoint.
+type bootServer struct {
+	mu         sync.Mutex
+	events     []bootstatus.Event
+	bodies     []string
+	joinGets   int
+	statusDown int // answer 503 to this many status posts
+}
+
+func (b *bootServer) handler(t *testing.T) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /join/{mac}", func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.joinGets++
+		b.mu.Unlock()
+		fmt.Fprintf(w, `apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+nodeRegistration:
+  name: node-a
+discovery:
+  bootstrapToken:
+    token: %s
+    apiServerEndpoint: 10.77.0.1:6443
+    caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+`, token)
+	})
+	mux.HandleFunc("GET /images/root.squashfs", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("squashfs image bytes"))
+	})
+	mux.HandleFunc("POST /status/{mac}", func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.statusDown > 0 {
+			b.statusDown--
+			http.Error(w, "restarting", http.StatusServiceUnavailable)
+			return
+		}
+		var evs []bootstatus.Event
+		var raw json.RawMessage
+		if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
+			t.Errorf("status body: %v", err)
+		}
+		b.bodies = append(b.bodies, string(raw))
+		if err := json.Unmarshal(raw, &evs); err != nil {
+			t.Errorf("status body: %v", err)
+		}
+		b.events = append(b.events, evs...)
+	})
+	return mux
+}
+
+func (b *bootServer) timeline() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, e := range b.events {
+		out = append(out, e.Phase+" "+e.State)
+	}
+	return out
+}
+
+type fakeSystem struct {
+	mounted    string
+	image      string
+	hostname   string
+	switched   string
+	poweredOff bool
+	netFails   int
+	cancel     context.CancelFunc
+}
+
+func (f *fakeSystem) Network(ctx context.Context, m net.HardwareAddr) (string, error) {
+	if f.netFails > 0 {
+		f.netFails--
+		return "", errors.New("DHCP: no offer")
+	}
+	return "eth0 10.77.0.50/24", nil
+}
+func (f *fakeSystem) MountRoot(image, newroot string) error {
+	b, err := os.ReadFile(image)
+	f.image, f.mounted = string(b), newroot
+	if err != nil {
+		return err
+	}
+	return os.MkdirAll(filepath.Join(newroot, "etc"), 0o755) // a real image has /etc
+}
+func (f *fakeSystem) SetHostname(n string) error { f.hostname = n; return nil }
+func (f *fakeSystem) SwitchRoot(newroot string) error {
+	f.switched = newroot
+	f.cancel() // a real switch_root never returns
+	return nil
+}
+func (f *fakeSystem) PowerOff() error { f.poweredOff = true; return nil }
+
+func TestAgentRun(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		image      bool
+		joinFails  int
+		netFails   int
+		statusDown int
+		want       []string
+		joinGets   int
+	}{
+		{
+			name: "no image: join into the initramfs, power off",
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
+				"root-image start", "root-image skipped", "join start", "preflight start", "preflight done", "join done",
+				"switch-root start", "switch-root skipped"},
+			joinGets: 1,
+		},
+		{
+			name:  "image: mount, join into it, switch root",
+			image: true,
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
+				"root-image start", "root-image done", "join start", "preflight start", "preflight done", "join done",
+				"switch-root start", "switch-root done"},
+			joinGets: 1,
+		},
+		{
+			name:      "wrong CA pin: reported, join file fetched again, retried",
+			joinFails: 1,
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
+				"root-image start", "root-image skipped", "join start", "preflight start", "preflight error", "join error",
+				"join-file start", "join-file done", "root-image start", "root-image skipped", "join start",
+				"preflight start", "preflight done", "join done", "switch-root start", "switch-root skipped"},
+			joinGets: 2,
+		},
+		{
+			name:     "DHCP fails twice: retried, reports queued until the network is up",
+			netFails: 2,
+			want: []string{"agent-start done", "network start", "network error", "network start", "network error",
+				"network start", "network done", "join-file start", "join-file done", "root-image start",
+				"root-image skipped", "join start", "preflight start", "preflight done", "join done",
+				"switch-root start", "switch-root skipped"},
+			joinGets: 1,
+		},
+		{
+			name:       "boot server restarting: nothing lost, order kept",
+			statusDown: 3,
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
+				"root-image start", "root-image skipped", "join start", "preflight start", "preflight done", "join done",
+				"switch-root start", "switch-root skipped"},
+			joinGets: 1,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bs := &bootServer{statusDown: tc.statusDown}
+			srv := httptest.NewServer(bs.handler(t))
+			defer srv.Close()
+			line := "BOOTIF=01-52-54-00-12-34-56 pxejoin.poweroff=1 pxejoin.url=" + srv.URL + "/join/52:54:00:12:34:56"
+			if tc.image {
+				line += " pxejoin.image=" + srv.URL + "/images/root.squashfs"
+			}
+			cl, err := ParseCmdline(line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			sys := &fakeSystem{netFails: tc.netFails, cancel: cancel}
+			joinFails := tc.joinFails
+			var joinedInto string
+			var sleeps []time.Duration
+			a := &Agent{
+				Cmdline: cl,
+				System:  sys,
+				Report:  &Reporter{URL: cl.StatusURL},
+				Backoff: Backoff{Initial: time.Second, Max: 4 * time.Second, Factor: 2},
+				WorkDir: t.TempDir(),
+				NewRoot: filepath.Join(t.TempDir(), "newroot"),
+				Sleep:   func(ctx context.Context, d time.Duration) { sleeps = append(sleeps, d) },
+				Join: func(ctx context.Context, cfg *joinconfig.JoinConfiguration, rootfs string, skip []string, observe func(bootstatus.Event)) error {
+					joinedInto = rootfs
+					if strings.Join(skip, ",") != "kubelet-start/start" {
+						t.Errorf("skip phases %v", skip)
+					}
+					observe(bootstatus.Event{Phase: "preflight", State: bootstatus.StateStart})
+					if joinFails > 0 {
+						joinFails--
+						err := fmt.Errorf("none of the CA pins matches the cluster CA (token %s)", cfg.Discovery.BootstrapToken.Token)
+						observe(bootstatus.Event{Phase: "preflight", State: bootstatus.StateError, Error: err.Error()})
+						return err
+					}
+					observe(bootstatus.Event{Phase: "preflight", State: bootstatus.StateDone})
+					return nil
+				},
+			}
+			err = a.Run(ctx)
+			if tc.image {
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("Run = %v, want the context's end after switch_root", err)
+				}
+				if sys.switched != a.NewRoot || sys.mounted != a.NewRoot || sys.image != "squashfs image bytes" || joinedInto != a.NewRoot {
+					t.Errorf("switched %q mounted %q image %q joined into %q", sys.switched, sys.mounted, sys.image, joinedInto)
+				}
+				if b, _ := os.ReadFile(filepath.Join(a.NewRoot, "etc/hostname")); string(b) != "node-a\n" {
+					t.Errorf("newroot /etc/hostname = %q", b)
+				}
+			} else {
+				if err != nil || !sys.poweredOff || joinedInto != "/" {
+					t.Fatalf("Run = %v, powered off %v, joined into %q", err, sys.poweredOff, joinedInto)
+				}
+			}
+			if sys.hostname != "node-a" {
+				t.Errorf("hostname %q", sys.hostname)
+			}
+			// The status server may still be down at the end for the restart case: flush what is left.
+			for i := 0; i < 5 && a.Report.Pending() > 0; i++ {
+				a.Report.Flush(context.Background())
+			}
+			got := bs.timeline()
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Fatalf("timeline:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+			if bs.joinGets != tc.joinGets {
+				t.Errorf("join file fetched %d times, want %d", bs.joinGets, tc.joinGets)
+			}
+			for _, body := range bs.bodies {
+				if strings.Contains(body, "0123456789abcdef") {
+					t.Errorf("a status report holds the token secret: %s", body)
+				}
+			}
+			for i, d := range sleeps {
+				if want := a.Backoff.Delay(i + 1); d != want {
+					t.Errorf("sleep %d = %v, want %v", i, d, want)
+				}
+			}
+			if n := tc.joinFails + tc.netFails; len(sleeps) != n {
+				t.Errorf("%d backoff sleeps, want %d", len(sleeps), n)
+			}
+		})
+	}
+}
+
+func TestHasValidCredentials(t *testing.T) {
+	now := time.Now()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM := func(from, to time.Time) []byte {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "system:node:a"},
+			NotBefore: from, NotAfter: to}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, _ := x509.MarshalECPrivateKey(key)
+		return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+			pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})...)
+	}
+	for _, tc := range []struct {
+		name       string
+		kubeconfig bool
+		pem        []byte
+		want       bool
+	}{
+		{"empty root", false, nil, false},
+		{"valid", true, certPEM(now.Add(-time.Hour), now.Add(24*time.Hour)), true},
+		{"no kubelet.conf", false, certPEM(now.Add(-time.Hour), now.Add(24*time.Hour)), false},
+		{"expired", true, certPEM(now.Add(-48*time.Hour), now.Add(-time.Hour)), false},
+		{"expires within the hour", true, certPEM(now.Add(-time.Hour), now.Add(30*time.Minute)), false},
+		{"garbage", true, []byte("not pem"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if tc.kubeconfig {
+				os.MkdirAll(filepath.Join(root, "etc/kubernetes"), 0o755)
+				os.WriteFile(filepath.Join(root, "etc/kubernetes/kubelet.conf"), []byte("x"), 0o600)
+			}
+			if tc.pem != nil {
+				os.MkdirAll(filepath.Join(root, "var/lib/kubelet/pki"), 0o755)
+				os.WriteFile(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem"), tc.pem, 0o600)
+			}
+			if got := HasValidCredentials(root, now); got != tc.want {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestReporterRedacts(t *testing.T) {
+	r := &Reporter{}
+	r.AddSecret(token)
+	got := r.Redact("join with " + token + " failed; secret 0123456789abcdef leaked")
+	if strings.Contains(got, "0123456789abcdef") {
+		t.Fatalf("not redacted: %s", got)
+	}
+}

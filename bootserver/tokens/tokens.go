@@ -1,0 +1,299 @@
+// Package tokens mints one bootstrap token per machine boot and deletes it as soon as it has done its
+// job: when the machine's CSR is issued (a CSR whose user is system:bootstrap:<id> gets a
+// certificate), when its Node registers, or when its agent reports node-ready.
+//
+// Lifecycle (decided here, relied on by httpd):
+//   - A token belongs to (MAC, boot). Asking again within the same boot returns the same token while
+//     it is live (known, and more than a minute from expiring), so an agent that retries its join
+//     file fetch gets the same credentials. A new boot of the machine deletes the old token and
+//     mints a new one.
+//   - Token ids, machines and expiry are kept in the state store (bbolt, bucket "tokens"); secrets
+//     only in memory. After a restart a machine asking again gets a new token (its old one is
+//     deleted); old tokens are still deleted by the CSR/Node watch or the cluster's token cleaner.
+//   - No secret is ever logged, returned in an error or written to disk.
+package tokens
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/pxejoin/pxejoin/bootstraptoken"
+)
+
+// Reasons a token is deleted (label of pxejoin_tokens_deleted_total).
+const (
+	ReasonCSRIssued      = "csr-issued"
+	ReasonNodeRegistered = "node-registered"
+	ReasonNodeReady      = "node-ready"
+	ReasonNewBoot        = "new-boot"
+	ReasonReplaced       = "replaced"
+	ReasonExpired        = "expired"
+)
+
+// LabelManagedBy marks the Secrets this package creates.
+const LabelManagedBy = "app.kubernetes.io/managed-by"
+
+var bucket = []byte("tokens")
+
+// Record is what is kept of a token: never its secret.
+type Record struct {
+	ID      string    `json:"id"`
+	MAC     string    `json:"mac"`
+	Node    string    `json:"node"`
+	Boot    int       `json:"boot"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+}
+
+// Options configure a Manager.
+type Options struct {
+	// Client manages Secrets in kube-system and watches CSRs and Nodes.
+	Client kubernetes.Interface
+	// DB is the state store; the Manager uses bucket "tokens".
+	DB *bolt.DB
+	// TTL of each token; default 30m.
+	TTL time.Duration
+	// Logger; default discards.
+	Logger *slog.Logger
+	// Registerer gets pxejoin_tokens_* metrics.
+	Registerer prometheus.Registerer
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Manager mints and deletes machine tokens. It is safe for concurrent use.
+type Manager struct {
+	opts    Options
+	log     *slog.Logger
+	mu      sync.Mutex
+	byID    map[string]*Record
+	secrets map[string]string // id → secret, memory only
+	macLock map[string]*sync.Mutex
+	minted  prometheus.Counter
+	deleted *prometheus.CounterVec
+}
+
+// New loads the token records and registers the metrics. Run starts the watches.
+func New(opts Options) (*Manager, error) {
+	if opts.Client == nil || opts.DB == nil {
+		return nil, fmt.Errorf("tokens: Client and DB are required")
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = 30 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[string]*sync.Mutex{}}
+	err := opts.DB.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("token record %s: %w", k, err)
+			}
+			m.byID[r.ID] = &r
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tokens: cannot load the token records: %w", err)
+	}
+	m.minted = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_minted_total", Help: "Bootstrap tokens created for machines."})
+	m.deleted = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pxejoin_tokens_deleted_total", Help: "Bootstrap tokens deleted (or forgotten once expired), by reason."}, []string{"reason"})
+	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pxejoin_tokens_live", Help: "Machine tokens minted and not yet deleted."},
+		func() float64 { m.mu.Lock(); defer m.mu.Unlock(); return float64(len(m.byID)) })
+	if r := opts.Registerer; r != nil {
+		for _, c := range []prometheus.Collector{m.minted, m.deleted, live} {
+			if err := r.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+// Token returns the token of mac's boot, minting one if it has none that is live. node names the
+// machine in the Secret's description.
+func (m *Manager) Token(ctx context.Context, mac, node string, boot int) (string, error) {
+	l := m.lockMAC(mac)
+	l.Lock()
+	defer l.Unlock()
+
+	now := m.opts.Now()
+	m.mu.Lock()
+	var stale []*Record
+	for _, r := range m.byID {
+		if r.MAC != mac {
+			continue
+		}
+		if sec, ok := m.secrets[r.ID]; ok && r.Boot == boot && r.Expires.Sub(now) > m.margin() {
+			m.mu.Unlock()
+			return r.ID + "." + sec, nil
+		}
+		stale = append(stale, r)
+	}
+	m.mu.Unlock()
+	for _, r := range stale {
+		reason := ReasonReplaced
+		if r.Boot != boot {
+			reason = ReasonNewBoot
+		}
+		if err := m.delete(ctx, r.ID, reason); err != nil {
+			m.log.Warn("cannot delete a machine's previous token", "mac", mac, "token_id", r.ID, "err", err)
+		}
+	}
+	tok, err := bootstraptoken.Create(ctx, m.opts.Client, bootstraptoken.Options{
+		TTL:         m.opts.TTL,
+		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
+		Labels: map[string]string{
+			LabelManagedBy:    "pxejoin-bootserver",
+			"pxejoin.io/mac":  strings.ReplaceAll(mac, ":", ""),
+			"pxejoin.io/boot": fmt.Sprint(boot),
+		},
+	})
+	if err != nil {
+		return "", err
+	}
+	id, secret, _ := strings.Cut(tok, ".")
+	r := &Record{ID: id, MAC: mac, Node: node, Boot: boot, Created: now, Expires: now.Add(m.opts.TTL)}
+	if err := m.put(r); err != nil {
+		// Without its record the token could outlive its use: take it back.
+		_ = bootstraptoken.Delete(ctx, m.opts.Client, id)
+		return "", fmt.Errorf("tokens: cannot record token %s: %w", id, err)
+	}
+	m.mu.Lock()
+	m.byID[id] = r
+	m.secrets[id] = secret
+	m.mu.Unlock()
+	m.minted.Inc()
+	m.log.Info("bootstrap token minted", "mac", mac, "node", node, "boot", boot, "token_id", id, "expires", r.Expires.UTC().Format(time.RFC3339))
+	return tok, nil
+}
+
+// margin is how close to expiry a token stops being handed out again.
+func (m *Manager) margin() time.Duration {
+	if d := m.opts.TTL / 10; d < time.Minute {
+		return d
+	}
+	return time.Minute
+}
+
+func (m *Manager) lockMAC(mac string) *sync.Mutex {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := m.macLock[mac]
+	if l == nil {
+		l = &sync.Mutex{}
+		m.macLock[mac] = l
+	}
+	return l
+}
+
+// RevokeMAC deletes every token of mac (e.g. when its agent reports node-ready).
+func (m *Manager) RevokeMAC(ctx context.Context, mac, reason string) error {
+	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.MAC == mac })
+}
+
+// RevokeID deletes the token with id if this manager minted it.
+func (m *Manager) RevokeID(ctx context.Context, id, reason string) error {
+	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.ID == id })
+}
+
+// RevokeNode deletes the tokens minted for node before registered (the Node's creation time).
+func (m *Manager) RevokeNode(ctx context.Context, node string, registered time.Time, reason string) error {
+	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.Node == node && !registered.Before(r.Created.Truncate(time.Second)) })
+}
+
+func (m *Manager) revokeWhere(ctx context.Context, reason string, match func(*Record) bool) error {
+	m.mu.Lock()
+	var ids []string
+	for id, r := range m.byID {
+		if match(r) {
+			ids = append(ids, id)
+		}
+	}
+	m.mu.Unlock()
+	var firstErr error
+	for _, id := range ids {
+		if err := m.delete(ctx, id, reason); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// delete removes the Secret, then the record.
+func (m *Manager) delete(ctx context.Context, id, reason string) error {
+	if reason != ReasonExpired {
+		if err := bootstraptoken.Delete(ctx, m.opts.Client, id); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	r, ok := m.byID[id]
+	delete(m.byID, id)
+	delete(m.secrets, id)
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	err := m.opts.DB.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
+	m.deleted.WithLabelValues(reason).Inc()
+	m.log.Info("bootstrap token deleted", "mac", r.MAC, "node", r.Node, "token_id", id, "reason", reason)
+	return err
+}
+
+func (m *Manager) put(r *Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return m.opts.DB.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(r.ID), b) })
+}
+
+// Records returns the live token records (ids, never secrets), sorted by MAC.
+func (m *Manager) Records() []Record {
+	m.mu.Lock()
+	out := make([]Record, 0, len(m.byID))
+	for _, r := range m.byID {
+		out = append(out, *r)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].MAC < out[j].MAC || (out[i].MAC == out[j].MAC && out[i].Created.Before(out[j].Created))
+	})
+	return out
+}
+
+// sweep forgets records past their expiry: the cluster's token cleaner deletes those Secrets.
+func (m *Manager) sweep(ctx context.Context) {
+	now := m.opts.Now()
+	m.mu.Lock()
+	var ids []string
+	for id, r := range m.byID {
+		if now.After(r.Expires) {
+			ids = append(ids, id)
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range ids {
+		_ = m.delete(ctx, id, ReasonExpired)
+	}
+}

@@ -1,0 +1,73 @@
+package tokens
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+)
+
+// Run watches CSRs and Nodes (client-go informers) and deletes a machine's token once its CSR is
+// issued or its Node registers; it also forgets expired records. It returns when ctx ends.
+func (m *Manager) Run(ctx context.Context) error {
+	f := informers.NewSharedInformerFactory(m.opts.Client, 10*time.Minute)
+	csrs := f.Certificates().V1().CertificateSigningRequests().Informer()
+	nodes := f.Core().V1().Nodes().Informer()
+	onCSR := func(obj any) {
+		if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok {
+			m.csrSeen(ctx, csr)
+		}
+	}
+	onNode := func(obj any) {
+		if n, ok := obj.(*corev1.Node); ok {
+			_ = m.RevokeNode(ctx, n.Name, n.CreationTimestamp.Time, ReasonNodeRegistered)
+		}
+	}
+	if _, err := csrs.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    onCSR,
+		UpdateFunc: func(_, obj any) { onCSR(obj) },
+	}); err != nil {
+		return err
+	}
+	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    onNode,
+		UpdateFunc: func(_, obj any) { onNode(obj) },
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced) {
+		return ctx.Err()
+	}
+	m.log.Info("watching CSRs and Nodes to delete used bootstrap tokens")
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			m.sweep(ctx)
+		}
+	}
+}
+
+// csrSeen deletes the token a CSR was made with once the CSR has its certificate.
+func (m *Manager) csrSeen(ctx context.Context, csr *certificatesv1.CertificateSigningRequest) {
+	if len(csr.Status.Certificate) == 0 {
+		return
+	}
+	id, ok := strings.CutPrefix(csr.Spec.Username, bootstrapapi.BootstrapUserPrefix)
+	if !ok {
+		return
+	}
+	if err := m.RevokeID(ctx, id, ReasonCSRIssued); err != nil {
+		m.log.Warn("cannot delete a used bootstrap token", "token_id", id, "csr", csr.Name, "err", err)
+	}
+}

@@ -1,6 +1,7 @@
 package join
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -61,6 +62,9 @@ func runKubeletConfig(ctx context.Context, d *data) error {
 	caPath := d.cfg.CACertPath
 	if caPath == "" {
 		caPath = joinconfig.DefaultCACertPath
+	}
+	if old, err := d.root.Read(caPath); err == nil && !bytes.Equal(old, d.disc.CAData) {
+		return fmt.Errorf("%s already exists and is not this cluster's CA: this machine belongs to another cluster; remove it (kubeadm reset) or join into another --rootfs", caPath)
 	}
 	d.printf("[kubelet-start] Writing kubelet configuration to file %q", nodefiles.KubeletConfig)
 	d.printf("[kubelet-start] Writing kubelet environment file with flags to file %q", nodefiles.KubeletFlags)

@@ -33,6 +33,11 @@ var checks = []check{
 		if p == "" {
 			p = joinconfig.DefaultCACertPath
 		}
+		// Deviation from kubeadm: a CA left by an unfinished join (no kubelet.conf yet) does not block a
+		// re-run; kubelet-start/config then refuses it unless it is the cluster's CA.
+		if !d.root.Exists(nodefiles.KubeletConf) {
+			return nil
+		}
 		return fileAvailable(p)(d)
 	}},
 	{Name: "Port-10250", HostOnly: true, Run: func(d *data) error {

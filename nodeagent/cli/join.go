@@ -215,3 +215,5 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 	}
 	return 0
 }
+
+func marshal(c *joinconfig.JoinConfiguration) ([]byte, error) { return joinconfig.Marshal(c) }

@@ -14,8 +14,9 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// patchFile matches kubeadm's patch file names: target[+patchtype][suffix].(json|yaml).
-var patchFile = regexp.MustCompile(`^([a-z-]+?)(?:\+(strategic|merge|json))?([^.+]*)\.(json|yaml|yml)$`)
+// patchFile matches kubeadm's patch file names: target[suffix][+patchtype].(json|yaml), with kubeadm's
+// targets.
+var patchFile = regexp.MustCompile(`^(etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubeletconfiguration|corednsdeployment)([^+.]*)(?:\+(strategic|merge|json))?\.(json|yaml|yml)$`)
 
 // applyPatches applies, in file-name order, the patches in dir for target to doc (YAML) and returns
 // the patched YAML. Files for other targets (control-plane components) are ignored on a worker.
@@ -42,7 +43,7 @@ func applyPatches(dir, target string, doc []byte, printf func(string, ...any)) (
 		if err != nil {
 			return nil, fmt.Errorf("patch %s is not YAML or JSON: %w", e.Name(), err)
 		}
-		switch kind := m[2]; kind {
+		switch kind := m[3]; kind {
 		case "", "strategic":
 			cur, err = strategicpatch.StrategicMergePatch(cur, pj, kubeletv1beta1.KubeletConfiguration{})
 		case "merge":

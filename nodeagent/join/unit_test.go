@@ -1,0 +1,118 @@
+package join
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pxejoin/pxejoin/joinconfig"
+)
+
+func TestSkipped(t *testing.T) {
+	cases := []struct {
+		skip  []string
+		phase string
+		want  bool
+	}{
+		{nil, "kubelet-start/start", false},
+		{[]string{"kubelet-start/start"}, "kubelet-start/start", true},
+		{[]string{"kubelet-start/start"}, "kubelet-start/config", false},
+		{[]string{"kubelet-start"}, "kubelet-start/tls-bootstrap", true},
+		{[]string{"preflight,kubelet-start/start"}, "preflight", true},
+		{[]string{"all"}, "preflight", true},
+	}
+	for _, tc := range cases {
+		d, err := newData(&joinconfig.JoinConfiguration{SkipPhases: tc.skip, NodeRegistration: joinconfig.NodeRegistrationOptions{Name: "n"}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.skipped(tc.phase); got != tc.want {
+			t.Errorf("skip %v, phase %s: got %v", tc.skip, tc.phase, got)
+		}
+	}
+}
+
+func TestPhaseNames(t *testing.T) {
+	got := strings.Join(PhaseNames(), " ")
+	want := "preflight control-plane-prepare control-plane-prepare/download-certs control-plane-prepare/certs control-plane-prepare/kubeconfig control-plane-prepare/control-plane kubelet-start kubelet-start/config kubelet-start/tls-bootstrap kubelet-start/start control-plane-join control-plane-join/etcd control-plane-join/mark-control-plane"
+	if got != want {
+		t.Fatalf("phases:\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestKubeletFlags(t *testing.T) {
+	cfg := &joinconfig.JoinConfiguration{NodeRegistration: joinconfig.NodeRegistrationOptions{
+		Name: "worker-1", CRISocket: "unix:///run/crio/crio.sock",
+		Taints:           []corev1.Taint{{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}, {Key: "x", Effect: corev1.TaintEffectNoExecute}},
+		KubeletExtraArgs: []joinconfig.Arg{{Name: "node-labels", Value: "rack=r1"}, {Name: "container-runtime-endpoint", Value: "unix:///override.sock"}},
+	}}
+	d, err := newData(cfg, Options{Rootfs: "/mnt/root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := d.kubeletFlags()
+	want := `KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///override.sock --hostname-override=worker-1 --node-labels=rack=r1 --register-with-taints=dedicated=gpu:NoSchedule,x:NoExecute"` + "\n"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestPatches(t *testing.T) {
+	base := []byte("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 110\nclusterDNS: [10.96.0.10]\n")
+	cases := []struct {
+		files   map[string]string
+		want    []string
+		wantErr string
+	}{
+		{map[string]string{"kubeletconfiguration.yaml": "maxPods: 50\n"}, []string{"maxPods: 50", "10.96.0.10"}, ""},
+		{map[string]string{"kubeletconfiguration+merge.json": `{"clusterDNS":["1.1.1.1"]}`}, []string{"1.1.1.1", "maxPods: 110"}, ""},
+		{map[string]string{"kubeletconfiguration+json.yaml": "- op: replace\n  path: /maxPods\n  value: 7\n"}, []string{"maxPods: 7"}, ""},
+		{map[string]string{"kube-apiserver.yaml": "spec: {}\n", "kubeletconfiguration1.yaml": "maxPods: 1\n", "kubeletconfiguration2.yaml": "maxPods: 2\n"}, []string{"maxPods: 2"}, ""},
+		{map[string]string{"kubeletconfiguration+json.yaml": "- op: remove\n  path: /nope\n"}, nil, "applying patch"},
+	}
+	for i, tc := range cases {
+		dir := t.TempDir()
+		for n, b := range tc.files {
+			os.WriteFile(filepath.Join(dir, n), []byte(b), 0o644)
+		}
+		got, err := applyPatches(dir, "kubeletconfiguration", base, func(string, ...any) {})
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("case %d: err = %v", i, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(string(got), w) {
+				t.Errorf("case %d: result lacks %q:\n%s", i, w, got)
+			}
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	bt := &joinconfig.BootstrapTokenDiscovery{Token: "abcdef.0123456789abcdef", APIServerEndpoint: "h:1", CACertHashes: []string{"sha256:x"}}
+	cases := []struct {
+		name string
+		cfg  joinconfig.JoinConfiguration
+		err  string
+	}{
+		{"ok", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{BootstrapToken: bt, TLSBootstrapToken: "abcdef.0123456789abcdef"}}, ""},
+		{"both methods", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{BootstrapToken: bt, File: &joinconfig.FileDiscovery{KubeConfigPath: "x"}}}, "mutually exclusive"},
+		{"none", joinconfig.JoinConfiguration{}, "no discovery method"},
+		{"no tls token", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{BootstrapToken: bt}}, "no TLS bootstrap token"},
+		{"control plane", joinconfig.JoinConfiguration{ControlPlane: &joinconfig.JoinControlPlane{}}, "not supported"},
+	}
+	for _, tc := range cases {
+		err := Validate(&tc.cfg)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+		}
+	}
+}

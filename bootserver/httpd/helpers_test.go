@@ -1,0 +1,125 @@
+package httpd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/bootserver/status"
+)
+
+// stubTokens hands out fixed-shape tokens per (mac, boot); the real minting is tested against a
+// real control plane in bootserver/server.
+type stubTokens struct {
+	mu      sync.Mutex
+	issued  map[string]string
+	revoked []string
+}
+
+func (s *stubTokens) Token(_ context.Context, mac, node string, boot int) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.issued == nil {
+		s.issued = map[string]string{}
+	}
+	k := fmt.Sprintf("%s/%d", mac, boot)
+	if t, ok := s.issued[k]; ok {
+		return t, nil
+	}
+	t := fmt.Sprintf("t%05d.s3cr3t%010d", len(s.issued), len(s.issued)+42)
+	s.issued[k] = t
+	return t, nil
+}
+
+func (s *stubTokens) RevokeMAC(_ context.Context, mac, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revoked = append(s.revoked, mac+" "+reason)
+	return nil
+}
+
+type fixture struct {
+	h      *Handler
+	dir    string
+	kernel []byte
+	tokens *stubTokens
+	logs   *syncBuffer
+	reg    *prometheus.Registry
+	store  *status.Store
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// newFixture builds a handler over a temp dir with a kernel of kernelSize random bytes, two
+// initrds, a profile "worker" for known machines and, if unknown, "worker" for unknown ones too.
+func newFixture(t testing.TB, serverURL string, kernelSize int, unknown bool, machines ...config.Machine) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	kernel := make([]byte, kernelSize)
+	_, _ = rand.Read(kernel)
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	c := &config.Config{
+		Profiles: map[string]config.Profile{"worker": {
+			Kernel:    write("vmlinuz", kernel),
+			Initrds:   []string{write("initramfs.cpio.gz", []byte("initramfs")), write("modules.cpio", []byte("modules"))},
+			Cmdline:   "console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.root={{.RootImageURL}} pxejoin.node={{.NodeName}}",
+			RootImage: write("root.squashfs", []byte("squashfs")),
+		}},
+		Machines: machines,
+	}
+	if unknown {
+		c.Unknown.Profile = "worker"
+	}
+	inv, err := inventory.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	st, err := status.Open(db, status.Options{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close(); db.Close() })
+	logs := &syncBuffer{}
+	tok := &stubTokens{}
+	h, err := New(Config{
+		Inventory: inv, Status: st, Tokens: tok, ServerURL: serverURL,
+		APIServerEndpoint: "10.80.0.1:6443",
+		CACertHashes:      []string{"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
+		IPXEDir:           dir,
+		Logger:            slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registerer:        reg, Gatherer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return &fixture{h: h, dir: dir, kernel: kernel, tokens: tok, logs: logs, reg: reg, store: st}
+}

@@ -1,0 +1,85 @@
+package httpd
+
+import (
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/bootstraptoken"
+	"github.com/pxejoin/pxejoin/joinconfig"
+)
+
+// JoinConfig builds the JoinConfiguration of a machine with its token.
+func JoinConfig(a inventory.Assignment, token, endpoint string, pins []string) *joinconfig.JoinConfiguration {
+	jc := &joinconfig.JoinConfiguration{
+		CACertPath: joinconfig.DefaultCACertPath,
+		NodeRegistration: joinconfig.NodeRegistrationOptions{
+			Name:            a.NodeName,
+			CRISocket:       joinconfig.DefaultCRI,
+			ImagePullPolicy: "IfNotPresent",
+		},
+		Discovery: joinconfig.Discovery{
+			BootstrapToken: &joinconfig.BootstrapTokenDiscovery{
+				Token:             token,
+				APIServerEndpoint: endpoint,
+				CACertHashes:      append([]string(nil), pins...),
+			},
+			TLSBootstrapToken: token,
+		},
+	}
+	if len(a.Labels) > 0 {
+		keys := make([]string, 0, len(a.Labels))
+		for k := range a.Labels {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var kv []string
+		for _, k := range keys {
+			kv = append(kv, k+"="+a.Labels[k])
+		}
+		jc.NodeRegistration.KubeletExtraArgs = []joinconfig.Arg{{Name: "node-labels", Value: strings.Join(kv, ",")}}
+	}
+	return jc
+}
+
+// serveJoin serves GET /join/<mac>: the one place a token ever leaves the boot server. The body is
+// never logged and the response is never cached.
+func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	mac, a, boots, err := h.machineOf(r, r.PathValue("mac"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !boots {
+		h.log.Info("unknown machine asked for a join file", "mac", mac, "remote", r.RemoteAddr)
+		http.Error(w, "this machine is not in the boot server's inventory", http.StatusNotFound)
+		return
+	}
+	boot, _ := h.cfg.Status.RecordSync(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateStart, "", ""))
+	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
+	tok, err := h.cfg.Tokens.Token(r.Context(), mac, a.NodeName, boot)
+	if err != nil {
+		// err names the token id at most, never the secret.
+		h.log.Error("cannot mint a bootstrap token", "mac", mac, "node", a.NodeName, "err", err)
+		h.cfg.Status.Record(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateError, "", "the boot server could not mint a bootstrap token"))
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "cannot mint a bootstrap token for this machine now: see the boot server's log", http.StatusServiceUnavailable)
+		return
+	}
+	body, err := joinconfig.Marshal(JoinConfig(a, tok, h.cfg.APIServerEndpoint, h.cfg.CACertHashes))
+	if err != nil {
+		h.log.Error("cannot marshal a join file", "mac", mac)
+		http.Error(w, "cannot build the join file", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	_, _ = w.Write(body)
+	h.cfg.Status.Record(mac, status.Event{Event: bootstatus.Event{Phase: bootstatus.PhaseJoinFile, State: bootstatus.StateDone,
+		Detail: "node " + a.NodeName + ", token " + bootstraptoken.ID(tok)}, Source: status.SourceHTTP})
+	h.log.Info("join file served", "mac", mac, "node", a.NodeName, "token_id", bootstraptoken.ID(tok), "remote", r.RemoteAddr)
+}

@@ -1,0 +1,136 @@
+package httpd
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+
+	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootstatus"
+)
+
+// machineOf parses a MAC from a request path segment and looks the machine up (by MAC, then by the
+// UUID in ?uuid= or the one seen in DHCP).
+func (h *Handler) machineOf(r *http.Request, raw string) (mac string, a inventory.Assignment, boots bool, err error) {
+	mac, err = config.CanonicalMAC(raw)
+	if err != nil {
+		return "", a, false, err
+	}
+	uuid := r.URL.Query().Get("uuid")
+	if uuid == "" && h.cfg.UUIDOf != nil {
+		uuid = h.cfg.UUIDOf(mac)
+	}
+	a, boots = h.cfg.Inventory.Lookup(mac, uuid)
+	return mac, a, boots, nil
+}
+
+// ScriptData is what an iPXE script is rendered from.
+type ScriptData struct {
+	MAC, NodeName, Profile string
+	KernelURL              string
+	InitrdURLs             []string
+	InitrdNames            []string
+	Cmdline                string
+}
+
+// Script renders the iPXE script that boots a profile. The kernel line names each initrd with
+// initrd=<name>: Debian's iPXE under UEFI needs it, or the kernel finds no initramfs.
+func Script(d ScriptData) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "#!ipxe\n# pxejoin: machine %s, node %s, profile %s\n", d.MAC, d.NodeName, d.Profile)
+	b.WriteString(":retry\n")
+	b.WriteString("kernel " + d.KernelURL)
+	for _, n := range d.InitrdNames {
+		b.WriteString(" initrd=" + n)
+	}
+	if d.Cmdline != "" {
+		b.WriteString(" " + d.Cmdline)
+	}
+	b.WriteString(" || goto failed\n")
+	for _, u := range d.InitrdURLs {
+		b.WriteString("initrd " + u + " || goto failed\n")
+	}
+	b.WriteString("boot || goto failed\n")
+	b.WriteString(":failed\necho pxejoin: loading the boot images failed; trying again in 10 s\nsleep 10\ngoto retry\n")
+	return b.String()
+}
+
+// UnknownScript is served to a machine that is not in the inventory when there is no profile for
+// unknown machines: it says so and exits, so the firmware goes on to its next boot device.
+func UnknownScript(mac string) string {
+	return "#!ipxe\n# pxejoin: machine " + mac + " is not in the inventory and unknown machines get no profile\n" +
+		"echo pxejoin: this machine (" + mac + ") is not in the boot server's inventory; add it to the configuration\n" +
+		"echo pxejoin: going on with the next boot device in 10 s\nsleep 10\nexit 1\n"
+}
+
+// fileURL is the per-machine URL of a profile file: the last segment is the file's name, which iPXE
+// takes as the image name.
+func (h *Handler) fileURL(mac string, p *inventory.Profile, local string) string {
+	return h.cfg.ServerURL + "/files/" + mac + "/" + p.Name + "/" + url.PathEscape(path.Base(local))
+}
+
+// CmdlineFields are the template fields of mac's cmdline.
+func (h *Handler) cmdlineFields(mac string, a inventory.Assignment) config.CmdlineFields {
+	f := config.CmdlineFields{
+		JoinURL:   h.cfg.ServerURL + "/join/" + mac,
+		StatusURL: h.cfg.ServerURL + "/status/" + mac,
+		MAC:       mac,
+		NodeName:  a.NodeName,
+		ServerURL: h.cfg.ServerURL,
+		Profile:   a.Profile.Name,
+	}
+	switch {
+	case a.Profile.RemoteRootImage():
+		f.RootImageURL = a.Profile.RootImage
+	case a.Profile.RootImage != "":
+		f.RootImageURL = h.fileURL(mac, a.Profile, a.Profile.RootImage)
+	}
+	return f
+}
+
+func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
+	raw, ok := strings.CutSuffix(r.PathValue("script"), ".ipxe")
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	mac, a, boots, err := h.machineOf(r, raw)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart}, Source: status.SourceHTTP, StartsBoot: true}
+	if !boots {
+		start.State, start.Error = bootstatus.StateError, "not in the inventory and no profile for unknown machines"
+		h.cfg.Status.Record(mac, start)
+		h.log.Info("unknown machine asked for a script", "mac", mac, "remote", r.RemoteAddr)
+		_, _ = w.Write([]byte(UnknownScript(mac)))
+		return
+	}
+	h.cfg.Status.Record(mac, start)
+	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
+	cmdline, err := a.Profile.Cmdline(h.cmdlineFields(mac, a))
+	if err != nil {
+		h.log.Error("cannot render a cmdline", "mac", mac, "err", err)
+		h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateError, "", err.Error()))
+		http.Error(w, "cannot render this machine's kernel command line: see the boot server's log", http.StatusInternalServerError)
+		return
+	}
+	d := ScriptData{MAC: mac, NodeName: a.NodeName, Profile: a.Profile.Name, KernelURL: h.fileURL(mac, a.Profile, a.Profile.Kernel), Cmdline: cmdline}
+	for _, f := range a.Profile.Initrds {
+		d.InitrdURLs = append(d.InitrdURLs, h.fileURL(mac, a.Profile, f))
+		d.InitrdNames = append(d.InitrdNames, path.Base(f))
+	}
+	_, _ = w.Write([]byte(Script(d)))
+	h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateDone, "profile "+a.Profile.Name, ""))
+}
+
+func phaseEvent(phase, state, detail, errText string) status.Event {
+	return status.Event{Event: bootstatus.Event{Phase: phase, State: state, Detail: detail, Error: errText}, Source: status.SourceHTTP}
+}

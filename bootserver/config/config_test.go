@@ -115,7 +115,6 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-
 func TestQuick(t *testing.T) {
 	dir, _ := files(t)
 	q := Quick{

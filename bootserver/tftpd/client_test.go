@@ -5,10 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // testClient is a small RFC 1350/2347/2348/2349/7440 read client for the tests and the
@@ -31,6 +35,8 @@ type testClient struct {
 	dupAcks bool
 	// abortOACK: answer the OACK with ERROR abortOACK and stop (OVMF's tsize probe).
 	abortOACK uint16
+	// sink, if set, receives the file instead of testResult.data (the benchmark hashes it).
+	sink io.Writer
 }
 
 type testResult struct {
@@ -82,7 +88,7 @@ func (c testClient) get(name string) (testResult, error) {
 		return res, err
 	}
 	blksize, window := 512, 1
-	var tid *net.UDPAddr
+	var tid netip.AddrPort
 	var last uint64 // the last block received in order
 	inWin, tries, gapAcked, gotData := 0, 0, false, false
 	ack := func(block uint64) error {
@@ -99,38 +105,23 @@ func (c testClient) get(name string) (testResult, error) {
 		}
 		return nil
 	}
-	buf := make([]byte, 65536)
-	for {
-		_ = conn.SetReadDeadline(time.Now().Add(timeout))
-		n, from, err := conn.ReadFromUDP(buf)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if tries++; tries > retries {
-				return res, fmt.Errorf("timeout after block %d", last)
-			}
-			if _, err := conn.WriteToUDP(out, to); err != nil { // the RRQ or the last ACK again
-				return res, err
-			}
-			continue
+	// handle processes one datagram; done means the transfer is over.
+	handle := func(p []byte, from netip.AddrPort) (done bool, err error) {
+		if !tid.IsValid() {
+			tid, to = from, net.UDPAddrFromAddrPort(from)
+		} else if from != tid {
+			return false, nil
 		}
-		if err != nil {
-			return res, err
-		}
-		if tid == nil {
-			tid, to = from, from
-		} else if from.String() != tid.String() {
-			continue
-		}
-		p := buf[:n]
 		if len(p) < 4 {
-			return res, fmt.Errorf("short packet %x", p)
+			return true, fmt.Errorf("short packet %x", p)
 		}
 		switch binary.BigEndian.Uint16(p) {
 		case opERROR:
 			msg, _, _ := bytes.Cut(p[4:], []byte{0})
-			return res, &tftpError{code: binary.BigEndian.Uint16(p[2:]), msg: string(msg)}
+			return true, &tftpError{code: binary.BigEndian.Uint16(p[2:]), msg: string(msg)}
 		case opOACK:
 			if gotData || res.oack != nil {
-				continue
+				return false, nil
 			}
 			res.oack = map[string]string{}
 			f := bytes.Split(p[2:], []byte{0})
@@ -145,40 +136,70 @@ func (c testClient) get(name string) (testResult, error) {
 			}
 			if c.abortOACK != 0 {
 				_, err := conn.WriteToUDP(appendError(nil, c.abortOACK, "tsize probe done"), to)
-				return res, err
+				return true, err
 			}
-			if err := ack(0); err != nil {
-				return res, err
-			}
+			return false, ack(0)
 		case opDATA:
 			gotData = true
 			res.dataPackets++
 			blk := binary.BigEndian.Uint16(p[2:])
 			k := last + uint64(blk-uint16(last)) // the block's index if it is ahead of last
 			if c.drop != nil && c.drop(k) {
-				continue
+				return false, nil
 			}
 			if blk != uint16(last+1) {
 				if !c.noGapAck && !gapAcked {
 					gapAcked, inWin = true, 0
-					if err := ack(last); err != nil {
-						return res, err
-					}
+					return false, ack(last)
 				}
-				continue
+				return false, nil
 			}
-			res.data = append(res.data, p[4:]...)
+			if c.sink != nil {
+				_, _ = c.sink.Write(p[4:])
+			} else {
+				res.data = append(res.data, p[4:]...)
+			}
 			last++
 			inWin++
 			gapAcked, tries = false, 0
 			if len(p)-4 < blksize {
-				return res, ack(last)
+				return true, ack(last)
 			}
 			if inWin >= window {
 				inWin = 0
-				if err := ack(last); err != nil {
-					return res, err
-				}
+				return false, ack(last)
+			}
+		}
+		return false, nil
+	}
+	// Read with recvmmsg: a window's packets usually come in one system call.
+	pc := ipv4.NewPacketConn(conn)
+	msgs := make([]ipv4.Message, 16)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, 65536)}
+	}
+	for {
+		_ = conn.SetReadDeadline(time.Now().Add(timeout))
+		n, err := pc.ReadBatch(msgs, 0)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if tries++; tries > retries {
+				return res, fmt.Errorf("timeout after block %d", last)
+			}
+			if _, err := conn.WriteToUDP(out, to); err != nil { // the RRQ or the last ACK again
+				return res, err
+			}
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		for _, m := range msgs[:n] {
+			ua, _ := m.Addr.(*net.UDPAddr)
+			if ua == nil {
+				continue
+			}
+			if done, err := handle(m.Buffers[0][:m.N], ua.AddrPort()); done || err != nil {
+				return res, err
 			}
 		}
 	}

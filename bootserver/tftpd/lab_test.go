@@ -32,6 +32,9 @@ type lab struct {
 	srvNS  *netlab.NS
 	events *eventLog
 	mtu    int // of the link the clients use
+	// stop cancels ServeConn's context and waits for it to return (at most 10 s); cleanup
+	// calls it too.
+	stop func() error
 }
 
 const (
@@ -73,15 +76,18 @@ func newLab(t *testing.T, cfg Config) *lab {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.srv.ServeConn(ctx, conn) }()
-	t.Cleanup(func() {
+	l.stop = sync.OnceValue(func() error {
 		cancel()
 		select {
 		case err := <-done:
-			if err != nil {
-				t.Errorf("ServeConn: %v", err)
-			}
+			return err
 		case <-time.After(10 * time.Second):
-			t.Errorf("ServeConn did not return 10 s after cancel")
+			return fmt.Errorf("ServeConn did not return 10 s after cancel")
+		}
+	})
+	t.Cleanup(func() {
+		if err := l.stop(); err != nil {
+			t.Errorf("ServeConn: %v", err)
 		}
 	})
 	return l

@@ -9,6 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // errTimeout ends a transfer whose client stopped answering.
@@ -39,6 +42,10 @@ type windowSender struct {
 	onStart      func() // the client accepted the OACK (or there was none): data flows
 	onRetransmit func() // one DATA packet sent again
 	onForeign    func() // a packet from another address or port
+
+	bw    batchWriter // set on first use
+	raddr *net.UDPAddr
+	msgs  []ipv4.Message
 }
 
 // run sends r and returns the number of file bytes sent. Blocks are numbered 1, 2, … and the
@@ -82,7 +89,9 @@ func (w *windowSender) run(ctx context.Context, r io.Reader) (int64, error) {
 		total  int64
 		tries  int
 	)
+	batch := make([][]byte, 0, w.window)
 	for {
+		batch = batch[:0]
 		for sent < base+win && (last == 0 || sent < last) {
 			k := sent + 1
 			slot := slots[k%win]
@@ -106,10 +115,11 @@ func (w *windowSender) run(ctx context.Context, r io.Reader) (int64, error) {
 			} else if w.onRetransmit != nil {
 				w.onRetransmit()
 			}
-			if err := w.write(slot); err != nil {
-				return total, err
-			}
+			batch = append(batch, slot)
 			sent = k
+		}
+		if err := w.writeBatch(batch); err != nil {
+			return total, err
 		}
 		rp, err := w.await(ctx, rbuf, func(rp reply) bool {
 			d := rp.block - uint16(base)
@@ -185,6 +195,42 @@ func (w *windowSender) await(ctx context.Context, buf []byte, want func(reply) b
 func (w *windowSender) write(p []byte) error {
 	_, err := w.conn.WriteToUDPAddrPort(p, w.remote)
 	return err
+}
+
+// writeBatch sends a window's packets, with as few system calls as the OS allows (sendmmsg on
+// Linux): on a busy host the window is then one wake-up of the sender, not windowsize of them.
+func (w *windowSender) writeBatch(ps [][]byte) error {
+	if len(ps) == 1 {
+		return w.write(ps[0])
+	}
+	if w.bw == nil {
+		w.bw, w.raddr = newBatchWriter(w.conn), net.UDPAddrFromAddrPort(w.remote)
+	}
+	w.msgs = w.msgs[:0]
+	for i := range ps {
+		w.msgs = append(w.msgs, ipv4.Message{Buffers: ps[i : i+1], Addr: w.raddr})
+	}
+	for ms := w.msgs; len(ms) > 0; {
+		n, err := w.bw.WriteBatch(ms, 0)
+		if err != nil {
+			return err
+		}
+		ms = ms[n:]
+	}
+	return nil
+}
+
+// batchWriter is the part of ipv4.PacketConn and ipv6.PacketConn that writeBatch uses (their
+// Message types are the same type).
+type batchWriter interface {
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newBatchWriter(c *net.UDPConn) batchWriter {
+	if la, ok := c.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() != nil {
+		return ipv4.NewPacketConn(c)
+	}
+	return ipv6.NewPacketConn(c)
 }
 
 func (w *windowSender) sendError(code uint16, msg string) {

@@ -74,6 +74,11 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // newFixture builds a handler over a temp dir with a kernel of kernelSize random bytes, two
 // initrds, a profile "worker" for known machines and, if unknown, "worker" for unknown ones too.
 func newFixture(t testing.TB, serverURL string, kernelSize int, unknown bool, machines ...config.Machine) *fixture {
+	return newFixtureLevel(t, slog.LevelDebug, serverURL, kernelSize, unknown, machines...)
+}
+
+// newFixtureLevel is newFixture with a log level (benchmarks log as production does: Info).
+func newFixtureLevel(t testing.TB, level slog.Level, serverURL string, kernelSize int, unknown bool, machines ...config.Machine) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	kernel := make([]byte, kernelSize)
@@ -118,7 +123,7 @@ func newFixture(t testing.TB, serverURL string, kernelSize int, unknown bool, ma
 		APIServerEndpoint: "10.80.0.1:6443",
 		CACertHashes:      []string{"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
 		IPXEDir:           dir,
-		Logger:            slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:            slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level})),
 		Registerer:        reg, Gatherer: reg,
 	})
 	if err != nil {

@@ -91,7 +91,7 @@ type Options struct {
 	MaxMachines int
 	// Registerer gets the boot-phase histogram and the machines-by-last-phase gauge.
 	Registerer prometheus.Registerer
-	// FlushInterval is how often events recorded without Sync are written; default 200ms.
+	// FlushInterval is how often events recorded without Sync are written; default 1s.
 	FlushInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -116,7 +116,7 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 		opts.MaxMachines = DefaultMaxMachines
 	}
 	if opts.FlushInterval <= 0 {
-		opts.FlushInterval = 200 * time.Millisecond
+		opts.FlushInterval = time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

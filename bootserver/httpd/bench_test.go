@@ -1,0 +1,246 @@
+package httpd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/netlab"
+)
+
+const (
+	benchMachines  = 10000
+	benchBigSize   = 60 << 20
+	benchBigRounds = 3
+	benchWorkers   = 8
+)
+
+// startNginx runs Debian's nginx (nginx-light) inside ns with its own prefix, config and logs in
+// dir, serving root at addr. It never touches the host's nginx.
+func startNginx(b *testing.B, ns *netlab.NS, dir, root, addr string) {
+	b.Helper()
+	if _, err := exec.LookPath("nginx"); err != nil {
+		b.Skip("nginx is not installed (apt-get install nginx-light)")
+	}
+	for _, d := range []string{"tmp", "logs"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Workers run as root: the temp dirs are 0700 and this nginx lives only in the test namespace.
+	conf := fmt.Sprintf(`user root;
+worker_processes 2;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  default_type application/octet-stream;
+  client_body_temp_path %[1]s/tmp/body;
+  proxy_temp_path %[1]s/tmp/proxy;
+  fastcgi_temp_path %[1]s/tmp/fastcgi;
+  uwsgi_temp_path %[1]s/tmp/uwsgi;
+  scgi_temp_path %[1]s/tmp/scgi;
+  server { listen %[2]s; root %[3]s; }
+}
+`, dir, addr, root)
+	cf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cmd := ns.Command("nginx", "-p", dir, "-c", cf, "-e", filepath.Join(dir, "logs", "error.log"))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // the namespace's deletion kills its workers
+}
+
+// nsClient is an HTTP client whose connections are dialled from inside ns.
+func nsClient(ns *netlab.NS) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+		MaxIdleConnsPerHost: benchWorkers * 2,
+		DisableCompression:  true,
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = ns.Do(func() error { c, err = d.DialContext(ctx, network, addr); return err })
+			return c, err
+		},
+	}}
+}
+
+func waitUp(b *testing.B, c *http.Client, url string) {
+	b.Helper()
+	for i := 0; i < 100; i++ {
+		if resp, err := c.Get(url); err == nil {
+			resp.Body.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Fatalf("%s never answered", url)
+}
+
+// benchClientEnv makes the test binary a benchmark client (see TestMain): a process of its own, so
+// that neither server shares a Go runtime with the client.
+const benchClientEnv = "PXEJOIN_BENCH_CLIENT"
+
+// TestMain runs the benchmark client when asked to, and the tests otherwise.
+func TestMain(m *testing.M) {
+	if os.Getenv(benchClientEnv) != "" {
+		os.Exit(benchClient())
+	}
+	os.Exit(m.Run())
+}
+
+// benchClient reads "base" and a paths file from the environment, fetches them all, and prints
+// "<nanoseconds> <bytes>".
+func benchClient() int {
+	data, err := os.ReadFile(os.Getenv("PXEJOIN_BENCH_PATHS"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	paths := strings.Fields(string(data))
+	c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: benchWorkers * 2, DisableCompression: true}}
+	d, n, err := fetchAll(c, os.Getenv("PXEJOIN_BENCH_BASE"), paths)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(d.Nanoseconds(), n)
+	return 0
+}
+
+// runClient runs the client process in ns against base and returns its elapsed time.
+func runClient(b *testing.B, ns *netlab.NS, base, pathsFile string) time.Duration {
+	b.Helper()
+	cmd := ns.Command("env", benchClientEnv+"=1", "PXEJOIN_BENCH_BASE="+base, "PXEJOIN_BENCH_PATHS="+pathsFile, os.Args[0])
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("benchmark client against %s: %v", base, err)
+	}
+	var ns64, n int64
+	if _, err := fmt.Sscan(string(out), &ns64, &n); err != nil {
+		b.Fatalf("benchmark client output %q", out)
+	}
+	return time.Duration(ns64)
+}
+
+// fetchAll GETs every path with benchWorkers clients and returns the elapsed time and bytes.
+func fetchAll(c *http.Client, base string, paths []string) (time.Duration, int64, error) {
+	var next, total atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	start := time.Now()
+	for w := 0; w < benchWorkers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(paths) {
+					return
+				}
+				resp, err := c.Get(base + paths[i])
+				if err != nil {
+					failed.Store(err.Error())
+					return
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Store(fmt.Sprintf("%s: %s", paths[i], resp.Status))
+					return
+				}
+				total.Add(n)
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f != nil {
+		return 0, 0, fmt.Errorf("fetch: %v", f)
+	}
+	return time.Since(start), total.Load(), nil
+}
+
+// BenchmarkHTTPVsNginx serves one 60 MB file and 10,000 per-machine iPXE scripts from this package
+// and from nginx (the same bytes as static files), both inside one namespace, fetched by the same Go
+// client from another namespace over veth. It reports throughput and the ratio ours/nginx (≥ 1 means
+// we are at least as fast). The client is a separate process (this test binary, see TestMain). Bounded: 2×10,000 small and 2×3 big downloads.
+func BenchmarkHTTPVsNginx(b *testing.B) {
+	l := newLab(b)
+	ours := "http://" + l.serverIP + ":8080"
+	theirs := "http://" + l.serverIP + ":8081"
+	f := newFixtureLevel(b, slog.LevelInfo, ours, benchBigSize, true)
+	l.serve(b, f.h, "8080")
+
+	// nginx's document root: the very bytes we serve, as files.
+	www := filepath.Join(f.dir, "www")
+	paths := make([]string, benchMachines)
+	for i := range paths {
+		mac := fmt.Sprintf("52:54:01:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff)
+		paths[i] = "/boot/" + mac + ".ipxe"
+		rec := httptest.NewRecorder()
+		f.h.ServeHTTP(rec, httptest.NewRequest("GET", paths[i], nil))
+		p := filepath.Join(www, paths[i])
+		if i == 0 {
+			_ = os.MkdirAll(filepath.Dir(p), 0o755)
+		}
+		if err := os.WriteFile(p, rec.Body.Bytes(), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	big := "/files/52:54:01:00:00:00/worker/vmlinuz"
+	_ = os.MkdirAll(filepath.Join(www, filepath.Dir(big)), 0o755)
+	if err := os.Link(filepath.Join(f.dir, "vmlinuz"), filepath.Join(www, big)); err != nil {
+		b.Fatal(err)
+	}
+	startNginx(b, l.server, filepath.Join(f.dir, "nginx"), www, l.serverIP+":8081")
+	c := nsClient(l.client)
+	waitUp(b, c, ours+"/healthz")
+	waitUp(b, c, theirs+paths[0])
+
+	smallFile, bigFile := filepath.Join(f.dir, "small.paths"), filepath.Join(f.dir, "big.paths")
+	_ = os.WriteFile(smallFile, []byte(strings.Join(paths, "\n")), 0o644)
+	_ = os.WriteFile(bigFile, []byte(strings.Repeat(big+"\n", benchBigRounds)), 0o644)
+	b.ResetTimer()
+	var oursSmall, nginxSmall, oursBig, nginxBig time.Duration
+	for i := 0; i < b.N; i++ {
+		// Interleaved, best of two, so a burst of load on the shared machine hits both.
+		oursSmall, nginxSmall, oursBig, nginxBig = time.Hour, time.Hour, time.Hour, time.Hour
+		for round := 0; round < 2; round++ {
+			nginxSmall = min(nginxSmall, runClient(b, l.client, theirs, smallFile))
+			oursSmall = min(oursSmall, runClient(b, l.client, ours, smallFile))
+			nginxBig = min(nginxBig, runClient(b, l.client, theirs, bigFile))
+			oursBig = min(oursBig, runClient(b, l.client, ours, bigFile))
+		}
+	}
+	b.StopTimer()
+	rps := func(d time.Duration) float64 { return float64(benchMachines) / d.Seconds() }
+	mbps := func(d time.Duration) float64 { return float64(benchBigRounds*benchBigSize) / (1 << 20) / d.Seconds() }
+	b.ReportMetric(rps(oursSmall), "ours-scripts/s")
+	b.ReportMetric(rps(nginxSmall), "nginx-scripts/s")
+	b.ReportMetric(rps(oursSmall)/rps(nginxSmall), "ratio-small")
+	b.ReportMetric(mbps(oursBig), "ours-MB/s")
+	b.ReportMetric(mbps(nginxBig), "nginx-MB/s")
+	b.ReportMetric(mbps(oursBig)/mbps(nginxBig), "ratio-big")
+	b.Logf("10,000 scripts: ours %.0f/s, nginx %.0f/s, ratio ours/nginx %.2f; 60 MB file: ours %.0f MB/s, nginx %.0f MB/s, ratio %.2f",
+		rps(oursSmall), rps(nginxSmall), rps(oursSmall)/rps(nginxSmall), mbps(oursBig), mbps(nginxBig), mbps(oursBig)/mbps(nginxBig))
+}

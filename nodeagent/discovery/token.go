@@ -159,7 +159,9 @@ func waitSigned(ctx context.Context, c kubernetes.Interface, id string, progress
 			}
 			once("unsigned", "[discovery] cluster-info holds no signature for token id %q yet: waiting (the token is invalid or expired if this lasts; create one with `kubeadm token create`)", id)
 			if canWatch {
-				if signed, werr := watchSigned(ctx, cms, cm.ResourceVersion, key); werr == nil && signed != nil {
+				// Watch from "now" (no resource version): the first event is the current object, so a signature
+				// added since the GET is not missed, and a lagging watch cache cannot refuse a too-new version.
+				if signed, werr := watchSigned(ctx, cms, "", key); werr == nil && signed != nil {
 					return signed, nil
 				} else if apierrors.IsForbidden(werr) || apierrors.IsUnauthorized(werr) {
 					canWatch = false // kubeadm's Role allows only get: poll.

@@ -7,8 +7,12 @@ import (
 	"os"
 
 	"github.com/pxejoin/pxejoin/nodeagent/cli"
+	"github.com/pxejoin/pxejoin/nodeagent/initmode"
 )
 
 func main() {
+	if initmode.IsInit() {
+		initmode.Main(initmode.Config{Join: cli.InitJoin}) // never returns
+	}
 	os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }

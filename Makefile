@@ -13,7 +13,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 all: build
 
 build:
-	$(GO) build -o bin/ ./nodeagent ./bootserver
+	$(GO) build -trimpath -ldflags "-s -w" -o bin/ ./nodeagent ./bootserver
 
 deps:
 	lab/install-deps.sh
@@ -25,9 +25,11 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above are not formatted"; exit 1; }
 
-# Everything: unit tests, the boot server on real links, joins against a real control plane.
+# Everything: unit tests, the boot server on real links, joins against a real control plane, a short
+# run of every fuzz target.
 test: deps k8s vet build
 	$(GO) test -count=1 -timeout 40m ./...
+	lab/fuzz.sh 5s
 
 # Quick iteration: pure-logic tests only (no control plane, no namespaces, no VM).
 test-short: build
@@ -40,7 +42,7 @@ bench-join: deps k8s build
 	$(GO) test -run '^$$' -bench 'Join' -benchtime 1x -count=1 -timeout 30m ./nodeagent/...
 
 fuzz:
-	@echo "see the fuzz targets in bootserver/dhcpd and bootserver/tftpd"
+	lab/fuzz.sh $(or $(FUZZTIME),2m)
 
 clean:
 	rm -rf bin

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/net/ipv4"
 
 	"github.com/pxejoin/pxejoin/netlab"
 )
@@ -67,6 +68,11 @@ func newLab(t *testing.T, cfg Config) *lab {
 			t.Fatal(err)
 		}
 		l.addr, l.mtu = labServerIP+":69", 1500
+	}
+	// As a socket-activation caller would: datagrams carry their destination and interface from
+	// the start, even those that come before ServeConn runs (see ServeConn).
+	if err := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
+		t.Fatal(err)
 	}
 	l.srv, err = New(cfg)
 	if err != nil {

@@ -26,8 +26,7 @@ type serving struct {
 
 // loop reads the server port until the socket is closed. It runs in the socket's network
 // namespace (see inSocketNetns): the transfer sockets it opens must be there too.
-func (sv *serving) loop(conn *net.UDPConn) error {
-	dc := newDatagramConn(conn)
+func (sv *serving) loop(dc *datagramConn) error {
 	buf := make([]byte, maxRequest+1) // one more byte: a longer datagram shows as too long
 	for {
 		n, src, dst, ifIndex, err := dc.read(buf)

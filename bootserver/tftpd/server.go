@@ -59,7 +59,7 @@ type Config struct {
 	// Registerer, if set, receives the pxejoin_tftp_* metrics.
 	Registerer prometheus.Registerer
 	// OnEvent, if set, is told of each transfer's progress (EventStart, EventDone, EventError)
-	// with the client's address and the requested name. It is called synchronously, from the
+	// with the client's address (a *net.UDPAddr; IPv4 clients as IPv4) and the requested name. It is called synchronously, from the
 	// request loop (for refusals) and from the transfers' goroutines, so it must be fast and
 	// must not block: record the event and return.
 	OnEvent func(remote net.Addr, file string, kind string)
@@ -104,7 +104,10 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("tftpd: %s is not a directory", cfg.Dir)
 		}
 	}
-	for name := range cfg.Files {
+	for name, op := range cfg.Files {
+		if op == nil {
+			return nil, fmt.Errorf("tftpd: Files: %q has a nil Opener", name)
+		}
 		if !validName(name) {
 			return nil, fmt.Errorf("tftpd: Files: %q is not a valid name (relative, slash-separated, no . or ..)", name)
 		}
@@ -140,8 +143,10 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Serve listens on Config.ListenAddr and serves until ctx is cancelled; then it closes the
-// socket, ends the transfers under way (each client gets an ERROR) and returns nil. It returns
-// an error if it cannot listen or the socket fails.
+// socket, ends the transfers under way and returns nil once they have ended. It returns an error
+// if it cannot listen or the socket fails. RFC 7440 transfers end at once (the client gets ERROR
+// 0); a pin/tftp transfer ends at its next block, so one whose client went silent can hold
+// Serve up to Timeout × (Retries+1) (6 s with the defaults): pin/tftp offers no way to cancel it.
 func (s *Server) Serve(ctx context.Context) error {
 	addr, err := net.ResolveUDPAddr("udp", s.cfg.ListenAddr)
 	if err != nil {
@@ -156,8 +161,13 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // ServeConn is Serve on a socket the caller opened (socket activation, tests); it takes
 // ownership of conn and closes it. The transfer sockets are opened in conn's network namespace.
+// ServeConn asks the OS for each datagram's destination address and interface (IP_PKTINFO);
+// datagrams already queued before that lack them, so their answers leave from the address the
+// kernel picks and their blksize is not lowered to the MTU. A caller that opens the socket early
+// can enable it at once: ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true).
 func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 	defer conn.Close()
+	dc := newDatagramConn(conn) // first of all: datagrams from now on carry their destination
 	fsys := s.cfg.FS
 	if s.cfg.Dir != "" {
 		root, err := os.OpenRoot(s.cfg.Dir)
@@ -185,7 +195,7 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 
 	s.log.Info("tftp: serving", "addr", conn.LocalAddr().String(), "dir", s.cfg.Dir,
 		"files", len(s.cfg.Files), "max_window", s.cfg.MaxWindowSize)
-	err := inSocketNetns(conn, func() error { return sv.loop(conn) })
+	err := inSocketNetns(conn, func() error { return sv.loop(dc) })
 	cancel() // ends every transfer: the readers given to pin/tftp fail, the window senders stop
 	ps.Shutdown()
 	_ = sv.pc.Close() // in case Shutdown ran before pin/tftp's Serve took the connection

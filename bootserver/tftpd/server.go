@@ -59,9 +59,10 @@ type Config struct {
 	// Registerer, if set, receives the pxejoin_tftp_* metrics.
 	Registerer prometheus.Registerer
 	// OnEvent, if set, is told of each transfer's progress (EventStart, EventDone, EventError)
-	// with the client's address (a *net.UDPAddr; IPv4 clients as IPv4) and the requested name. It is called synchronously, from the
-	// request loop (for refusals) and from the transfers' goroutines, so it must be fast and
-	// must not block: record the event and return.
+	// with the client's address (a *net.UDPAddr; IPv4 clients as IPv4) and the requested
+	// name. It is called synchronously, from the request loop (for refusals) and from the
+	// transfers' goroutines, so it must be fast and must not block: record the event and
+	// return.
 	OnEvent func(remote net.Addr, file string, kind string)
 	// Timeout is how long a transfer waits for an ACK before sending again. Default 1s.
 	Timeout time.Duration

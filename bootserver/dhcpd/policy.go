@@ -163,7 +163,11 @@ func (p DefaultPolicy) Boot(c ClientFacts) Boot {
 		if p.HTTPBase == "" {
 			return Boot{}
 		}
-		return Boot{File: p.ScriptURL(c.MAC), IPXENoProxyDHCP: true, Kind: "ipxe-script"}
+		b := Boot{File: p.ScriptURL(c.MAC), IPXENoProxyDHCP: true, Kind: "ipxe-script"}
+		if c.Proxy {
+			b.VendorClass = vendorPXEClient // iPXE takes an offer with yiaddr 0 as ProxyDHCP only so
+		}
+		return b
 	case c.IsHTTP():
 		arch, ok := httpArch[c.Arch]
 		if !c.HasArch || !ok || p.HTTPBase == "" {

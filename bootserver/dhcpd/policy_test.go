@@ -31,6 +31,8 @@ func TestDefaultPolicy(t *testing.T) {
 			Boot{File: "undionly.kpxe", TFTPServer: tftp, VendorClass: "PXEClient", Kind: "pxe"}},
 		{"iPXE by user class", base, ClientFacts{MAC: mac, Arch: 0, HasArch: true, VendorClass: "PXEClient:Arch:00000", UserClass: []string{"iPXE"}},
 			Boot{File: "http://10.78.0.1:8080/boot/52:54:00:12:34:56.ipxe", IPXENoProxyDHCP: true, Kind: "ipxe-script"}},
+		{"iPXE in proxy mode says PXEClient", base, ClientFacts{MAC: mac, UserClass: []string{"iPXE"}, Proxy: true},
+			Boot{File: "http://10.78.0.1:8080/boot/52:54:00:12:34:56.ipxe", VendorClass: "PXEClient", IPXENoProxyDHCP: true, Kind: "ipxe-script"}},
 		{"iPXE by option 175", base, ClientFacts{MAC: mac, Arch: 7, HasArch: true, VendorClass: "PXEClient:Arch:00007", IPXE: true},
 			Boot{File: "http://10.78.0.1:8080/boot/52:54:00:12:34:56.ipxe", IPXENoProxyDHCP: true, Kind: "ipxe-script"}},
 		{"iPXE custom script path", DefaultPolicy{HTTPBase: "http://h", ScriptPath: "/s?mac={mac}"}, ClientFacts{MAC: mac, IPXE: true},

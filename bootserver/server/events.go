@@ -1,0 +1,120 @@
+package server
+
+import (
+	"bufio"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootserver/tftpd"
+	"github.com/pxejoin/pxejoin/bootstatus"
+)
+
+// dhcpPhases are the phases a DHCP exchange can be part of, newest last.
+var dhcpPhases = []string{status.PhaseDHCP, status.PhaseIPXEDHCP, status.PhaseAgentDHCP}
+
+// onDHCP turns dhcpd events into timeline phases: a firmware DISCOVER (vendor class PXEClient)
+// starts "dhcp" (and a new boot if the machine already got its script), iPXE's own DISCOVER after
+// the NBP starts "ipxe-dhcp", anything else "agent-dhcp"; an ACK ends the phase under way.
+func (s *Server) onDHCP(hw net.HardwareAddr, kind, detail string) {
+	mac := hw.String()
+	switch kind {
+	case "discover":
+		m, _ := s.status.Get(mac)
+		phase := status.PhaseAgentDHCP
+		if strings.HasPrefix(detail, "PXEClient") {
+			phase = status.PhaseDHCP
+			if hasPhase(m, status.PhaseNBP) && !hasPhase(m, status.PhaseScript) {
+				phase = status.PhaseIPXEDHCP
+			}
+		}
+		if p := lastPhase(m, phase); p != nil && p.State == bootstatus.StateStart {
+			return // a retransmission
+		}
+		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: detail},
+			Source: status.SourceDHCP, StartsBoot: phase == status.PhaseDHCP})
+	case "ack":
+		if ip, _, _ := strings.Cut(detail, " "); ip != "" {
+			if a, err := netip.ParseAddr(ip); err == nil {
+				s.ipMAC.Store(a, mac)
+			}
+		}
+		m, _ := s.status.Get(mac)
+		phase := status.PhaseDHCP
+		for _, p := range dhcpPhases {
+			if q := lastPhase(m, p); q != nil && q.State == bootstatus.StateStart {
+				phase = p
+			}
+		}
+		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateDone, Detail: detail}, Source: status.SourceDHCP})
+	}
+}
+
+// onTFTP records the NBP download of the machine at remote (found by its DHCP lease, else the
+// kernel's ARP table).
+func (s *Server) onTFTP(remote net.Addr, file, kind string) {
+	ua, ok := remote.(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	ip, _ := netip.AddrFromSlice(ua.IP)
+	ip = ip.Unmap()
+	mac := s.macOf(ip)
+	if mac == "" {
+		s.log.Debug("tftp transfer from an address with no known MAC", "remote", ip, "file", file)
+		return
+	}
+	state := map[string]string{tftpd.EventStart: bootstatus.StateStart, tftpd.EventDone: bootstatus.StateDone, tftpd.EventError: bootstatus.StateError}[kind]
+	if state == "" {
+		return
+	}
+	ev := status.Event{Event: bootstatus.Event{Phase: status.PhaseNBP, State: state, Detail: file}, Source: status.SourceTFTP}
+	if state == bootstatus.StateError {
+		ev.Error = "transfer of " + file + " failed"
+	}
+	s.status.Record(mac, ev)
+}
+
+func (s *Server) macOf(ip netip.Addr) string {
+	if v, ok := s.ipMAC.Load(ip); ok {
+		return v.(string)
+	}
+	if s.leases != nil {
+		if l, ok := s.leases.ByIP(ip); ok {
+			return l.MAC.String()
+		}
+	}
+	return arpLookup("/proc/net/arp", ip)
+}
+
+// arpLookup finds ip's hardware address in a /proc/net/arp table.
+func arpLookup(path string, ip netip.Addr) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 4 && fields[0] == ip.String() && fields[3] != "00:00:00:00:00:00" {
+			if hw, err := net.ParseMAC(fields[3]); err == nil {
+				return hw.String()
+			}
+		}
+	}
+	return ""
+}
+
+func hasPhase(m status.Machine, phase string) bool { return lastPhase(m, phase) != nil }
+
+func lastPhase(m status.Machine, phase string) *status.Phase {
+	for i := range m.Phases {
+		if m.Phases[i].Phase == phase {
+			return &m.Phases[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package server
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootserver/tftpd"
+)
+
+// TestBootEvents feeds DHCP and TFTP events of a whole PXE chain (firmware DHCP, NBP, iPXE DHCP,
+// script, agent DHCP, then a reboot) and checks the phases and boots they make.
+func TestBootEvents(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, _ := status.Open(db, status.Options{})
+	defer st.Close()
+	s := &Server{status: st, log: nopLogger()}
+	hw, _ := net.ParseMAC("52:54:00:00:00:01")
+	mac := hw.String()
+	remote := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 100), Port: 2000}
+	steps := []struct {
+		do       func()
+		want     string // phases of the current boot
+		wantBoot int
+	}{
+		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00000:UNDI:002001") }, "dhcp/start", 1},
+		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00000:UNDI:002001") }, "dhcp/start", 1}, // retransmission
+		{func() { s.onDHCP(hw, "ack", "10.0.0.100 file=undionly.kpxe") }, "dhcp/done", 1},
+		{func() { s.onTFTP(remote, "undionly.kpxe", tftpd.EventStart) }, "dhcp/done nbp/start", 1},
+		{func() { s.onTFTP(remote, "undionly.kpxe", tftpd.EventDone) }, "dhcp/done nbp/done", 1},
+		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00000:UNDI:002001") }, "dhcp/done nbp/done ipxe-dhcp/start", 1},
+		{func() { s.onDHCP(hw, "ack", "10.0.0.100 file=http://x/boot/52:54:00:00:00:01.ipxe") }, "dhcp/done nbp/done ipxe-dhcp/done", 1},
+		{func() {
+			st.Record(mac, status.Event{Event: evt(status.PhaseScript, "done"), Source: status.SourceHTTP, StartsBoot: true})
+		}, "dhcp/done nbp/done ipxe-dhcp/done script/done", 1},
+		{func() { s.onDHCP(hw, "discover", "") }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/start", 1},
+		{func() { s.onDHCP(hw, "ack", "10.0.0.100") }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/done", 1},
+		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00007:UNDI:003016") }, "dhcp/start", 2}, // rebooted
+	}
+	for i, st2 := range steps {
+		st2.do()
+		m, _ := st.Get(mac)
+		var got []string
+		for _, p := range m.Phases {
+			got = append(got, p.Phase+"/"+p.State)
+		}
+		if strings.Join(got, " ") != st2.want || m.Boot != st2.wantBoot {
+			t.Fatalf("step %d: boot %d phases %v, want boot %d %s", i, m.Boot, got, st2.wantBoot, st2.want)
+		}
+	}
+}
+
+func TestARPLookup(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "arp")
+	os.WriteFile(p, []byte(`IP address       HW type     Flags       HW address            Mask     Device
+10.0.0.5         0x1         0x2         52:54:00:aa:bb:cc     *        eth1
+10.0.0.6         0x1         0x0         00:00:00:00:00:00     *        eth1
+`), 0o644)
+	for ip, want := range map[string]string{"10.0.0.5": "52:54:00:aa:bb:cc", "10.0.0.6": "", "10.0.0.7": ""} {
+		if got := arpLookup(p, netip.MustParseAddr(ip)); got != want {
+			t.Errorf("%s: %q want %q", ip, got, want)
+		}
+	}
+}

@@ -1,0 +1,348 @@
+// Package server wires the boot server together: DHCP (bootserver/dhcpd), TFTP (bootserver/tftpd)
+// and HTTP (bootserver/httpd) over one inventory, one state store, one token manager and one
+// metrics registry, run by a single Serve(ctx) that returns when ctx ends and everything stopped.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
+	"github.com/pxejoin/pxejoin/bootserver/httpd"
+	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootserver/tftpd"
+	"github.com/pxejoin/pxejoin/bootserver/tokens"
+)
+
+// Options configure a Server.
+type Options struct {
+	Config *config.Config
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// Cluster overrides the cluster loaded from Config.Cluster (tests).
+	Cluster *Cluster
+	// InNetns, if set, runs a function that opens sockets inside the boot network's namespace
+	// (tests run the server in a network namespace); default runs it as is.
+	InNetns func(func() error) error
+	// Ready is called once DHCP, TFTP and HTTP listen (sd_notify READY=1).
+	Ready func()
+}
+
+// Server is a configured boot server.
+type Server struct {
+	opts     Options
+	cfg      *config.Config
+	log      *slog.Logger
+	db       *bolt.DB
+	leases   *leases.Store
+	status   *status.Store
+	tokens   *tokens.Manager
+	inv      *inventory.Inventory
+	http     *httpd.Handler
+	dhcp     *dhcpd.Server
+	tftp     *tftpd.Server
+	reg      *prometheus.Registry
+	url      string
+	serverIP netip.Addr
+	uuids    sync.Map // mac → SMBIOS UUID seen in DHCP
+	ipMAC    sync.Map // netip.Addr → mac, from DHCP ACKs
+}
+
+// New opens the state store, connects to the cluster and builds every part; nothing listens yet.
+func New(opts Options) (s *Server, err error) {
+	c := opts.Config
+	if c == nil {
+		return nil, errors.New("server: no configuration")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.InNetns == nil {
+		opts.InNetns = func(f func() error) error { return f() }
+	}
+	s = &Server{opts: opts, cfg: c, log: opts.Logger, reg: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := s.resolveURL(); err != nil {
+		return nil, err
+	}
+	cl := opts.Cluster
+	if cl == nil {
+		if cl, err = LoadCluster(c.Cluster.Kubeconfig, c.Cluster.APIServerEndpoint); err != nil {
+			return nil, err
+		}
+	}
+	if s.inv, err = inventory.New(c); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if s.db, err = bolt.Open(filepath.Join(c.StateDir, "bootserver.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
+		return nil, fmt.Errorf("state store %s: %w (is another bootserver running?)", filepath.Join(c.StateDir, "bootserver.db"), err)
+	}
+	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg}); err != nil {
+		return nil, err
+	}
+	if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg}); err != nil {
+		return nil, err
+	}
+	ipxeDir := c.TFTP.Root
+	if fi, err := os.Stat(ipxeDir); err != nil || !fi.IsDir() {
+		ipxeDir = ""
+	}
+	if s.http, err = httpd.New(httpd.Config{
+		Inventory: s.inv, Status: s.status, Tokens: s.tokens, ServerURL: s.url,
+		APIServerEndpoint: cl.Endpoint, CACertHashes: cl.CAPins, IPXEDir: ipxeDir,
+		UUIDOf: func(mac string) string {
+			if v, ok := s.uuids.Load(mac); ok {
+				return v.(string)
+			}
+			return ""
+		},
+		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
+	}); err != nil {
+		return nil, err
+	}
+	if err := s.newDHCP(); err != nil {
+		return nil, err
+	}
+	if !c.TFTP.Disabled {
+		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP}); err != nil {
+			return nil, err
+		}
+	}
+	s.log.Info("boot server configured", "url", s.url, "apiserver", cl.Endpoint, "ca_pins", cl.CAPins,
+		"dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile)
+	return s, nil
+}
+
+// resolveURL settles the URL machines use and the server's IPv4 address.
+func (s *Server) resolveURL() error {
+	c := s.cfg
+	_, port, _ := net.SplitHostPort(c.Listen.HTTP)
+	if c.ServerURL != "" {
+		s.url = c.ServerURL
+		if u, err := url.Parse(c.ServerURL); err == nil {
+			s.serverIP, _ = netip.ParseAddr(u.Hostname())
+		}
+		return nil
+	}
+	var ip netip.Addr
+	err := s.opts.InNetns(func() (err error) { ip, err = interfaceIPv4(c.Interface); return err })
+	if err != nil {
+		return err
+	}
+	s.serverIP = ip
+	s.url = "http://" + net.JoinHostPort(ip.String(), port)
+	return nil
+}
+
+func (s *Server) newDHCP() (err error) {
+	c := s.cfg
+	if c.DHCP.Mode == config.DHCPOff {
+		return nil
+	}
+	policy := dhcpd.DefaultPolicy{TFTPServer: s.serverIP, HTTPBase: s.url, UseSNPOnly: c.TFTP.SNPOnly}
+	if c.TFTP.Disabled {
+		policy.TFTPServer = netip.Addr{}
+	}
+	dc := dhcpd.Config{
+		Interface:  c.Interface,
+		ListenAddr: c.Listen.DHCP,
+		Mode:       dhcpd.ModeProxy,
+		ServerIP:   s.serverIP,
+		BootPolicy: dhcpd.BootPolicyFunc(func(f dhcpd.ClientFacts) dhcpd.Boot {
+			uuid := inventory.SMBIOSUUID(f.UUID)
+			if uuid != "" {
+				s.uuids.Store(f.MAC.String(), uuid)
+			}
+			if !s.inv.Boots(f.MAC.String(), uuid) {
+				return dhcpd.Boot{}
+			}
+			return policy.Boot(f)
+		}),
+		OnEvent:    s.onDHCP,
+		Logger:     s.log,
+		Registerer: s.reg,
+	}
+	if c.DHCP.Mode == config.DHCPFull {
+		dc.Mode = dhcpd.ModeFull
+		var subnet netip.Prefix
+		if c.DHCP.Pool.Subnet == "" {
+			if err := s.opts.InNetns(func() (err error) { subnet, err = interfacePrefix(c.Interface); return err }); err != nil {
+				return err
+			}
+		}
+		p, err := pool(c, subnet)
+		if err != nil {
+			return err
+		}
+		dc.Pools = []dhcpd.Pool{p}
+		if s.leases, err = leases.Open(filepath.Join(c.StateDir, "leases.db")); err != nil {
+			return fmt.Errorf("lease store: %w", err)
+		}
+		dc.Leases = s.leases
+	}
+	s.dhcp, err = dhcpd.New(dc)
+	return err
+}
+
+// pool converts the configured (validated) pool; ifSubnet is the interface's subnet, used when
+// the pool names none.
+func pool(c *config.Config, ifSubnet netip.Prefix) (dhcpd.Pool, error) {
+	pc := c.DHCP.Pool
+	p := dhcpd.Pool{Start: netip.MustParseAddr(pc.Start), End: netip.MustParseAddr(pc.End), Subnet: ifSubnet.Masked()}
+	if pc.Subnet != "" {
+		p.Subnet = netip.MustParsePrefix(pc.Subnet).Masked()
+	}
+	if !p.Subnet.Contains(p.Start) || !p.Subnet.Contains(p.End) {
+		return p, fmt.Errorf("dhcp pool %s-%s is not inside the subnet %s: set dhcp.pool.subnet", p.Start, p.End, p.Subnet)
+	}
+	if pc.Router != "" {
+		p.Router = netip.MustParseAddr(pc.Router)
+	}
+	for _, d := range pc.DNS {
+		p.DNS = append(p.DNS, netip.MustParseAddr(d))
+	}
+	if c.DHCP.LeaseTime != "" {
+		p.LeaseTime, _ = time.ParseDuration(c.DHCP.LeaseTime)
+	}
+	return p, nil
+}
+
+// URL is the server's HTTP base URL.
+func (s *Server) URL() string { return s.url }
+
+// Handler is the HTTP handler (tests).
+func (s *Server) Handler() http.Handler { return s.http }
+
+// Tokens is the token manager (tests).
+func (s *Server) Tokens() *tokens.Manager { return s.tokens }
+
+// Serve runs DHCP, TFTP, HTTP and the token watch until ctx ends, then stops them all and returns.
+// The first part to fail stops the others and its error is returned.
+func (s *Server) Serve(ctx context.Context) error {
+	var ln net.Listener
+	if err := s.opts.InNetns(func() (err error) { ln, err = net.Listen("tcp", s.cfg.Listen.HTTP); return err }); err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	var tftpConn *net.UDPConn
+	if s.tftp != nil {
+		err := s.opts.InNetns(func() error {
+			a, err := net.ResolveUDPAddr("udp", s.cfg.Listen.TFTP)
+			if err == nil {
+				tftpConn, err = net.ListenUDP("udp", a)
+			}
+			return err
+		})
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("tftp: %w", err)
+		}
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	if s.tftp != nil {
+		g.Go(func() error { return s.tftp.ServeConn(ctx, tftpConn) })
+	}
+	if s.dhcp != nil {
+		g.Go(func() error { return s.opts.InNetns(func() error { return s.dhcp.Serve(ctx) }) })
+	}
+	g.Go(func() error { return s.tokens.Run(ctx) })
+	g.Go(func() error {
+		if s.dhcp != nil {
+			select {
+			case <-s.dhcp.Ready():
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		s.log.Info("boot server ready", "http", ln.Addr().String(), "url", s.url, "tftp", s.cfg.Listen.TFTP, "dhcp", s.cfg.DHCP.Mode)
+		if s.opts.Ready != nil {
+			s.opts.Ready()
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// Close releases the stores; call it after Serve returned.
+func (s *Server) Close() {
+	if s.http != nil {
+		_ = s.http.Close()
+	}
+	if s.status != nil {
+		_ = s.status.Close()
+	}
+	if s.leases != nil {
+		_ = s.leases.Close()
+	}
+	if s.db != nil {
+		_ = s.db.Close()
+	}
+}
+
+func interfaceIPv4(name string) (netip.Addr, error) {
+	p, err := interfacePrefix(name)
+	return p.Addr(), err
+}
+
+// interfacePrefix is the first IPv4 address of an interface with its prefix length.
+func interfacePrefix(name string) (netip.Prefix, error) {
+	if name == "" {
+		return netip.Prefix{}, errors.New("no interface and no serverURL: cannot tell machines where the server is")
+	}
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("interface %s: %w", name, err)
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+				ones, _ := n.Mask.Size()
+				return netip.PrefixFrom(ip.Unmap(), ones), nil
+			}
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("interface %s has no IPv4 address", name)
+}

@@ -135,3 +135,26 @@ func TestQuick(t *testing.T) {
 		t.Errorf("want errors naming --kernel and --pool-start, got %v", err)
 	}
 }
+
+// TestExampleFile keeps bootserver.example.yaml valid (its paths moved to a temp dir).
+func TestExampleFile(t *testing.T) {
+	dir, _ := files(t)
+	raw, err := os.ReadFile("../bootserver.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"initramfs.cpio.zst"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := strings.NewReplacer("/srv/pxejoin/images/worker", dir, "/run/credentials/bootserver.service/kubeconfig", dir+"/admin.conf",
+		"/usr/lib/ipxe", dir).Replace(string(raw))
+	c, err := Parse("bootserver.example.yaml", []byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(c.Profiles["worker"].Cmdline, "console=ttyS0 pxejoin.url={{.JoinURL}} ") || strings.Contains(c.Profiles["worker"].Cmdline, "\n") {
+		t.Errorf("cmdline %q", c.Profiles["worker"].Cmdline)
+	}
+}

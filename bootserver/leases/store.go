@@ -33,11 +33,12 @@ type Store struct {
 	byMAC map[string]Lease
 	byIP  map[netip.Addr]string // address → key of byMAC
 
-	reqs      chan *op
-	txns      atomic.Int64 // committed transactions, for tests
-	closeOnce sync.Once
-	quit      chan struct{}
-	done      chan struct{}
+	reqs   chan *op
+	txns   atomic.Int64 // committed transactions, for tests
+	sendMu sync.RWMutex // held to send on reqs; Close takes it to stop senders
+	closed bool
+	quit   chan struct{}
+	done   chan struct{}
 }
 
 type op struct {
@@ -84,7 +85,12 @@ func Open(path string) (*Store, error) {
 
 // Close waits for writes in flight, then closes the file. Later writes fail with ErrClosed.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { close(s.quit) })
+	s.sendMu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.quit)
+	}
+	s.sendMu.Unlock()
 	<-s.done
 	return s.db.Close()
 }
@@ -174,11 +180,14 @@ func (s *Store) Delete(mac net.HardwareAddr) error {
 
 func (s *Store) submit(o *op) error {
 	o.done = make(chan error, 1)
-	select {
-	case <-s.quit:
+	s.sendMu.RLock()
+	if s.closed {
+		s.sendMu.RUnlock()
 		return ErrClosed
-	case s.reqs <- o:
 	}
+	// The commit loop drains reqs until Close, which waits for this send to finish.
+	s.reqs <- o
+	s.sendMu.RUnlock()
 	return <-o.done
 }
 

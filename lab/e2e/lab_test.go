@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/lab/vm"
+	"github.com/pxejoin/pxejoin/netlab"
+)
+
+// Lab addresses: the bridge inside the test's namespace.
+const (
+	bridge     = "br0"
+	bridgeAddr = "10.77.0.1"
+)
+
+var repoRoot = func() string { d, _ := filepath.Abs("../.."); return d }()
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("VM end-to-end test; run make test")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, taps); run make test as root")
+	}
+	for _, f := range []string{"/usr/lib/ipxe/undionly.kpxe", vm.OVMFCode} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("%v: run make deps", err)
+		}
+	}
+}
+
+var (
+	buildOnce   sync.Once
+	builtInitrd string
+	buildErr    error
+)
+
+// initrd builds the agent (PXEJOIN_AGENT, or ./lab/e2e/testagent) and an initramfs around it, once per
+// test binary.
+func initrd(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pxejoin-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		agent := os.Getenv("PXEJOIN_AGENT")
+		if agent == "" {
+			agent = filepath.Join(dir, "nodeagent")
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./lab/e2e/testagent")
+			cmd.Dir, cmd.Env = repoRoot, append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build agent: %v: %s", err, out)
+				return
+			}
+		}
+		builtInitrd = filepath.Join(dir, "initramfs.cpio.zst")
+		cmd := exec.Command("go", "run", "./initramfs", "-agent", agent, "-o", builtInitrd)
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build initramfs: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtInitrd
+}
+
+func kernel(t *testing.T) string {
+	t.Helper()
+	m, _ := filepath.Glob("/boot/vmlinuz-*")
+	if len(m) == 0 {
+		t.Fatal("no /boot/vmlinuz-*: install linux-image-amd64 (make deps)")
+	}
+	return m[len(m)-1]
+}
+
+// labNet makes the test's namespace with the lab bridge.
+func labNet(t *testing.T) *netlab.NS {
+	ns := netlab.New(t, "pxe")
+	ns.Bridge(t, bridge, bridgeAddr+"/24")
+	return ns
+}
+
+// startVM boots a VM and stops it at the test's end, keeping its console on failure.
+func startVM(t *testing.T, ns *netlab.NS, name string, mac net.HardwareAddr, fw vm.Firmware, memMB int) *vm.VM {
+	t.Helper()
+	dir := t.TempDir()
+	v, err := vm.Start(vm.Options{Name: name, NetNS: ns.Name, Bridge: bridge, MAC: mac, Firmware: fw, Dir: dir, MemoryMB: memMB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		v.Stop()
+		if t.Failed() {
+			t.Logf("console of %s (last 60 lines):\n%s", name, v.Console.Tail(60))
+		}
+		if keep := os.Getenv("PXEJOIN_KEEP"); keep != "" {
+			b, _ := os.ReadFile(filepath.Join(dir, name+".console"))
+			os.WriteFile(filepath.Join(keep, name+".console"), b, 0o644)
+		}
+	})
+	return v
+}
+
+// consoleMarks prints when the console first showed each mark (a per-phase timeline of the boot).
+func consoleMarks(t *testing.T, v *vm.VM, marks ...string) {
+	var b strings.Builder
+	for _, m := range marks {
+		if at, ok := v.Console.FirstSeen(m); ok {
+			fmt.Fprintf(&b, "  %7.2fs %s\n", at.Seconds(), m)
+		}
+	}
+	t.Logf("%s console:\n%s", v.Opts.Name, b.String())
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// LogOnFailure prints the stand-in's DHCP/TFTP log if the test failed.
+func (s *StandIn) LogOnFailure(t *testing.T) {
+	if t.Failed() {
+		b, _ := os.ReadFile(filepath.Join(s.Dir, "dnsmasq.log"))
+		t.Logf("dnsmasq log:\n%s", b)
+	}
+}
+
+func durationEnv(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
+}

@@ -1,0 +1,75 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/lab/vm"
+)
+
+// TestBIOSAgentReports: a BIOS VM PXE-boots the initramfs; the agent (PID 1) reports agent-start,
+// network and join-file, then fails to reach the control plane named in the join file (nothing listens
+// there), reports that without the token, and retries.
+func TestBIOSAgentReports(t *testing.T) {
+	needRoot(t)
+	ns := labNet(t)
+	bs := &StandIn{NS: ns, Addr: bridgeAddr, Bridge: bridge, Dir: t.TempDir(), Kernel: kernel(t), Initrd: initrd(t)}
+	if err := bs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer bs.Stop()
+	t.Cleanup(func() { bs.LogOnFailure(t) })
+	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x01}
+	const secret = "0123456789abcdef"
+	bs.SetJoin(mac.String(), []byte(fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+nodeRegistration: {name: vm-report}
+discovery:
+  bootstrapToken:
+    token: abcdef.%s
+    apiServerEndpoint: %s:6443
+    caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+  tlsBootstrapToken: abcdef.%s
+`, secret, bridgeAddr, secret)))
+	v := startVM(t, ns, "bios1", mac, vm.BIOS, 1024)
+	ctx := ctxFor(t, durationEnv("PXEJOIN_BOOT_TIMEOUT", 4*time.Minute))
+	for _, p := range []struct{ phase, state string }{
+		{bootstatus.PhaseAgentStart, bootstatus.StateDone},
+		{bootstatus.PhaseNetwork, bootstatus.StateDone},
+		{bootstatus.PhaseJoinFile, bootstatus.StateDone},
+		{"join", bootstatus.StateError},
+	} {
+		if _, err := bs.WaitEvent(ctx, mac.String(), p.phase, p.state); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A retry: the join file is fetched again after the backoff.
+	deadline := time.Now().Add(90 * time.Second)
+	for n := 0; n < 2 && time.Now().Before(deadline); time.Sleep(time.Second) {
+		n = 0
+		for _, e := range bs.Events(mac.String()) {
+			if e.Phase == bootstatus.PhaseJoinFile && e.State == bootstatus.StateDone {
+				n++
+			}
+		}
+	}
+	evs := bs.Events(mac.String())
+	t.Logf("timeline (VM clock, from qemu start):\n%s", Timeline(v.Started, evs))
+	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done", "join error")
+	var retried bool
+	for _, e := range evs {
+		if strings.Contains(e.Error+e.Detail, secret) {
+			t.Errorf("a status report holds the token secret: %+v", e)
+		}
+		if e.Phase == bootstatus.PhaseJoinFile && e.Attempt >= 2 {
+			retried = true
+		}
+	}
+	if !retried {
+		t.Errorf("the agent did not retry after the join failed")
+	}
+}

@@ -1,0 +1,235 @@
+// Package e2e holds the VM end-to-end tests: real QEMU machines PXE-boot the pxejoin initramfs inside a
+// network namespace and join a real control plane. The boot server is the real bootserver binary when
+// PXEJOIN_BOOTSERVER names one (or bin/bootserver exists and runs), else StandIn.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/netlab"
+)
+
+// StandIn is a small boot server for developing the VM tests without the bootserver daemon: dnsmasq
+// (DHCP + TFTP of the iPXE binaries, run inside the namespace) and a Go HTTP server (iPXE script,
+// kernel, initramfs, root image, join files, status reports).
+type StandIn struct {
+	NS      *netlab.NS
+	Addr    string // the bridge address, e.g. 10.77.0.1
+	Bridge  string
+	Dir     string
+	Kernel  string
+	Initrd  string
+	Image   string // root image (empty: none)
+	Cmdline string // extra kernel arguments
+
+	mu      sync.Mutex
+	joins   map[string][]byte // mac → JoinConfiguration
+	events  map[string][]bootstatus.Event
+	changed chan struct{}
+	srv     *http.Server
+	dnsmasq *exec.Cmd
+}
+
+// Port is the stand-in's HTTP port.
+const Port = 8080
+
+// Start runs dnsmasq and the HTTP server inside the namespace.
+func (s *StandIn) Start() error {
+	s.joins = map[string][]byte{}
+	s.events = map[string][]bootstatus.Event{}
+	s.changed = make(chan struct{})
+	tftp := filepath.Join(s.Dir, "tftp")
+	if err := os.MkdirAll(tftp, 0o755); err != nil {
+		return err
+	}
+	for _, f := range []string{"undionly.kpxe", "ipxe.efi"} {
+		b, err := os.ReadFile(filepath.Join("/usr/lib/ipxe", f))
+		if err != nil {
+			return fmt.Errorf("stand-in: %w (install ipxe)", err)
+		}
+		if err := os.WriteFile(filepath.Join(tftp, f), b, 0o644); err != nil {
+			return err
+		}
+	}
+	prefix := strings.Join(strings.Split(s.Addr, ".")[:3], ".")
+	conf := fmt.Sprintf(`port=0
+user=root
+interface=%[1]s
+bind-interfaces
+no-ping
+log-dhcp
+dhcp-range=%[2]s.100,%[2]s.200,255.255.255.0,12h
+dhcp-option=option:router,%[3]s
+dhcp-leasefile=%[4]s/leases
+dhcp-match=set:ipxe,175
+dhcp-userclass=set:ipxe,iPXE
+dhcp-vendorclass=set:efi64,PXEClient:Arch:00007
+dhcp-vendorclass=set:efi64,PXEClient:Arch:00009
+dhcp-option=encap:175,176,1b
+dhcp-boot=tag:ipxe,http://%[3]s:%[5]d/boot.ipxe
+dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi
+dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
+enable-tftp
+tftp-root=%[6]s
+enable-ra
+dhcp-range=fd77::,ra-only
+`, s.Bridge, prefix, s.Addr, s.Dir, Port, tftp)
+	cf := filepath.Join(s.Dir, "dnsmasq.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	// RAs stop iPXE waiting ~16 s for IPv6 autoconfiguration.
+	_, _ = s.NS.Exec("ip", "addr", "add", "fd77::1/64", "dev", s.Bridge)
+	log, err := os.Create(filepath.Join(s.Dir, "dnsmasq.log"))
+	if err != nil {
+		return err
+	}
+	s.dnsmasq = s.NS.Command("dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file="+cf, "--pid-file=")
+	s.dnsmasq.Stdout, s.dnsmasq.Stderr = log, log
+	if err := s.dnsmasq.Start(); err != nil {
+		return fmt.Errorf("stand-in: dnsmasq: %w", err)
+	}
+	var ln net.Listener
+	if err := s.NS.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf("%s:%d", s.Addr, Port))
+		return err
+	}); err != nil {
+		return err
+	}
+	s.srv = &http.Server{Handler: s.handler()}
+	go s.srv.Serve(ln)
+	return nil
+}
+
+// Stop ends dnsmasq and the HTTP server.
+func (s *StandIn) Stop() {
+	if s.srv != nil {
+		s.srv.Close()
+	}
+	if s.dnsmasq != nil && s.dnsmasq.Process != nil {
+		s.dnsmasq.Process.Kill()
+		s.dnsmasq.Wait()
+	}
+}
+
+// SetJoin sets the join file served to mac.
+func (s *StandIn) SetJoin(mac string, cfg []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.joins[strings.ToLower(mac)] = cfg
+}
+
+// Events returns the status reports of mac.
+func (s *StandIn) Events(mac string) []bootstatus.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]bootstatus.Event(nil), s.events[strings.ToLower(mac)]...)
+}
+
+// WaitEvent waits until mac reported phase in state.
+func (s *StandIn) WaitEvent(ctx context.Context, mac, phase, state string) (bootstatus.Event, error) {
+	for {
+		s.mu.Lock()
+		ch := s.changed
+		for _, e := range s.events[strings.ToLower(mac)] {
+			if e.Phase == phase && e.State == state {
+				s.mu.Unlock()
+				return e, nil
+			}
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return bootstatus.Event{}, fmt.Errorf("waiting for %s %s from %s: %w", phase, state, mac, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+func (s *StandIn) base() string { return fmt.Sprintf("http://%s:%d", s.Addr, Port) }
+
+func (s *StandIn) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /boot.ipxe", func(w http.ResponseWriter, r *http.Request) {
+		b := s.base()
+		img := ""
+		if s.Image != "" {
+			img = " pxejoin.image=" + b + "/root.squashfs"
+		}
+		// initrd= on the kernel line: Debian's iPXE under UEFI needs it (notes/pxe-lab.md).
+		fmt.Fprintf(w, "#!ipxe\nkernel %[1]s/vmlinuz initrd=initrd console=ttyS0 BOOTIF=01-${mac:hexhyp} pxejoin.url=%[1]s/join/${mac}%[2]s %[3]s\ninitrd --name initrd %[1]s/initrd\nboot\n",
+			b, img, s.Cmdline)
+	})
+	serve := func(path, file string) {
+		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
+			if file == "" {
+				http.NotFound(w, r)
+				return
+			}
+			http.ServeFile(w, r, file)
+		})
+	}
+	serve("/vmlinuz", s.Kernel)
+	serve("/initrd", s.Initrd)
+	serve("/root.squashfs", s.Image)
+	mux.HandleFunc("GET /join/{mac}", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		cfg, ok := s.joins[strings.ToLower(r.PathValue("mac"))]
+		s.mu.Unlock()
+		if !ok {
+			http.Error(w, "unknown machine", http.StatusNotFound)
+			return
+		}
+		w.Write(cfg)
+	})
+	mux.HandleFunc("POST /status/{mac}", func(w http.ResponseWriter, r *http.Request) {
+		var evs []bootstatus.Event
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&evs); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		for _, e := range evs {
+			if err := e.Validate(); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		s.mu.Lock()
+		mac := strings.ToLower(r.PathValue("mac"))
+		s.events[mac] = append(s.events[mac], evs...)
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /machines", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		json.NewEncoder(w).Encode(s.events)
+	})
+	return mux
+}
+
+// Timeline formats events as seconds since t0.
+func Timeline(t0 time.Time, evs []bootstatus.Event) string {
+	var b strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&b, "  %7.2fs %-28s %-7s %s", e.Time.Sub(t0).Seconds(), e.Phase, e.State, e.Detail)
+		if e.Error != "" {
+			fmt.Fprintf(&b, " error: %s", e.Error)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}

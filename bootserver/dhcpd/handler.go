@@ -49,7 +49,7 @@ func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte
 // handle decides the reply to one parsed request and where it goes; nil means no reply.
 func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	mt := req.MessageType()
-	s.metrics.Packets.WithLabelValues(msgName(mt)).Inc()
+	s.metrics.packetsByType[mt].Inc()
 	mac := req.ClientHWAddr
 	switch {
 	case req.OpCode != dhcpv4.OpcodeBootRequest:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
@@ -24,6 +25,9 @@ type Metrics struct {
 	EventsDropped prometheus.Counter
 	// LeasesActive is the number of unexpired leases in the store.
 	LeasesActive prometheus.GaugeFunc
+
+	// The per-type counters, looked up once (the packet path indexes them by message type).
+	packetsByType, repliesByType [256]prometheus.Counter
 }
 
 // Drop reasons counted in Metrics.Dropped.
@@ -77,6 +81,11 @@ func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error
 			}
 			return float64(store.Active(time.Now()))
 		}),
+	}
+	for t := range m.packetsByType {
+		name := msgName(dhcpv4.MessageType(t))
+		m.packetsByType[t] = m.Packets.WithLabelValues(name)
+		m.repliesByType[t] = m.Replies.WithLabelValues(name)
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.Packets, m.Dropped, m.Replies, m.Offered, m.Acked, m.Naked, m.EventsDropped, m.LeasesActive} {

@@ -148,7 +148,7 @@ func (s *Server) handler(pxePort bool) server4.Handler {
 			s.metrics.Dropped.WithLabelValues(dropSendFailed).Inc()
 			return
 		}
-		s.metrics.Replies.WithLabelValues(msgName(reply.MessageType())).Inc()
+		s.metrics.repliesByType[reply.MessageType()].Inc()
 	}
 }
 

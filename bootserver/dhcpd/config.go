@@ -61,7 +61,9 @@ type Config struct {
 	// Interface is the network interface to serve (SO_BINDTODEVICE); empty serves every interface.
 	Interface string
 	// ListenAddr is the address:port for DHCP; empty means 0.0.0.0:67. Proxy mode also listens
-	// on the same address at port ProxyPort.
+	// on the same address at port ProxyPort. Keep the address 0.0.0.0 and scope the server with
+	// Interface: Linux delivers broadcasts (what clients without an address send) only to sockets
+	// bound to the wildcard address.
 	ListenAddr string
 	// ProxyPort is the PXE boot server port answered in proxy mode; zero means 4011, -1 disables.
 	ProxyPort int

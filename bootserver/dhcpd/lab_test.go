@@ -6,7 +6,6 @@ package dhcpd
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -257,5 +256,3 @@ func (e *eventLog) waitFor(mac net.HardwareAddr, prefix string) error {
 }
 
 func inPrefix(ip net.IP, p string) bool { return netip.MustParsePrefix(p).Contains(addrOf(ip)) }
-
-var errNoReply = errors.New("no reply")

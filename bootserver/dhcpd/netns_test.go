@@ -94,7 +94,31 @@ func TestDORAWithNClient4(t *testing.T) {
 			}
 		})
 	}
-	if got := testutil.ToFloat64(s.Metrics().Acked); got != float64(len(tests)) {
+	// Junk on the wire is dropped and counted, and the server keeps answering.
+	t.Run("junk", func(t *testing.T) {
+		c := newUDPClient(t, l.cli, l.cliIf)
+		junk := [][]byte{[]byte("hello"), make([]byte, 300), append(pkt(t, dhcpv4.MessageTypeDiscover, testMAC).ToBytes()[:240], 53, 9)}
+		for _, j := range junk {
+			if _, err := c.conn.WriteTo(j, &net.UDPAddr{IP: net.IPv4bcast, Port: serverPort}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dropped := func() float64 {
+			return testutil.ToFloat64(s.Metrics().Dropped.WithLabelValues(dropShort)) +
+				testutil.ToFloat64(s.Metrics().Dropped.WithLabelValues(dropNotRequest)) +
+				testutil.ToFloat64(s.Metrics().Dropped.WithLabelValues(dropParse))
+		}
+		for deadline := time.Now().Add(3 * time.Second); dropped() < 3 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := dropped(); got != 3 {
+			t.Errorf("dropped %v of 3 junk datagrams", got)
+		}
+		if _, err := c.dora(macN(0x1ff)); err != nil {
+			t.Errorf("DORA after junk: %v", err)
+		}
+	})
+	if got := testutil.ToFloat64(s.Metrics().Acked); got != float64(len(tests)+1) {
 		t.Errorf("acked = %v, want %d", got, len(tests))
 	}
 }

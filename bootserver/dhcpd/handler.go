@@ -1,6 +1,8 @@
 package dhcpd
 
 import (
+	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -109,7 +111,7 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 	}
 	ip, ok := s.alloc.offer(p, mac, addrOf(req.RequestedIPAddress()), now)
 	if !ok {
-		s.cfg.Logger.Warn("dhcp pool exhausted", "pool", p.Subnet, "mac", mac)
+		s.cfg.Logger.Warn("dhcp pool exhausted", "pool", p.Subnet, "mac", mac.String())
 		s.drop(dropExhausted, mac, p.Subnet.String())
 		return nil, nil
 	}
@@ -119,7 +121,9 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 	boot := s.boot(f)
 	applyBoot(r, boot, f)
 	s.metrics.Offered.Inc()
-	s.cfg.Logger.Debug("dhcp offer", "mac", mac, "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
+	if s.debugging() {
+		s.cfg.Logger.Debug("dhcp offer", "mac", mac.String(), "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
+	}
 	s.event(mac, "offer", eventDetail(ip, boot))
 	return r, s.dest(req, r, nil, false)
 }
@@ -147,7 +151,9 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	}
 	if !s.alloc.claim(p, mac, want, now) {
 		s.metrics.Naked.Inc()
-		s.cfg.Logger.Debug("dhcp nak", "mac", mac, "ip", want)
+		if s.debugging() {
+			s.cfg.Logger.Debug("dhcp nak", "mac", mac.String(), "ip", want)
+		}
 		r := s.reply(req, dhcpv4.MessageTypeNak)
 		r.UpdateOption(dhcpv4.OptMessage("address not available"))
 		return r, s.dest(req, r, nil, false)
@@ -160,7 +166,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	err := s.cfg.Leases.Commit(l)
 	s.alloc.unhold(mac)
 	if err != nil {
-		s.cfg.Logger.Warn("dhcp lease not stored, no ACK sent", "mac", mac, "ip", want, "err", err)
+		s.cfg.Logger.Warn("dhcp lease not stored, no ACK sent", "mac", mac.String(), "ip", want, "err", err)
 		s.drop(dropStore, mac, err.Error())
 		return nil, nil
 	}
@@ -171,7 +177,9 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	boot := s.boot(f)
 	applyBoot(r, boot, f)
 	s.metrics.Acked.Inc()
-	s.cfg.Logger.Debug("dhcp ack", "mac", mac, "ip", want, "file", boot.File, "relay", req.GatewayIPAddr)
+	if s.debugging() {
+		s.cfg.Logger.Debug("dhcp ack", "mac", mac.String(), "ip", want, "file", boot.File, "relay", req.GatewayIPAddr)
+	}
 	s.event(mac, "ack", eventDetail(want, boot))
 	return r, s.dest(req, r, nil, false)
 }
@@ -187,10 +195,12 @@ func (s *Server) release(req *dhcpv4.DHCPv4, now time.Time) {
 		return
 	}
 	if err := s.cfg.Leases.Release(mac); err != nil {
-		s.cfg.Logger.Warn("dhcp release not stored", "mac", mac, "err", err)
+		s.cfg.Logger.Warn("dhcp release not stored", "mac", mac.String(), "err", err)
 		return
 	}
-	s.cfg.Logger.Debug("dhcp release", "mac", mac, "ip", l.IP)
+	if s.debugging() {
+		s.cfg.Logger.Debug("dhcp release", "mac", mac.String(), "ip", l.IP)
+	}
 }
 
 func (s *Server) decline(req *dhcpv4.DHCPv4, now time.Time) {
@@ -206,9 +216,9 @@ func (s *Server) decline(req *dhcpv4.DHCPv4, now time.Time) {
 	}
 	s.alloc.decline(ip, now)
 	if err := s.cfg.Leases.Delete(mac); err != nil {
-		s.cfg.Logger.Warn("dhcp decline not stored", "mac", mac, "err", err)
+		s.cfg.Logger.Warn("dhcp decline not stored", "mac", mac.String(), "err", err)
 	}
-	s.cfg.Logger.Warn("dhcp address declined: in use on the link", "mac", mac, "ip", ip)
+	s.cfg.Logger.Warn("dhcp address declined: in use on the link", "mac", mac.String(), "ip", ip)
 }
 
 func (s *Server) inform(req *dhcpv4.DHCPv4, f ClientFacts) (*dhcpv4.DHCPv4, *net.UDPAddr) {
@@ -262,7 +272,9 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, f Client
 		s.metrics.Acked.Inc()
 		s.event(mac, "ack", eventDetail(netip.Addr{}, boot))
 	}
-	s.cfg.Logger.Debug("dhcp proxy "+msgName(rt), "mac", mac, "file", boot.File, "pxe_port", pxePort)
+	if s.debugging() {
+		s.cfg.Logger.Debug("dhcp proxy "+msgName(rt), "mac", mac.String(), "file", boot.File, "pxe_port", pxePort)
+	}
 	return r, s.dest(req, r, peer, pxePort)
 }
 
@@ -343,7 +355,9 @@ func (s *Server) boot(f ClientFacts) Boot {
 
 func (s *Server) drop(reason string, mac net.HardwareAddr, detail string) {
 	s.metrics.Dropped.WithLabelValues(reason).Inc()
-	s.cfg.Logger.Debug("dhcp drop", "reason", reason, "mac", mac, "detail", detail)
+	if s.debugging() {
+		s.cfg.Logger.Debug("dhcp drop", "reason", reason, "mac", mac.String(), "detail", detail)
+	}
 }
 
 func eventDetail(ip netip.Addr, b Boot) string {
@@ -358,4 +372,9 @@ func eventDetail(ip netip.Addr, b Boot) string {
 		d += "file=" + b.File
 	}
 	return d
+}
+
+// debugging reports whether Debug lines are wanted, so the packet path builds them only then.
+func (s *Server) debugging() bool {
+	return s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 }

@@ -1,8 +1,11 @@
 package dhcpd
 
 import (
+	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +42,9 @@ func TestLeaseLifecycle(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	var mu sync.Mutex
 	var events []string
+	var logs bytes.Buffer
 	s := newTestServer(t, ModeFull, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.Registerer = reg
 		c.OnEvent = func(mac net.HardwareAddr, kind, detail string) {
 			mu.Lock()
@@ -132,6 +137,12 @@ func TestLeaseLifecycle(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(reg); err != nil || n == 0 {
 		t.Errorf("gather: %d %v", n, err)
+	}
+	for _, want := range []string{`msg="dhcp offer" mac=52:54:00:aa:bb:01 ip=10.78.0.100 file=http://`, `msg="dhcp ack"`, `msg="dhcp nak"`,
+		`msg="dhcp release"`, `level=WARN msg="dhcp address declined: in use on the link"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no log line with %s in:\n%s", want, logs.String())
+		}
 	}
 	// Events are delivered by Serve's dispatcher; without Serve they queue.
 	if len(s.events) == 0 {

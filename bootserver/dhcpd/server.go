@@ -144,7 +144,7 @@ func (s *Server) handler(pxePort bool) server4.Handler {
 			return
 		}
 		if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
-			s.cfg.Logger.Warn("dhcp send failed", "to", dst, "mac", m.ClientHWAddr, "err", err)
+			s.cfg.Logger.Warn("dhcp send failed", "to", dst, "mac", m.ClientHWAddr.String(), "err", err)
 			s.metrics.Dropped.WithLabelValues(dropSendFailed).Inc()
 			return
 		}

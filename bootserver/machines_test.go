@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/bootserver/httpd"
+	"github.com/pxejoin/pxejoin/bootserver/status"
+)
+
+func TestMachinesCommand(t *testing.T) {
+	now := time.Now()
+	mr := httpd.MachinesResponse{Machines: []status.Machine{
+		{MAC: "52:54:00:00:00:01", NodeName: "worker-1", Profile: "worker", Known: true, Boot: 2, LastPhase: "kubelet-start/tls-bootstrap", LastState: "done", LastSeen: now.Add(-3 * time.Second)},
+		{MAC: "52:54:00:00:00:02", NodeName: "node-525400000002", Profile: "worker", Boot: 1, LastPhase: "preflight", LastState: "error", LastSeen: now,
+			Phases: []status.Phase{{Phase: "preflight", State: "error", Error: "no container runtime"}}},
+		{MAC: "52:54:00:00:00:03", NodeName: "worker-3", Profile: "worker", Known: true},
+	}}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/machines" {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(mr)
+	}))
+	defer ts.Close()
+	var out bytes.Buffer
+	if code := machinesCmd([]string{"--server", ts.URL}, &out); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "MAC") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	for i, want := range []string{
+		"52:54:00:00:00:01 worker-1 worker 2 kubelet-start/tls-bootstrap done 3s",
+		"52:54:00:00:00:02 node-525400000002 worker (default) 1 preflight error 0s no container runtime",
+		"52:54:00:00:00:03 worker-3 worker 0 - -",
+	} {
+		if got := strings.Join(strings.Fields(lines[i+1]), " "); got != want {
+			t.Errorf("line %d: %q, want %q", i+1, got, want)
+		}
+	}
+	if code := machinesCmd([]string{"--server", "http://127.0.0.1:1"}, &out); code == 0 {
+		t.Error("an unreachable server must fail")
+	}
+}

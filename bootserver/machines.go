@@ -64,7 +64,7 @@ func printMachines(out io.Writer, mr httpd.MachinesResponse, now time.Time) {
 		}
 		profile := m.Profile
 		if !m.Known && profile != "" {
-			profile += " (default)"
+			profile += " (unlisted)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", m.MAC, m.NodeName, profile, m.Boot, last, state, ago, errText)
 	}

@@ -39,7 +39,7 @@ func TestMachinesCommand(t *testing.T) {
 	}
 	for i, want := range []string{
 		"52:54:00:00:00:01 worker-1 worker 2 kubelet-start/tls-bootstrap done 3s",
-		"52:54:00:00:00:02 node-525400000002 worker (default) 1 preflight error 0s no container runtime",
+		"52:54:00:00:00:02 node-525400000002 worker (unlisted) 1 preflight error 0s no container runtime",
 		"52:54:00:00:00:03 worker-3 worker 0 - -",
 	} {
 		if got := strings.Join(strings.Fields(lines[i+1]), " "); got != want {

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
@@ -20,7 +21,10 @@ func (h *Handler) machineOf(r *http.Request, raw string) (mac string, a inventor
 	if err != nil {
 		return "", a, false, err
 	}
-	uuid := r.URL.Query().Get("uuid")
+	uuid := ""
+	if r.URL.RawQuery != "" {
+		uuid = r.URL.Query().Get("uuid")
+	}
 	if uuid == "" && h.cfg.UUIDOf != nil {
 		uuid = h.cfg.UUIDOf(mac)
 	}
@@ -41,6 +45,7 @@ type ScriptData struct {
 // initrd=<name>: Debian's iPXE under UEFI needs it, or the kernel finds no initramfs.
 func Script(d ScriptData) string {
 	var b strings.Builder
+	b.Grow(512 + len(d.Cmdline) + 2*len(d.KernelURL)*(1+len(d.InitrdURLs)))
 	fmt.Fprintf(&b, "#!ipxe\n# pxejoin: machine %s, node %s, profile %s\n", d.MAC, d.NodeName, d.Profile)
 	b.WriteString(":retry\n")
 	b.WriteString("kernel " + d.KernelURL)
@@ -105,7 +110,8 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart}, Source: status.SourceHTTP, StartsBoot: true}
+	now := time.Now()
+	start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: now}, Source: status.SourceHTTP, StartsBoot: true}
 	if !boots {
 		start.State, start.Error = bootstatus.StateError, "not in the inventory and no profile for unknown machines"
 		h.cfg.Status.Record(mac, start)
@@ -128,7 +134,9 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 		d.InitrdNames = append(d.InitrdNames, path.Base(f))
 	}
 	_, _ = w.Write([]byte(Script(d)))
-	h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateDone, "profile "+a.Profile.Name, ""))
+	done := phaseEvent(status.PhaseScript, bootstatus.StateDone, "profile "+a.Profile.Name, "")
+	done.Time = now // rendering takes microseconds; the phase is the request
+	h.cfg.Status.Record(mac, done)
 }
 
 func phaseEvent(phase, state, detail, errText string) status.Event {

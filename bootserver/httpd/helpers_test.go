@@ -94,7 +94,7 @@ func newFixtureLevel(t testing.TB, level slog.Level, serverURL string, kernelSiz
 		Profiles: map[string]config.Profile{"worker": {
 			Kernel:    write("vmlinuz", kernel),
 			Initrds:   []string{write("initramfs.cpio.gz", []byte("initramfs")), write("modules.cpio", []byte("modules"))},
-			Cmdline:   "console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.root={{.RootImageURL}} pxejoin.node={{.NodeName}}",
+			Cmdline:   "console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.image={{.RootImageURL}} pxejoin.node={{.NodeName}}",
 			RootImage: write("root.squashfs", []byte("squashfs")),
 		}},
 		Machines: machines,

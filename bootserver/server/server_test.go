@@ -226,6 +226,10 @@ machines:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The deletion is logged right after the API call returns: give the line a moment.
+	for i := 0; i < 50 && !strings.Contains(logs.String(), "reason=csr-issued"); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if !strings.Contains(logs.String(), "reason=csr-issued") {
 		t.Error("the log does not say why the token was deleted")
 	}

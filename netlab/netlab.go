@@ -8,14 +8,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/pxejoin/pxejoin/netns"
 )
 
 // TB is the part of testing.TB netlab uses.
@@ -114,37 +113,7 @@ func (n *NS) MustExec(t TB, name string, args ...string) []byte {
 
 // Do runs f on an OS thread switched into the namespace: sockets f opens belong to the namespace and
 // stay there after Do returns.
-func (n *NS) Do(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// If switching back fails the thread stays locked and dies with the goroutine.
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer self.Close()
-		target, err := os.Open("/var/run/netns/" + n.Name)
-		if err != nil {
-			errc <- fmt.Errorf("netlab: open namespace %s: %w", n.Name, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("netlab: setns %s: %w", n.Name, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("netlab: cannot return from namespace %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *NS) Do(f func() error) error { return netns.RunNamed(n.Name, f) }
 
 // Veth joins two namespaces with a veth pair: aIf in a with address aCIDR, bIf in b with bCIDR (an
 // empty CIDR leaves that end unnumbered). Both ends are up.

@@ -48,4 +48,3 @@ func TestVethAndDo(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
-

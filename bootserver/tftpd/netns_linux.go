@@ -2,11 +2,11 @@ package tftpd
 
 import (
 	"fmt"
-	"os"
-	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pxejoin/pxejoin/netns"
 )
 
 // inSocketNetns runs f on an OS thread in the network namespace of the socket c, so that the
@@ -30,25 +30,8 @@ func inSocketNetns(c syscall.Conn, f func() error) error {
 		(want.Dev == have.Dev && want.Ino == have.Ino) {
 		return f()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// If switching back fails the thread stays locked and ends with the goroutine.
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer self.Close()
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("tftpd: entering the socket's network namespace: %w", err)
-			return
-		}
-		ferr := f()
-		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
+	if err := netns.Run(nsfd, f); err != nil {
+		return fmt.Errorf("tftpd: in the socket's network namespace: %w", err)
+	}
+	return nil
 }

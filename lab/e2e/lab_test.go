@@ -13,13 +13,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/lab/vm"
-	"github.com/pxejoin/pxejoin/netlab"
-)
-
-// Lab addresses: the bridge inside the test's namespace.
-const (
-	bridge     = "br0"
-	bridgeAddr = "10.77.0.1"
+	"github.com/pxejoin/pxejoin/lab/labenv"
 )
 
 var repoRoot = func() string { d, _ := filepath.Abs("../.."); return d }()
@@ -40,23 +34,23 @@ func needRoot(t *testing.T) {
 }
 
 var (
-	buildOnce   sync.Once
-	builtInitrd string
-	buildErr    error
+	buildOnce  sync.Once
+	builtImage *labenv.Image
+	buildErr   error
 )
 
-// initrd builds the agent (PXEJOIN_AGENT, or ./lab/e2e/testagent) and an initramfs around it, once per
-// test binary.
-func initrd(t *testing.T) string {
+// image builds the agent (PXEJOIN_AGENT, or ./lab/e2e/testagent) and the node image around it with
+// images/build.sh (cached by inputs), once per test binary.
+func image(t *testing.T) *labenv.Image {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "pxejoin-e2e-")
-		if err != nil {
-			buildErr = err
-			return
-		}
 		agent := os.Getenv("PXEJOIN_AGENT")
 		if agent == "" {
+			dir, err := os.MkdirTemp("", "pxejoin-e2e-")
+			if err != nil {
+				buildErr = err
+				return
+			}
 			agent = filepath.Join(dir, "nodeagent")
 			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./lab/e2e/testagent")
 			cmd.Dir, cmd.Env = repoRoot, append(os.Environ(), "CGO_ENABLED=0")
@@ -65,40 +59,31 @@ func initrd(t *testing.T) string {
 				return
 			}
 		}
-		builtInitrd = filepath.Join(dir, "initramfs.cpio.zst")
-		cmd := exec.Command("go", "run", "./initramfs", "-agent", agent, "-o", builtInitrd)
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build initramfs: %v: %s", err, out)
-		}
+		t0 := time.Now()
+		builtImage, buildErr = labenv.BuildImage(repoRoot, agent, os.Stderr)
+		fmt.Fprintf(os.Stderr, "node image ready in %s\n", time.Since(t0).Round(time.Second))
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	return builtInitrd
+	return builtImage
 }
 
-func kernel(t *testing.T) string {
-	t.Helper()
-	m, _ := filepath.Glob("/boot/vmlinuz-*")
-	if len(m) == 0 {
-		t.Fatal("no /boot/vmlinuz-*: install linux-image-amd64 (make deps)")
+// labNet makes the test's namespace with the lab bridge, reachable from the test process.
+func labNet(t *testing.T) *labenv.Net {
+	n, err := labenv.NewNet("pxe")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return m[len(m)-1]
-}
-
-// labNet makes the test's namespace with the lab bridge.
-func labNet(t *testing.T) *netlab.NS {
-	ns := netlab.New(t, "pxe")
-	ns.Bridge(t, bridge, bridgeAddr+"/24")
-	return ns
+	t.Cleanup(n.Close)
+	return n
 }
 
 // startVM boots a VM and stops it at the test's end, keeping its console on failure.
-func startVM(t *testing.T, ns *netlab.NS, name string, mac net.HardwareAddr, fw vm.Firmware, memMB int) *vm.VM {
+func startVM(t *testing.T, n *labenv.Net, name string, mac net.HardwareAddr, fw vm.Firmware, memMB int) *vm.VM {
 	t.Helper()
 	dir := t.TempDir()
-	v, err := vm.Start(vm.Options{Name: name, NetNS: ns.Name, Bridge: bridge, MAC: mac, Firmware: fw, Dir: dir, MemoryMB: memMB})
+	v, err := vm.Start(vm.Options{Name: name, NetNS: n.NS.Name, Bridge: n.Bridge, MAC: mac, Firmware: fw, Dir: dir, MemoryMB: memMB})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,14 +15,15 @@ import (
 // there), reports that without the token, and retries.
 func TestBIOSAgentReports(t *testing.T) {
 	needRoot(t)
-	ns := labNet(t)
-	bs := &StandIn{NS: ns, Addr: bridgeAddr, Bridge: bridge, Dir: t.TempDir(), Kernel: kernel(t), Initrd: initrd(t)}
+	n := labNet(t)
+	img := image(t)
+	bs := &StandIn{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd}
 	if err := bs.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer bs.Stop()
 	t.Cleanup(func() { bs.LogOnFailure(t) })
-	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x01}
+	mac := n.MAC(1)
 	const secret = "0123456789abcdef"
 	bs.SetJoin(mac.String(), []byte(fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: JoinConfiguration
@@ -34,8 +34,8 @@ discovery:
     apiServerEndpoint: %s:6443
     caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
   tlsBootstrapToken: abcdef.%s
-`, secret, bridgeAddr, secret)))
-	v := startVM(t, ns, "bios1", mac, vm.BIOS, 1024)
+`, secret, n.BridgeAddr, secret)))
+	v := startVM(t, n, "bios1", mac, vm.BIOS, 1024)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_BOOT_TIMEOUT", 4*time.Minute))
 	for _, p := range []struct{ phase, state string }{
 		{bootstatus.PhaseAgentStart, bootstatus.StateDone},

@@ -111,8 +111,8 @@ func waitLinks(ctx context.Context, mac net.HardwareAddr) ([]netlink.Link, error
 }
 
 // MountRoot attaches image to a loop device, mounts it (squashfs, read-only) and puts a tmpfs overlay
-// over it at newroot.
-func (l *Linux) MountRoot(image, newroot string) error {
+// over it at newroot. On failure it undoes what it did, so that a retry starts clean.
+func (l *Linux) MountRoot(image, newroot string) (err error) {
 	base := l.RunDir
 	if base == "" {
 		base = "/run/pxejoin"
@@ -123,16 +123,27 @@ func (l *Linux) MountRoot(image, newroot string) error {
 			return err
 		}
 	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	lp, err := loop.New(image, "squashfs", "")
 	if err != nil {
 		return fmt.Errorf("loop device for %s: %w", image, err)
 	}
+	undo = append(undo, func() { _ = lp.Free() })
 	if _, err := lp.Mount(lower, unix.MS_RDONLY); err != nil {
 		return fmt.Errorf("mount squashfs %s: %w", lp.DevName(), err)
 	}
+	undo = append(undo, func() { _ = unix.Unmount(lower, unix.MNT_DETACH) })
 	if err := unix.Mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("mount tmpfs %s: %w", rw, err)
 	}
+	undo = append(undo, func() { _ = unix.Unmount(rw, unix.MNT_DETACH) })
 	up, work := filepath.Join(rw, "upper"), filepath.Join(rw, "work")
 	for _, d := range []string{up, work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -143,7 +154,10 @@ func (l *Linux) MountRoot(image, newroot string) error {
 	if err := unix.Mount("overlay", newroot, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay at %s: %w", newroot, err)
 	}
-	if _, err := os.Stat(filepath.Join(newroot, "sbin/init")); err != nil {
+	undo = append(undo, func() { _ = unix.Unmount(newroot, unix.MNT_DETACH) })
+	// Lstat: /sbin/init is an absolute symlink (→ /lib/systemd/systemd) that only resolves after
+	// switch_root.
+	if _, err := os.Lstat(filepath.Join(newroot, "sbin/init")); err != nil {
 		return fmt.Errorf("root image has no /sbin/init: %w", err)
 	}
 	return nil

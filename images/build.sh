@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Builds a node image profile: kernel + initramfs (nodeagent as /init) + root image (squashfs).
+#
+#   images/build.sh [OUT_LINK]        (make images; OUT_LINK defaults to images/out)
+#
+# Inputs (environment): NODEAGENT (default bin/nodeagent), KUBELET (default $PXEJOIN_K8S_BIN/kubelet),
+# KVER (default: the newest kernel in /lib/modules, from linux-image-amd64), MIRROR (default: the first
+# deb.debian.org-style URI of /etc/apt/sources.list{,.d}), SUITE (bookworm), CACHE (/var/cache/pxejoin).
+#
+# Two cached stages, each in $CACHE/images/<sha256 of its inputs>/:
+#   base-<hash>/root   debootstrap of images/packages.txt (slow: minutes; rebuilt only when the package
+#                      list, mirror, suite or this script's base section change)
+#   <hash>/            vmlinuz, initramfs.cpio.zst, root.squashfs, cmdline, inputs.txt (the final image;
+#                      a warm run with the same inputs only relinks OUT_LINK)
+# Reproducibility: same package versions (pin them with a snapshot.debian.org MIRROR) and the same inputs
+# give the same content; mksquashfs runs with -reproducible and a fixed -all-time.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+out_link=${1:-$here/out}
+CACHE=${CACHE:-${PXEJOIN_CACHE:-/var/cache/pxejoin}}
+SUITE=${SUITE:-bookworm}
+NODEAGENT=${NODEAGENT:-$repo/bin/nodeagent}
+KUBELET=${KUBELET:-${PXEJOIN_K8S_BIN:-$CACHE/k8s/v1.37.2}/kubelet}
+KVER=${KVER:-$(ls /lib/modules | sort -V | tail -1)}
+if [ -z "${MIRROR:-}" ]; then
+  MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
+    grep -oE 'https?://[^ ]*/debian/?( |$)' | grep -v security | head -1 | tr -d ' ' || true)
+fi
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+need() { command -v "$1" >/dev/null || { echo "missing $1: run make deps" >&2; exit 1; }; }
+need debootstrap; need mksquashfs; need sha256sum
+[ -x "$KUBELET" ] || { echo "kubelet not found at $KUBELET: run make k8s" >&2; exit 1; }
+[ -x "$NODEAGENT" ] || { echo "nodeagent not found at $NODEAGENT: run make build" >&2; exit 1; }
+[ -f "/boot/vmlinuz-$KVER" ] || { echo "no /boot/vmlinuz-$KVER: install linux-image-amd64" >&2; exit 1; }
+mkdir -p "$CACHE/images"
+t0=$SECONDS
+
+# --- stage 1: the Debian base (BASE-INPUTS: bump "base v1" when this section changes) ---
+pkgs=$(grep -v '^#' "$here/packages.txt" | grep . | sort | paste -sd, -)
+base_hash=$(printf 'base v1\n%s\n%s\n%s\n' "$SUITE" "$MIRROR" "$pkgs" | sha256sum | cut -c1-16)
+base=$CACHE/images/base-$base_hash
+if [ ! -f "$base/done" ]; then
+  log "debootstrap $SUITE from $MIRROR ($pkgs) into $base"
+  rm -rf "$base"; mkdir -p "$base"
+  debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$base/root" "$MIRROR" > "$base/debootstrap.log" 2>&1 ||
+    { tail -30 "$base/debootstrap.log" >&2; exit 1; }
+  chroot "$base/root" apt-get clean
+  rm -rf "$base/root"/var/lib/apt/lists/* "$base/root"/var/cache/apt/*.bin "$base/root"/var/log/*.log
+  : > "$base/root/etc/machine-id"   # systemd creates a fresh one on every boot (diskless nodes)
+  touch "$base/done"
+  log "base done in $((SECONDS - t0)) s: $(du -sh "$base/root" | cut -f1)"
+else
+  log "base cached: $base"
+fi
+
+# --- stage 2: the image ---
+inputs=$(
+  echo "base $base_hash"
+  echo "kernel $KVER $(sha256sum "/boot/vmlinuz-$KVER" | cut -c1-16)"
+  echo "kubelet $(sha256sum "$KUBELET" | cut -c1-16)"
+  echo "nodeagent $(sha256sum "$NODEAGENT" | cut -c1-16)"
+  (cd "$repo" && find images/rootfs images/pause images/ociarchive initramfs images/build.sh -type f ! -name '*_test.go' | sort | xargs sha256sum)
+)
+hash=$(echo "$inputs" | sha256sum | cut -c1-16)
+dest=$CACHE/images/$hash
+if [ -f "$dest/done" ]; then
+  log "image cached: $dest"
+else
+  rm -rf "$dest" "$dest.tmp"; mkdir -p "$dest.tmp"
+  work=$dest.tmp/root
+  log "assembling root in $work"
+  cp -a "$base/root" "$work"
+  cp -a "$here/rootfs/." "$work/"
+  rm -rf "$work"/usr/share/doc/* "$work"/usr/share/man/* "$work"/usr/share/locale/* "$work"/usr/share/info/* \
+    "$work/usr/lib/udev/hwdb.bin"
+  install -m 0755 "$KUBELET" "$work/usr/bin/kubelet"
+  install -m 0755 "$NODEAGENT" "$work/usr/bin/nodeagent"
+  # Kernel modules for containerd (overlay), CNI (bridge, veth) and the rest: the running kernel's.
+  mkdir -p "$work/lib/modules"
+  cp -a "/lib/modules/$KVER" "$work/lib/modules/"
+  # Diskless nodes: the NIC drivers are loaded by the initramfs; leave out what no lab node uses.
+  (cd "$work/lib/modules/$KVER/kernel" && rm -rf sound drivers/gpu drivers/media drivers/infiniband \
+    drivers/usb drivers/iio drivers/hwmon drivers/net/wireless drivers/net/ethernet drivers/bluetooth \
+    drivers/staging drivers/isdn drivers/mmc drivers/input drivers/hid drivers/scsi net/wireless net/bluetooth)
+  # The pause image (registry.k8s.io/pause cannot be pulled here): a static Go pause, as an OCI archive
+  # that pause-import.service imports into containerd's k8s.io namespace before kubelet starts.
+  mkdir -p "$work/usr/share/pxejoin"
+  (cd "$repo" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$dest.tmp/pause" ./images/pause &&
+    go run ./images/ociarchive -binary "$dest.tmp/pause" -name registry.k8s.io/pause:3.10 \
+      -o "$work/usr/share/pxejoin/pause.tar")
+  chroot "$work" systemctl enable containerd.service kubelet.service pause-import.service >/dev/null 2>&1
+  chroot "$work" systemctl mask systemd-networkd.service systemd-resolved.service getty@tty1.service >/dev/null 2>&1 || true
+  echo "pxejoin-node" > "$work/etc/hostname"
+  # Keep the interface name the agent configured (eth0): renaming an UP link fails on 6.1 anyway.
+  mkdir -p "$work/etc/systemd/network" && ln -sfn /dev/null "$work/etc/systemd/network/99-default.link"
+  log "mksquashfs"
+  env -u SOURCE_DATE_EPOCH mksquashfs "$work" "$dest.tmp/root.squashfs" -comp zstd -Xcompression-level 15 -noappend \
+    -reproducible -all-time "$EPOCH" -quiet -no-progress >/dev/null
+  cp "/boot/vmlinuz-$KVER" "$dest.tmp/vmlinuz"
+  log "initramfs"
+  (cd "$repo" && go run ./initramfs -agent "$NODEAGENT" -kernel-version "$KVER" -o "$dest.tmp/initramfs.cpio.zst")
+  echo "console=ttyS0 quiet" > "$dest.tmp/cmdline"
+  echo "$inputs" > "$dest.tmp/inputs.txt"
+  rm -rf "$work" "$dest.tmp/pause"
+  mv "$dest.tmp" "$dest"; touch "$dest/done"
+fi
+ln -sfn "$dest" "$out_link"
+log "image $hash ready in $((SECONDS - t0)) s:"
+ls -l "$dest"/vmlinuz "$dest"/initramfs.cpio.zst "$dest"/root.squashfs >&2

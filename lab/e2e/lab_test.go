@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxejoin/pxejoin/lab/vm"
 	"github.com/pxejoin/pxejoin/lab/labenv"
+	"github.com/pxejoin/pxejoin/lab/vm"
 )
 
 var repoRoot = func() string { d, _ := filepath.Abs("../.."); return d }()

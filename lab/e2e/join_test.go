@@ -13,6 +13,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootstatus"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
 
@@ -78,25 +79,46 @@ func runJoin(t *testing.T, c joinCase) {
 	}
 	t.Logf("control plane at %s ready with a signed token after %s", cp.Endpoint(), time.Since(t0).Round(time.Millisecond))
 
-	bs := &StandIn{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: t.TempDir(), Kernel: img.Kernel,
-		Initrd: img.Initrd, Image: img.Root}
-	if err := bs.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bs.Stop)
-	t.Cleanup(func() { bs.LogOnFailure(t) })
-
 	node := fmt.Sprintf("vm-%s", strings.ReplaceAll(string(c.fw), "-", ""))
 	mac := n.MAC(1)
-	pin := cp.CAPin()
-	if c.wrongPinFirst {
-		pin = "sha256:" + strings.Repeat("ab", 32)
+	var bs server
+	var sa *StandIn
+	if bin := bootserverBin(t); bin != "" && !c.wrongPinFirst {
+		// The real boot server: it mints this machine's token and writes its join file itself.
+		rb := &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: t.TempDir(),
+			Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac.String(): node}}
+		if err := rb.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(rb.Stop)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("bootserver log:\n%s", rb.LogTail(80))
+			}
+		})
+		bs = real{rb}
+		t.Logf("boot server: the real bootserver (%s)", bin)
+	} else {
+		// The stand-in serves a join file of the test's making (a wrong CA pin first).
+		sa = &StandIn{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: t.TempDir(), Kernel: img.Kernel,
+			Initrd: img.Initrd, Image: img.Root}
+		if err := sa.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(sa.Stop)
+		t.Cleanup(func() { sa.LogOnFailure(t) })
+		pin := cp.CAPin()
+		if c.wrongPinFirst {
+			pin = "sha256:" + strings.Repeat("ab", 32)
+		}
+		sa.SetJoin(mac.String(), joinFile(node, token, cp.Endpoint(), pin))
+		bs = standIn{sa}
+		t.Logf("boot server: the stand-in (dnsmasq + Go HTTP)")
 	}
-	bs.SetJoin(mac.String(), joinFile(node, token, cp.Endpoint(), pin))
 	v := startVM(t, n, node, mac, c.fw, 2048)
 
 	if c.wrongPinFirst {
-		ev, err := bs.WaitEvent(ctx, mac.String(), "join", bootstatus.StateError)
+		ev, err := sa.WaitEvent(ctx, mac.String(), "join", bootstatus.StateError)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,20 +126,17 @@ func runJoin(t *testing.T, c joinCase) {
 		if !strings.Contains(strings.ToLower(ev.Error), "pin") && !strings.Contains(strings.ToLower(ev.Error), "hash") {
 			t.Errorf("the reported error does not name the CA pin: %q", ev.Error)
 		}
-		bs.SetJoin(mac.String(), joinFile(node, token, cp.Endpoint(), cp.CAPin()))
+		// It retries: the join file is fetched again.
+		if _, err := sa.WaitEvent(ctx, mac.String(), bootstatus.PhaseJoinFile, bootstatus.StateStart); err != nil {
+			t.Fatal(err)
+		}
+		sa.SetJoin(mac.String(), joinFile(node, token, cp.Endpoint(), cp.CAPin()))
 	}
 	if c.restartBootServer {
-		if _, err := bs.WaitEvent(ctx, mac.String(), bootstatus.PhaseNetwork, bootstatus.StateDone); err != nil {
+		if err := bs.waitPhase(ctx, mac.String(), bootstatus.PhaseNetwork, bootstatus.StateDone); err != nil {
 			t.Fatal(err)
 		}
-		bs.Stop()
-		t.Logf("boot server stopped at %s", time.Since(v.Started).Round(time.Millisecond))
-		time.Sleep(10 * time.Second)
-		if err := bs.Start(); err != nil {
-			t.Fatal(err)
-		}
-		bs.SetJoin(mac.String(), joinFile(node, token, cp.Endpoint(), cp.CAPin()))
-		t.Logf("boot server started again at %s", time.Since(v.Started).Round(time.Millisecond))
+		bs.restart(t, 8*time.Second)
 	}
 
 	// The Node registers (kubelet started by the image's systemd) and becomes Ready.
@@ -136,37 +155,32 @@ func runJoin(t *testing.T, c joinCase) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Logf("timeline:\n%s", Timeline(v.Started, bs.Events(mac.String())))
+			t.Logf("timeline:\n%s", bs.timeline(v.Started, mac.String()))
 			t.Fatalf("node %s: registered after %s, not Ready: %v", node, registered, ctx.Err())
 		case <-v.Done():
-			t.Logf("timeline:\n%s", Timeline(v.Started, bs.Events(mac.String())))
+			t.Logf("timeline:\n%s", bs.timeline(v.Started, mac.String()))
 			t.Fatalf("the VM ended before node %s was Ready", node)
 		case <-time.After(time.Second):
 		}
 	}
-	evs := bs.Events(mac.String())
-	t.Logf("%s: Node registered at %.1fs, Ready at %.1fs after qemu started; agent timeline:\n%s", node,
-		registered.Seconds(), ready.Seconds(), Timeline(v.Started, evs))
+	tl := bs.timeline(v.Started, mac.String())
+	t.Logf("%s: Node registered at %.1fs, Ready at %.1fs after qemu started; timeline:\n%s", node,
+		registered.Seconds(), ready.Seconds(), tl)
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done",
 		"root-image done", "switch-root done", "systemd[1]", "containerd container runtime", "The Kubernetes Node Agent", "login:")
-	for _, e := range evs {
-		if strings.Contains(e.Error+e.Detail, strings.SplitN(token, ".", 2)[1]) {
-			t.Errorf("a status report holds the token secret: %s %s", e.Phase, e.State)
-		}
+	if sa != nil && bs.secretSeen(mac.String(), strings.SplitN(token, ".", 2)[1]) {
+		t.Errorf("a status report holds the token secret")
 	}
 	want := []string{bootstatus.PhaseAgentStart, bootstatus.PhaseNetwork, bootstatus.PhaseJoinFile,
 		bootstatus.PhaseRootImage, "kubelet-start/tls-bootstrap", bootstatus.PhaseSwitchRoot}
+	done := bs.phasesDone(mac.String())
 	for _, p := range want {
-		found := false
-		for _, e := range evs {
-			found = found || (e.Phase == p && e.State == bootstatus.StateDone)
-		}
-		if !found {
+		if !done[p] {
 			t.Errorf("no %q done report", p)
 		}
 	}
 	if keep := os.Getenv("PXEJOIN_KEEP"); keep != "" {
-		os.WriteFile(filepath.Join(keep, node+".timeline"), []byte(Timeline(v.Started, evs)), 0o644)
+		os.WriteFile(filepath.Join(keep, node+".timeline"), []byte(tl), 0o644)
 	}
 }
 

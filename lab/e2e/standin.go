@@ -46,9 +46,11 @@ const Port = 8080
 
 // Start runs dnsmasq and the HTTP server inside the namespace.
 func (s *StandIn) Start() error {
-	s.joins = map[string][]byte{}
-	s.events = map[string][]bootstatus.Event{}
-	s.changed = make(chan struct{})
+	if s.joins == nil { // a restart keeps what it knew
+		s.joins = map[string][]byte{}
+		s.events = map[string][]bootstatus.Event{}
+		s.changed = make(chan struct{})
+	}
 	tftp := filepath.Join(s.Dir, "tftp")
 	if err := os.MkdirAll(tftp, 0o755); err != nil {
 		return err

@@ -1,0 +1,216 @@
+package labenv
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pxejoin/pxejoin/netlab"
+)
+
+// BootServer runs the real bootserver binary inside the lab namespace, configured by a YAML file
+// (bootserver --config) with one profile ("node") for the machines listed.
+type BootServer struct {
+	Bin        string // bin/bootserver
+	NS         *netlab.NS
+	Interface  string // the lab bridge
+	Addr       string // the bridge address
+	Dir        string // config, state and log
+	Kubeconfig string // allowed to manage bootstrap tokens
+	Image      *Image
+	// Machines maps MAC → node name.
+	Machines map[string]string
+	// Cmdline is appended to the profile's kernel command line.
+	Cmdline string
+
+	cmd *exec.Cmd
+}
+
+// HTTPPort is the boot server's HTTP port in the lab.
+const HTTPPort = 8080
+
+// URL is the boot server's HTTP base URL.
+func (b *BootServer) URL() string { return fmt.Sprintf("http://%s:%d", b.Addr, HTTPPort) }
+
+func (b *BootServer) config() string {
+	prefix := b.Addr[:strings.LastIndex(b.Addr, ".")]
+	var m strings.Builder
+	for mac, name := range b.Machines {
+		fmt.Fprintf(&m, "  - {mac: %q, name: %q, profile: node}\n", mac, name)
+	}
+	return fmt.Sprintf(`interface: %s
+serverURL: %s
+listen:
+  http: ":%d"
+  tftp: ":69"
+dhcp:
+  mode: full
+  pool: {start: %s.100, end: %s.200, router: %s}
+  leaseTime: 12h
+tftp:
+  root: /usr/lib/ipxe
+cluster:
+  kubeconfig: %s
+  tokenTTL: 30m
+stateDir: %s
+unknownMachines:
+  profile: ""
+profiles:
+  node:
+    kernel: %s
+    initrds: [%s]
+    rootImage: %s
+    cmdline: >-
+      console=ttyS0 pxejoin.mac={{.MAC}} pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
+      pxejoin.image={{.RootImageURL}} %s
+machines:
+%s`, b.Interface, b.URL(), HTTPPort, prefix, prefix, b.Addr, b.Kubeconfig, filepath.Join(b.Dir, "state"),
+		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, m.String())
+}
+
+// Start writes the configuration and starts the daemon; it returns once /healthz answers.
+func (b *BootServer) Start(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Join(b.Dir, "state"), 0o755); err != nil {
+		return err
+	}
+	cfg := filepath.Join(b.Dir, "bootserver.yaml")
+	if err := os.WriteFile(cfg, []byte(b.config()), 0o644); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(b.Dir, "bootserver.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	b.cmd = b.NS.Command(b.Bin, "--config", cfg, "--log-level", "debug")
+	b.cmd.Stdout, b.cmd.Stderr = logf, logf
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := b.cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("bootserver: %w", err)
+	}
+	logf.Close()
+	_ = os.WriteFile(filepath.Join(b.Dir, "bootserver.pid"), []byte(strconv.Itoa(b.cmd.Process.Pid)+"\n"), 0o644)
+	exited := make(chan error, 1)
+	go func() { exited <- b.cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("bootserver exited: %v; log:\n%s", err, b.LogTail(30))
+		default:
+		}
+		if r, err := http.Get(b.URL() + "/healthz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("bootserver not healthy after 30 s; log:\n%s", b.LogTail(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Kill stops the daemon at once (SIGKILL: a crash).
+func (b *BootServer) Kill() {
+	if b.cmd != nil && b.cmd.Process != nil {
+		_ = b.cmd.Process.Kill()
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Stop asks the daemon to stop (SIGTERM), then kills it.
+func (b *BootServer) Stop() {
+	if b.cmd == nil || b.cmd.Process == nil {
+		return
+	}
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	for i := 0; i < 50; i++ {
+		if b.cmd.ProcessState != nil || syscall.Kill(b.cmd.Process.Pid, 0) != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = b.cmd.Process.Kill()
+}
+
+// LogTail is the end of the daemon's log.
+func (b *BootServer) LogTail(n int) string {
+	data, _ := os.ReadFile(filepath.Join(b.Dir, "bootserver.log"))
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// MachinePhase is one phase of a machine's timeline as GET /machines shows it.
+type MachinePhase struct {
+	Phase   string    `json:"phase"`
+	State   string    `json:"state"`
+	Source  string    `json:"source"`
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end"`
+	Seconds float64   `json:"seconds"`
+	Detail  string    `json:"detail"`
+	Error   string    `json:"error"`
+	Attempt int       `json:"attempt"`
+}
+
+// Machine is one machine of GET /machines.
+type Machine struct {
+	MAC         string         `json:"mac"`
+	NodeName    string         `json:"nodeName"`
+	Boot        int            `json:"boot"`
+	BootStarted time.Time      `json:"bootStarted"`
+	LastPhase   string         `json:"lastPhase"`
+	LastState   string         `json:"lastState"`
+	Phases      []MachinePhase `json:"phases"`
+}
+
+// Machines fetches GET /machines from url (a boot server's base URL).
+func Machines(ctx context.Context, url string) ([]Machine, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/machines", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Machines []Machine `json:"machines"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, err
+	}
+	return out.Machines, nil
+}
+
+// FormatTimeline prints a machine's phases, times relative to t0.
+func FormatTimeline(t0 time.Time, m Machine) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (%s), boot %d:\n", m.MAC, m.NodeName, m.Boot)
+	for _, p := range m.Phases {
+		at := p.End
+		if at.IsZero() {
+			at = p.Start
+		}
+		fmt.Fprintf(&b, "  %7.2fs %-28s %-7s %-8s %6.2fs %s", at.Sub(t0).Seconds(), p.Phase, p.State, p.Source, p.Seconds, p.Detail)
+		if p.Error != "" {
+			fmt.Fprintf(&b, " error: %s", p.Error)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}

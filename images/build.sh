@@ -84,7 +84,7 @@ else
   # Diskless nodes: the NIC drivers are loaded by the initramfs; leave out what no lab node uses.
   (cd "$work/lib/modules/$KVER/kernel" && rm -rf sound drivers/gpu drivers/media drivers/infiniband \
     drivers/usb drivers/iio drivers/hwmon drivers/net/wireless drivers/net/ethernet drivers/bluetooth \
-    drivers/staging drivers/isdn drivers/mmc drivers/input drivers/hid drivers/scsi net/wireless net/bluetooth)
+    drivers/staging drivers/isdn drivers/mmc drivers/input drivers/hid net/wireless net/bluetooth)
   # The pause image (registry.k8s.io/pause cannot be pulled here): a static Go pause, as an OCI archive
   # that pause-import.service imports into containerd's k8s.io namespace before kubelet starts.
   mkdir -p "$work/usr/share/pxejoin"
@@ -108,5 +108,8 @@ else
   mv "$dest.tmp" "$dest"; touch "$dest/done"
 fi
 ln -sfn "$dest" "$out_link"
+# Keep the 4 newest images (each ~190 MB); bases stay.
+find "$CACHE/images" -maxdepth 1 -regextype egrep -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' |
+  sort -rn | tail -n +5 | cut -d' ' -f2 | xargs -r rm -rf
 log "image $hash ready in $((SECONDS - t0)) s:"
 ls -l "$dest"/vmlinuz "$dest"/initramfs.cpio.zst "$dest"/root.squashfs >&2

@@ -14,6 +14,7 @@ import (
 // network and join-file, then fails to reach the control plane named in the join file (nothing listens
 // there), reports that without the token, and retries.
 func TestBIOSAgentReports(t *testing.T) {
+	extended(t)
 	needRoot(t)
 	n := labNet(t)
 	img := image(t)

@@ -56,7 +56,7 @@ dhcp:
   pool: {start: %s.100, end: %s.200, router: %s}
   leaseTime: 12h
 tftp:
-  root: /usr/lib/ipxe
+  root: %s
 cluster:
   kubeconfig: %s
   tokenTTL: 30m
@@ -72,7 +72,7 @@ profiles:
       console=ttyS0 pxejoin.mac={{.MAC}} pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
       pxejoin.image={{.RootImageURL}} %s
 machines:
-%s`, b.Interface, b.URL(), HTTPPort, prefix, prefix, b.Addr, b.Kubeconfig, filepath.Join(b.Dir, "state"),
+%s`, b.Interface, b.URL(), HTTPPort, prefix, prefix, b.Addr, filepath.Join(b.Dir, "tftp"), b.Kubeconfig, filepath.Join(b.Dir, "state"),
 		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, m.String())
 }
 
@@ -80,6 +80,21 @@ machines:
 func (b *BootServer) Start(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(b.Dir, "state"), 0o755); err != nil {
 		return err
+	}
+	// Debian's /usr/lib/ipxe/ipxe.efi is a symlink to /boot/ipxe.efi, outside the TFTP root, which the
+	// boot server refuses to follow: serve copies.
+	tftp := filepath.Join(b.Dir, "tftp")
+	if err := os.MkdirAll(tftp, 0o755); err != nil {
+		return err
+	}
+	for _, f := range []string{"undionly.kpxe", "ipxe.efi", "snponly.efi"} {
+		data, err := os.ReadFile(filepath.Join("/usr/lib/ipxe", f))
+		if err != nil {
+			return fmt.Errorf("%w (install ipxe)", err)
+		}
+		if err := os.WriteFile(filepath.Join(tftp, f), data, 0o644); err != nil {
+			return err
+		}
 	}
 	cfg := filepath.Join(b.Dir, "bootserver.yaml")
 	if err := os.WriteFile(cfg, []byte(b.config()), 0o644); err != nil {

@@ -39,7 +39,7 @@ var (
 	buildErr   error
 )
 
-// image builds the agent (PXEJOIN_AGENT, or ./lab/e2e/testagent) and the node image around it with
+// image builds the agent (PXEJOIN_AGENT, or ./nodeagent built static) and the node image around it with
 // images/build.sh (cached by inputs), once per test binary.
 func image(t *testing.T) *labenv.Image {
 	t.Helper()
@@ -52,7 +52,7 @@ func image(t *testing.T) *labenv.Image {
 				return
 			}
 			agent = filepath.Join(dir, "nodeagent")
-			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./lab/e2e/testagent")
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./nodeagent")
 			cmd.Dir, cmd.Env = repoRoot, append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("build agent: %v: %s", err, out)

@@ -1,6 +1,6 @@
 // Package e2e holds the VM end-to-end tests: real QEMU machines PXE-boot the pxejoin initramfs inside a
-// network namespace and join a real control plane. The boot server is the real bootserver binary when
-// PXEJOIN_BOOTSERVER names one (or bin/bootserver exists and runs), else StandIn.
+// network namespace and join a real control plane. The boot server is the real bootserver (built from
+// this tree, or PXEJOIN_BOOTSERVER); StandIn serves the one case the real one cannot (a wrong CA pin).
 package e2e
 
 import (

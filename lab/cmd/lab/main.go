@@ -53,7 +53,7 @@ func main() {
 	fs := flag.NewFlagSet("lab "+os.Args[1], flag.ExitOnError)
 	dir := fs.String("dir", ".lab", "state directory")
 	nodes := fs.Int("nodes", envInt("LAB_NODES", 2), "machines to boot (odd ones BIOS, even ones UEFI); LAB_NODES")
-	agent := fs.String("agent", os.Getenv("LAB_AGENT"), "nodeagent binary for the image (default: build ./lab/e2e/testagent); LAB_AGENT")
+	agent := fs.String("agent", os.Getenv("LAB_AGENT"), "nodeagent binary for the image (default: build ./nodeagent static); LAB_AGENT")
 	bootserver := fs.String("bootserver", envOr("LAB_BOOTSERVER", "bin/bootserver"), "bootserver binary; LAB_BOOTSERVER")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long up waits for the nodes")
 	_ = fs.Parse(os.Args[2:])

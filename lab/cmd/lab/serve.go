@@ -59,8 +59,8 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	}
 	if agent == "" {
 		agent = filepath.Join(dir, "nodeagent")
-		log.Printf("building the agent (./lab/e2e/testagent: nodeagent's init mode)")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./lab/e2e/testagent")
+		log.Printf("building nodeagent (static: it is the initramfs's /init)")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./nodeagent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fail(fmt.Errorf("build agent: %v: %s", err, out))

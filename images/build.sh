@@ -36,6 +36,9 @@ need debootstrap; need mksquashfs; need sha256sum
 [ -x "$NODEAGENT" ] || { echo "nodeagent not found at $NODEAGENT: run make build" >&2; exit 1; }
 [ -f "/boot/vmlinuz-$KVER" ] || { echo "no /boot/vmlinuz-$KVER: install linux-image-amd64" >&2; exit 1; }
 mkdir -p "$CACHE/images"
+# One build at a time (make lab and make test may run side by side).
+exec 9>"$CACHE/images/.lock"
+flock 9
 t0=$SECONDS
 
 # --- stage 1: the Debian base (BASE-INPUTS: bump "base v1" when this section changes) ---

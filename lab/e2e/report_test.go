@@ -12,7 +12,8 @@ import (
 
 // TestBIOSAgentReports: a BIOS VM PXE-boots the initramfs; the agent (PID 1) reports agent-start,
 // network and join-file, then fails to reach the control plane named in the join file (nothing listens
-// there), reports that without the token, and retries.
+// there: the join's discovery gives up after the join file's 15 s timeouts.discovery), reports that
+// without the token, and retries.
 func TestBIOSAgentReports(t *testing.T) {
 	extended(t)
 	needRoot(t)
@@ -35,6 +36,8 @@ discovery:
     apiServerEndpoint: %s:6443
     caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
   tlsBootstrapToken: abcdef.%s
+timeouts:
+  discovery: 15s
 `, secret, n.BridgeAddr, secret)))
 	v := startVM(t, n, "bios1", mac, vm.BIOS, 1024)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_BOOT_TIMEOUT", 4*time.Minute))

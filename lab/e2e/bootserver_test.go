@@ -50,6 +50,7 @@ func bootserverBin(t *testing.T) string {
 			bsErr = err
 			return
 		}
+		tempDirs = append(tempDirs, dir)
 		bsBin = filepath.Join(dir, "bootserver")
 		cmd := exec.Command("go", "build", "-o", bsBin, "./bootserver")
 		cmd.Dir = repoRoot

@@ -18,6 +18,17 @@ import (
 
 var repoRoot = func() string { d, _ := filepath.Abs("../.."); return d }()
 
+// tempDirs are the test binary's own build directories (agent, bootserver), removed by TestMain.
+var tempDirs []string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range tempDirs {
+		os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
 func needRoot(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
@@ -51,6 +62,7 @@ func image(t *testing.T) *labenv.Image {
 				buildErr = err
 				return
 			}
+			tempDirs = append(tempDirs, dir)
 			agent = filepath.Join(dir, "nodeagent")
 			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./nodeagent")
 			cmd.Dir, cmd.Env = repoRoot, append(os.Environ(), "CGO_ENABLED=0")

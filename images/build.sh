@@ -3,7 +3,8 @@
 #
 #   images/build.sh [OUT_LINK]        (make images; OUT_LINK defaults to images/out)
 #
-# Inputs (environment): NODEAGENT (default bin/nodeagent), KUBELET (default $PXEJOIN_K8S_BIN/kubelet),
+# Inputs (environment): NODEAGENT (default: ./nodeagent built here, static: it is the initramfs's /init),
+# KUBELET (default $PXEJOIN_K8S_BIN/kubelet),
 # KVER (default: the newest kernel in /lib/modules, from linux-image-amd64), MIRROR (default: the first
 # deb.debian.org-style URI of /etc/apt/sources.list{,.d}), SUITE (bookworm), CACHE (/var/cache/pxejoin).
 #
@@ -20,7 +21,7 @@ repo=$(cd "$here/.." && pwd)
 out_link=${1:-$here/out}
 CACHE=${CACHE:-${PXEJOIN_CACHE:-/var/cache/pxejoin}}
 SUITE=${SUITE:-bookworm}
-NODEAGENT=${NODEAGENT:-$repo/bin/nodeagent}
+NODEAGENT=${NODEAGENT:-}
 KUBELET=${KUBELET:-${PXEJOIN_K8S_BIN:-$CACHE/k8s/v1.37.2}/kubelet}
 KVER=${KVER:-$(ls /lib/modules | sort -V | tail -1)}
 if [ -z "${MIRROR:-}" ]; then
@@ -33,12 +34,17 @@ log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 need() { command -v "$1" >/dev/null || { echo "missing $1: run make deps" >&2; exit 1; }; }
 need debootstrap; need mksquashfs; need sha256sum
 [ -x "$KUBELET" ] || { echo "kubelet not found at $KUBELET: run make k8s" >&2; exit 1; }
-[ -x "$NODEAGENT" ] || { echo "nodeagent not found at $NODEAGENT: run make build" >&2; exit 1; }
 [ -f "/boot/vmlinuz-$KVER" ] || { echo "no /boot/vmlinuz-$KVER: install linux-image-amd64" >&2; exit 1; }
 mkdir -p "$CACHE/images"
 # One build at a time (make lab and make test may run side by side).
 exec 9>"$CACHE/images/.lock"
 flock 9
+if [ -z "$NODEAGENT" ]; then
+  mkdir -p "$CACHE/images/agent"
+  NODEAGENT=$CACHE/images/agent/nodeagent
+  (cd "$repo" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$NODEAGENT" ./nodeagent)
+fi
+[ -x "$NODEAGENT" ] || { echo "nodeagent not found at $NODEAGENT" >&2; exit 1; }
 t0=$SECONDS
 
 # --- stage 1: the Debian base (BASE-INPUTS: bump "base v1" when this section changes) ---

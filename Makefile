@@ -12,8 +12,9 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 all: build
 
+# Static binaries: nodeagent also runs as the initramfs's /init, where there is no libc.
 build:
-	$(GO) build -trimpath -ldflags "-s -w" -o bin/ ./nodeagent ./bootserver
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/ ./nodeagent ./bootserver ./lab/cmd/lab
 
 deps:
 	lab/install-deps.sh
@@ -30,6 +31,23 @@ vet:
 test: deps k8s vet build
 	$(GO) test -count=1 -timeout 40m ./...
 	lab/fuzz.sh 5s
+	VAGRANT_DOTFILE_PATH=$$(mktemp -d) vagrant validate
+
+# Every VM case: BIOS, UEFI with the iPXE ROM, UEFI native PXE, wrong CA pin, boot server restart.
+test-e2e: deps k8s build
+	PXEJOIN_E2E=all $(GO) test -count=1 -v -timeout 60m ./lab/e2e
+
+# The node image (debootstrap + containerd + kubelet, squashfs), cached by inputs.
+images: deps k8s
+	images/build.sh images/out
+
+# The whole chain: control plane, boot server and LAB_NODES VMs (default 2) until the Nodes are Ready.
+lab: deps k8s build
+	bin/lab up
+
+lab-down:
+	CGO_ENABLED=0 $(GO) build -o bin/ ./lab/cmd/lab
+	bin/lab down
 
 # Quick iteration: pure-logic tests only (no control plane, no namespaces, no VM).
 test-short: build

@@ -12,6 +12,7 @@ pkgs=(
   qemu-system-x86 ipxe-qemu ipxe ovmf linux-image-amd64   # the PXE lab
   squashfs-tools debootstrap cpio zstd xz-utils           # images
   openssl curl ca-certificates
+  vagrant vagrant-libvirt            # `vagrant validate` of the libvirt lab in make test
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -130,7 +131,11 @@ func New(opts Options) (s *Server, err error) {
 		return nil, err
 	}
 	if !c.TFTP.Disabled {
-		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP}); err != nil {
+		links, err := rootLinks(c.TFTP.Root)
+		if err != nil {
+			return nil, err
+		}
+		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP}); err != nil {
 			return nil, err
 		}
 	}
@@ -345,4 +350,41 @@ func interfacePrefix(name string) (netip.Prefix, error) {
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("interface %s has no IPv4 address", name)
+}
+
+// rootLinks serves the TFTP root's top-level symlinks to regular files as the files they name, resolved
+// once at start: Debian's ipxe package links /usr/lib/ipxe/ipxe.efi to /boot/ipxe.efi, which the TFTP
+// server's root (os.Root) would otherwise refuse as a link out of the root. Request paths still cannot
+// leave the root; only what the administrator's directory links to at start is served.
+func rootLinks(dir string) (map[string]tftpd.Opener, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("tftp.root: %w", err)
+	}
+	files := map[string]tftpd.Opener{}
+	for _, e := range entries {
+		if e.Type()&os.ModeSymlink == 0 {
+			continue
+		}
+		target, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // a dangling link is simply not served
+		}
+		if fi, err := os.Stat(target); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		files[e.Name()] = func(ctx context.Context, remote net.Addr) (io.ReadCloser, int64, error) {
+			f, err := os.Open(target)
+			if err != nil {
+				return nil, 0, err
+			}
+			fi, err := f.Stat()
+			if err != nil {
+				f.Close()
+				return nil, 0, err
+			}
+			return f, fi.Size(), nil
+		}
+	}
+	return files, nil
 }

@@ -110,6 +110,12 @@ func findPhase(name string) (Phase, string, bool) {
 }
 
 func prepare(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
+	// kubeadm's defaulting: the TLS bootstrap token is the discovery token unless given.
+	if cfg.Discovery.TLSBootstrapToken == "" && cfg.Discovery.BootstrapToken != nil {
+		cp := *cfg
+		cp.Discovery.TLSBootstrapToken = cfg.Discovery.BootstrapToken.Token
+		cfg = &cp
+	}
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}

@@ -106,7 +106,7 @@ func TestValidate(t *testing.T) {
 		{"ok", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{BootstrapToken: bt, TLSBootstrapToken: "abcdef.0123456789abcdef"}}, ""},
 		{"both methods", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{BootstrapToken: bt, File: &joinconfig.FileDiscovery{KubeConfigPath: "x"}}}, "mutually exclusive"},
 		{"none", joinconfig.JoinConfiguration{}, "no discovery method"},
-		{"no tls token", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{BootstrapToken: bt}}, "no TLS bootstrap token"},
+		{"no tls token", joinconfig.JoinConfiguration{Discovery: joinconfig.Discovery{File: &joinconfig.FileDiscovery{KubeConfigPath: "x"}}}, ""},
 		{"control plane", joinconfig.JoinConfiguration{ControlPlane: &joinconfig.JoinControlPlane{}}, "not supported"},
 	}
 	for _, tc := range cases {
@@ -114,5 +114,20 @@ func TestValidate(t *testing.T) {
 		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
 		}
+	}
+}
+
+func TestTLSBootstrapTokenDefaultsToDiscoveryToken(t *testing.T) {
+	cfg := &joinconfig.JoinConfiguration{NodeRegistration: joinconfig.NodeRegistrationOptions{Name: "n"}, Discovery: joinconfig.Discovery{
+		BootstrapToken: &joinconfig.BootstrapTokenDiscovery{Token: "abcdef.0123456789abcdef", APIServerEndpoint: "h:1", UnsafeSkipCAVerification: true}}}
+	d, err := prepare(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.cfg.Discovery.TLSBootstrapToken != "abcdef.0123456789abcdef" {
+		t.Fatal("tlsBootstrapToken not defaulted")
+	}
+	if cfg.Discovery.TLSBootstrapToken != "" {
+		t.Fatal("the caller's config was changed")
 	}
 }

@@ -73,6 +73,18 @@ type DHCP struct {
 	Pool Pool `yaml:"pool"`
 	// LeaseTime is a Go duration ("1h"); default 1h.
 	LeaseTime string `yaml:"leaseTime"`
+	// RouterAdvertisements sends IPv6 RAs that announce no router and no DHCPv6, so iPXE does not wait
+	// ~16 s for IPv6 configuration. Default: on in full mode (the boot server owns the link), off otherwise
+	// (an existing network has its own routers).
+	RouterAdvertisements *bool `yaml:"routerAdvertisements"`
+}
+
+// SendRouterAdvertisements resolves DHCP.RouterAdvertisements' default.
+func (c *Config) SendRouterAdvertisements() bool {
+	if c.DHCP.RouterAdvertisements != nil {
+		return *c.DHCP.RouterAdvertisements
+	}
+	return c.DHCP.Mode == DHCPFull
 }
 
 // Pool is a DHCP address range with the options given with it.

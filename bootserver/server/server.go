@@ -28,6 +28,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/bootserver/routeradv"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
@@ -288,6 +289,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.dhcp != nil {
 		g.Go(func() error { return s.opts.InNetns(func() error { return s.dhcp.Serve(ctx) }) })
+	}
+	if s.cfg.SendRouterAdvertisements() && s.cfg.Interface != "" {
+		ra, err := routeradv.New(routeradv.Config{Interface: s.cfg.Interface, Logger: s.log})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return s.opts.InNetns(func() error { return ra.Serve(ctx) }) })
 	}
 	g.Go(func() error { return s.tokens.Run(ctx) })
 	g.Go(func() error {

@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
@@ -117,4 +120,32 @@ func lastPhase(m status.Machine, phase string) *status.Phase {
 		}
 	}
 	return nil
+}
+
+// onNode records a machine's Node in its timeline: node-registered once the Node exists or heartbeats
+// after this boot began, node-ready once its Ready condition turned true after that.
+func (s *Server) onNode(n *corev1.Node) {
+	for _, m := range s.status.All() {
+		if m.NodeName != n.Name || m.BootStarted.IsZero() {
+			continue
+		}
+		since := m.BootStarted.Add(-time.Second) // API timestamps have 1 s resolution
+		var ready *corev1.NodeCondition
+		fresh := !n.CreationTimestamp.Time.Before(since)
+		for i := range n.Status.Conditions {
+			c := &n.Status.Conditions[i]
+			if !c.LastHeartbeatTime.Time.Before(since) {
+				fresh = true
+			}
+			if c.Type == corev1.NodeReady {
+				ready = c
+			}
+		}
+		if fresh && !hasPhase(m, status.PhaseNodeRegistered) {
+			s.status.Record(m.MAC, status.Event{Event: bootstatus.Event{Phase: status.PhaseNodeRegistered, State: bootstatus.StateDone, Detail: n.Name}, Source: status.SourceCluster})
+		}
+		if ready != nil && ready.Status == corev1.ConditionTrue && !ready.LastTransitionTime.Time.Before(since) && !hasPhase(m, bootstatus.PhaseNodeReady) {
+			s.status.Record(m.MAC, status.Event{Event: bootstatus.Event{Phase: bootstatus.PhaseNodeReady, State: bootstatus.StateDone, Detail: n.Name}, Source: status.SourceCluster})
+		}
+	}
 }

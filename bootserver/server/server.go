@@ -108,7 +108,7 @@ func New(opts Options) (s *Server, err error) {
 	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg}); err != nil {
 		return nil, err
 	}
-	if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg}); err != nil {
+	if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
 		return nil, err
 	}
 	ipxeDir := c.TFTP.Root

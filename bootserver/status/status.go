@@ -27,14 +27,18 @@ const (
 	PhaseKernel    = "kernel"     // the profile's kernel
 	PhaseInitrd    = "initrd"     // the profile's initrds
 	PhaseAgentDHCP = "agent-dhcp" // the agent's DHCP (not PXE)
+	// PhaseNodeRegistered is the machine's Node appearing (or heartbeating) in the cluster after this
+	// boot began; bootstatus.PhaseNodeReady follows when its Ready condition turns true.
+	PhaseNodeRegistered = "node-registered"
 )
 
 // Sources of events.
 const (
-	SourceDHCP  = "dhcp"
-	SourceTFTP  = "tftp"
-	SourceHTTP  = "http"
-	SourceAgent = "agent"
+	SourceDHCP    = "dhcp"
+	SourceTFTP    = "tftp"
+	SourceHTTP    = "http"
+	SourceAgent   = "agent"
+	SourceCluster = "cluster" // seen in the Kubernetes API (Nodes)
 )
 
 // Limits.

@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	corev1 "k8s.io/api/core/v1"
 	"log/slog"
 	"sort"
 	"strings"
@@ -69,6 +70,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// OnNode, if set, sees every Node the watch sees (added or updated), after token handling. It runs
+	// on the informer's goroutine: keep it quick.
+	OnNode func(*corev1.Node)
 }
 
 // Manager mints and deletes machine tokens. It is safe for concurrent use.

@@ -26,6 +26,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	onNode := func(obj any) {
 		if n, ok := obj.(*corev1.Node); ok {
 			_ = m.RevokeNode(ctx, n.Name, n.CreationTimestamp.Time, ReasonNodeRegistered)
+			if m.opts.OnNode != nil {
+				m.opts.OnNode(n)
+			}
 		}
 	}
 	if _, err := csrs.AddEventHandler(cache.ResourceEventHandlerFuncs{

@@ -84,14 +84,16 @@ const PhaseJoin = "join"
 // switch_root.
 var SkipPhases = []string{"kubelet-start/start"}
 
-// Phases is the sequence after agent-start. A join failure (wrong CA pin, expired token) re-fetches the
-// join file, since the boot server may have written a new one.
+// Phases is the sequence after agent-start. The join runs before the root image is fetched, into a
+// staging directory that root-image copies into the mounted root: the node has its credentials a
+// second after the agent starts, whatever the image's size. A join failure (wrong CA pin, expired
+// token) re-fetches the join file, since the boot server may have written a new one.
 func (a *Agent) Phases() []Phase {
 	return []Phase{
 		{Name: bootstatus.PhaseNetwork, Timeout: 2 * time.Minute, RetryFrom: bootstatus.PhaseNetwork, Run: a.network},
 		{Name: bootstatus.PhaseJoinFile, Timeout: time.Minute, RetryFrom: bootstatus.PhaseJoinFile, Run: a.joinFile},
-		{Name: bootstatus.PhaseRootImage, Timeout: 15 * time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.rootImage},
 		{Name: PhaseJoin, Timeout: 10 * time.Minute, RetryFrom: bootstatus.PhaseJoinFile, Run: a.join},
+		{Name: bootstatus.PhaseRootImage, Timeout: 15 * time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.rootImage},
 		{Name: bootstatus.PhaseSwitchRoot, Timeout: time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.switchRoot},
 	}
 }
@@ -208,7 +210,7 @@ func (a *Agent) rootImage(ctx context.Context) (string, error) {
 		return "no pxejoin.image=: joining into the initramfs", errSkipped
 	}
 	if a.rootMounted {
-		return "already mounted", nil
+		return "already mounted", copyTree(a.stage(), a.NewRoot)
 	}
 	if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
 		return "", err
@@ -223,17 +225,64 @@ func (a *Agent) rootImage(ctx context.Context) (string, error) {
 		return "", err
 	}
 	a.rootMounted = true
+	if err := copyTree(a.stage(), a.NewRoot); err != nil {
+		return "", fmt.Errorf("installing the join's files into the root: %w", err)
+	}
 	if name := a.cfg.NodeRegistration.Name; name != "" {
 		_ = os.WriteFile(filepath.Join(a.NewRoot, "etc/hostname"), []byte(name+"\n"), 0o644)
 	}
 	return fmt.Sprintf("%.1f MB from %s", float64(n)/1e6, a.Cmdline.ImageURL), nil
 }
 
+// rootfs is where the join writes: the initramfs itself without an image, else a staging directory
+// that root-image copies into the mounted image.
 func (a *Agent) rootfs() string {
 	if a.Cmdline.ImageURL == "" {
 		return "/"
 	}
-	return a.NewRoot
+	return a.stage()
+}
+
+func (a *Agent) stage() string { return filepath.Join(a.WorkDir, "joined") }
+
+// copyTree copies the files, directories and symlinks under src into dst, keeping modes; files are
+// written to a temporary name and renamed, so dst never holds half a credential.
+func copyTree(src, dst string) error {
+	return filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		switch {
+		case fi.IsDir():
+			return os.MkdirAll(to, fi.Mode().Perm()|0o700)
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			_ = os.Remove(to)
+			return os.Symlink(target, to)
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			tmp := to + ".pxejoin-tmp"
+			if err := os.WriteFile(tmp, b, fi.Mode().Perm()); err != nil {
+				return err
+			}
+			if err := os.Chmod(tmp, fi.Mode().Perm()); err != nil {
+				return err
+			}
+			return os.Rename(tmp, to)
+		}
+		return nil
+	})
 }
 
 func (a *Agent) join(ctx context.Context) (string, error) {

@@ -143,7 +143,7 @@ func TestAgentRun(t *testing.T) {
 		{
 			name: "no image: join into the initramfs, power off",
 			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
-				"root-image start", "root-image skipped", "join start", "preflight start", "preflight done", "join done",
+				"join start", "preflight start", "preflight done", "join done", "root-image start", "root-image skipped",
 				"switch-root start", "switch-root skipped"},
 			joinGets: 1,
 		},
@@ -151,7 +151,7 @@ func TestAgentRun(t *testing.T) {
 			name:  "image: mount, join into it, switch root",
 			image: true,
 			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
-				"root-image start", "root-image done", "join start", "preflight start", "preflight done", "join done",
+				"join start", "preflight start", "preflight done", "join done", "root-image start", "root-image done",
 				"switch-root start", "switch-root done"},
 			joinGets: 1,
 		},
@@ -159,17 +159,17 @@ func TestAgentRun(t *testing.T) {
 			name:      "wrong CA pin: reported, join file fetched again, retried",
 			joinFails: 1,
 			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
-				"root-image start", "root-image skipped", "join start", "preflight start", "preflight error", "join error",
-				"join-file start", "join-file done", "root-image start", "root-image skipped", "join start",
-				"preflight start", "preflight done", "join done", "switch-root start", "switch-root skipped"},
+				"join start", "preflight start", "preflight error", "join error",
+				"join-file start", "join-file done", "join start",
+				"preflight start", "preflight done", "join done", "root-image start", "root-image skipped", "switch-root start", "switch-root skipped"},
 			joinGets: 2,
 		},
 		{
 			name:     "DHCP fails twice: retried, reports queued until the network is up",
 			netFails: 2,
 			want: []string{"agent-start done", "network start", "network error", "network start", "network error",
-				"network start", "network done", "join-file start", "join-file done", "root-image start",
-				"root-image skipped", "join start", "preflight start", "preflight done", "join done",
+				"network start", "network done", "join-file start", "join-file done", "join start",
+				"preflight start", "preflight done", "join done", "root-image start", "root-image skipped",
 				"switch-root start", "switch-root skipped"},
 			joinGets: 1,
 		},
@@ -177,7 +177,7 @@ func TestAgentRun(t *testing.T) {
 			name:       "boot server restarting: nothing lost, order kept",
 			statusDown: 3,
 			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file done",
-				"root-image start", "root-image skipped", "join start", "preflight start", "preflight done", "join done",
+				"join start", "preflight start", "preflight done", "join done", "root-image start", "root-image skipped",
 				"switch-root start", "switch-root skipped"},
 			joinGets: 1,
 		},
@@ -221,6 +221,11 @@ func TestAgentRun(t *testing.T) {
 						return err
 					}
 					observe(bootstatus.Event{Phase: "preflight", State: bootstatus.StateDone})
+					if rootfs != "/" {
+						os.MkdirAll(filepath.Join(rootfs, "etc/kubernetes"), 0o755)
+						os.WriteFile(filepath.Join(rootfs, "etc/kubernetes/kubelet.conf"), []byte("creds"), 0o600)
+						os.Symlink("kubelet.conf", filepath.Join(rootfs, "etc/kubernetes/link"))
+					}
 					return nil
 				},
 			}
@@ -229,8 +234,16 @@ func TestAgentRun(t *testing.T) {
 				if !errors.Is(err, context.Canceled) {
 					t.Fatalf("Run = %v, want the context's end after switch_root", err)
 				}
-				if sys.switched != a.NewRoot || sys.mounted != a.NewRoot || sys.image != "squashfs image bytes" || joinedInto != a.NewRoot {
+				if sys.switched != a.NewRoot || sys.mounted != a.NewRoot || sys.image != "squashfs image bytes" || joinedInto == "/" || joinedInto == a.NewRoot {
 					t.Errorf("switched %q mounted %q image %q joined into %q", sys.switched, sys.mounted, sys.image, joinedInto)
+				}
+				// The join ran into a staging directory; its files were copied into the mounted root.
+				fi, err := os.Stat(filepath.Join(a.NewRoot, "etc/kubernetes/kubelet.conf"))
+				if err != nil || fi.Mode().Perm() != 0o600 {
+					t.Errorf("joined files not installed into the root (mode kept): %v", err)
+				}
+				if l, err := os.Readlink(filepath.Join(a.NewRoot, "etc/kubernetes/link")); err != nil || l != "kubelet.conf" {
+					t.Errorf("symlink not copied: %q %v", l, err)
 				}
 				if b, _ := os.ReadFile(filepath.Join(a.NewRoot, "etc/hostname")); string(b) != "node-a\n" {
 					t.Errorf("newroot /etc/hostname = %q", b)

@@ -244,9 +244,6 @@ func (d *data) kubeletConf() []byte {
 
 // runKubeletStart starts the kubelet through systemd and waits until its Node exists.
 func runKubeletStart(ctx context.Context, d *data) error {
-	if filepath.Clean(string(d.root)) != "/" {
-		return fmt.Errorf("kubelet-start/start would start this host's kubelet, but the files were written under --rootfs %s: add --skip-phases kubelet-start/start", d.root)
-	}
 	if d.dryRun() {
 		d.printf("[dryrun] Would enable and restart %s through systemd and wait for Node %q", kubeletstart.Unit, d.nodeName)
 		return nil

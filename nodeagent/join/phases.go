@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -125,6 +126,11 @@ func prepare(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
 	}
 	if errs := validation.IsDNS1123Subdomain(d.nodeName); len(errs) > 0 {
 		return nil, fmt.Errorf("the node name %q is not a valid Kubernetes node name (%s): pass --node-name with a lower-case DNS name", d.nodeName, strings.Join(errs, "; "))
+	}
+	// Checked before anything is written: starting this host's kubelet for files under another root
+	// would run it without them.
+	if filepath.Clean(string(d.root)) != "/" && !d.skipped("kubelet-start/start") && !d.dryRun() {
+		return nil, fmt.Errorf("kubelet-start/start would start this host's kubelet, but the files go under --rootfs %s: add --skip-phases kubelet-start/start", d.root)
 	}
 	for s := range d.skip {
 		if _, _, ok := findPhase(s); !ok && s != "all" {

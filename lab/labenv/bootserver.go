@@ -106,7 +106,8 @@ func (b *BootServer) Start(ctx context.Context) error {
 	}
 	b.cmd = b.NS.Command(b.Bin, "--config", cfg, "--log-level", "debug")
 	b.cmd.Stdout, b.cmd.Stderr = logf, logf
-	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Killed with whoever started it (a test or the lab supervisor), so a killed test leaves no server behind.
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := b.cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("bootserver: %w", err)

@@ -181,6 +181,9 @@ func (a *Agent) network(ctx context.Context) (string, error) {
 }
 
 func (a *Agent) joinFile(ctx context.Context) (string, error) {
+	if a.Cmdline.SkipJoin {
+		return "pxejoin.join=skip", errSkipped
+	}
 	body, err := a.get(ctx, a.Cmdline.JoinURL, 1<<20)
 	if err != nil {
 		return "", err
@@ -210,7 +213,7 @@ func (a *Agent) rootImage(ctx context.Context) (string, error) {
 		return "no pxejoin.image=: joining into the initramfs", errSkipped
 	}
 	if a.rootMounted {
-		return "already mounted", copyTree(a.stage(), a.NewRoot)
+		return "already mounted", a.install()
 	}
 	if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
 		return "", err
@@ -225,13 +228,24 @@ func (a *Agent) rootImage(ctx context.Context) (string, error) {
 		return "", err
 	}
 	a.rootMounted = true
+	if err := a.install(); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%.1f MB from %s", float64(n)/1e6, a.Cmdline.ImageURL), nil
+}
+
+// install copies the join's files and the node name into the mounted root (nothing without a join).
+func (a *Agent) install() error {
+	if a.Cmdline.SkipJoin {
+		return nil
+	}
 	if err := copyTree(a.stage(), a.NewRoot); err != nil {
-		return "", fmt.Errorf("installing the join's files into the root: %w", err)
+		return fmt.Errorf("installing the join's files into the root: %w", err)
 	}
 	if name := a.cfg.NodeRegistration.Name; name != "" {
 		_ = os.WriteFile(filepath.Join(a.NewRoot, "etc/hostname"), []byte(name+"\n"), 0o644)
 	}
-	return fmt.Sprintf("%.1f MB from %s", float64(n)/1e6, a.Cmdline.ImageURL), nil
+	return nil
 }
 
 // rootfs is where the join writes: the initramfs itself without an image, else a staging directory
@@ -286,6 +300,9 @@ func copyTree(src, dst string) error {
 }
 
 func (a *Agent) join(ctx context.Context) (string, error) {
+	if a.Cmdline.SkipJoin {
+		return "pxejoin.join=skip", errSkipped
+	}
 	root := a.rootfs()
 	if HasValidCredentials(root, time.Now()) {
 		return "the root already holds valid kubelet credentials", errSkipped

@@ -134,6 +134,7 @@ func TestAgentRun(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		image      bool
+		skipJoin   bool
 		joinFails  int
 		netFails   int
 		statusDown int
@@ -154,6 +155,13 @@ func TestAgentRun(t *testing.T) {
 				"join start", "preflight start", "preflight done", "join done", "root-image start", "root-image done",
 				"switch-root start", "switch-root done"},
 			joinGets: 1,
+		},
+		{
+			name:     "pxejoin.join=skip: mount and switch root, no join file, no join, nothing installed",
+			image:    true,
+			skipJoin: true,
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file skipped",
+				"join start", "join skipped", "root-image start", "root-image done", "switch-root start", "switch-root done"},
 		},
 		{
 			name:      "wrong CA pin: reported, join file fetched again, retried",
@@ -187,6 +195,9 @@ func TestAgentRun(t *testing.T) {
 			srv := httptest.NewServer(bs.handler(t))
 			defer srv.Close()
 			line := "BOOTIF=01-52-54-00-12-34-56 pxejoin.poweroff=1 pxejoin.url=" + srv.URL + "/join/52:54:00:12:34:56"
+			if tc.skipJoin {
+				line = "BOOTIF=01-52-54-00-12-34-56 pxejoin.join=skip pxejoin.status=" + srv.URL + "/status/52:54:00:12:34:56"
+			}
 			if tc.image {
 				line += " pxejoin.image=" + srv.URL + "/images/root.squashfs"
 			}
@@ -230,7 +241,18 @@ func TestAgentRun(t *testing.T) {
 				},
 			}
 			err = a.Run(ctx)
-			if tc.image {
+			switch {
+			case tc.skipJoin:
+				if !errors.Is(err, context.Canceled) || sys.switched != a.NewRoot || sys.image != "squashfs image bytes" {
+					t.Fatalf("Run = %v, switched %q, image %q", err, sys.switched, sys.image)
+				}
+				if joinedInto != "" || sys.hostname != "" {
+					t.Errorf("joined into %q, hostname %q: pxejoin.join=skip must not join", joinedInto, sys.hostname)
+				}
+				if _, err := os.Stat(filepath.Join(a.NewRoot, "etc/kubernetes")); !os.IsNotExist(err) {
+					t.Errorf("something was installed into the root: %v", err)
+				}
+			case tc.image:
 				if !errors.Is(err, context.Canceled) {
 					t.Fatalf("Run = %v, want the context's end after switch_root", err)
 				}
@@ -248,12 +270,12 @@ func TestAgentRun(t *testing.T) {
 				if b, _ := os.ReadFile(filepath.Join(a.NewRoot, "etc/hostname")); string(b) != "node-a\n" {
 					t.Errorf("newroot /etc/hostname = %q", b)
 				}
-			} else {
+			default:
 				if err != nil || !sys.poweredOff || joinedInto != "/" {
 					t.Fatalf("Run = %v, powered off %v, joined into %q", err, sys.poweredOff, joinedInto)
 				}
 			}
-			if sys.hostname != "node-a" {
+			if sys.hostname != "node-a" && !tc.skipJoin {
 				t.Errorf("hostname %q", sys.hostname)
 			}
 			// The status server may still be down at the end for the restart case: flush what is left.

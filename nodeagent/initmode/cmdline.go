@@ -26,6 +26,10 @@ type Cmdline struct {
 	// Modules (pxejoin.modules=a,b) restricts the modules loaded to these names (default: all the
 	// initramfs carries).
 	Modules []string
+	// SkipJoin (pxejoin.join=skip) boots the root image without joining: the machine joins later from
+	// inside the image (`nodeagent join` with kubeadm's flags, by hand, from a unit or from systemd.run=,
+	// as on an installed machine). It needs pxejoin.image= and no pxejoin.url=.
+	SkipJoin bool
 }
 
 // ParseCmdline parses a kernel command line. Unknown parameters are ignored; values may be double-quoted.
@@ -54,13 +58,27 @@ func ParseCmdline(s string) (Cmdline, error) {
 			c.PowerOff = v == "" || v == "1" || v == "true" || v == "yes"
 		case "pxejoin.modules":
 			c.Modules = strings.FieldsFunc(v, func(r rune) bool { return r == ',' })
+		case "pxejoin.join":
+			switch v {
+			case "skip":
+				c.SkipJoin = true
+			case "", "yes", "1":
+			default:
+				err = fmt.Errorf("%q is not a join mode: use pxejoin.join=skip to boot the image without joining, or leave it out", v)
+			}
 		}
 		if err != nil {
 			return c, fmt.Errorf("kernel command line %s: %w", k, err)
 		}
 	}
+	if c.SkipJoin {
+		if c.ImageURL == "" {
+			return c, fmt.Errorf("kernel command line has pxejoin.join=skip but no pxejoin.image=: there is nothing to boot")
+		}
+		return c, nil
+	}
 	if c.JoinURL == "" {
-		return c, fmt.Errorf("kernel command line has no pxejoin.url= (the join file URL)")
+		return c, fmt.Errorf("kernel command line has no pxejoin.url= (the join file URL); add it, or pxejoin.join=skip with pxejoin.image= to boot without joining")
 	}
 	if c.StatusURL == "" {
 		if i := strings.LastIndex(c.JoinURL, "/join/"); i >= 0 {

@@ -35,6 +35,13 @@ func TestParseCmdline(t *testing.T) {
 			in:   "pxejoin.url=http://h/cfg.yaml",
 			want: Cmdline{JoinURL: "http://h/cfg.yaml"},
 		},
+		{
+			name: "skip join",
+			in:   "pxejoin.join=skip pxejoin.image=http://b/root.squashfs pxejoin.status=http://b/status/m",
+			want: Cmdline{SkipJoin: true, ImageURL: "http://b/root.squashfs", StatusURL: "http://b/status/m"},
+		},
+		{name: "skip join without image", in: "pxejoin.join=skip", wantErr: true},
+		{name: "unknown join mode", in: "pxejoin.url=http://h/join/x pxejoin.join=later", wantErr: true},
 		{name: "no url", in: "console=ttyS0 BOOTIF=01-52-54-00-12-34-56", wantErr: true},
 		{name: "bad mac", in: "pxejoin.url=http://h/join/x pxejoin.mac=zz", wantErr: true},
 		{name: "not http", in: "pxejoin.url=tftp://h/join/x", wantErr: true},

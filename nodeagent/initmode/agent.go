@@ -148,9 +148,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	// Nothing to switch to (no image): deliver the reports, then power off or idle.
-	for tries := 0; !a.Report.Flush(ctx) && tries < 10; tries++ {
-		a.Sleep(ctx, time.Second)
-	}
+	a.Report.Drain(ctx, 10*time.Second)
 	if a.Cmdline.PowerOff {
 		a.Logf("done; powering off (pxejoin.poweroff)")
 		return a.System.PowerOff()

@@ -214,7 +214,7 @@ func TestAgentRun(t *testing.T) {
 			a := &Agent{
 				Cmdline: cl,
 				System:  sys,
-				Report:  &Reporter{URL: cl.StatusURL},
+				Report:  &Reporter{URL: cl.StatusURL, RetryEvery: 10 * time.Millisecond},
 				Backoff: Backoff{Initial: time.Second, Max: 4 * time.Second, Factor: 2},
 				WorkDir: t.TempDir(),
 				NewRoot: filepath.Join(t.TempDir(), "newroot"),
@@ -356,5 +356,44 @@ func TestReporterRedacts(t *testing.T) {
 	got := r.Redact("join with " + token + " failed; secret 0123456789abcdef leaked")
 	if strings.Contains(got, "0123456789abcdef") {
 		t.Fatalf("not redacted: %s", got)
+	}
+}
+
+// TestReporterDoesNotWaitForTheServer: Report returns while a post hangs; the events queued meanwhile go
+// out later, each once, in order.
+func TestReporterDoesNotWaitForTheServer(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		var evs []bootstatus.Event
+		if err := json.NewDecoder(r.Body).Decode(&evs); err != nil {
+			t.Errorf("status body: %v", err)
+		}
+		mu.Lock()
+		for _, e := range evs {
+			got = append(got, e.Detail)
+		}
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	r := &Reporter{URL: srv.URL, RetryEvery: 10 * time.Millisecond}
+	r.SetOnline(true)
+	var want []string
+	for i := 0; i < 20; i++ {
+		d := fmt.Sprintf("event %d", i)
+		want = append(want, d)
+		r.Report(context.Background(), bootstatus.Event{Phase: "network", State: bootstatus.StateStart, Detail: d})
+	}
+	// Every Report returned although the server has answered nothing yet: let the posts through.
+	close(release)
+	if !r.Drain(context.Background(), 10*time.Second) {
+		t.Fatalf("%d events not delivered", r.Pending())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("delivered %v\nwant %v", got, want)
 	}
 }

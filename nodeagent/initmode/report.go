@@ -10,19 +10,29 @@ import (
 	"github.com/pxejoin/pxejoin/bootstatus"
 )
 
-// Reporter sends bootstatus events to the boot server. Events wait in a queue while the network is not
-// up or the boot server does not answer (e.g. it restarts), and go out in order with the next report.
-// Secrets registered with AddSecret never leave the machine.
+// Reporter sends bootstatus events to the boot server. Report only queues: a sender goroutine posts
+// what is queued in the background, in order, batching what piled up during the previous post, so a
+// slow or absent boot server never holds up the boot (each post used to cost the agent a round trip).
+// Events wait in the queue while the network is not up or the boot server does not answer (e.g. it
+// restarts); Flush sends synchronously (before switch_root). Secrets registered with AddSecret never
+// leave the machine.
 type Reporter struct {
 	URL    string
 	Client *http.Client
 	// Log, if set, sees every event (the console).
 	Log func(bootstatus.Event)
+	// RetryEvery is how often the sender retries a failed post while online (default 1 s).
+	RetryEvery time.Duration
 
 	mu      sync.Mutex
 	queue   []bootstatus.Event
+	base    uint64 // sequence number of queue[0]
 	secrets []string
 	online  bool
+
+	sendMu sync.Mutex // one post at a time, so events arrive in order
+	start  sync.Once
+	kick   chan struct{}
 }
 
 // maxQueue bounds the events kept while the boot server is unreachable (the oldest go first).
@@ -57,9 +67,12 @@ func (r *Reporter) SetOnline(on bool) {
 	r.mu.Lock()
 	r.online = on
 	r.mu.Unlock()
+	if on {
+		r.wake()
+	}
 }
 
-// Report queues an event (redacted, timestamped if it has no time) and tries to send the queue.
+// Report queues an event (redacted, timestamped if it has no time) for the sender.
 func (r *Reporter) Report(ctx context.Context, ev bootstatus.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
@@ -71,37 +84,113 @@ func (r *Reporter) Report(ctx context.Context, ev bootstatus.Event) {
 	}
 	r.mu.Lock()
 	r.queue = append(r.queue, ev)
-	if len(r.queue) > maxQueue {
-		r.queue = r.queue[len(r.queue)-maxQueue:]
+	if over := len(r.queue) - maxQueue; over > 0 {
+		r.queue = r.queue[over:]
+		r.base += uint64(over)
 	}
 	r.mu.Unlock()
-	r.Flush(ctx)
+	r.wake()
+}
+
+// wake starts the sender on first use and tells it there is work.
+func (r *Reporter) wake() {
+	r.start.Do(func() {
+		r.kick = make(chan struct{}, 1)
+		go r.sender()
+	})
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// sender posts the queue whenever kicked, and retries while online and something is left.
+func (r *Reporter) sender() {
+	every := r.RetryEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-r.kick:
+		case <-retry.C:
+		}
+		if !r.Flush(context.Background()) && r.isOnline() {
+			retry.Reset(every)
+		}
+	}
+}
+
+func (r *Reporter) isOnline() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.online
 }
 
 // Flush sends the queued events if the network is up; it returns whether the queue is empty.
 func (r *Reporter) Flush(ctx context.Context) bool {
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if len(r.queue) == 0 {
+		r.mu.Unlock()
 		return true
 	}
 	if r.URL == "" {
+		r.base += uint64(len(r.queue))
 		r.queue = nil
+		r.mu.Unlock()
 		return true
 	}
 	if !r.online {
+		r.mu.Unlock()
 		return false
 	}
+	batch := append([]bootstatus.Event(nil), r.queue...)
+	end := r.base + uint64(len(batch))
+	r.mu.Unlock()
+
 	hc := r.Client
 	if hc == nil {
 		hc = http.DefaultClient
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := bootstatus.Post(ctx, hc, r.URL, r.queue...); err != nil {
+	err := bootstatus.Post(ctx, hc, r.URL, batch...)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
 		return false
 	}
-	r.queue = nil
+	// Drop what was sent; events queued during the post stay (some of the batch may have been
+	// trimmed by maxQueue meanwhile).
+	if n := end - r.base; n > 0 {
+		r.queue = r.queue[min(int(n), len(r.queue)):]
+		r.base = end
+	}
+	return len(r.queue) == 0
+}
+
+// Drain flushes until the queue is empty, retrying every RetryEvery, for at most d; it returns whether
+// everything was delivered.
+func (r *Reporter) Drain(ctx context.Context, d time.Duration) bool {
+	every := r.RetryEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	deadline := time.Now().Add(d)
+	for !r.Flush(ctx) {
+		if time.Now().Add(every).After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(every):
+		}
+	}
 	return true
 }
 

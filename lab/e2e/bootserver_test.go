@@ -36,7 +36,7 @@ var (
 )
 
 // bootserverBin is PXEJOIN_BOOTSERVER, or bootserver built from this tree ("" if it has no main yet).
-func bootserverBin(t *testing.T) string {
+func bootserverBin(t testing.TB) string {
 	bsOnce.Do(func() {
 		if b := os.Getenv("PXEJOIN_BOOTSERVER"); b != "" {
 			bsBin = b

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("VM end-to-end test; run make test")
@@ -52,7 +52,7 @@ var (
 
 // image builds the agent (PXEJOIN_AGENT, or ./nodeagent built static) and the node image around it with
 // images/build.sh (cached by inputs), once per test binary.
-func image(t *testing.T) *labenv.Image {
+func image(t testing.TB) *labenv.Image {
 	t.Helper()
 	buildOnce.Do(func() {
 		agent := os.Getenv("PXEJOIN_AGENT")
@@ -82,7 +82,7 @@ func image(t *testing.T) *labenv.Image {
 }
 
 // labNet makes the test's namespace with the lab bridge, reachable from the test process.
-func labNet(t *testing.T) *labenv.Net {
+func labNet(t testing.TB) *labenv.Net {
 	n, err := labenv.NewNet("pxe")
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +92,7 @@ func labNet(t *testing.T) *labenv.Net {
 }
 
 // startVM boots a VM and stops it at the test's end, keeping its console on failure.
-func startVM(t *testing.T, n *labenv.Net, name string, mac net.HardwareAddr, fw vm.Firmware, memMB int) *vm.VM {
+func startVM(t testing.TB, n *labenv.Net, name string, mac net.HardwareAddr, fw vm.Firmware, memMB int) *vm.VM {
 	t.Helper()
 	dir := t.TempDir()
 	v, err := vm.Start(vm.Options{Name: name, NetNS: n.NS.Name, Bridge: n.Bridge, MAC: mac, Firmware: fw, Dir: dir, MemoryMB: memMB})
@@ -113,7 +113,7 @@ func startVM(t *testing.T, n *labenv.Net, name string, mac net.HardwareAddr, fw 
 }
 
 // consoleMarks prints when the console first showed each mark (a per-phase timeline of the boot).
-func consoleMarks(t *testing.T, v *vm.VM, marks ...string) {
+func consoleMarks(t testing.TB, v *vm.VM, marks ...string) {
 	var b strings.Builder
 	for _, m := range marks {
 		if at, ok := v.Console.FirstSeen(m); ok {
@@ -123,7 +123,7 @@ func consoleMarks(t *testing.T, v *vm.VM, marks ...string) {
 	t.Logf("%s console:\n%s", v.Opts.Name, b.String())
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

@@ -51,56 +51,9 @@ func (s *StandIn) Start() error {
 		s.events = map[string][]bootstatus.Event{}
 		s.changed = make(chan struct{})
 	}
-	tftp := filepath.Join(s.Dir, "tftp")
-	if err := os.MkdirAll(tftp, 0o755); err != nil {
+	var err error
+	if s.dnsmasq, err = startDnsmasq(s.NS, s.Bridge, s.Addr, s.Dir, fmt.Sprintf("http://%s:%d/boot.ipxe", s.Addr, Port)); err != nil {
 		return err
-	}
-	for _, f := range []string{"undionly.kpxe", "ipxe.efi"} {
-		b, err := os.ReadFile(filepath.Join("/usr/lib/ipxe", f))
-		if err != nil {
-			return fmt.Errorf("stand-in: %w (install ipxe)", err)
-		}
-		if err := os.WriteFile(filepath.Join(tftp, f), b, 0o644); err != nil {
-			return err
-		}
-	}
-	prefix := strings.Join(strings.Split(s.Addr, ".")[:3], ".")
-	conf := fmt.Sprintf(`port=0
-user=root
-interface=%[1]s
-bind-interfaces
-no-ping
-log-dhcp
-dhcp-range=%[2]s.100,%[2]s.200,255.255.255.0,12h
-dhcp-option=option:router,%[3]s
-dhcp-leasefile=%[4]s/leases
-dhcp-match=set:ipxe,175
-dhcp-userclass=set:ipxe,iPXE
-dhcp-vendorclass=set:efi64,PXEClient:Arch:00007
-dhcp-vendorclass=set:efi64,PXEClient:Arch:00009
-dhcp-option=encap:175,176,1b
-dhcp-boot=tag:ipxe,http://%[3]s:%[5]d/boot.ipxe
-dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi
-dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
-enable-tftp
-tftp-root=%[6]s
-enable-ra
-dhcp-range=fd77::,ra-only
-`, s.Bridge, prefix, s.Addr, s.Dir, Port, tftp)
-	cf := filepath.Join(s.Dir, "dnsmasq.conf")
-	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
-		return err
-	}
-	// RAs stop iPXE waiting ~16 s for IPv6 autoconfiguration.
-	_, _ = s.NS.Exec("ip", "addr", "add", "fd77::1/64", "dev", s.Bridge)
-	log, err := os.Create(filepath.Join(s.Dir, "dnsmasq.log"))
-	if err != nil {
-		return err
-	}
-	s.dnsmasq = s.NS.Command("dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file="+cf, "--pid-file=")
-	s.dnsmasq.Stdout, s.dnsmasq.Stderr = log, log
-	if err := s.dnsmasq.Start(); err != nil {
-		return fmt.Errorf("stand-in: dnsmasq: %w", err)
 	}
 	var ln net.Listener
 	if err := s.NS.Do(func() (err error) {
@@ -234,4 +187,64 @@ func Timeline(t0 time.Time, evs []bootstatus.Event) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// startDnsmasq runs dnsmasq in ns on bridge as a plain PXE server: DHCP with a pool in addr's /24, TFTP of
+// Debian's iPXE binaries from dir/tftp, iPXE chained to scriptURL, RAs for IPv6 (which stop iPXE waiting
+// ~16 s for autoconfiguration). Its log is dir/dnsmasq.log.
+func startDnsmasq(ns *netlab.NS, bridge, addr, dir, scriptURL string) (*exec.Cmd, error) {
+	tftp := filepath.Join(dir, "tftp")
+	if err := os.MkdirAll(tftp, 0o755); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{"undionly.kpxe", "ipxe.efi"} {
+		b, err := os.ReadFile(filepath.Join("/usr/lib/ipxe", f))
+		if err != nil {
+			return nil, fmt.Errorf("dnsmasq: %w (install ipxe)", err)
+		}
+		if err := os.WriteFile(filepath.Join(tftp, f), b, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	prefix := strings.Join(strings.Split(addr, ".")[:3], ".")
+	conf := fmt.Sprintf(`port=0
+user=root
+interface=%[1]s
+bind-interfaces
+no-ping
+log-dhcp
+dhcp-range=%[2]s.100,%[2]s.200,255.255.255.0,12h
+dhcp-option=option:router,%[3]s
+dhcp-leasefile=%[4]s/leases
+dhcp-match=set:ipxe,175
+dhcp-userclass=set:ipxe,iPXE
+dhcp-vendorclass=set:efi64,PXEClient:Arch:00007
+dhcp-vendorclass=set:efi64,PXEClient:Arch:00009
+dhcp-option=encap:175,176,1b
+dhcp-boot=tag:ipxe,%[5]s
+dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi
+dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
+enable-tftp
+tftp-root=%[6]s
+enable-ra
+dhcp-range=fd77::,ra-only
+`, bridge, prefix, addr, dir, scriptURL, tftp)
+	cf := filepath.Join(dir, "dnsmasq.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	// RAs stop iPXE waiting ~16 s for IPv6 autoconfiguration.
+	_, _ = ns.Exec("ip", "addr", "add", "fd77::1/64", "dev", bridge)
+	log, err := os.Create(filepath.Join(dir, "dnsmasq.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := ns.Command("dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file="+cf, "--pid-file=")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("dnsmasq: %w", err)
+	}
+	log.Close()
+	return cmd, nil
 }

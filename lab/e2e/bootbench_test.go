@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/labenv"
+	"github.com/pxejoin/pxejoin/lab/vm"
+)
+
+// bootMarks are the console lines that end each stretch of a boot, in order.
+var bootMarks = []struct{ name, line string }{
+	{"init", "nodeagent init mode"},                      // firmware, DHCP, TFTP, iPXE, kernel + initramfs over HTTP
+	{"creds", "kubelet-start/tls-bootstrap done"},        // + the join file and the join: the node's credentials
+	{"switch-root", "switch-root done: exec /sbin/init"}, // + the 160 MB root image
+}
+
+// BenchmarkBootVsPlainServer answers "does the boot server add anything beyond firmware and kernel
+// time?": the same BIOS VM (same MAC, kernel, initramfs, root image and agent) boots through the real
+// bootserver and through Plain (dnsmasq + nginx with static files and a join file made beforehand),
+// interleaved, PXEJOIN_BOOT_ROUNDS times each (default 2), until switch_root. It reports, per
+// milestone, the best time from qemu's start on each side and the ratio ours/plain (1.00 = nothing
+// added; the bootserver also mints the machine's token when the join file is asked for).
+func BenchmarkBootVsPlainServer(b *testing.B) {
+	needRoot(b)
+	if os.Getenv("PXEJOIN_K8S_BIN") == "" {
+		b.Fatal("PXEJOIN_K8S_BIN is not set: run through make bench (it builds the control plane with make k8s)")
+	}
+	bin := bootserverBin(b)
+	if bin == "" {
+		b.Fatal("no bootserver to compare")
+	}
+	rounds := 2
+	if n, err := strconv.Atoi(os.Getenv("PXEJOIN_BOOT_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	img := image(b)
+	n := labNet(b)
+	ctx := ctxFor(b, 30*time.Minute)
+	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: b.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Logf: b.Logf})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cp.Stop)
+	token, err := cp.CreateToken(ctx, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cp.WaitSigned(ctx, token, 2*time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	const node = "vm-bench"
+	mac := n.MAC(3)
+	stateDir := b.TempDir() // the boot server keeps its leases and timelines across its rounds
+
+	best := map[string]map[string]time.Duration{"ours": {}, "plain": {}}
+	boot := func(side string, round int) {
+		var stop func()
+		switch side {
+		case "ours":
+			bs := &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: stateDir,
+				Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac.String(): node}}
+			if err := bs.Start(ctx); err != nil {
+				b.Fatal(err)
+			}
+			stop = bs.Stop
+		case "plain":
+			p := &Plain{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: b.TempDir(), Kernel: img.Kernel,
+				Initrd: img.Initrd, Image: img.Root, MAC: mac, Join: joinFile(node, token, cp.Endpoint(), cp.CAPin())}
+			if err := p.Start(); err != nil {
+				b.Fatal(err)
+			}
+			stop = p.Stop
+		}
+		defer stop()
+		v, err := vm.Start(vm.Options{Name: fmt.Sprintf("%s%d", side, round), NetNS: n.NS.Name, Bridge: n.Bridge, MAC: mac,
+			Dir: b.TempDir(), MemoryMB: 2048})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer v.Stop()
+		bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		var line []string
+		for _, m := range bootMarks {
+			at, err := v.Console.Wait(bctx, m.line)
+			if err != nil {
+				b.Fatalf("%s round %d: no %q on the console: %v\n%s", side, round, m.line, err, v.Console.Tail(40))
+			}
+			if d, ok := best[side][m.name]; !ok || at < d {
+				best[side][m.name] = at
+			}
+			line = append(line, fmt.Sprintf("%s %.2fs", m.name, at.Seconds()))
+		}
+		b.Logf("%-5s round %d: %s", side, round, strings.Join(line, ", "))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for r := 1; r <= rounds; r++ {
+			// Alternate which side goes first, so neither always boots on a warmer machine.
+			if r%2 == 1 {
+				boot("ours", r)
+				boot("plain", r)
+			} else {
+				boot("plain", r)
+				boot("ours", r)
+			}
+		}
+	}
+	b.StopTimer()
+	var sum []string
+	for _, m := range bootMarks {
+		o, p := best["ours"][m.name], best["plain"][m.name]
+		b.ReportMetric(o.Seconds(), m.name+"-ours-s")
+		b.ReportMetric(p.Seconds(), m.name+"-plain-s")
+		b.ReportMetric(o.Seconds()/p.Seconds(), m.name+"-ratio")
+		sum = append(sum, fmt.Sprintf("%s ours %.2fs plain %.2fs ratio %.2f (%+.2fs)", m.name, o.Seconds(), p.Seconds(),
+			o.Seconds()/p.Seconds(), (o-p).Seconds()))
+	}
+	b.Logf("best of %d, seconds from qemu start: %s", rounds, strings.Join(sum, "; "))
+}

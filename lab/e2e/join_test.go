@@ -24,6 +24,8 @@ type joinCase struct {
 	wrongPinFirst bool
 	// restartBootServer stops the boot server's HTTP side once the kernel runs and starts it again.
 	restartBootServer bool
+	// proxy runs the boot server in proxy mode beside dnsmasq, a DHCP server that knows nothing of PXE.
+	proxy bool
 }
 
 // extended skips unless make test-e2e asked for every VM case (PXEJOIN_E2E=all).
@@ -41,6 +43,14 @@ func TestUEFIJoin(t *testing.T) { extended(t); runJoin(t, joinCase{fw: vm.UEFI})
 
 // TestUEFINativePXEJoin: OVMF's own PXE client → TFTP ipxe.efi → iPXE → HTTP.
 func TestUEFINativePXEJoin(t *testing.T) { extended(t); runJoin(t, joinCase{fw: vm.UEFIPXE}) }
+
+// TestUEFINativePXEProxyJoin: OVMF's own PXE client beside another DHCP server (dnsmasq hands out the
+// address), the boot server in proxy mode. EDK2 takes the proxy offer (PXEClient, no option 43) for a
+// BINL offer and asks the boot server again on port 4011, as it does with WDS: that exchange must work.
+func TestUEFINativePXEProxyJoin(t *testing.T) {
+	extended(t)
+	runJoin(t, joinCase{fw: vm.UEFIPXE, proxy: true})
+}
 
 // TestWrongCAPinReportedAndRetried: the agent reports the pin mismatch to the boot server and keeps
 // retrying; once the join file is right the node joins.
@@ -83,10 +93,21 @@ func runJoin(t *testing.T, c joinCase) {
 	mac := n.MAC(1)
 	var bs server
 	var sa *StandIn
+	if c.proxy {
+		dns, err := startDnsmasq(n.NS, n.Bridge, n.BridgeAddr, t.TempDir(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dns.Process.Kill(); dns.Wait() })
+	}
+	var rb *labenv.BootServer
 	if bin := bootserverBin(t); bin != "" && !c.wrongPinFirst {
 		// The real boot server: it mints this machine's token and writes its join file itself.
-		rb := &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: t.TempDir(),
+		rb = &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: t.TempDir(),
 			Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac.String(): node}}
+		if c.proxy {
+			rb.DHCPMode = "proxy"
+		}
 		if err := rb.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -168,6 +189,13 @@ func runJoin(t *testing.T, c joinCase) {
 		registered.Seconds(), ready.Seconds(), tl)
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done",
 		"root-image done", "switch-root done", "systemd[1]", "containerd container runtime", "The Kubernetes Node Agent", "login:")
+	if c.proxy && c.fw == vm.UEFIPXE {
+		if log := rb.LogTail(100000); !strings.Contains(log, "pxe_port=true") {
+			t.Errorf("the firmware never asked on port 4011 (no proxy ACK with pxe_port=true in the boot server's log)")
+		} else {
+			t.Logf("port 4011: %s", firstLine(log, "pxe_port=true"))
+		}
+	}
 	if sa != nil && bs.secretSeen(mac.String(), strings.SplitN(token, ".", 2)[1]) {
 		t.Errorf("a status report holds the token secret")
 	}
@@ -198,4 +226,14 @@ discovery:
     caCertHashes: [%q]
   tlsBootstrapToken: %s
 `, node, token, endpoint, pin, token))
+}
+
+// firstLine is the first line of text that contains s.
+func firstLine(text, s string) string {
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
 }

@@ -191,7 +191,8 @@ func Timeline(t0 time.Time, evs []bootstatus.Event) string {
 
 // startDnsmasq runs dnsmasq in ns on bridge as a plain PXE server: DHCP with a pool in addr's /24, TFTP of
 // Debian's iPXE binaries from dir/tftp, iPXE chained to scriptURL, RAs for IPv6 (which stop iPXE waiting
-// ~16 s for autoconfiguration). Its log is dir/dnsmasq.log.
+// ~16 s for autoconfiguration). With scriptURL "" it is a plain DHCP server without any PXE answer (the
+// other server of a proxy-mode test). Its log is dir/dnsmasq.log.
 func startDnsmasq(ns *netlab.NS, bridge, addr, dir, scriptURL string) (*exec.Cmd, error) {
 	tftp := filepath.Join(dir, "tftp")
 	if err := os.MkdirAll(tftp, 0o755); err != nil {
@@ -216,19 +217,22 @@ log-dhcp
 dhcp-range=%[2]s.100,%[2]s.200,255.255.255.0,12h
 dhcp-option=option:router,%[3]s
 dhcp-leasefile=%[4]s/leases
-dhcp-match=set:ipxe,175
+enable-ra
+dhcp-range=fd77::,ra-only
+`, bridge, prefix, addr, dir)
+	if scriptURL != "" {
+		conf += fmt.Sprintf(`dhcp-match=set:ipxe,175
 dhcp-userclass=set:ipxe,iPXE
 dhcp-vendorclass=set:efi64,PXEClient:Arch:00007
 dhcp-vendorclass=set:efi64,PXEClient:Arch:00009
 dhcp-option=encap:175,176,1b
-dhcp-boot=tag:ipxe,%[5]s
+dhcp-boot=tag:ipxe,%[1]s
 dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi
 dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
 enable-tftp
-tftp-root=%[6]s
-enable-ra
-dhcp-range=fd77::,ra-only
-`, bridge, prefix, addr, dir, scriptURL, tftp)
+tftp-root=%[2]s
+`, scriptURL, tftp)
+	}
 	cf := filepath.Join(dir, "dnsmasq.conf")
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		return nil, err

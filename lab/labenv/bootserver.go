@@ -30,6 +30,9 @@ type BootServer struct {
 	Machines map[string]string
 	// Cmdline is appended to the profile's kernel command line.
 	Cmdline string
+	// DHCPMode is "full" (default: the boot server hands out addresses) or "proxy" (another DHCP
+	// server on the link does; the boot server answers PXE clients on 67 and 4011).
+	DHCPMode string
 
 	cmd *exec.Cmd
 }
@@ -42,6 +45,10 @@ func (b *BootServer) URL() string { return fmt.Sprintf("http://%s:%d", b.Addr, H
 
 func (b *BootServer) config() string {
 	prefix := b.Addr[:strings.LastIndex(b.Addr, ".")]
+	dhcp := fmt.Sprintf("dhcp:\n  mode: full\n  pool: {start: %s.100, end: %s.200, router: %s}\n  leaseTime: 12h", prefix, prefix, b.Addr)
+	if b.DHCPMode == "proxy" {
+		dhcp = "dhcp:\n  mode: proxy"
+	}
 	var m strings.Builder
 	for mac, name := range b.Machines {
 		fmt.Fprintf(&m, "  - {mac: %q, name: %q, profile: node}\n", mac, name)
@@ -51,10 +58,7 @@ serverURL: %s
 listen:
   http: ":%d"
   tftp: ":69"
-dhcp:
-  mode: full
-  pool: {start: %s.100, end: %s.200, router: %s}
-  leaseTime: 12h
+%s
 tftp:
   root: %s
 cluster:
@@ -72,7 +76,7 @@ profiles:
       console=ttyS0 pxejoin.mac={{.MAC}} pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
       pxejoin.image={{.RootImageURL}} %s
 machines:
-%s`, b.Interface, b.URL(), HTTPPort, prefix, prefix, b.Addr, filepath.Join(b.Dir, "tftp"), b.Kubeconfig, filepath.Join(b.Dir, "state"),
+%s`, b.Interface, b.URL(), HTTPPort, dhcp, filepath.Join(b.Dir, "tftp"), b.Kubeconfig, filepath.Join(b.Dir, "state"),
 		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, m.String())
 }
 

@@ -32,6 +32,10 @@ func (l *Linux) Network(ctx context.Context, mac net.HardwareAddr) (string, erro
 	if err != nil {
 		return "", err
 	}
+	// Up and operational before dhclient looks: its own wait polls every 100 ms.
+	if err := linksUp(ctx, links, 5*time.Second); err != nil {
+		l.logf("%v; DHCP tries anyway", err)
+	}
 	cfg := dhclient.Config{
 		Timeout: 5 * time.Second,
 		Retries: 3,
@@ -70,6 +74,50 @@ func (l *Linux) Network(ctx context.Context, mac net.HardwareAddr) (string, erro
 		errs = append(errs, "no interface came up")
 	}
 	return "", fmt.Errorf("DHCP: %s", strings.Join(errs, "; "))
+}
+
+// linksUp sets the links up and waits, on netlink's link notifications, until each is operational
+// (OperUp, or OperUnknown for drivers that do not report carrier) or timeout passes.
+func linksUp(ctx context.Context, links []netlink.Link, timeout time.Duration) error {
+	updates := make(chan netlink.LinkUpdate, 16)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.LinkSubscribe(updates, done); err != nil {
+		return fmt.Errorf("netlink link notifications: %w", err)
+	}
+	waiting := map[int]string{}
+	for _, l := range links {
+		if err := netlink.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
+		}
+		waiting[l.Attrs().Index] = l.Attrs().Name
+	}
+	operational := func(s netlink.LinkOperState) bool { return s == netlink.OperUp || s == netlink.OperUnknown }
+	// The state may have changed before the subscription: look once after it.
+	for i := range waiting {
+		if l, err := netlink.LinkByIndex(i); err == nil && operational(l.Attrs().OperState) {
+			delete(waiting, i)
+		}
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for len(waiting) > 0 {
+		select {
+		case u := <-updates:
+			if operational(u.Attrs().OperState) {
+				delete(waiting, u.Attrs().Index)
+			}
+		case <-timer.C:
+			var names []string
+			for _, n := range waiting {
+				names = append(names, n)
+			}
+			return fmt.Errorf("no carrier on %s after %s: is the cable in?", strings.Join(names, ", "), timeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // waitLinks waits up to 30 s for the interface with mac (or any ethernet interface) to appear: drivers

@@ -288,3 +288,38 @@ func TestFileDiscovery(t *testing.T) {
 		t.Fatal("http:// discovery must be refused")
 	}
 }
+
+// TestConfigFailsAfterCSRSent: the config phase sends the CSR ahead, then fails (a broken
+// KubeletConfiguration patch): nothing but the bootstrap key is left, and the re-run reuses that key,
+// so the same CSR (already issued) completes the join.
+func TestConfigFailsAfterCSRSent(t *testing.T) {
+	needCP(t)
+	ctx := ctxT(t, 2*time.Minute)
+	tok := token(t, time.Hour)
+	rootfs := t.TempDir()
+	patches := t.TempDir()
+	if err := os.WriteFile(filepath.Join(patches, "kubeletconfiguration.yaml"), []byte("{not: [yaml"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	if code := agent(t, ctx, out, joinArgs(tok, "ahead-1", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin(), "--patches", patches)...); code == 0 {
+		t.Fatal("joined with a broken patch")
+	}
+	sent := regexp.MustCompile(`Sending the certificate signing request (\S+)`).FindStringSubmatch(out.String())
+	if sent == nil {
+		t.Fatalf("the config phase did not send the CSR ahead:\n%s", out.String())
+	}
+	assertNoCredentials(t, rootfs)
+	if _, err := os.Stat(filepath.Join(rootfs, nodefiles.BootstrapKey)); err != nil {
+		t.Fatalf("the key should be kept for a re-run: %v", err)
+	}
+	os.Remove(filepath.Join(patches, "kubeletconfiguration.yaml"))
+	out = &syncBuffer{}
+	if code := agent(t, ctx, out, joinArgs(tok, "ahead-1", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin(), "--patches", patches)...); code != 0 {
+		t.Fatalf("re-run failed:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "Reusing the node's key") || !strings.Contains(out.String(), sent[1]) {
+		t.Fatalf("the re-run should reuse the key and so CSR %s:\n%s", sent[1], out.String())
+	}
+	assertJoined(t, rootfs, "ahead-1")
+}

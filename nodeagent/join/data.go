@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -38,6 +39,10 @@ type data struct {
 	keyIsNew  bool
 	certPEM   []byte
 	csrName   string
+	// csrAhead: the config phase sends the CSR (tls-bootstrap runs next in this invocation).
+	csrAhead bool
+	csr      *csrRequest
+	mu       sync.Mutex // serializes out and Observer between a phase and the CSR goroutine
 }
 
 func newData(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
@@ -48,7 +53,8 @@ func newData(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
 	if out == nil {
 		out = io.Discard
 	}
-	d := &data{cfg: cfg, opts: opts, root: nodefiles.Root(opts.Rootfs), out: out, ignored: map[string]bool{}, skip: map[string]bool{}}
+	d := &data{cfg: cfg, opts: opts, root: nodefiles.Root(opts.Rootfs), ignored: map[string]bool{}, skip: map[string]bool{}}
+	d.out = lockedWriter{mu: &d.mu, w: out}
 	for _, s := range append(append([]string{}, cfg.NodeRegistration.IgnorePreflightErrors...), opts.IgnorePreflightErrors...) {
 		for _, p := range strings.Split(s, ",") {
 			if p = strings.TrimSpace(p); p != "" {
@@ -80,6 +86,8 @@ func (d *data) printf(format string, args ...any) { fmt.Fprintf(d.out, format+"\
 
 func (d *data) event(phase, state, detail string, err error) {
 	if d.opts.Observer != nil {
+		d.mu.Lock()
+		defer d.mu.Unlock()
 		d.opts.Observer(Event{Phase: phase, State: state, Time: time.Now(), Err: err, Detail: detail})
 	}
 }

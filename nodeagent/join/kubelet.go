@@ -46,6 +46,11 @@ func runKubeletConfig(ctx context.Context, d *data) error {
 	if err := d.checkExistingNode(ctx, c); err != nil {
 		return err
 	}
+	if d.csrAhead && !d.dryRun() {
+		if err := d.sendCSR(ctx, c); err != nil {
+			return err
+		}
+	}
 	cm, err := c.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, kubeletConfigMap, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("cannot read the kubelet configuration (ConfigMap kube-system/%s): %w (kubeadm init creates it, with a Role letting bootstrap tokens read it)", kubeletConfigMap, err)
@@ -168,41 +173,24 @@ func runTLSBootstrap(ctx context.Context, d *data) error {
 	if err != nil {
 		return err
 	}
-	if err := d.checkExistingNode(ctx, c); err != nil {
-		return err
-	}
-	existing, _ := d.root.Read(nodefiles.BootstrapKey)
-	key, keyPEM, isNew, err := tlsbootstrap.Key(existing)
-	if err != nil {
-		return err
-	}
-	d.key, d.keyPEM, d.keyIsNew = key, keyPEM, isNew
-	name, err := tlsbootstrap.CSRName(key.Public(), tlsbootstrap.Subject(d.nodeName))
-	if err != nil {
-		return err
+	if d.csr == nil { // else config checked it before sending the CSR
+		if err := d.checkExistingNode(ctx, c); err != nil {
+			return err
+		}
 	}
 	if d.dryRun() {
+		name, err := d.loadKey()
+		if err != nil {
+			return err
+		}
 		d.printf("[dryrun] Would create the certificate signing request %s for system:node:%s (signer %s) and wait for it", name, d.nodeName, tlsbootstrap.SignerName)
 		nodefiles.Print(d.out, d.credentialFiles(nil)...)
 		return nil
 	}
-	if isNew {
-		if err := d.root.Write(nodefiles.File{Path: nodefiles.BootstrapKey, Data: keyPEM, Mode: 0o600, Secret: true}); err != nil {
-			return err
-		}
-	} else {
-		d.printf("[kubelet-start] Reusing the node's key from %s", nodefiles.BootstrapKey)
+	if err := d.sendCSR(ctx, c); err != nil {
+		return err
 	}
-	d.printf("[kubelet-start] Sending the certificate signing request %s and waiting for it to be approved and issued", name)
-	tctx, cancel := context.WithTimeout(ctx, d.cfg.TLSBootstrapTimeout())
-	defer cancel()
-	certPEM, csrName, err := tlsbootstrap.Run(tctx, tlsbootstrap.Request{
-		Client: c, NodeName: d.nodeName, Key: key,
-		Waiting: func(n string) {
-			d.printf("[kubelet-start] The certificate signing request %s waits for an administrator to approve it. On the control plane run:\n\tkubectl certificate approve %s", n, n)
-			d.event("kubelet-start/tls-bootstrap", "start", "waiting for approval of "+n, nil)
-		},
-	})
+	certPEM, csrName, err := d.awaitCSR(ctx)
 	d.csrName = csrName
 	if err != nil {
 		return err

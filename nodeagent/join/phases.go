@@ -66,6 +66,8 @@ func Run(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options) e
 	if err != nil {
 		return err
 	}
+	defer d.stopCSR()
+	d.csrAhead = !d.skipped("kubelet-start/tls-bootstrap")
 	for _, p := range Phases {
 		if err := d.runPhase(ctx, p, ""); err != nil {
 			return err
@@ -86,6 +88,9 @@ func RunPhase(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Optio
 	if err != nil {
 		return err
 	}
+	defer d.stopCSR()
+	// "kubelet-start" runs config and tls-bootstrap together; "kubelet-start/config" alone sends nothing.
+	d.csrAhead = parent+p.Name == "kubelet-start" && !d.skipped("kubelet-start/tls-bootstrap")
 	return d.runPhase(ctx, p, parent)
 }
 

@@ -1,6 +1,3 @@
-// Package leases is the boot server's durable DHCPv4 lease store: one bbolt file, an in-memory index for
-// lookups, and group commit so that making every acknowledged lease durable (fsynced) before the ACK
-// leaves does not cost throughput.
 package leases
 
 import (

@@ -1,6 +1,8 @@
 package leases
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -13,32 +15,61 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-var bucketName = []byte("leases-v1")
+var (
+	bucketName = []byte("leases-v1")
+	metaBucket = []byte("meta-v1")
+	appliedKey = []byte("log-generation") // the last log generation whose records bbolt holds
+)
 
 // ErrClosed is returned by writes to a closed Store.
 var ErrClosed = errors.New("leases: store closed")
 
-// maxBatch bounds how many writes go into one bbolt transaction.
+// maxBatch bounds how many writes go into one group commit.
 const maxBatch = 4096
 
-// Store keeps leases in a bbolt file. Reads are served from memory; a write returns only after the
-// transaction that holds it is committed and synced to disk. Writes that arrive while a commit is in
-// flight are gathered into the next transaction (group commit): one fsync pays for all of them, and a
-// lone writer waits for no timer. The index in memory is changed only after the write is durable, so
-// what Get returns has been on disk.
+// tuning holds the log sizes and checkpoint triggers; tests shrink them.
+type tuning struct {
+	logSize       int64                          // bytes preallocated per log file
+	rotateRecords int                            // checkpoint a generation once it holds this many records,
+	rotateBytes   int64                          // or this many bytes,
+	rotateAge     time.Duration                  // or once its first record is this old
+	hook          func(point string, gen uint64) // called at crash points, for tests
+}
+
+var defaultTuning = tuning{logSize: 4 << 20, rotateRecords: 16384, rotateBytes: 1 << 20, rotateAge: time.Second}
+
+// Store keeps leases durably (a write-ahead log checkpointed into a bbolt file) and in memory. Reads
+// are served from memory; a write returns only after the log records that hold it are synced to disk.
+// Writes that arrive while a sync is in flight go into the next one (group commit): one fdatasync pays
+// for all of them, and a lone writer waits for no timer. The index in memory is changed only after the
+// write is durable, so what Get returns has been on disk.
 type Store struct {
-	db *bolt.DB
+	db  *bolt.DB
+	cfg tuning
 
 	mu    sync.RWMutex
 	byMAC map[string]Lease
 	byIP  map[netip.Addr]string // address → key of byMAC
+	dirty map[string]struct{}   // keys changed since the last checkpoint snapshot; under mu
 
-	reqs   chan *op
-	txns   atomic.Int64 // committed transactions, for tests
-	sendMu sync.RWMutex // held to send on reqs; Close takes it to stop senders
-	closed bool
-	quit   chan struct{}
-	done   chan struct{}
+	// Owned by the commit loop once Open returns.
+	logs     [2]*logFile
+	gen      uint64     // active log generation; its file is logs[gen%2]
+	off      int64      // where the next record goes in the active file
+	genRecs  int        // records in the active generation
+	genStart time.Time  // when its first record was written
+	ckpt     chan error // result of the checkpoint in flight, nil if none
+	failed   error      // sticky: once the log or a checkpoint failed, writes fail
+	buf      []byte
+
+	reqs     chan *op
+	txns     atomic.Int64 // log syncs (group commits), for tests
+	ckpts    atomic.Int64 // checkpoints, for tests
+	replayed int          // log records replayed by Open, for tests
+	sendMu   sync.RWMutex // held to send on reqs; Close takes it to stop senders
+	closed   bool
+	quit     chan struct{}
+	done     chan struct{}
 }
 
 type op struct {
@@ -47,24 +78,54 @@ type op struct {
 	done chan error
 }
 
-// Open opens (or creates) the store at path and loads its leases.
-func Open(path string) (*Store, error) {
+// Open opens (or creates) the store at path, with its log files path-wal0 and path-wal1 beside it,
+// and loads its leases: those checkpointed in the bbolt file, then those of the log generations the
+// file does not hold yet, which it checkpoints before returning.
+func Open(path string) (*Store, error) { return open(path, defaultTuning) }
+
+func open(path string, cfg tuning) (*Store, error) {
 	// NoFreelistSync: the freelist is rebuilt on open (a lease file is small) instead of written in
-	// every transaction. Every commit still syncs twice (data pages, then the meta page), which is
-	// what keeps the file consistent across a power loss.
+	// every transaction. Syncs stay on: a checkpoint is a normal bbolt transaction (two syncs, data
+	// then meta), which is what keeps the file consistent across a power loss.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
 	if err != nil {
 		return nil, fmt.Errorf("leases: open %s: %w", path, err)
 	}
 	s := &Store{
 		db:    db,
+		cfg:   cfg,
 		byMAC: map[string]Lease{},
 		byIP:  map[netip.Addr]string{},
+		dirty: map[string]struct{}{},
 		reqs:  make(chan *op, maxBatch),
 		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	if err := s.recover(path); err != nil {
+		for _, lf := range s.logs {
+			if lf != nil {
+				lf.f.Close()
+			}
+		}
+		db.Close()
+		return nil, fmt.Errorf("leases: load %s: %w", path, err)
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// recover loads the bbolt file, replays the log generations newer than its checkpoint, checkpoints
+// them, and starts a new generation.
+func (s *Store) recover(path string) error {
+	var applied uint64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(appliedKey); len(v) == 8 {
+			applied = binary.BigEndian.Uint64(v)
+		}
 		b, err := tx.CreateBucketIfNotExists(bucketName)
 		if err != nil {
 			return err
@@ -79,14 +140,67 @@ func Open(path string) (*Store, error) {
 		})
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("leases: load %s: %w", path, err)
+		return err
 	}
-	go s.commitLoop()
-	return s, nil
+	s.dirty = map[string]struct{}{} // what bbolt holds is not dirty
+	type pending struct {
+		gen     uint64
+		content []byte
+	}
+	var todo []pending
+	last := applied
+	for i, p := range logPaths(path) {
+		lf, content, err := openLog(p, s.cfg.logSize)
+		if err != nil {
+			return err
+		}
+		s.logs[i] = lf
+		if gen, ok := parseHeader(content); ok {
+			last = max(last, gen)
+			if gen > applied {
+				todo = append(todo, pending{gen, content})
+			}
+		}
+	}
+	slices.SortFunc(todo, func(a, b pending) int { return cmp.Compare(a.gen, b.gen) })
+	replayed := 0
+	for i, p := range todo {
+		// Generations are checkpointed in order and a file is reused only after its generation is
+		// checkpointed, so the ones the bbolt file lacks are consecutive.
+		if p.gen != applied+1+uint64(i) {
+			return fmt.Errorf("log generation %d found after checkpoint %d: a generation is missing", p.gen, applied)
+		}
+		ops, _, err := parseRecords(p.content, p.gen)
+		if err != nil {
+			return err
+		}
+		for _, o := range ops {
+			s.indexOp(o)
+		}
+		replayed += len(ops)
+	}
+	// The new generation skips one number: a crash while a generation was being started can leave
+	// records of it behind a header that did not reach the disk (it was never synced, so none of them
+	// was acknowledged). Its number is at most last+1; reusing it would bring those records back.
+	// Recording last+1 as applied keeps the generations that follow consecutive.
+	s.gen = last + 2
+	if err := s.checkpoint(s.snapshot(), s.gen-1); err != nil {
+		return err
+	}
+	lf := s.logs[s.gen%2]
+	if _, err := lf.f.WriteAt(encodeHeader(s.gen), 0); err != nil {
+		return err
+	}
+	if err := datasync(lf.f); err != nil {
+		return err
+	}
+	s.off = logHeaderSize
+	s.replayed = replayed
+	return nil
 }
 
-// Close waits for writes in flight, then closes the file. Later writes fail with ErrClosed.
+// Close waits for writes in flight, checkpoints the log into the bbolt file and closes the files.
+// Later writes fail with ErrClosed.
 func (s *Store) Close() error {
 	s.sendMu.Lock()
 	if !s.closed {
@@ -95,7 +209,16 @@ func (s *Store) Close() error {
 	}
 	s.sendMu.Unlock()
 	<-s.done
-	return s.db.Close()
+	err := s.failed
+	for _, lf := range s.logs {
+		if cerr := lf.f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Get returns the lease recorded for mac, expired or not.
@@ -154,7 +277,7 @@ func (s *Store) Active(now time.Time) int {
 }
 
 // Commit records l durably and returns once it is synced to disk. A lease another hardware address
-// held on the same IP is removed in the same transaction (the caller decided the address was free).
+// held on the same IP is removed with it (the caller decided the address was free).
 func (s *Store) Commit(l Lease) error {
 	if err := l.validate(); err != nil {
 		return err
@@ -178,6 +301,9 @@ func (s *Store) Release(mac net.HardwareAddr) error {
 
 // Delete forgets mac's lease durably.
 func (s *Store) Delete(mac net.HardwareAddr) error {
+	if len(mac) == 0 || len(mac) > 16 {
+		return nil // never stored
+	}
 	return s.submit(&op{mac: string(mac)})
 }
 
@@ -194,94 +320,12 @@ func (s *Store) submit(o *op) error {
 	return <-o.done
 }
 
-// commitLoop is the one writer: it takes the first waiting op, everything queued behind it, and
-// commits them in one transaction.
-func (s *Store) commitLoop() {
-	defer close(s.done)
-	batch := make([]*op, 0, maxBatch)
-	for {
-		batch = batch[:0]
-		select {
-		case o := <-s.reqs:
-			batch = append(batch, o)
-		case <-s.quit:
-			// Finish what was queued before Close.
-			for {
-				select {
-				case o := <-s.reqs:
-					batch = append(batch, o)
-					if len(batch) == maxBatch {
-						s.apply(batch)
-						batch = batch[:0]
-					}
-				default:
-					if len(batch) > 0 {
-						s.apply(batch)
-					}
-					return
-				}
-			}
-		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case o := <-s.reqs:
-				batch = append(batch, o)
-			default:
-				break fill
-			}
-		}
-		s.apply(batch)
-	}
-}
-
-func (s *Store) apply(batch []*op) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketName)
-		// Later ops in the batch see the earlier ones: track the address owners as they change.
-		owner := map[netip.Addr]string{}
-		s.mu.RLock()
-		for _, o := range batch {
-			if o.put != nil {
-				if k, ok := s.byIP[o.put.IP]; ok {
-					owner[o.put.IP] = k
-				}
-			}
-		}
-		s.mu.RUnlock()
-		for _, o := range batch {
-			if o.put == nil {
-				if err := b.Delete([]byte(o.mac)); err != nil {
-					return err
-				}
-				continue
-			}
-			if k, ok := owner[o.put.IP]; ok && k != o.mac {
-				if err := b.Delete([]byte(k)); err != nil {
-					return err
-				}
-			}
-			owner[o.put.IP] = o.mac
-			if err := b.Put([]byte(o.mac), encode(*o.put)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err == nil {
-		s.txns.Add(1)
-		s.mu.Lock()
-		for _, o := range batch {
-			if o.put == nil {
-				s.unindex(o.mac)
-			} else {
-				s.index(*o.put)
-			}
-		}
-		s.mu.Unlock()
-	}
-	for _, o := range batch {
-		o.done <- err
+// indexOp applies o to the index. Callers hold mu (or own s during Open).
+func (s *Store) indexOp(o op) {
+	if o.put == nil {
+		s.unindex(o.mac)
+	} else {
+		s.index(*o.put)
 	}
 }
 
@@ -292,7 +336,9 @@ func (s *Store) index(l Lease) {
 	s.unindex(k)
 	if other, ok := s.byIP[l.IP]; ok {
 		delete(s.byMAC, other)
+		s.dirty[other] = struct{}{}
 	}
+	s.dirty[k] = struct{}{}
 	s.byMAC[k] = l
 	s.byIP[l.IP] = k
 }
@@ -304,4 +350,5 @@ func (s *Store) unindex(k string) {
 		}
 		delete(s.byMAC, k)
 	}
+	s.dirty[k] = struct{}{}
 }

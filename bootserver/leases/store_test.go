@@ -154,15 +154,22 @@ func TestGroupCommit(t *testing.T) {
 
 // The kill -9 test: a child process commits leases from many goroutines and prints "ACK <n>" after
 // each Commit returns; the parent SIGKILLs it mid-stream, reopens the file and wants every printed
-// lease there.
-const childEnv = "PXEJOIN_LEASES_CRASH_CHILD"
+// lease there. Rounds after the first use small log files and checkpoint triggers, so the kill also
+// lands while generations rotate and checkpoints run.
+const childEnv = "PXEJOIN_LEASES_CRASH_CHILD" // "<path>" or "<path> small"
+
+var smallTuning = tuning{logSize: 64 << 10, rotateRecords: 150, rotateBytes: 16 << 10, rotateAge: 20 * time.Millisecond}
 
 func TestCrashChild(t *testing.T) {
-	path := os.Getenv(childEnv)
+	path, small := strings.CutSuffix(os.Getenv(childEnv), " small")
 	if path == "" {
 		t.Skip("helper process for TestKill9KeepsAcknowledgedLeases")
 	}
-	s, err := Open(path)
+	cfg := defaultTuning
+	if small {
+		cfg = smallTuning
+	}
+	s, err := open(path, cfg)
 	if err != nil {
 		fmt.Println("ERR", err)
 		os.Exit(1)
@@ -201,9 +208,14 @@ func TestCrashChild(t *testing.T) {
 
 func TestKill9KeepsAcknowledgedLeases(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
-	for round := 0; round < 3; round++ {
+	replayed := 0
+	for round := 0; round < 4; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), childEnv+"="+path)
+		env := path
+		if round > 0 {
+			env += " small"
+		}
+		cmd.Env = append(os.Environ(), childEnv+"="+env)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -214,7 +226,7 @@ func TestKill9KeepsAcknowledgedLeases(t *testing.T) {
 		}
 		acked := map[int]bool{}
 		sc := bufio.NewScanner(stdout)
-		killAt := 300 + round*500
+		killAt := 300 + round*1500
 		killed := false
 		for sc.Scan() {
 			line := sc.Text()
@@ -246,14 +258,19 @@ func TestKill9KeepsAcknowledgedLeases(t *testing.T) {
 			}
 		}
 		total := len(s.All())
+		replayed += s.replayed
+		t.Logf("round %d: %d acknowledged before SIGKILL, %d in the store, %d missing, %d log records replayed",
+			round, len(acked), total, missing, s.replayed)
 		s.Close()
-		t.Logf("round %d: %d acknowledged before SIGKILL, %d in the store, %d missing", round, len(acked), total, missing)
 		if missing > 0 {
 			t.Fatalf("%d acknowledged leases lost", missing)
 		}
 		if total < len(acked) {
 			t.Fatalf("store has %d leases, fewer than %d acknowledged", total, len(acked))
 		}
+	}
+	if replayed == 0 {
+		t.Error("no round left records in the log to replay")
 	}
 }
 
@@ -274,4 +291,41 @@ func BenchmarkCommitParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkCommit measures durable commits per second at several numbers of concurrent writers,
+// each committing its own stream of leases.
+func BenchmarkCommit(b *testing.B) {
+	for _, conc := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
+			s, err := Open(filepath.Join(b.TempDir(), "leases.db"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			var n atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for w := 0; w < conc; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := int(n.Add(1))
+						if i > b.N {
+							return
+						}
+						if err := s.Commit(Lease{MAC: mac(i), IP: ip(i), Expiry: time.Now().Add(time.Hour)}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "commits/s")
+			b.ReportMetric(float64(s.txns.Load())/float64(b.N), "txns/commit")
+		})
+	}
 }

@@ -1,0 +1,237 @@
+package leases
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// commitLoop is the one writer: it takes the first waiting op, everything queued behind it, and
+// commits them with one log append and one fdatasync. Between commits it starts checkpoints.
+func (s *Store) commitLoop() {
+	defer close(s.done)
+	tick := time.NewTicker(max(s.cfg.rotateAge/2, time.Millisecond))
+	defer tick.Stop()
+	batch := make([]*op, 0, maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case o := <-s.reqs:
+			batch = append(batch, o)
+		case <-tick.C:
+			s.maybeRotate()
+			continue
+		case <-s.quit:
+			// Finish what was queued before Close.
+			for {
+				select {
+				case o := <-s.reqs:
+					batch = append(batch, o)
+					if len(batch) == maxBatch {
+						s.commit(batch)
+						batch = batch[:0]
+					}
+				default:
+					if len(batch) > 0 {
+						s.commit(batch)
+					}
+					s.finish()
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case o := <-s.reqs:
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit appends batch to the log, syncs it, applies it to the index and acknowledges it.
+func (s *Store) commit(batch []*op) {
+	s.maybeRotate()
+	err := s.append(batch)
+	if err != nil && s.failed == nil {
+		s.failed = err
+	}
+	if err == nil {
+		s.txns.Add(1)
+		s.mu.Lock()
+		for _, o := range batch {
+			s.indexOp(*o)
+		}
+		s.mu.Unlock()
+	}
+	for _, o := range batch {
+		o.done <- err
+	}
+}
+
+func (s *Store) append(batch []*op) error {
+	if s.failed != nil {
+		return s.failed
+	}
+	encode := func() {
+		s.buf = s.buf[:0]
+		for _, o := range batch {
+			s.buf = appendRecord(s.buf, s.gen, o)
+		}
+	}
+	encode()
+	if lf := s.logs[s.gen%2]; s.off+int64(len(s.buf)) > lf.size && s.genRecs > 0 {
+		// The active file is full: start the next generation, waiting for the checkpoint that frees
+		// its file if need be.
+		if err := s.rotate(); err != nil {
+			return err
+		}
+		encode()
+	}
+	lf := s.logs[s.gen%2]
+	if s.cfg.hook != nil {
+		s.cfg.hook("append", s.gen)
+	}
+	if _, err := lf.f.WriteAt(s.buf, s.off); err != nil {
+		return fmt.Errorf("leases: log write: %w", err)
+	}
+	// After a failed fdatasync the kernel may have dropped the dirty pages: nothing written since the
+	// last successful one can be trusted, hence the sticky error rather than a retry.
+	if err := datasync(lf.f); err != nil {
+		return fmt.Errorf("leases: log sync: %w", err)
+	}
+	if s.genRecs == 0 {
+		s.genStart = time.Now()
+	}
+	s.off += int64(len(s.buf))
+	lf.size = max(lf.size, s.off) // a batch larger than the file grows it
+	s.genRecs += len(batch)
+	return nil
+}
+
+// maybeRotate starts the next generation when the active one is due for a checkpoint and the
+// previous checkpoint is done.
+func (s *Store) maybeRotate() {
+	if s.failed != nil || s.genRecs == 0 {
+		return
+	}
+	if s.genRecs < s.cfg.rotateRecords && s.off-logHeaderSize < s.cfg.rotateBytes && time.Since(s.genStart) < s.cfg.rotateAge {
+		return
+	}
+	if s.ckpt != nil {
+		select {
+		case err := <-s.ckpt:
+			s.ckpt = nil
+			if err != nil {
+				s.failed = err
+				return
+			}
+		default:
+			return // still checkpointing the previous generation
+		}
+	}
+	if err := s.rotate(); err != nil {
+		s.failed = err
+	}
+}
+
+// rotate snapshots the state the active generation ends with, starts the next generation in the
+// other file and checkpoints the snapshot in the background. The other file held the generation
+// before; rotate waits for its checkpoint, since only then may that file be overwritten.
+func (s *Store) rotate() error {
+	if s.ckpt != nil {
+		err := <-s.ckpt
+		s.ckpt = nil
+		if err != nil {
+			return err
+		}
+	}
+	snap, gen := s.snapshot(), s.gen
+	lf := s.logs[(gen+1)%2]
+	// Not synced here: the first append's fdatasync covers it. Until then the file holds either the
+	// old header (a generation bbolt already has, skipped by recovery) or the new one with no valid
+	// record after it (records of the old generation fail the CRC seeded with the new one).
+	if _, err := lf.f.WriteAt(encodeHeader(gen+1), 0); err != nil {
+		return fmt.Errorf("leases: log write: %w", err)
+	}
+	s.gen, s.off, s.genRecs = gen+1, logHeaderSize, 0
+	if s.cfg.hook != nil {
+		s.cfg.hook("rotated", s.gen)
+	}
+	done := make(chan error, 1)
+	s.ckpt = done
+	go func() { done <- s.checkpoint(snap, gen) }()
+	return nil
+}
+
+// finish checkpoints everything at Close, so the next Open has no log to replay.
+func (s *Store) finish() {
+	if s.ckpt != nil {
+		if err := <-s.ckpt; err != nil && s.failed == nil {
+			s.failed = err
+		}
+		s.ckpt = nil
+	}
+	if s.failed == nil && s.genRecs > 0 {
+		s.failed = s.checkpoint(s.snapshot(), s.gen)
+	}
+}
+
+// entry is one key of a checkpoint: its lease, or its deletion.
+type entry struct {
+	key string
+	l   Lease
+	del bool
+}
+
+// snapshot returns the current state of the keys changed since the last snapshot and clears the
+// dirty set. Called by the commit loop (or Open) between commits, so it is the state at the end of
+// the active generation.
+func (s *Store) snapshot() []entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := make([]entry, 0, len(s.dirty))
+	for k := range s.dirty {
+		l, ok := s.byMAC[k]
+		snap = append(snap, entry{key: k, l: l, del: !ok})
+	}
+	s.dirty = make(map[string]struct{}, len(s.dirty))
+	slices.SortFunc(snap, func(a, b entry) int { return strings.Compare(a.key, b.key) })
+	return snap
+}
+
+// checkpoint writes snap, the state at the end of generation gen, into the bbolt file in one synced
+// transaction that also records gen as applied.
+func (s *Store) checkpoint(snap []entry, gen uint64) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		for _, e := range snap {
+			var err error
+			if e.del {
+				err = b.Delete([]byte(e.key))
+			} else {
+				err = b.Put([]byte(e.key), encode(e.l))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(metaBucket).Put(appliedKey, binary.BigEndian.AppendUint64(nil, gen))
+	})
+	if err != nil {
+		return fmt.Errorf("leases: checkpoint: %w", err)
+	}
+	s.ckpts.Add(1)
+	if s.cfg.hook != nil {
+		s.cfg.hook("checkpointed", gen)
+	}
+	return nil
+}

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
@@ -29,9 +28,6 @@ var bootMarks = []struct{ name, line string }{
 // added; the bootserver also mints the machine's token when the join file is asked for).
 func BenchmarkBootVsPlainServer(b *testing.B) {
 	needRoot(b)
-	if os.Getenv("PXEJOIN_K8S_BIN") == "" {
-		b.Fatal("PXEJOIN_K8S_BIN is not set: run through make bench (it builds the control plane with make k8s)")
-	}
 	bin := bootserverBin(b)
 	if bin == "" {
 		b.Fatal("no bootserver to compare")
@@ -43,18 +39,7 @@ func BenchmarkBootVsPlainServer(b *testing.B) {
 	img := image(b)
 	n := labNet(b)
 	ctx := ctxFor(b, 30*time.Minute)
-	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: b.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Logf: b.Logf})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(cp.Stop)
-	token, err := cp.CreateToken(ctx, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cp.WaitSigned(ctx, token, 2*time.Minute); err != nil {
-		b.Fatal(err)
-	}
+	cp, token := startControlPlane(ctx, b, n)
 	const node = "vm-bench"
 	mac := n.MAC(3)
 	stateDir := b.TempDir() // the boot server keeps its leases and timelines across its rounds

@@ -9,7 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
 
@@ -28,18 +27,7 @@ func TestInstalledJoin(t *testing.T) {
 	img := image(t)
 	n := labNet(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 15*time.Minute))
-	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cp.Stop)
-	token, err := cp.CreateToken(ctx, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cp.WaitSigned(ctx, token, 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	cp, token := startControlPlane(ctx, t, n)
 	sa := &StandIn{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: t.TempDir(), Kernel: img.Kernel,
 		Initrd: img.Initrd, Image: img.Root}
 	if err := sa.Start(); err != nil {

@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
@@ -68,26 +67,10 @@ func TestBootServerRestartDuringBoot(t *testing.T) {
 
 func runJoin(t *testing.T, c joinCase) {
 	needRoot(t)
-	if os.Getenv("PXEJOIN_K8S_BIN") == "" {
-		t.Fatal("PXEJOIN_K8S_BIN is not set: run through make test (it builds the control plane with make k8s)")
-	}
 	img := image(t)
 	n := labNet(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 15*time.Minute))
-	t0 := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cp.Stop)
-	token, err := cp.CreateToken(ctx, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cp.WaitSigned(ctx, token, 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("control plane at %s ready with a signed token after %s", cp.Endpoint(), time.Since(t0).Round(time.Millisecond))
+	cp, token := startControlPlane(ctx, t, n)
 
 	node := fmt.Sprintf("vm-%s", strings.ReplaceAll(string(c.fw), "-", ""))
 	mac := n.MAC(1)

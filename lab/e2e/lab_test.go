@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
@@ -110,6 +111,29 @@ func startVM(t testing.TB, n *labenv.Net, name string, mac net.HardwareAddr, fw 
 		}
 	})
 	return v
+}
+
+// startControlPlane runs the test's control plane on the lab bridge and makes a signed bootstrap token.
+func startControlPlane(ctx context.Context, t testing.TB, n *labenv.Net) (*controlplane.ControlPlane, string) {
+	t.Helper()
+	if os.Getenv("PXEJOIN_K8S_BIN") == "" {
+		t.Fatal("PXEJOIN_K8S_BIN is not set: run through make test (it builds the control plane with make k8s)")
+	}
+	t0 := time.Now()
+	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp.Stop)
+	token, err := cp.CreateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitSigned(ctx, token, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("control plane at %s ready with a signed token after %s", cp.Endpoint(), time.Since(t0).Round(time.Millisecond))
+	return cp, token
 }
 
 // consoleMarks prints when the console first showed each mark (a per-phase timeline of the boot).

@@ -21,6 +21,9 @@ type Options struct {
 	// PatchesDir overrides cfg.Patches.Directory (kubeadm's --patches); only "kubeletconfiguration"
 	// patches apply to a worker.
 	PatchesDir string
+	// RegisterNode creates the Node with the node's credentials right after TLS bootstrap, as the
+	// kubelet's registration would, for a kubelet that starts long after the join (the initramfs).
+	RegisterNode bool
 	// Out receives kubeadm-style progress lines; nil discards them.
 	Out io.Writer
 	// Observer, if set, is told about every phase transition (for boot-status reports). It must be quick.

@@ -20,6 +20,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/join"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
@@ -322,4 +324,42 @@ func TestConfigFailsAfterCSRSent(t *testing.T) {
 		t.Fatalf("the re-run should reuse the key and so CSR %s:\n%s", sent[1], out.String())
 	}
 	assertJoined(t, rootfs, "ahead-1")
+}
+
+// TestRegisterNode: with Options.RegisterNode (the initramfs's join), the Node exists right after the
+// join, created with the node's own credentials, carrying the labels and taints the kubelet would
+// register; a second join of the same NotReady node finds it and goes on.
+func TestRegisterNode(t *testing.T) {
+	needCP(t)
+	ctx := ctxT(t, 2*time.Minute)
+	cfg := benchConfig(token(t, time.Hour), "registered-1")
+	cfg.NodeRegistration.Taints = []corev1.Taint{{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}
+	cfg.NodeRegistration.KubeletExtraArgs = []joinconfig.Arg{{Name: "node-labels", Value: "rack=r1,pxejoin.io/pool=a"}}
+	for round := 1; round <= 2; round++ {
+		out := &syncBuffer{}
+		if err := join.Run(ctx, cfg, join.Options{Rootfs: t.TempDir(), Out: out, RegisterNode: true}); err != nil {
+			t.Fatalf("round %d: %v\n%s", round, err, out.String())
+		}
+		if round == 1 && !strings.Contains(out.String(), `Registered Node "registered-1"`) {
+			t.Fatalf("no registration line:\n%s", out.String())
+		}
+	}
+	n, err := cp.Admin().CoreV1().Nodes().Get(ctx, "registered-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the Node was not registered: %v", err)
+	}
+	if n.Labels["rack"] != "r1" || n.Labels["pxejoin.io/pool"] != "a" || n.Labels[corev1.LabelHostname] != "registered-1" {
+		t.Errorf("labels %v", n.Labels)
+	}
+	// The node lifecycle controller may have added node.kubernetes.io/not-ready meanwhile.
+	found := false
+	for _, tn := range n.Spec.Taints {
+		found = found || (tn.Key == "dedicated" && tn.Value == "gpu" && tn.Effect == corev1.TaintEffectNoSchedule)
+	}
+	if !found {
+		t.Errorf("taints %v lack dedicated=gpu:NoSchedule", n.Spec.Taints)
+	}
+	if n.Annotations["volumes.kubernetes.io/controller-managed-attach-detach"] != "true" {
+		t.Errorf("annotations %v", n.Annotations)
+	}
 }

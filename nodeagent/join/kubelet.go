@@ -202,6 +202,9 @@ func runTLSBootstrap(ctx context.Context, d *data) error {
 	// The key now lives in the pem; the bootstrap copy is no longer needed.
 	_ = os.Remove(d.root.Join(nodefiles.BootstrapKey))
 	d.printf("[kubelet-start] Certificate issued (%s); wrote %s", csrName, nodefiles.KubeletConf)
+	if d.opts.RegisterNode {
+		d.registerNode(ctx)
+	}
 	return nil
 }
 

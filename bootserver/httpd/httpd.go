@@ -23,6 +23,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,6 +79,8 @@ type Handler struct {
 	ipxe     *os.Root
 	requests *prometheus.CounterVec
 	rejects  *prometheus.CounterVec
+	scripts  scriptCache
+	script   http.HandlerFunc // GET /boot/{script}, wrapped by route
 }
 
 // Request kinds (label of pxejoin_http_requests_total).
@@ -130,7 +134,7 @@ func New(cfg Config) (*Handler, error) {
 			}
 		}
 	}
-	h.route("GET /boot/{script}", KindScript, h.serveScript)
+	h.script = h.route("GET /boot/{script}", KindScript, h.serveScript)
 	h.route("GET /files/{mac}/{profile}/{file}", KindOther, h.serveMachineFile)
 	h.route("GET /images/{profile}/{file}", KindOther, h.serveFile)
 	h.route("GET /ipxe/{file}", KindIPXE, h.serveIPXE)
@@ -158,27 +162,54 @@ func (h *Handler) Close() error {
 	return nil
 }
 
-// ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. A script request, the one every booting machine makes, goes
+// straight to its handler when its path is one the mux would route there unchanged (clean, no
+// escapes).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.RawPath == "" {
+		if seg, ok := strings.CutPrefix(r.URL.Path, "/boot/"); ok && seg != "" && seg != "." && seg != ".." && strings.IndexByte(seg, '/') < 0 {
+			h.script(w, r)
+			return
+		}
+	}
+	h.mux.ServeHTTP(w, r)
+}
 
-// route registers a handler that counts and logs its requests. A handler may change the kind (for
-// files) through the recorder.
-func (h *Handler) route(pattern, kind string, f http.HandlerFunc) {
-	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
+// route registers a handler that counts and logs its requests, and returns it. A handler may
+// change the kind (for files) through the recorder.
+func (h *Handler) route(pattern, kind string, f http.HandlerFunc) http.HandlerFunc {
+	var ok200 atomic.Pointer[prometheus.Counter] // the route's kind with 200, resolved at its first use
+	wrapped := func(w http.ResponseWriter, r *http.Request) {
+		debug := h.log.Enabled(r.Context(), slog.LevelDebug)
+		var start time.Time
+		if debug {
+			start = time.Now()
+		}
 		rec := &recorder{ResponseWriter: w, kind: kind}
 		f(rec, r)
 		code := rec.code
 		if code == 0 {
 			code = http.StatusOK
 		}
-		h.requests.WithLabelValues(rec.kind, codeLabel(code)).Inc()
-		if h.log.Enabled(r.Context(), slog.LevelDebug) {
+		if code == http.StatusOK && rec.kind == kind {
+			c := ok200.Load()
+			if c == nil {
+				c = new(prometheus.Counter)
+				*c = h.requests.WithLabelValues(kind, "200")
+				ok200.Store(c)
+			}
+			(*c).Inc()
+		} else {
+			h.requests.WithLabelValues(rec.kind, codeLabel(code)).Inc()
+		}
+		if debug {
 			// The path never holds a secret; the join file's body is never logged.
 			h.log.Debug("http", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
 				"kind", rec.kind, "code", code, "bytes", rec.n, "seconds", time.Since(start).Seconds())
 		}
-	})
+	}
+	h.mux.HandleFunc(pattern, wrapped)
+	return wrapped
 }
 
 func codeLabel(code int) string {

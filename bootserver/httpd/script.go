@@ -17,18 +17,11 @@ import (
 // machineOf parses a MAC from a request path segment and looks the machine up (by MAC, then by the
 // UUID in ?uuid= or the one seen in DHCP).
 func (h *Handler) machineOf(r *http.Request, raw string) (mac string, a inventory.Assignment, boots bool, err error) {
-	mac, err = config.CanonicalMAC(raw)
+	mac, err = canonicalMAC(raw)
 	if err != nil {
 		return "", a, false, err
 	}
-	uuid := ""
-	if r.URL.RawQuery != "" {
-		uuid = r.URL.Query().Get("uuid")
-	}
-	if uuid == "" && h.cfg.UUIDOf != nil {
-		uuid = h.cfg.UUIDOf(mac)
-	}
-	a, boots = h.cfg.Inventory.Lookup(mac, uuid)
+	a, boots = h.cfg.Inventory.Lookup(mac, h.uuidOf(r, mac))
 	return mac, a, boots, nil
 }
 
@@ -97,46 +90,90 @@ func (h *Handler) cmdlineFields(mac string, a inventory.Assignment) config.Cmdli
 	return f
 }
 
+// Header values of a script response, shared by every response (net/http never changes them).
+var (
+	scriptContentType  = []string{"text/plain; charset=utf-8"}
+	scriptCacheControl = []string{"no-store"}
+)
+
 func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
-	raw, ok := strings.CutSuffix(r.PathValue("script"), ".ipxe")
+	seg := r.PathValue("script")
+	if seg == "" { // routed by ServeHTTP, not the mux: the path is /boot/<segment>, unescaped
+		seg = strings.TrimPrefix(r.URL.Path, "/boot/")
+	}
+	raw, ok := strings.CutSuffix(seg, ".ipxe")
 	if !ok {
 		http.NotFound(w, r)
 		return
 	}
-	mac, a, boots, err := h.machineOf(r, raw)
+	mac, err := canonicalMAC(raw)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
+	hdr := w.Header()
+	hdr["Content-Type"], hdr["Cache-Control"] = scriptContentType, scriptCacheControl
+	key := scriptKey{mac: mac, uuid: h.uuidOf(r, mac)}
+	rs := h.scripts.get(key)
+	if rs == nil {
+		if rs, err = h.renderScript(key); err != nil {
+			h.log.Error("cannot render a cmdline", "mac", mac, "err", err)
+			start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: time.Now()}, Source: status.SourceHTTP, StartsBoot: true}
+			h.cfg.Status.Record(mac, start)
+			h.cfg.Status.SetIdentity(mac, rs.identity.NodeName, rs.identity.Profile, rs.identity.Known)
+			h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateError, "", err.Error()))
+			http.Error(w, "cannot render this machine's kernel command line: see the boot server's log", http.StatusInternalServerError)
+			return
+		}
+		h.scripts.put(key, rs)
+	}
 	now := time.Now()
-	start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: now}, Source: status.SourceHTTP, StartsBoot: true}
-	if !boots {
-		start.State, start.Error = bootstatus.StateError, "not in the inventory and no profile for unknown machines"
-		h.cfg.Status.Record(mac, start)
+	evs := [2]status.Event{{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: now}, Source: status.SourceHTTP, StartsBoot: true}}
+	if !rs.boots {
+		evs[0].State, evs[0].Error = bootstatus.StateError, "not in the inventory and no profile for unknown machines"
+		h.cfg.Status.RecordAs(mac, nil, evs[:1]...)
 		h.log.Info("unknown machine asked for a script", "mac", mac, "remote", r.RemoteAddr)
-		_, _ = w.Write([]byte(UnknownScript(mac)))
+		_, _ = w.Write(rs.body)
 		return
 	}
-	h.cfg.Status.Record(mac, start)
-	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
-	cmdline, err := a.Profile.Cmdline(h.cmdlineFields(mac, a))
+	// The phase is the request (rendering takes microseconds): done carries the start's time.
+	evs[1] = status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateDone, Detail: rs.detail, Time: now}, Source: status.SourceHTTP}
+	h.cfg.Status.RecordAs(mac, &rs.identity, evs[:]...)
+	_, _ = w.Write(rs.body)
+}
+
+// uuidOf is the SMBIOS UUID a lookup of mac uses: ?uuid= or the one seen in DHCP.
+func (h *Handler) uuidOf(r *http.Request, mac string) string {
+	uuid := ""
+	if r.URL.RawQuery != "" {
+		uuid = r.URL.Query().Get("uuid")
+	}
+	if uuid == "" && h.cfg.UUIDOf != nil {
+		uuid = h.cfg.UUIDOf(mac)
+	}
+	return uuid
+}
+
+// renderScript renders the script of the machine at k. On a cmdline error it returns the
+// (uncachable) partial result with the machine's identity.
+func (h *Handler) renderScript(k scriptKey) (*renderedScript, error) {
+	a, boots := h.cfg.Inventory.Lookup(k.mac, k.uuid)
+	if !boots {
+		return &renderedScript{body: []byte(UnknownScript(k.mac))}, nil
+	}
+	rs := &renderedScript{boots: true, identity: status.Identity{NodeName: a.NodeName, Profile: a.Profile.Name, Known: a.Known},
+		detail: "profile " + a.Profile.Name}
+	cmdline, err := a.Profile.Cmdline(h.cmdlineFields(k.mac, a))
 	if err != nil {
-		h.log.Error("cannot render a cmdline", "mac", mac, "err", err)
-		h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateError, "", err.Error()))
-		http.Error(w, "cannot render this machine's kernel command line: see the boot server's log", http.StatusInternalServerError)
-		return
+		return rs, err
 	}
-	d := ScriptData{MAC: mac, NodeName: a.NodeName, Profile: a.Profile.Name, KernelURL: h.fileURL(mac, a.Profile, a.Profile.Kernel), Cmdline: cmdline}
+	d := ScriptData{MAC: k.mac, NodeName: a.NodeName, Profile: a.Profile.Name, KernelURL: h.fileURL(k.mac, a.Profile, a.Profile.Kernel), Cmdline: cmdline}
 	for _, f := range a.Profile.Initrds {
-		d.InitrdURLs = append(d.InitrdURLs, h.fileURL(mac, a.Profile, f))
+		d.InitrdURLs = append(d.InitrdURLs, h.fileURL(k.mac, a.Profile, f))
 		d.InitrdNames = append(d.InitrdNames, path.Base(f))
 	}
-	_, _ = w.Write([]byte(Script(d)))
-	done := phaseEvent(status.PhaseScript, bootstatus.StateDone, "profile "+a.Profile.Name, "")
-	done.Time = now // rendering takes microseconds; the phase is the request
-	h.cfg.Status.Record(mac, done)
+	rs.body = []byte(Script(d))
+	return rs, nil
 }
 
 func phaseEvent(phase, state, detail, errText string) status.Event {

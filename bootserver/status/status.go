@@ -109,9 +109,14 @@ type Store struct {
 	m     map[string]*Machine
 	dirty map[string]bool
 	phase *prometheus.HistogramVec
-	drops prometheus.Counter
-	stop  chan struct{}
-	done  chan struct{}
+	// observers caches phase's series by label values (a bounded set: PhaseLabel × done/error).
+	observers map[[2]string]prometheus.Observer
+	drops     prometheus.Counter
+	stop      chan struct{}
+	done      chan struct{}
+	// flushMu serializes the writes (flush, RecordSync); flushBuf is flush's encoding buffer.
+	flushMu  sync.Mutex
+	flushBuf []byte
 }
 
 // Open loads the timelines kept in db and starts the background writer; Close stops it.
@@ -126,7 +131,7 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	s := &Store{db: db, opts: opts, m: map[string]*Machine{}, dirty: map[string]bool{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		observers: map[[2]string]prometheus.Observer{}, stop: make(chan struct{}), done: make(chan struct{})}
 	err := db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -180,6 +185,8 @@ func (s *Store) Record(mac string, ev Event) int {
 
 // RecordSync is Record and then a write to disk of mac's timeline before returning.
 func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
+	s.flushMu.Lock() // after a running flush, which may hold mac as it was before evs
+	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	boot := 0
 	for _, ev := range evs {
@@ -189,7 +196,7 @@ func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
 	var data []byte
 	var err error
 	if m != nil {
-		data, err = json.Marshal(m)
+		data, err = marshalMachine(nil, m)
 		delete(s.dirty, mac)
 	}
 	s.mu.Unlock()
@@ -199,15 +206,44 @@ func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
 	return boot, s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(mac), data) })
 }
 
+// Identity is what the inventory says of a machine.
+type Identity struct {
+	NodeName, Profile string
+	Known             bool
+}
+
 // SetIdentity records what the inventory says of mac (node name, profile, known).
 func (s *Store) SetIdentity(mac, node, profile string, known bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.setIdentity(mac, Identity{NodeName: node, Profile: profile, Known: known})
+}
+
+// RecordAs records evs in order and then, unless id is nil, mac's identity (as SetIdentity), all
+// under one lock: the events of one request. It returns the machine's boot number.
+func (s *Store) RecordAs(mac string, id *Identity, evs ...Event) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.machine(mac) // one lookup for all: the map is as large as the fleet
+	if m == nil {
+		return 0
+	}
+	for i := range evs {
+		s.recordIn(m, evs[i])
+	}
+	if id != nil {
+		m.NodeName, m.Profile, m.Known = id.NodeName, id.Profile, id.Known
+	}
+	s.dirty[mac] = true
+	return m.Boot
+}
+
+func (s *Store) setIdentity(mac string, id Identity) {
 	m := s.machine(mac)
-	if m == nil || (m.NodeName == node && m.Profile == profile && m.Known == known) {
+	if m == nil || (m.NodeName == id.NodeName && m.Profile == id.Profile && m.Known == id.Known) {
 		return
 	}
-	m.NodeName, m.Profile, m.Known = node, profile, known
+	m.NodeName, m.Profile, m.Known = id.NodeName, id.Profile, id.Known
 	s.dirty[mac] = true
 }
 
@@ -264,11 +300,30 @@ func (s *Store) machine(mac string) *Machine {
 	return m
 }
 
+// observer is the phase histogram's series for a phase label and state, resolved once (s.mu held).
+func (s *Store) observer(phase, state string) prometheus.Observer {
+	k := [2]string{phase, state}
+	o := s.observers[k]
+	if o == nil {
+		o = s.phase.WithLabelValues(phase, state)
+		s.observers[k] = o
+	}
+	return o
+}
+
 func (s *Store) record(mac string, ev Event) int {
 	m := s.machine(mac)
 	if m == nil {
 		return 0
 	}
+	if s.recordIn(m, ev) {
+		s.dirty[mac] = true
+	}
+	return m.Boot
+}
+
+// recordIn adds ev to m's timeline; false if it was dropped (phase limit).
+func (s *Store) recordIn(m *Machine, ev Event) bool {
 	t := ev.Time
 	if t.IsZero() {
 		t = s.opts.Now()
@@ -276,13 +331,13 @@ func (s *Store) record(mac string, ev Event) int {
 	if m.Boot == 0 || (ev.StartsBoot && m.has(PhaseScript)) {
 		m.Boot++
 		m.BootStarted = t
-		m.Phases = nil
+		m.Phases = m.Phases[:0] // never shared: Get and All copy it
 	}
 	i := m.index(ev.Phase)
 	if i < 0 {
 		if len(m.Phases) >= MaxPhases {
 			s.drops.Inc()
-			return m.Boot
+			return false
 		}
 		m.Phases = append(m.Phases, Phase{Phase: ev.Phase})
 		i = len(m.Phases) - 1
@@ -298,13 +353,12 @@ func (s *Store) record(mac string, ev Event) int {
 		if !p.Start.IsZero() && !t.Before(p.Start) {
 			p.Seconds = t.Sub(p.Start).Seconds()
 			if ev.State == bootstatus.StateDone || ev.State == bootstatus.StateError {
-				s.phase.WithLabelValues(PhaseLabel(ev.Phase), ev.State).Observe(p.Seconds)
+				s.observer(PhaseLabel(ev.Phase), ev.State).Observe(p.Seconds)
 			}
 		}
 	}
 	m.LastPhase, m.LastState, m.LastSeen = ev.Phase, ev.State, t
-	s.dirty[mac] = true
-	return m.Boot
+	return true
 }
 
 func (m *Machine) index(phase string) int {
@@ -332,27 +386,65 @@ func (s *Store) flushLoop() {
 	}
 }
 
-// flush writes every dirty timeline in one transaction.
+// Flush writes the timelines changed since the last write now (the background writer does it every
+// FlushInterval).
+func (s *Store) Flush() error { return s.flush() }
+
+// flushChunk is how many timelines flush encodes per hold of the lock, so that requests recording
+// events wait for one chunk (well under a millisecond), not for the whole batch.
+const flushChunk = 256
+
+// flush writes every dirty timeline in one transaction, in key order (bbolt's cheapest). Flushes
+// and RecordSync's writes run one at a time, so that none overwrites a newer timeline with an
+// older one; flushes share one buffer.
 func (s *Store) flush() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	if len(s.dirty) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	batch := make(map[string][]byte, len(s.dirty))
+	macs := make([]string, 0, len(s.dirty))
 	for mac := range s.dirty {
-		if m := s.m[mac]; m != nil {
-			if b, err := json.Marshal(m); err == nil {
-				batch[mac] = b
-			}
-		}
+		macs = append(macs, mac)
 	}
-	s.dirty = map[string]bool{}
+	clear(s.dirty) // keeps its room for the next batch
 	s.mu.Unlock()
+	sort.Strings(macs)
+	// A machine changed after the clear is encoded as it is now and written again next time.
+	vals := make([][]byte, len(macs))
+	buf := s.flushBuf[:0]
+	defer func() {
+		if cap(buf) <= 64<<20 { // keep the room of a usual batch, not that of a huge one
+			s.flushBuf = buf[:0]
+		}
+	}()
+	for i := 0; i < len(macs); i += flushChunk {
+		s.mu.Lock()
+		for j := i; j < min(i+flushChunk, len(macs)); j++ {
+			m := s.m[macs[j]]
+			if m == nil {
+				continue
+			}
+			n := len(buf)
+			b, err := marshalMachine(buf, m)
+			if err != nil {
+				buf = b[:n]
+				continue
+			}
+			buf = b
+			vals[j] = buf[n:len(buf):len(buf)] // later appends never touch it, even in place
+		}
+		s.mu.Unlock()
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
-		for k, v := range batch {
-			if err := b.Put([]byte(k), v); err != nil {
+		for i, mac := range macs {
+			if vals[i] == nil {
+				continue
+			}
+			if err := b.Put([]byte(mac), vals[i]); err != nil {
 				return err
 			}
 		}

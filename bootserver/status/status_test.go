@@ -10,7 +10,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootstatus"
 )
 
-func openDB(t *testing.T, path string) *bolt.DB {
+func openDB(t testing.TB, path string) *bolt.DB {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {

@@ -1,0 +1,36 @@
+package status
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BenchmarkFlush records a script phase for 10,000 machines and writes their timelines: what the
+// background writer does after a burst of script requests.
+func BenchmarkFlush(b *testing.B) {
+	db := openDB(b, filepath.Join(b.TempDir(), "state.db"))
+	defer db.Close()
+	s, err := Open(db, Options{FlushInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	macs := make([]string, 10000)
+	for i := range macs {
+		macs[i] = fmt.Sprintf("52:54:01:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff)
+	}
+	id := &Identity{NodeName: "node", Profile: "worker"}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		now := time.Now()
+		for _, mac := range macs {
+			s.RecordAs(mac, id, ev(PhaseScript, "start", now, true), ev(PhaseScript, "done", now, false))
+		}
+		if err := s.Flush(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

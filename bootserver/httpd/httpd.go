@@ -60,6 +60,11 @@ type Config struct {
 	CACertHashes      []string
 	// IPXEDir holds the iPXE binaries served at /ipxe/; empty serves none.
 	IPXEDir string
+	// MintAhead mints a machine's token in the background when it fetches its script, so that when its
+	// agent asks for the join file seconds later the token exists and the controller manager has
+	// already signed cluster-info with it: discovery does not wait for the signer. The join file
+	// still mints on demand when the token is not there (busy, failed, or no script fetched).
+	MintAhead bool
 	// UUIDOf, if set, gives the SMBIOS UUID a MAC sent in DHCP, for inventory lookups by UUID.
 	UUIDOf func(mac string) string
 	// MaxStatusBody bounds a POST /status body; default DefaultMaxStatusBody.
@@ -81,7 +86,11 @@ type Handler struct {
 	rejects  *prometheus.CounterVec
 	scripts  scriptCache
 	script   http.HandlerFunc // GET /boot/{script}, wrapped by route
+	minting  chan struct{}    // bounds the background mints of MintAhead
 }
+
+// maxMintAhead bounds the tokens minted ahead at once; past it, join files mint on demand.
+const maxMintAhead = 8
 
 // Request kinds (label of pxejoin_http_requests_total).
 const (
@@ -113,7 +122,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), minting: make(chan struct{}, maxMintAhead)}
 	if cfg.IPXEDir != "" {
 		root, err := os.OpenRoot(cfg.IPXEDir)
 		if err != nil {

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootstatus"
@@ -233,4 +236,57 @@ func FuzzStatus(f *testing.F) {
 			t.Fatalf("%d phases kept", len(m.Phases))
 		}
 	})
+}
+
+// TestMintAhead: with MintAhead a script fetch mints the machine's token for that boot in the
+// background, and the join file then hands out that very token; without it, or for an unknown
+// machine, a script fetch mints nothing.
+func TestMintAhead(t *testing.T) {
+	known := config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker"}
+	for _, tc := range []struct {
+		name      string
+		mintAhead bool
+		mac       string
+		wantMint  bool
+	}{
+		{"on, known machine", true, "52:54:00:00:00:01", true},
+		{"on, unknown machine", true, "52:54:00:00:00:77", false},
+		{"off", false, "52:54:00:00:00:01", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, "http://10.80.0.1:8080", 1024, false, known)
+			f.h.cfg.MintAhead = tc.mintAhead
+			if w := get(t, f.h, "GET", "/boot/"+tc.mac+".ipxe", nil); w.Code != 200 {
+				t.Fatalf("script: %d %s", w.Code, w.Body)
+			}
+			issued := func() map[string]string {
+				f.tokens.mu.Lock()
+				defer f.tokens.mu.Unlock()
+				return maps.Clone(f.tokens.issued)
+			}
+			if !tc.wantMint {
+				// Nothing was started: no background mint can come later (the unknown machine is
+				// answered before any mint).
+				if n := len(issued()); n != 0 {
+					t.Fatalf("%d tokens minted by a script fetch", n)
+				}
+				return
+			}
+			for i := 0; len(issued()) == 0; i++ {
+				if i == 500 {
+					t.Fatal("no token minted ahead after the script fetch")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			ahead := issued()
+			w := get(t, f.h, "GET", "/join/"+tc.mac, nil)
+			jc, err := joinconfig.Parse(w.Body.Bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := issued(); len(got) != 1 || !slices.Contains(slices.Collect(maps.Values(ahead)), jc.Discovery.TLSBootstrapToken) {
+				t.Fatalf("the join file's token is not the one minted ahead (%d tokens minted)", len(got))
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package httpd
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -138,8 +139,30 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	}
 	// The phase is the request (rendering takes microseconds): done carries the start's time.
 	evs[1] = status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateDone, Detail: rs.detail, Time: now}, Source: status.SourceHTTP}
-	h.cfg.Status.RecordAs(mac, &rs.identity, evs[:]...)
+	boot := h.cfg.Status.RecordAs(mac, &rs.identity, evs[:]...)
 	_, _ = w.Write(rs.body)
+	if h.cfg.MintAhead {
+		h.mintAhead(mac, rs.identity.NodeName, boot)
+	}
+}
+
+// mintAhead mints mac's token for this boot in the background, unless maxMintAhead mints are under
+// way already.
+func (h *Handler) mintAhead(mac, node string, boot int) {
+	select {
+	case h.minting <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-h.minting }()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := h.cfg.Tokens.Token(ctx, mac, node, boot); err != nil {
+			// err names the token id at most, never the secret.
+			h.log.Warn("cannot mint a bootstrap token ahead of the join file; it will be minted on request", "mac", mac, "err", err)
+		}
+	}()
 }
 
 // uuidOf is the SMBIOS UUID a lookup of mac uses: ?uuid= or the one seen in DHCP.

@@ -116,7 +116,7 @@ func New(opts Options) (s *Server, err error) {
 		ipxeDir = ""
 	}
 	if s.http, err = httpd.New(httpd.Config{
-		Inventory: s.inv, Status: s.status, Tokens: s.tokens, ServerURL: s.url,
+		Inventory: s.inv, Status: s.status, Tokens: s.tokens, ServerURL: s.url, MintAhead: true,
 		APIServerEndpoint: cl.Endpoint, CACertHashes: cl.CAPins, IPXEDir: ipxeDir,
 		UUIDOf: func(mac string) string {
 			if v, ok := s.uuids.Load(mac); ok {

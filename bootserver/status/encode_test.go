@@ -94,17 +94,7 @@ func TestFlushDuringRecords(t *testing.T) {
 			ev(PhaseScript, "done", t0.Add(time.Duration(i)*time.Second+time.Millisecond), false))
 	}
 	want := s.All()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	db = openDB(t, path)
-	defer db.Close()
-	s2, err := Open(db, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
+	s2 := reopen(t, s, db, path)
 	got := s2.All()
 	gj, _ := json.Marshal(got)
 	wj, _ := json.Marshal(want)

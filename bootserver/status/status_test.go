@@ -19,6 +19,24 @@ func openDB(t testing.TB, path string) *bolt.DB {
 	return db
 }
 
+// reopen closes s and its database and opens both again from path, as a restarted server does; the
+// test's cleanup closes the new ones.
+func reopen(t *testing.T, s *Store, db *bolt.DB, path string) *Store {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db = openDB(t, path)
+	t.Cleanup(func() { db.Close() })
+	s2, err := Open(db, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s2.Close() })
+	return s2
+}
+
 func ev(phase, state string, t time.Time, startsBoot bool) Event {
 	return Event{Event: bootstatus.Event{Phase: phase, State: state, Time: t}, Source: SourceHTTP, StartsBoot: startsBoot}
 }
@@ -55,17 +73,7 @@ func TestTimeline(t *testing.T) {
 		t.Fatalf("phases %+v", m.Phases)
 	}
 	// A new process sees the same timeline.
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	db = openDB(t, path)
-	defer db.Close()
-	s2, err := Open(db, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
+	s2 := reopen(t, s, db, path)
 	m2, ok := s2.Get(mac)
 	if !ok || m2.Boot != 2 || m2.LastPhase != "preflight" || m2.LastState != "error" {
 		t.Fatalf("after reopen: %+v", m2)

@@ -84,11 +84,15 @@ func (d *data) awaitCSR(ctx context.Context) ([]byte, string, error) {
 	return r.certPEM, r.name, r.err
 }
 
-// stopCSR abandons a CSR still in flight (the join failed before tls-bootstrap).
-func (d *data) stopCSR() {
+// finish abandons a CSR still in flight (the join failed before tls-bootstrap) and waits for the
+// background Node registration.
+func (d *data) finish() {
 	if r := d.csr; r != nil {
 		r.cancel()
 		<-r.done
+	}
+	if d.registering != nil {
+		<-d.registering
 	}
 }
 

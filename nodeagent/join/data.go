@@ -42,7 +42,9 @@ type data struct {
 	// csrAhead: the config phase sends the CSR (tls-bootstrap runs next in this invocation).
 	csrAhead bool
 	csr      *csrRequest
-	mu       sync.Mutex // serializes out and Observer between a phase and the CSR goroutine
+	// registering is closed when the background Node registration (Options.RegisterNode) ended.
+	registering chan struct{}
+	mu          sync.Mutex // serializes out and Observer between a phase and the CSR goroutine
 }
 
 func newData(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {

@@ -203,7 +203,9 @@ func runTLSBootstrap(ctx context.Context, d *data) error {
 	_ = os.Remove(d.root.Join(nodefiles.BootstrapKey))
 	d.printf("[kubelet-start] Certificate issued (%s); wrote %s", csrName, nodefiles.KubeletConf)
 	if d.opts.RegisterNode {
-		d.registerNode(ctx)
+		// In the background: the phase ends with kubelet.conf; Run waits for it before returning.
+		d.registering = make(chan struct{})
+		go func() { defer close(d.registering); d.registerNode(ctx) }()
 	}
 	return nil
 }

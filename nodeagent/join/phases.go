@@ -66,13 +66,14 @@ func Run(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options) e
 	if err != nil {
 		return err
 	}
-	defer d.stopCSR()
+	defer d.finish()
 	d.csrAhead = !d.skipped("kubelet-start/tls-bootstrap")
 	for _, p := range Phases {
 		if err := d.runPhase(ctx, p, ""); err != nil {
 			return err
 		}
 	}
+	d.finish()
 	d.printSummary()
 	return nil
 }
@@ -88,7 +89,7 @@ func RunPhase(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Optio
 	if err != nil {
 		return err
 	}
-	defer d.stopCSR()
+	defer d.finish()
 	// "kubelet-start" runs config and tls-bootstrap together; "kubelet-start/config" alone sends nothing.
 	d.csrAhead = parent+p.Name == "kubelet-start" && !d.skipped("kubelet-start/tls-bootstrap")
 	return d.runPhase(ctx, p, parent)

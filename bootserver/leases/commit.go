@@ -11,7 +11,7 @@ import (
 )
 
 // commitLoop is the one writer: it takes the first waiting op, everything queued behind it, and
-// commits them with one log append and one fdatasync. Between commits it starts checkpoints.
+// commits them with one durable log append (logwrite.go). Between commits it starts checkpoints.
 func (s *Store) commitLoop() {
 	defer close(s.done)
 	tick := time.NewTicker(max(s.cfg.rotateAge/2, time.Millisecond))
@@ -100,13 +100,8 @@ func (s *Store) append(batch []*op) error {
 	if s.cfg.hook != nil {
 		s.cfg.hook("append", s.gen)
 	}
-	if _, err := lf.f.WriteAt(s.buf, s.off); err != nil {
-		return fmt.Errorf("leases: log write: %w", err)
-	}
-	// After a failed fdatasync the kernel may have dropped the dirty pages: nothing written since the
-	// last successful one can be trusted, hence the sticky error rather than a retry.
-	if err := datasync(lf.f); err != nil {
-		return fmt.Errorf("leases: log sync: %w", err)
+	if err := lf.writeDurable(s.buf, s.off); err != nil {
+		return err
 	}
 	if s.genRecs == 0 {
 		s.genStart = time.Now()
@@ -156,11 +151,11 @@ func (s *Store) rotate() error {
 	}
 	snap, gen := s.snapshot(), s.gen
 	lf := s.logs[(gen+1)%2]
-	// Not synced here: the first append's fdatasync covers it. Until then the file holds either the
-	// old header (a generation bbolt already has, skipped by recovery) or the new one with no valid
-	// record after it (records of the old generation fail the CRC seeded with the new one).
-	if _, err := lf.f.WriteAt(encodeHeader(gen+1), 0); err != nil {
-		return fmt.Errorf("leases: log write: %w", err)
+	// Made durable here (one flush per rotation). Until it is, the file holds either the old header
+	// (a generation bbolt already has, skipped by recovery) or the new one with no valid record after
+	// it (records of the old generation fail the CRC seeded with the new one).
+	if err := lf.writeHeader(gen + 1); err != nil {
+		return err
 	}
 	s.gen, s.off, s.genRecs = gen+1, logHeaderSize, 0
 	if s.cfg.hook != nil {

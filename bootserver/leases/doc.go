@@ -1,6 +1,6 @@
 // Package leases is the boot server's durable DHCPv4 lease store: an in-memory index for lookups, a
 // write-ahead log that makes every write durable before it is acknowledged, and a bbolt file the log
-// is checkpointed into. Writers that arrive together share one log append and one fdatasync (group
+// is checkpointed into. Writers that arrive together share one durable log append (group
 // commit), so durability before the DHCP ACK leaves does not cost throughput.
 //
 // # Why a log
@@ -8,8 +8,9 @@
 // A bbolt transaction syncs twice: its data pages, then its meta page (the order is what makes it
 // atomic). Writing each group commit straight into bbolt therefore costs two device flushes on the
 // path of every ACK, plus the page copying of a B+tree update. Appending the group's records to a
-// preallocated, already written log file and calling fdatasync costs one flush, and that flush
-// carries no file system metadata: the blocks exist and the size does not change. The bbolt file
+// preallocated, already written log file costs one flush, and that flush carries no file system
+// metadata: the blocks exist and the size does not change. Where the file system allows it the
+// append is one O_DIRECT|O_DSYNC write, elsewhere a write and an fdatasync (logwrite.go). The bbolt file
 // becomes a checkpoint: every second, or every 16384 records or 1 MiB of log, the commit loop
 // starts a new log generation and a background goroutine writes the state the old generation ended
 // with into bbolt in one ordinary (twice synced) transaction, amortised over all its records.
@@ -25,9 +26,9 @@
 //
 // Invariants, from which recovery follows:
 //
-//  1. A write is acknowledged only after fdatasync returned for the log append holding it (and for
-//     the header of its generation, which the same fdatasync covers), and it reaches the index only
-//     then. After a failed write or sync the store refuses further writes (the kernel may have
+//  1. A write is acknowledged only after the log append holding it is durable (its O_DSYNC write or
+//     its fdatasync returned; the header of its generation was made durable before it), and it
+//     reaches the index only then. After a failed write or sync the store refuses further writes (the kernel may have
 //     dropped the pages), so nothing acknowledged ever depends on a failed sync.
 //  2. The bbolt file is only changed by synced transactions; each checkpoint is one transaction that
 //     writes the state at the end of a generation and records that generation as applied. bbolt's
@@ -42,9 +43,9 @@
 // to the first one that is short, zero or fails its CRC (a torn tail: by 1 it holds nothing
 // acknowledged), checkpoints the result, and starts a new generation. Crash points:
 //
-//   - during an append, or before its fdatasync returned: the tail is torn or missing; none of its
+//   - during an append, or before it was durable: the tail is torn or missing; none of its
 //     records was acknowledged; replay stops before it.
-//   - after a rotation started generation g+1 (header written, unsynced) and before the checkpoint of
+//   - after a rotation started generation g+1 (header written, perhaps not yet durable) and before the checkpoint of
 //     g committed: bbolt has g-1; replay g, then g+1 if its header made it to disk. If the header did
 //     not, the file shows its previous generation (g-1, applied, skipped) or a bad header (ignored),
 //     and only unacknowledged records of g+1 are lost. Open starts the next generation at the highest

@@ -34,13 +34,14 @@ type tuning struct {
 	rotateBytes   int64                          // or this many bytes,
 	rotateAge     time.Duration                  // or once its first record is this old
 	hook          func(point string, gen uint64) // called at crash points, for tests
+	buffered      bool                           // never write the log with O_DIRECT (tests cover both paths)
 }
 
 var defaultTuning = tuning{logSize: 4 << 20, rotateRecords: 16384, rotateBytes: 1 << 20, rotateAge: time.Second}
 
 // Store keeps leases durably (a write-ahead log checkpointed into a bbolt file) and in memory. Reads
 // are served from memory; a write returns only after the log records that hold it are synced to disk.
-// Writes that arrive while a sync is in flight go into the next one (group commit): one fdatasync pays
+// Writes that arrive while a sync is in flight go into the next one (group commit): one durable append pays
 // for all of them, and a lone writer waits for no timer. The index in memory is changed only after the
 // write is durable, so what Get returns has been on disk.
 type Store struct {
@@ -104,7 +105,7 @@ func open(path string, cfg tuning) (*Store, error) {
 	if err := s.recover(path); err != nil {
 		for _, lf := range s.logs {
 			if lf != nil {
-				lf.f.Close()
+				lf.close()
 			}
 		}
 		db.Close()
@@ -150,7 +151,7 @@ func (s *Store) recover(path string) error {
 	var todo []pending
 	last := applied
 	for i, p := range logPaths(path) {
-		lf, content, err := openLog(p, s.cfg.logSize)
+		lf, content, err := openLog(p, s.cfg.logSize, s.cfg.buffered)
 		if err != nil {
 			return err
 		}
@@ -187,11 +188,7 @@ func (s *Store) recover(path string) error {
 	if err := s.checkpoint(s.snapshot(), s.gen-1); err != nil {
 		return err
 	}
-	lf := s.logs[s.gen%2]
-	if _, err := lf.f.WriteAt(encodeHeader(s.gen), 0); err != nil {
-		return err
-	}
-	if err := datasync(lf.f); err != nil {
+	if err := s.logs[s.gen%2].writeHeader(s.gen); err != nil {
 		return err
 	}
 	s.off = logHeaderSize
@@ -211,7 +208,7 @@ func (s *Store) Close() error {
 	<-s.done
 	err := s.failed
 	for _, lf := range s.logs {
-		if cerr := lf.f.Close(); err == nil {
+		if cerr := lf.close(); err == nil {
 			err = cerr
 		}
 	}

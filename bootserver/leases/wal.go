@@ -45,13 +45,20 @@ var errCorruptLog = errors.New("leases: log record passes its CRC but does not d
 type logFile struct {
 	f    *os.File
 	size int64 // bytes allocated (written zeros or records)
+
+	// The direct writer (logwrite.go); nil: appends go through f and fdatasync.
+	direct    *os.File
+	tail      []byte // bytes of the last partly written block, which starts at tailStart
+	tailStart int64
+	scratch   []byte
 }
 
 func logPaths(db string) [2]string { return [2]string{db + "-wal0", db + "-wal1"} }
 
 // openLog opens or creates the log file at path, grows it to at least size bytes of written zeros
-// and returns it with its whole content.
-func openLog(path string, size int64) (*logFile, []byte, error) {
+// and returns it with its whole content. Appends go through a direct writer unless buffered is set
+// or the file system refuses one.
+func openLog(path string, size int64, buffered bool) (*logFile, []byte, error) {
 	_, statErr := os.Stat(path)
 	created := errors.Is(statErr, os.ErrNotExist)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -84,6 +91,9 @@ func openLog(path string, size int64) (*logFile, []byte, error) {
 			f.Close()
 			return nil, nil, err
 		}
+	}
+	if !buffered {
+		lf.direct = openDirectLog(path)
 	}
 	return lf, content, nil
 }

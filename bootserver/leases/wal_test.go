@@ -150,6 +150,12 @@ func ptr[T any](v T) *T { return &v }
 // must not be replayed over newer state). Every image must open with every acknowledged write, and
 // replaying the checkpointed generation anyway must change nothing.
 func TestCrashPoints(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		t.Run(map[bool]string{false: "direct", true: "buffered"}[buffered], func(t *testing.T) { crashPoints(t, buffered) })
+	}
+}
+
+func crashPoints(t *testing.T, buffered bool) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	var mu sync.Mutex
 	acked := map[int]int{} // key → last acknowledged version
@@ -160,7 +166,7 @@ func TestCrashPoints(t *testing.T) {
 		acked map[int]int
 	}
 	var images []image
-	cfg := tuning{logSize: 64 << 10, rotateRecords: 40, rotateBytes: 1 << 20, rotateAge: time.Hour}
+	cfg := tuning{logSize: 64 << 10, rotateRecords: 40, rotateBytes: 1 << 20, rotateAge: time.Hour, buffered: buffered}
 	cfg.hook = func(point string, gen uint64) {
 		if point == "append" || len(images) >= 40 {
 			return

@@ -10,55 +10,81 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// commitLoop is the one writer: it takes the first waiting op, everything queued behind it, and
-// commits them with one durable log append (logwrite.go). Between commits it starts checkpoints.
-func (s *Store) commitLoop() {
-	defer close(s.done)
+// Group commit, leader and followers: a writer queues its op and, when no commit is running, becomes
+// the committer itself: it takes everything queued (its own op first among them), appends it to the
+// log with one durable write, applies it to the index and wakes the writers it carried. Writers that
+// queue while a commit runs wait; when it ends one of them commits the next group. A lone writer thus
+// writes in its own goroutine, with no hand-off to another goroutine and back on the path of each
+// ACK, and concurrent writers still share one durable write per group.
+
+// submit queues o and returns once it is durable (or failed).
+func (s *Store) submit(o *op) error {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.queue = append(s.queue, o)
+	for !o.finished {
+		if s.committing {
+			s.cond.Wait()
+			continue
+		}
+		s.lead()
+	}
+	return o.err
+}
+
+// lead commits one group. Called with qmu held and no commit running; returns with qmu held.
+func (s *Store) lead() {
+	s.committing = true
+	batch, whole := s.queue, len(s.queue) <= maxBatch
+	if whole {
+		s.queue, s.spare = s.spare[:0], nil // the two arrays alternate
+	} else {
+		batch, s.queue = batch[:maxBatch:maxBatch], batch[maxBatch:]
+	}
+	s.qmu.Unlock()
+	err := s.commit(batch)
+	s.qmu.Lock()
+	for _, o := range batch {
+		o.err, o.finished = err, true
+	}
+	if whole {
+		clear(batch)
+		s.spare = batch[:0]
+	}
+	s.committing = false
+	s.cond.Broadcast()
+}
+
+// idle starts checkpoints that are due while nobody writes, until Close.
+func (s *Store) idle() {
+	defer close(s.idleDone)
 	tick := time.NewTicker(max(s.cfg.rotateAge/2, time.Millisecond))
 	defer tick.Stop()
-	batch := make([]*op, 0, maxBatch)
 	for {
-		batch = batch[:0]
 		select {
-		case o := <-s.reqs:
-			batch = append(batch, o)
-		case <-tick.C:
-			s.maybeRotate()
-			continue
 		case <-s.quit:
-			// Finish what was queued before Close.
-			for {
-				select {
-				case o := <-s.reqs:
-					batch = append(batch, o)
-					if len(batch) == maxBatch {
-						s.commit(batch)
-						batch = batch[:0]
-					}
-				default:
-					if len(batch) > 0 {
-						s.commit(batch)
-					}
-					s.finish()
-					return
-				}
-			}
+			return
+		case <-tick.C:
 		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case o := <-s.reqs:
-				batch = append(batch, o)
-			default:
-				break fill
-			}
+		s.qmu.Lock()
+		if !s.committing && !s.closed {
+			s.committing = true
+			s.qmu.Unlock()
+			s.maybeRotate()
+			s.qmu.Lock()
+			s.committing = false
+			s.cond.Broadcast()
 		}
-		s.commit(batch)
+		s.qmu.Unlock()
 	}
 }
 
-// commit appends batch to the log, syncs it, applies it to the index and acknowledges it.
-func (s *Store) commit(batch []*op) {
+// commit appends batch to the log, makes it durable and applies it to the index. The caller holds the
+// commit role.
+func (s *Store) commit(batch []*op) error {
 	s.maybeRotate()
 	err := s.append(batch)
 	if err != nil && s.failed == nil {
@@ -72,9 +98,7 @@ func (s *Store) commit(batch []*op) {
 		}
 		s.mu.Unlock()
 	}
-	for _, o := range batch {
-		o.done <- err
-	}
+	return err
 }
 
 func (s *Store) append(batch []*op) error {
@@ -188,7 +212,7 @@ type entry struct {
 }
 
 // snapshot returns the current state of the keys changed since the last snapshot and clears the
-// dirty set. Called by the commit loop (or Open) between commits, so it is the state at the end of
+// dirty set. Called by the committer (or Open) between commits, so it is the state at the end of
 // the active generation.
 func (s *Store) snapshot() []entry {
 	s.mu.Lock()

@@ -11,7 +11,7 @@
 // preallocated, already written log file costs one flush, and that flush carries no file system
 // metadata: the blocks exist and the size does not change. Where the file system allows it the
 // append is one O_DIRECT|O_DSYNC write, elsewhere a write and an fdatasync (logwrite.go). The bbolt file
-// becomes a checkpoint: every second, or every 16384 records or 1 MiB of log, the commit loop
+// becomes a checkpoint: every second, or every 16384 records or 1 MiB of log, the committer
 // starts a new log generation and a background goroutine writes the state the old generation ended
 // with into bbolt in one ordinary (twice synced) transaction, amortised over all its records.
 //

@@ -53,7 +53,7 @@ type Store struct {
 	byIP  map[netip.Addr]string // address → key of byMAC
 	dirty map[string]struct{}   // keys changed since the last checkpoint snapshot; under mu
 
-	// Owned by the commit loop once Open returns.
+	// Owned by whoever holds the commit role (committing, below) once Open returns.
 	logs     [2]*logFile
 	gen      uint64     // active log generation; its file is logs[gen%2]
 	off      int64      // where the next record goes in the active file
@@ -63,20 +63,27 @@ type Store struct {
 	failed   error      // sticky: once the log or a checkpoint failed, writes fail
 	buf      []byte
 
-	reqs     chan *op
-	txns     atomic.Int64 // log syncs (group commits), for tests
-	ckpts    atomic.Int64 // checkpoints, for tests
-	replayed int          // log records replayed by Open, for tests
-	sendMu   sync.RWMutex // held to send on reqs; Close takes it to stop senders
-	closed   bool
-	quit     chan struct{}
-	done     chan struct{}
+	// The write queue (commit.go). Whoever sets committing owns the log fields above until it clears it.
+	qmu        sync.Mutex
+	cond       *sync.Cond // on qmu: a commit ended
+	queue      []*op
+	spare      []*op
+	committing bool
+	closed     bool
+
+	txns      atomic.Int64 // durable log appends (group commits), for tests
+	ckpts     atomic.Int64 // checkpoints, for tests
+	replayed  int          // log records replayed by Open, for tests
+	quit      chan struct{}
+	idleDone  chan struct{}
+	closeOnce sync.Once
 }
 
 type op struct {
-	put  *Lease // nil: delete mac
-	mac  string
-	done chan error
+	put      *Lease // nil: delete mac
+	mac      string
+	err      error // set, with finished, under qmu
+	finished bool
 }
 
 // Open opens (or creates) the store at path, with its log files path-wal0 and path-wal1 beside it,
@@ -93,15 +100,15 @@ func open(path string, cfg tuning) (*Store, error) {
 		return nil, fmt.Errorf("leases: open %s: %w", path, err)
 	}
 	s := &Store{
-		db:    db,
-		cfg:   cfg,
-		byMAC: map[string]Lease{},
-		byIP:  map[netip.Addr]string{},
-		dirty: map[string]struct{}{},
-		reqs:  make(chan *op, maxBatch),
-		quit:  make(chan struct{}),
-		done:  make(chan struct{}),
+		db:       db,
+		cfg:      cfg,
+		byMAC:    map[string]Lease{},
+		byIP:     map[netip.Addr]string{},
+		dirty:    map[string]struct{}{},
+		quit:     make(chan struct{}),
+		idleDone: make(chan struct{}),
 	}
+	s.cond = sync.NewCond(&s.qmu)
 	if err := s.recover(path); err != nil {
 		for _, lf := range s.logs {
 			if lf != nil {
@@ -111,7 +118,7 @@ func open(path string, cfg tuning) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("leases: load %s: %w", path, err)
 	}
-	go s.commitLoop()
+	go s.idle()
 	return s, nil
 }
 
@@ -199,23 +206,27 @@ func (s *Store) recover(path string) error {
 // Close waits for writes in flight, checkpoints the log into the bbolt file and closes the files.
 // Later writes fail with ErrClosed.
 func (s *Store) Close() error {
-	s.sendMu.Lock()
-	if !s.closed {
+	s.closeOnce.Do(func() {
+		s.qmu.Lock()
 		s.closed = true
 		close(s.quit)
-	}
-	s.sendMu.Unlock()
-	<-s.done
-	err := s.failed
-	for _, lf := range s.logs {
-		if cerr := lf.close(); err == nil {
-			err = cerr
+		for s.committing || len(s.queue) > 0 {
+			s.cond.Wait()
 		}
-	}
-	if cerr := s.db.Close(); err == nil {
-		err = cerr
-	}
-	return err
+		s.committing = true // for good: nothing writes the log after this
+		s.qmu.Unlock()
+		<-s.idleDone
+		s.finish()
+		for _, lf := range s.logs {
+			if err := lf.close(); s.failed == nil && err != nil {
+				s.failed = err
+			}
+		}
+		if err := s.db.Close(); s.failed == nil && err != nil {
+			s.failed = err
+		}
+	})
+	return s.failed
 }
 
 // Get returns the lease recorded for mac, expired or not.
@@ -302,19 +313,6 @@ func (s *Store) Delete(mac net.HardwareAddr) error {
 		return nil // never stored
 	}
 	return s.submit(&op{mac: string(mac)})
-}
-
-func (s *Store) submit(o *op) error {
-	o.done = make(chan error, 1)
-	s.sendMu.RLock()
-	if s.closed {
-		s.sendMu.RUnlock()
-		return ErrClosed
-	}
-	// The commit loop drains reqs until Close, which waits for this send to finish.
-	s.reqs <- o
-	s.sendMu.RUnlock()
-	return <-o.done
 }
 
 // indexOp applies o to the index. Callers hold mu (or own s during Open).

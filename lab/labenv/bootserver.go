@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/netlab"
 )
 
@@ -173,29 +174,11 @@ func (b *BootServer) LogTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// MachinePhase is one phase of a machine's timeline as GET /machines shows it.
-type MachinePhase struct {
-	Phase   string    `json:"phase"`
-	State   string    `json:"state"`
-	Source  string    `json:"source"`
-	Start   time.Time `json:"start"`
-	End     time.Time `json:"end"`
-	Seconds float64   `json:"seconds"`
-	Detail  string    `json:"detail"`
-	Error   string    `json:"error"`
-	Attempt int       `json:"attempt"`
-}
+// Machine is one machine of GET /machines, as the boot server's status store encodes it.
+type Machine = status.Machine
 
-// Machine is one machine of GET /machines.
-type Machine struct {
-	MAC         string         `json:"mac"`
-	NodeName    string         `json:"nodeName"`
-	Boot        int            `json:"boot"`
-	BootStarted time.Time      `json:"bootStarted"`
-	LastPhase   string         `json:"lastPhase"`
-	LastState   string         `json:"lastState"`
-	Phases      []MachinePhase `json:"phases"`
-}
+// MachinePhase is one phase of a machine's timeline.
+type MachinePhase = status.Phase
 
 // Machines fetches GET /machines from url (a boot server's base URL).
 func Machines(ctx context.Context, url string) ([]Machine, error) {

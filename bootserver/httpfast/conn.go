@@ -335,8 +335,8 @@ func (s *Server) handOver(fc *conn, pending []byte) bool {
 	return s.hl.handOver(hc)
 }
 
-// appendResponse appends the response to p, in net/http's form: status line, the Handler's header
-// lines, Connection, Date, Content-Length, blank line, body.
+// appendResponse appends the response to out, as net/http writes it: status line, the Handler's
+// header lines, Date, Content-Length, Connection, blank line, body.
 func (s *Server) appendResponse(out []byte, p *request, r *Response, closing bool) []byte {
 	if p.minor == 1 {
 		out = append(out, "HTTP/1.1 200 OK\r\n"...)
@@ -344,17 +344,18 @@ func (s *Server) appendResponse(out []byte, p *request, r *Response, closing boo
 		out = append(out, "HTTP/1.0 200 OK\r\n"...)
 	}
 	out = append(out, r.Header...)
+	out = append(out, "Date: "...)
+	out = append(out, s.dateNow()...)
+	out = append(out, "\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(r.Body)), 10)
+	out = append(out, "\r\n"...)
 	switch {
 	case closing && p.minor == 1:
 		out = append(out, "Connection: close\r\n"...)
 	case !closing && p.keep10:
 		out = append(out, "Connection: keep-alive\r\n"...)
 	}
-	out = append(out, "Date: "...)
-	out = append(out, s.dateNow()...)
-	out = append(out, "\r\nContent-Length: "...)
-	out = strconv.AppendInt(out, int64(len(r.Body)), 10)
-	out = append(out, "\r\n\r\n"...)
+	out = append(out, "\r\n"...)
 	if !p.head {
 		out = append(out, r.Body...)
 	}

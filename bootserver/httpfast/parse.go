@@ -65,10 +65,11 @@ func parse(b []byte) (req request, n int, v verdict) {
 	var conn []byte
 	connSeen, lines := false, 0
 	for {
-		line, rest, ok = cutLine(rest)
-		if !ok {
+		var next []byte
+		if line, next, ok = cutLine(rest); !ok {
 			return req, 0, partial(rest)
 		}
+		rest = next
 		n += len(line) + 2
 		if len(line) == 0 {
 			break

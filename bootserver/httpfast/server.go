@@ -18,8 +18,10 @@
 //     costs a timer update): an idle connection may be closed up to a second before IdleTimeout.
 //   - A bare LF as a line end, a folded header line, or a header block larger than
 //     MaxHeaderBytes hands the request to net/http rather than being handled here.
-//   - Responses carry only what the Handler gives and Content-Length, Date and Connection, in
+//   - Responses carry only what the Handler gives and Date, Content-Length and Connection, in
 //     net/http's order; the status is always 200.
+//   - Once Shutdown has begun, a connection whose next request is for net/http is closed rather
+//     than handed over (net/http no longer accepts).
 package httpfast
 
 import (

@@ -86,6 +86,7 @@ type Handler struct {
 	rejects  *prometheus.CounterVec
 	scripts  scriptCache
 	script   http.HandlerFunc // GET /boot/{script}, wrapped by route
+	scriptOK *okCounter       // its requests answered 200 (ServeFast counts there too)
 	minting  chan struct{}    // bounds the background mints of MintAhead
 }
 
@@ -143,7 +144,7 @@ func New(cfg Config) (*Handler, error) {
 			}
 		}
 	}
-	h.script = h.route("GET /boot/{script}", KindScript, h.serveScript)
+	h.script, h.scriptOK = h.routeOK("GET /boot/{script}", KindScript, h.serveScript)
 	h.route("GET /files/{mac}/{profile}/{file}", KindOther, h.serveMachineFile)
 	h.route("GET /images/{profile}/{file}", KindOther, h.serveFile)
 	h.route("GET /ipxe/{file}", KindIPXE, h.serveIPXE)
@@ -184,10 +185,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// route registers a handler that counts and logs its requests, and returns it. A handler may
-// change the kind (for files) through the recorder.
-func (h *Handler) route(pattern, kind string, f http.HandlerFunc) http.HandlerFunc {
-	var ok200 atomic.Pointer[prometheus.Counter] // the route's kind with 200, resolved at its first use
+// route registers a handler that counts and logs its requests. A handler may change the kind (for
+// files) through the recorder.
+func (h *Handler) route(pattern, kind string, f http.HandlerFunc) {
+	h.routeOK(pattern, kind, f)
+}
+
+// okCounter is a kind's counter of 200s, resolved at its first use (the series appears then).
+type okCounter struct {
+	vec  *prometheus.CounterVec
+	kind string
+	c    atomic.Pointer[prometheus.Counter]
+}
+
+func (o *okCounter) inc() {
+	c := o.c.Load()
+	if c == nil {
+		c = new(prometheus.Counter)
+		*c = o.vec.WithLabelValues(o.kind, "200")
+		o.c.Store(c)
+	}
+	(*c).Inc()
+}
+
+// routeOK is route, returning the wrapped handler and its counter of 200s.
+func (h *Handler) routeOK(pattern, kind string, f http.HandlerFunc) (http.HandlerFunc, *okCounter) {
+	ok200 := &okCounter{vec: h.requests, kind: kind}
 	wrapped := func(w http.ResponseWriter, r *http.Request) {
 		debug := h.log.Enabled(r.Context(), slog.LevelDebug)
 		var start time.Time
@@ -201,13 +224,7 @@ func (h *Handler) route(pattern, kind string, f http.HandlerFunc) http.HandlerFu
 			code = http.StatusOK
 		}
 		if code == http.StatusOK && rec.kind == kind {
-			c := ok200.Load()
-			if c == nil {
-				c = new(prometheus.Counter)
-				*c = h.requests.WithLabelValues(kind, "200")
-				ok200.Store(c)
-			}
-			(*c).Inc()
+			ok200.inc()
 		} else {
 			h.requests.WithLabelValues(rec.kind, codeLabel(code)).Inc()
 		}
@@ -218,7 +235,7 @@ func (h *Handler) route(pattern, kind string, f http.HandlerFunc) http.HandlerFu
 		}
 	}
 	h.mux.HandleFunc(pattern, wrapped)
-	return wrapped
+	return wrapped, ok200
 }
 
 func codeLabel(code int) string {

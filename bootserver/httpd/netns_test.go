@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/netlab"
 )
 
@@ -38,14 +39,18 @@ func newLab(t testing.TB) *lab {
 	return l
 }
 
-// serve runs h on addr inside the server namespace until the test ends.
-func (l *lab) serve(t testing.TB, h http.Handler, port string) {
+// serve runs h on addr inside the server namespace until the test ends, as bootserver/server
+// does: script requests on httpfast's fast path, the rest with net/http.
+func (l *lab) serve(t testing.TB, h *Handler, port string) {
 	t.Helper()
 	var ln net.Listener
 	if err := l.server.Do(func() (err error) { ln, err = net.Listen("tcp", l.serverIP+":"+port); return err }); err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv, err := httpfast.New(httpfast.Config{HTTP: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}, Fast: h})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go srv.Serve(ln)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -3,6 +3,7 @@ package httpd
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootstatus"
@@ -22,7 +24,7 @@ func (h *Handler) machineOf(r *http.Request, raw string) (mac string, a inventor
 	if err != nil {
 		return "", a, false, err
 	}
-	a, boots = h.cfg.Inventory.Lookup(mac, h.uuidOf(r, mac))
+	a, boots = h.cfg.Inventory.Lookup(mac, h.uuidOf(r.URL.RawQuery, mac))
 	return mac, a, boots, nil
 }
 
@@ -114,36 +116,92 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr := w.Header()
 	hdr["Content-Type"], hdr["Cache-Control"] = scriptContentType, scriptCacheControl
-	key := scriptKey{mac: mac, uuid: h.uuidOf(r, mac)}
-	rs := h.scripts.get(key)
-	if rs == nil {
-		if rs, err = h.renderScript(key); err != nil {
-			h.log.Error("cannot render a cmdline", "mac", mac, "err", err)
-			start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: time.Now()}, Source: status.SourceHTTP, StartsBoot: true}
-			h.cfg.Status.Record(mac, start)
-			h.cfg.Status.SetIdentity(mac, rs.identity.NodeName, rs.identity.Profile, rs.identity.Known)
-			h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateError, "", err.Error()))
-			http.Error(w, "cannot render this machine's kernel command line: see the boot server's log", http.StatusInternalServerError)
-			return
-		}
-		h.scripts.put(key, rs)
+	key := scriptKey{mac: mac, uuid: h.uuidOf(r.URL.RawQuery, mac)}
+	rs, err := h.cachedScript(key)
+	if err != nil {
+		h.log.Error("cannot render a cmdline", "mac", mac, "err", err)
+		start := status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: time.Now()}, Source: status.SourceHTTP, StartsBoot: true}
+		h.cfg.Status.Record(mac, start)
+		h.cfg.Status.SetIdentity(mac, rs.identity.NodeName, rs.identity.Profile, rs.identity.Known)
+		h.cfg.Status.Record(mac, phaseEvent(status.PhaseScript, bootstatus.StateError, "", err.Error()))
+		http.Error(w, "cannot render this machine's kernel command line: see the boot server's log", http.StatusInternalServerError)
+		return
 	}
+	boot := h.recordScript(mac, rs, r.RemoteAddr)
+	_, _ = w.Write(rs.body)
+	if rs.boots && h.cfg.MintAhead {
+		h.mintAhead(mac, rs.identity.NodeName, boot)
+	}
+}
+
+// scriptHeader is a script response's header lines for httpfast: those serveScript sets, in
+// net/http's (sorted) order.
+var scriptHeader = []byte("Cache-Control: " + scriptCacheControl[0] + "\r\nContent-Type: " + scriptContentType[0] + "\r\n")
+
+// ServeFast implements httpfast.Handler: it answers GET and HEAD /boot/<mac>.ipxe as ServeHTTP does
+// when the answer is the script (a 200), with the same recording, metrics and logs. Everything else
+// it declines, before doing anything, and net/http serves it: other paths, a path ServeHTTP would
+// not dispatch directly, a MAC that does not parse (400), a cmdline that does not render (500).
+func (h *Handler) ServeFast(r *httpfast.Request) (httpfast.Response, bool) {
+	seg, ok := strings.CutPrefix(r.Path, "/boot/")
+	if !ok || seg == "" || seg == "." || seg == ".." || strings.IndexByte(seg, '/') >= 0 {
+		return httpfast.Response{}, false
+	}
+	raw, ok := strings.CutSuffix(seg, ".ipxe")
+	if !ok {
+		return httpfast.Response{}, false
+	}
+	mac, err := canonicalMAC(raw)
+	if err != nil {
+		return httpfast.Response{}, false
+	}
+	rs, err := h.cachedScript(scriptKey{mac: mac, uuid: h.uuidOf(r.RawQuery, mac)})
+	if err != nil {
+		return httpfast.Response{}, false
+	}
+	debug := h.log.Enabled(context.Background(), slog.LevelDebug)
+	var start time.Time
+	if debug {
+		start = time.Now()
+	}
+	boot := h.recordScript(mac, rs, r.RemoteAddr)
+	if rs.boots && h.cfg.MintAhead {
+		h.mintAhead(mac, rs.identity.NodeName, boot)
+	}
+	h.scriptOK.inc()
+	if debug {
+		h.log.Debug("http", "method", r.Method, "path", r.Path, "remote", r.RemoteAddr,
+			"kind", KindScript, "code", http.StatusOK, "bytes", len(rs.body), "seconds", time.Since(start).Seconds())
+	}
+	return httpfast.Response{Header: scriptHeader, Body: rs.body}, true
+}
+
+// cachedScript returns the script of the machine at k, rendering and caching it if needed. On a
+// cmdline error it returns the (uncached) partial result with the machine's identity.
+func (h *Handler) cachedScript(k scriptKey) (*renderedScript, error) {
+	if rs := h.scripts.get(k); rs != nil {
+		return rs, nil
+	}
+	rs, err := h.renderScript(k)
+	if err == nil {
+		h.scripts.put(k, rs)
+	}
+	return rs, err
+}
+
+// recordScript records that mac fetched its script rs and returns the boot it starts.
+func (h *Handler) recordScript(mac string, rs *renderedScript, remote string) int {
 	now := time.Now()
 	evs := [2]status.Event{{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateStart, Time: now}, Source: status.SourceHTTP, StartsBoot: true}}
 	if !rs.boots {
 		evs[0].State, evs[0].Error = bootstatus.StateError, "not in the inventory and no profile for unknown machines"
 		h.cfg.Status.RecordAs(mac, nil, evs[:1]...)
-		h.log.Info("unknown machine asked for a script", "mac", mac, "remote", r.RemoteAddr)
-		_, _ = w.Write(rs.body)
-		return
+		h.log.Info("unknown machine asked for a script", "mac", mac, "remote", remote)
+		return 0
 	}
 	// The phase is the request (rendering takes microseconds): done carries the start's time.
 	evs[1] = status.Event{Event: bootstatus.Event{Phase: status.PhaseScript, State: bootstatus.StateDone, Detail: rs.detail, Time: now}, Source: status.SourceHTTP}
-	boot := h.cfg.Status.RecordAs(mac, &rs.identity, evs[:]...)
-	_, _ = w.Write(rs.body)
-	if h.cfg.MintAhead {
-		h.mintAhead(mac, rs.identity.NodeName, boot)
-	}
+	return h.cfg.Status.RecordAs(mac, &rs.identity, evs[:]...)
 }
 
 // mintAhead mints mac's token for this boot in the background, unless maxMintAhead mints are under
@@ -166,10 +224,11 @@ func (h *Handler) mintAhead(mac, node string, boot int) {
 }
 
 // uuidOf is the SMBIOS UUID a lookup of mac uses: ?uuid= or the one seen in DHCP.
-func (h *Handler) uuidOf(r *http.Request, mac string) string {
+func (h *Handler) uuidOf(rawQuery, mac string) string {
 	uuid := ""
-	if r.URL.RawQuery != "" {
-		uuid = r.URL.Query().Get("uuid")
+	if rawQuery != "" {
+		q, _ := url.ParseQuery(rawQuery) // as net/http's URL.Query: what parses counts
+		uuid = q.Get("uuid")
 	}
 	if uuid == "" && h.cfg.UUIDOf != nil {
 		uuid = h.cfg.UUIDOf(mac)

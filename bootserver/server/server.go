@@ -26,6 +26,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
+	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
@@ -270,10 +271,19 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	// Script requests are answered on httpfast's fast path; every other connection goes to hs.
 	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	fs, err := httpfast.New(httpfast.Config{HTTP: hs, Fast: s.http, Registerer: s.reg})
+	if err != nil {
+		ln.Close()
+		if tftpConn != nil {
+			tftpConn.Close()
+		}
+		return fmt.Errorf("http: %w", err)
+	}
 	g.Go(func() error {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := fs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil
@@ -282,7 +292,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return hs.Shutdown(sctx)
+		return fs.Shutdown(sctx)
 	})
 	if s.tftp != nil {
 		g.Go(func() error { return s.tftp.ServeConn(ctx, tftpConn) })

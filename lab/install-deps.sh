@@ -9,6 +9,7 @@ pkgs=(
   isc-dhcp-client busybox            # real DHCP clients for the boot server tests
   atftp                              # a real TFTP client
   dnsmasq-base nginx-light           # reference servers for the benchmarks, run inside namespaces only
+  nghttp2-client                     # h2load, the HTTP benchmark client
   qemu-system-x86 ipxe-qemu ipxe ovmf linux-image-amd64   # the PXE lab
   squashfs-tools debootstrap cpio zstd xz-utils           # images
   openssl curl ca-certificates

@@ -1,9 +1,9 @@
 package httpd
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -27,7 +25,7 @@ const (
 	benchBigRounds = 3
 	benchWorkers   = 8
 	// Interleaved runs of each client against each server; the best of each counts.
-	benchSmallRuns = 5
+	benchSmallRuns = 9
 	benchBigRuns   = 5
 )
 
@@ -123,8 +121,7 @@ func benchClient() int {
 		return 1
 	}
 	paths := strings.Fields(string(data))
-	c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: benchWorkers * 2, DisableCompression: true}}
-	d, n, err := fetchAll(c, os.Getenv("PXEJOIN_BENCH_BASE"), paths)
+	d, n, err := fetchH2load(os.Getenv("PXEJOIN_BENCH_BASE"), paths)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -139,7 +136,11 @@ func runClient(b *testing.B, ns *netlab.NS, base, pathsFile string) time.Duratio
 	cmd := ns.Command("env", benchClientEnv+"=1", "PXEJOIN_BENCH_BASE="+base, "PXEJOIN_BENCH_PATHS="+pathsFile, os.Args[0])
 	out, err := cmd.Output()
 	if err != nil {
-		b.Fatalf("benchmark client against %s: %v", base, err)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		b.Fatalf("benchmark client against %s: %v: %s", base, err, stderr)
 	}
 	var ns64, n int64
 	if _, err := fmt.Sscan(string(out), &ns64, &n); err != nil {
@@ -148,46 +149,68 @@ func runClient(b *testing.B, ns *netlab.NS, base, pathsFile string) time.Duratio
 	return time.Duration(ns64)
 }
 
-// fetchAll GETs every path with benchWorkers clients and returns the elapsed time and bytes.
-func fetchAll(c *http.Client, base string, paths []string) (time.Duration, int64, error) {
-	var next, total atomic.Int64
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	start := time.Now()
+// fetchH2load GETs every path once with benchWorkers h2load processes (nghttp2's load generator,
+// written in C), each one connection fetching its own share of the paths, all started together,
+// and returns the time until the last one is done and the bytes of the bodies.
+func fetchH2load(base string, paths []string) (time.Duration, int64, error) {
+	dir, err := os.MkdirTemp("", "h2load")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	var cmds []*exec.Cmd
+	var outs []*bytes.Buffer
 	for w := 0; w < benchWorkers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(paths) {
-					return
-				}
-				resp, err := c.Get(base + paths[i])
-				if err != nil {
-					failed.Store(err.Error())
-					return
-				}
-				n, _ := io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					failed.Store(fmt.Sprintf("%s: %s", paths[i], resp.Status))
-					return
-				}
-				total.Add(n)
+		var uris []string
+		for i := w; i < len(paths); i += benchWorkers {
+			uris = append(uris, base+paths[i])
+		}
+		if len(uris) == 0 {
+			break
+		}
+		f := filepath.Join(dir, fmt.Sprint(w))
+		if err := os.WriteFile(f, []byte(strings.Join(uris, "\n")), 0o644); err != nil {
+			return 0, 0, err
+		}
+		cmd := exec.Command("h2load", "--h1", "-c1", "-m1", "-n", fmt.Sprint(len(uris)), "-i", f)
+		out := &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		cmds, outs = append(cmds, cmd), append(outs, out)
+	}
+	start := time.Now()
+	for _, c := range cmds {
+		if err := c.Start(); err != nil {
+			return 0, 0, err
+		}
+	}
+	var total int64
+	var firstErr error
+	for i, c := range cmds {
+		err := c.Wait()
+		var reqs, started, done, ok int
+		var body int64
+		o := outs[i].String()
+		if at := strings.Index(o, "requests: "); at >= 0 {
+			fmt.Sscanf(o[at:], "requests: %d total, %d started, %d done, %d succeeded", &reqs, &started, &done, &ok)
+		}
+		if at := strings.Index(o, "traffic: "); at >= 0 {
+			if j := strings.Index(o[at:], "data"); j >= 0 {
+				k := strings.LastIndex(o[at:at+j], "(")
+				fmt.Sscanf(o[at+k+1:], "%d)", &body)
 			}
-		}()
+		}
+		if (err != nil || ok != reqs || reqs == 0) && firstErr == nil {
+			firstErr = fmt.Errorf("h2load: %v: %s", err, o)
+		}
+		total += body
 	}
-	wg.Wait()
-	if f := failed.Load(); f != nil {
-		return 0, 0, fmt.Errorf("fetch: %v", f)
-	}
-	return time.Since(start), total.Load(), nil
+	return time.Since(start), total, firstErr
 }
 
 // BenchmarkHTTPVsNginx serves one 60 MB file and 10,000 per-machine iPXE scripts from this package
-// and from nginx (the same bytes as static files), both inside one namespace, fetched by the same Go
-// client from another namespace over veth. It reports throughput and the ratio ours/nginx (≥ 1 means
+// and from nginx (the same bytes as static files), both inside one namespace, fetched by the same client
+// from another namespace over veth: h2load (nghttp2's HTTP load generator, in C), so that the
+// client's own work takes little of the two cores and the figures are the servers'. It reports throughput and the ratio ours/nginx (≥ 1 means
 // we are at least as fast). The client is a separate process (this test binary, see TestMain).
 // Runs are interleaved, each server going first every other round, and the best of each counts,
 // so that a burst of load on the shared machine hits both servers. Our timelines' write to disk (done in the background every second) is done

@@ -26,7 +26,7 @@ const (
 	benchWorkers   = 8
 	// Interleaved runs of each client against each server; the best of each counts.
 	benchSmallRuns = 9
-	benchBigRuns   = 5
+	benchBigRuns   = 9
 )
 
 // startNginx runs Debian's nginx (nginx-light) inside ns with its own prefix, config and logs in

@@ -5,7 +5,6 @@
 package status
 
 import (
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"sort"
@@ -48,8 +47,6 @@ const (
 	// DefaultMaxMachines bounds the timelines kept (unknown MACs could otherwise fill memory).
 	DefaultMaxMachines = 65536
 )
-
-var bucket = []byte("timelines")
 
 // Event is one phase transition to record.
 type Event struct {
@@ -117,6 +114,7 @@ type Store struct {
 	// flushMu serializes the writes (flush, RecordSync); flushBuf is flush's encoding buffer.
 	flushMu  sync.Mutex
 	flushBuf []byte
+	log      logState // under flushMu (persist.go)
 }
 
 // Open loads the timelines kept in db and starts the background writer; Close stops it.
@@ -132,20 +130,7 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	}
 	s := &Store{db: db, opts: opts, m: map[string]*Machine{}, dirty: map[string]bool{},
 		observers: map[[2]string]prometheus.Observer{}, stop: make(chan struct{}), done: make(chan struct{})}
-	err := db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var m Machine
-			if err := json.Unmarshal(v, &m); err != nil {
-				return fmt.Errorf("timeline of %s: %w", k, err)
-			}
-			s.m[string(k)] = &m
-			return nil
-		})
-	})
+	err := db.Update(s.load)
 	if err != nil {
 		return nil, fmt.Errorf("status: cannot load the timelines: %w", err)
 	}
@@ -196,14 +181,14 @@ func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
 	var data []byte
 	var err error
 	if m != nil {
-		data, err = marshalMachine(nil, m)
+		data, err = appendRecord(nil, mac, m)
 		delete(s.dirty, mac)
 	}
 	s.mu.Unlock()
 	if m == nil || err != nil {
 		return boot, err
 	}
-	return boot, s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(mac), data) })
+	return boot, s.commitLog(data, false)
 }
 
 // Identity is what the inventory says of a machine.
@@ -394,26 +379,33 @@ func (s *Store) Flush() error { return s.flush() }
 // events wait for one chunk (well under a millisecond), not for the whole batch.
 const flushChunk = 256
 
-// flush writes every dirty timeline in one transaction, in key order (bbolt's cheapest). Flushes
-// and RecordSync's writes run one at a time, so that none overwrites a newer timeline with an
-// older one; flushes share one buffer.
+// flush writes every dirty timeline (every timeline when the log is due for compaction) in one
+// transaction. Flushes and RecordSync's writes run one at a time, so that none overwrites a newer
+// timeline with an older one; flushes share one buffer.
 func (s *Store) flush() error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
+	compact := s.log.due()
 	s.mu.Lock()
-	if len(s.dirty) == 0 {
+	if len(s.dirty) == 0 && !compact {
 		s.mu.Unlock()
 		return nil
 	}
-	macs := make([]string, 0, len(s.dirty))
-	for mac := range s.dirty {
-		macs = append(macs, mac)
+	var macs []string
+	if compact {
+		macs = make([]string, 0, len(s.m))
+		for mac := range s.m {
+			macs = append(macs, mac)
+		}
+	} else {
+		macs = make([]string, 0, len(s.dirty))
+		for mac := range s.dirty {
+			macs = append(macs, mac)
+		}
 	}
 	clear(s.dirty) // keeps its room for the next batch
 	s.mu.Unlock()
-	sort.Strings(macs)
 	// A machine changed after the clear is encoded as it is now and written again next time.
-	vals := make([][]byte, len(macs))
 	buf := s.flushBuf[:0]
 	defer func() {
 		if cap(buf) <= 64<<20 { // keep the room of a usual batch, not that of a huge one
@@ -422,34 +414,27 @@ func (s *Store) flush() error {
 	}()
 	for i := 0; i < len(macs); i += flushChunk {
 		s.mu.Lock()
-		for j := i; j < min(i+flushChunk, len(macs)); j++ {
-			m := s.m[macs[j]]
-			if m == nil {
-				continue
+		for _, mac := range macs[i:min(i+flushChunk, len(macs))] {
+			if m := s.m[mac]; m != nil {
+				buf, _ = appendRecord(buf, mac, m) // a timeline that does not encode is left out
 			}
-			n := len(buf)
-			b, err := marshalMachine(buf, m)
-			if err != nil {
-				buf = b[:n]
-				continue
-			}
-			buf = b
-			vals[j] = buf[n:len(buf):len(buf)] // later appends never touch it, even in place
 		}
 		s.mu.Unlock()
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		for i, mac := range macs {
-			if vals[i] == nil {
-				continue
-			}
-			if err := b.Put([]byte(mac), vals[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+	return s.commitLog(buf, compact)
+}
+
+// commitLog writes recs to the log in a transaction of its own. Called with flushMu held.
+func (s *Store) commitLog(recs []byte, compact bool) error {
+	var st logState
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		st, err = s.writeLog(tx, recs, compact)
+		return err
 	})
+	if err == nil {
+		s.log = st
+	}
+	return err
 }
 
 var tokenRE = regexp.MustCompile(`[a-z0-9]{6}\.[a-z0-9]{16}`)

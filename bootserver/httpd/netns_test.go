@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/netlab"
@@ -20,6 +22,7 @@ import (
 type lab struct {
 	server, client *netlab.NS
 	serverIP       string
+	fastMetrics    *prometheus.Registry // httpfast's hand-off counts, of every server serve started
 }
 
 var labNet = 0
@@ -34,7 +37,7 @@ func newLab(t testing.TB) *lab {
 	}
 	labNet++
 	subnet := "10.80." + itoa(labNet) + "."
-	l := &lab{server: netlab.New(t, "bshs"), client: netlab.New(t, "bshc"), serverIP: subnet + "1"}
+	l := &lab{server: netlab.New(t, "bshs"), client: netlab.New(t, "bshc"), serverIP: subnet + "1", fastMetrics: prometheus.NewRegistry()}
 	netlab.Veth(t, l.server, "eth0", subnet+"1/24", l.client, "eth0", subnet+"2/24")
 	return l
 }
@@ -47,7 +50,8 @@ func (l *lab) serve(t testing.TB, h *Handler, port string) {
 	if err := l.server.Do(func() (err error) { ln, err = net.Listen("tcp", l.serverIP+":"+port); return err }); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := httpfast.New(httpfast.Config{HTTP: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}, Fast: h})
+	srv, err := httpfast.New(httpfast.Config{HTTP: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute},
+		Fast: h, Registerer: l.fastMetrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +61,22 @@ func (l *lab) serve(t testing.TB, h *Handler, port string) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	})
+}
+
+// handoffs is how many connections the fast path has handed to net/http so far.
+func (l *lab) handoffs(t testing.TB) float64 {
+	t.Helper()
+	mfs, err := l.fastMetrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0.0
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			n += m.GetCounter().GetValue()
+		}
+	}
+	return n
 }
 
 // TestCurlFromClientNamespace fetches a script, a byte range of the kernel and the whole kernel

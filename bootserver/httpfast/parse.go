@@ -39,7 +39,7 @@ func (v verdict) reason() string {
 type request struct {
 	head     bool   // HEAD, else GET
 	minor    byte   // HTTP/1.<minor>: 0 or 1
-	path     []byte // the target up to '?': starts with '/', no '%', '#' or control bytes
+	path     []byte // the target up to '?', escapes decoded as in net/http's URL.Path; starts with /
 	query    []byte // after '?', nil if none
 	close    bool   // the connection ends after the response
 	keep10   bool   // HTTP/1.0 with Connection: keep-alive (answered with Connection: keep-alive)
@@ -180,9 +180,46 @@ func parseRequestLine(line []byte, req *request) verdict {
 		req.path, req.query = target[:q], target[q+1:]
 	}
 	if bytes.IndexByte(req.path, '%') >= 0 {
-		return unusual // net/http unescapes it; the fast path serves only paths that need none
+		// iPXE escapes ':' in paths (it escapes "#:@?" in its URI_PATH field), so a MAC address
+		// arrives as 52%3A54%3A…: decoded here as net/url decodes URL.Path. A bad escape goes to
+		// net/http, which answers 400.
+		p, ok := unescapePath(req.path)
+		if !ok {
+			return unusual
+		}
+		req.path = p
 	}
 	return complete
+}
+
+// unescapePath decodes the %XX escapes of a path into a new slice; false if one is not two hex
+// digits (net/url refuses those too).
+func unescapePath(b []byte) ([]byte, bool) {
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		if b[i] != '%' {
+			out = append(out, b[i])
+			continue
+		}
+		if i+2 >= len(b) || unhex(b[i+1]) < 0 || unhex(b[i+2]) < 0 {
+			return nil, false
+		}
+		out = append(out, byte(unhex(b[i+1])<<4|unhex(b[i+2])))
+		i += 2
+	}
+	return out, true
+}
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c - 'a' + 10)
+	case 'A' <= c && c <= 'F':
+		return int(c - 'A' + 10)
+	}
+	return -1
 }
 
 // cutLine cuts b at its first CRLF. A bare LF (or CR) is not a line end here.

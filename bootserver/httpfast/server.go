@@ -4,8 +4,8 @@
 // (header maps, contexts, response writers, buffers) costs more than the answer.
 //
 // Every connection starts on the fast path, which reads it into a buffer of its own. While the
-// requests on it are simple (GET or HEAD, HTTP/1.0 or 1.1, origin-form target with an unescaped
-// path, no body, no Expect or Upgrade, CRLF line ends, a header block that fits in the buffer) and
+// requests on it are simple (GET or HEAD, HTTP/1.0 or 1.1, origin-form target whose escapes
+// are valid, no body, no Expect or Upgrade, CRLF line ends, a header block that fits in the buffer) and
 // the Handler answers them, they are answered here, with keep-alive as RFC 9112 (and net/http)
 // has it. The first request that is anything else—another path or method, anything unusual, or
 // anything malformed—hands the connection, with the bytes already read, to the http.Server, which
@@ -40,8 +40,8 @@ import (
 type Request struct {
 	// Method is "GET" or "HEAD".
 	Method string
-	// Path is the target's path: it starts with '/' and holds no '%', so it is what net/http's
-	// URL.Path would be (not cleaned: "/a/../b" stays as it is).
+	// Path is the target's path with its percent-escapes decoded: it starts with '/' and is what
+	// net/http's URL.Path would be (not cleaned: "/a/../b" stays as it is).
 	Path string
 	// RawQuery is the target after '?', without it ("" if none), as net/http's URL.RawQuery.
 	RawQuery string

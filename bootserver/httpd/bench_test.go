@@ -22,7 +22,7 @@ import (
 const (
 	benchMachines  = 10000
 	benchBigSize   = 60 << 20
-	benchBigRounds = 3
+	benchBigRounds = 6
 	benchWorkers   = 8
 	// Interleaved runs of each client against each server; the best of each counts.
 	benchSmallRuns = 9

@@ -1,6 +1,9 @@
 package httpfast
 
-import "bytes"
+import (
+	"bytes"
+	"net/url"
+)
 
 // verdict is what the parser makes of the bytes at the start of a connection's buffer.
 type verdict int
@@ -192,34 +195,11 @@ func parseRequestLine(line []byte, req *request) verdict {
 	return complete
 }
 
-// unescapePath decodes the %XX escapes of a path into a new slice; false if one is not two hex
-// digits (net/url refuses those too).
+// unescapePath decodes the %XX escapes of a path as net/url does for URL.Path; false if one is
+// not two hex digits (net/url refuses those).
 func unescapePath(b []byte) ([]byte, bool) {
-	out := make([]byte, 0, len(b))
-	for i := 0; i < len(b); i++ {
-		if b[i] != '%' {
-			out = append(out, b[i])
-			continue
-		}
-		if i+2 >= len(b) || unhex(b[i+1]) < 0 || unhex(b[i+2]) < 0 {
-			return nil, false
-		}
-		out = append(out, byte(unhex(b[i+1])<<4|unhex(b[i+2])))
-		i += 2
-	}
-	return out, true
-}
-
-func unhex(c byte) int {
-	switch {
-	case '0' <= c && c <= '9':
-		return int(c - '0')
-	case 'a' <= c && c <= 'f':
-		return int(c - 'a' + 10)
-	case 'A' <= c && c <= 'F':
-		return int(c - 'A' + 10)
-	}
-	return -1
+	p, err := url.PathUnescape(string(b))
+	return []byte(p), err == nil
 }
 
 // cutLine cuts b at its first CRLF. A bare LF (or CR) is not a line end here.

@@ -13,7 +13,8 @@ import (
 // Group commit, leader and followers: a writer queues its op and, when no commit is running, becomes
 // the committer itself: it takes everything queued (its own op first among them), appends it to the
 // log with one durable write, applies it to the index and wakes the writers it carried. Writers that
-// queue while a commit runs wait; when it ends one of them commits the next group. A lone writer thus
+// queue while a commit runs wait; when it ends the committer goes on with the next group (at most
+// maxExtraGroups of them), then one of the waiting writers takes over. A lone writer thus
 // writes in its own goroutine, with no hand-off to another goroutine and back on the path of each
 // ACK, and concurrent writers still share one durable write per group.
 
@@ -31,9 +32,20 @@ func (s *Store) submit(o *op) error {
 			continue
 		}
 		s.lead()
+		// Writers that queued during that commit would wait for one of them to wake up and take
+		// over; going on at once saves that wake-up on the path of their ACKs. Bounded, since it
+		// delays this writer's own return. (DORA at concurrency 64: 13.8–14.7k/s with it, 10.8–13.7k
+		// without, in interleaved runs.)
+		for extra := 0; extra < maxExtraGroups && len(s.queue) > 0; extra++ {
+			s.lead()
+		}
 	}
 	return o.err
 }
+
+// maxExtraGroups is how many groups a committer commits after its own before leaving the queue to
+// the writers in it.
+const maxExtraGroups = 2
 
 // lead commits one group. Called with qmu held and no commit running; returns with qmu held.
 func (s *Store) lead() {

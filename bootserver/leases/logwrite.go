@@ -78,6 +78,9 @@ func openDirectLog(path string) *os.File {
 	return f
 }
 
+// DirectIO reports whether the log is appended with O_DIRECT|O_DSYNC (else write and fdatasync).
+func (s *Store) DirectIO() bool { return s.logs[0].direct != nil && s.logs[1].direct != nil }
+
 func (lf *logFile) close() error {
 	if lf.direct != nil {
 		lf.direct.Close()

@@ -130,3 +130,21 @@ func BenchmarkDurableWrite(b *testing.B) {
 		})
 	}
 }
+
+// TestDirectIO: a store on a disk file system appends with O_DIRECT, one told not to does not.
+func TestDirectIO(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		cfg := quiet
+		cfg.buffered = buffered
+		s := openTuned(t, filepath.Join(diskDir(t), "leases.db"), cfg)
+		if got := s.DirectIO(); got == buffered {
+			t.Errorf("buffered %v: DirectIO() = %v", buffered, got)
+		}
+		if err := s.Commit(lease(1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

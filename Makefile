@@ -30,7 +30,7 @@ vet:
 # run of every fuzz target.
 test: deps k8s vet build
 	$(GO) test -count=1 -timeout 40m ./...
-	lab/fuzz.sh 5s
+	lab/fuzz.sh 20000x
 	VAGRANT_DOTFILE_PATH=$$(mktemp -d) vagrant validate
 
 # Every VM case: BIOS, UEFI with the iPXE ROM, UEFI native PXE, wrong CA pin, boot server restart.

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -52,6 +53,7 @@ func Create(prefix string) (*NS, error) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("netlab: iproute2's ip is missing: run make deps")
 	}
+	sweepStale(prefix)
 	name := fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), seq.Add(1))
 	if len(name) > 60 {
 		return nil, fmt.Errorf("netlab: namespace name %q too long", name)
@@ -65,6 +67,46 @@ func Create(prefix string) (*NS, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+var swept sync.Map
+
+// sweepStale deletes, once per prefix and process, the namespaces named prefix-<pid>-<n> whose
+// process is gone: a test or lab killed before its cleanup (kill -9, a CI time limit, the end of a
+// session) leaves its namespace behind, and the next run removes it. A namespace whose pid is alive
+// is never touched, nor one named otherwise.
+func sweepStale(prefix string) {
+	if _, done := swept.LoadOrStore(prefix, true); done {
+		return
+	}
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		pid, ok := staleOwner(prefix, e.Name())
+		if !ok || pid == os.Getpid() || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue
+		}
+		(&NS{Name: e.Name()}).Delete()
+	}
+}
+
+// staleOwner parses name as prefix-<pid>-<n> and returns the pid.
+func staleOwner(prefix, name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, prefix+"-")
+	if !ok {
+		return 0, false
+	}
+	p, n, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(p)
+	if err != nil || pid <= 0 || strconv.Itoa(pid) != p {
+		return 0, false
+	}
+	if k, err := strconv.Atoi(n); err != nil || k <= 0 || strconv.Itoa(k) != n {
+		return 0, false
+	}
+	return pid, true
 }
 
 // Delete kills every process left in the namespace and removes it.

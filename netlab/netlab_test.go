@@ -1,7 +1,10 @@
 package netlab
 
 import (
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,3 +51,53 @@ func TestVethAndDo(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestStaleOwner(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pid  int
+		ok   bool
+	}{
+		{"pxe-123-1", 123, true},
+		{"pxe-123-45", 123, true},
+		{"pxelab-123-1", 0, false},
+		{"pxe-123", 0, false},
+		{"pxe-0123-1", 0, false},
+		{"pxe-123-0", 0, false},
+		{"pxe-123-1-2", 0, false},
+		{"pxe--1-1", 0, false},
+		{"other", 0, false},
+	} {
+		pid, ok := staleOwner("pxe", tc.name)
+		if pid != tc.pid || ok != tc.ok {
+			t.Errorf("staleOwner(pxe, %q) = %d, %v; want %d, %v", tc.name, pid, ok, tc.pid, tc.ok)
+		}
+	}
+}
+
+// TestSweepStale leaves a namespace as a killed test would, and one owned by a live process, and
+// checks that the next Create removes only the first.
+func TestSweepStale(t *testing.T) {
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("nltS-%d-1", dead.Process.Pid)
+	live := "nltS-1-1" // pid 1 is always alive
+	for _, name := range []string{stale, live} {
+		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		(&NS{Name: stale}).Delete()
+		(&NS{Name: live}).Delete()
+	})
+	New(t, "nltS")
+	if _, err := os.Stat("/run/netns/" + stale); !os.IsNotExist(err) {
+		t.Errorf("namespace %s of a dead process is still there (stat: %v)", stale, err)
+	}
+	if _, err := os.Stat("/run/netns/" + live); err != nil {
+		t.Errorf("namespace %s of a live process was removed: %v", live, err)
+	}
+}

@@ -1,7 +1,6 @@
 package httpd
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 )
 
 // stubTokens hands out fixed-shape tokens per (mac, boot); the real minting is tested against a
@@ -54,22 +54,10 @@ type fixture struct {
 	dir    string
 	kernel []byte
 	tokens *stubTokens
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 	reg    *prometheus.Registry
 	store  *status.Store
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // newFixture builds a handler over a temp dir with a kernel of kernelSize random bytes, two
 // initrds, a profile "worker" for known machines and, if unknown, "worker" for unknown ones too.
@@ -116,7 +104,7 @@ func newFixtureLevel(t testing.TB, level slog.Level, serverURL string, kernelSiz
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close(); db.Close() })
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	tok := &stubTokens{}
 	h, err := New(Config{
 		Inventory: inv, Status: st, Tokens: tok, ServerURL: serverURL,

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +28,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/netlab"
 )
 
@@ -78,18 +77,6 @@ func needControlPlane(t *testing.T) {
 	}
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *logBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // TestEndToEnd runs the whole server (full DHCP, TFTP, HTTP, token watch) in a namespace against the
 // real control plane; a client namespace fetches its script, the iPXE binary over TFTP and its join
 // file with curl; the token authenticates, a CSR made with it is issued, and the server then
@@ -126,7 +113,7 @@ machines:
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &logbuf.Buffer{}
 	ready := make(chan struct{})
 	srv, err := New(Options{
 		Config:  cfg,

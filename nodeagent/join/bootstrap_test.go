@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/nodeagent/join"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
@@ -56,7 +57,7 @@ func TestManualApprovalAndKeyReuse(t *testing.T) {
 	rootfs := t.TempDir()
 	cfg := writeConfig(t, tok, "manual-1", cp.CAPin(), "tlsBootstrap: 6s")
 
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctx, out, "join", "--config", cfg, "--rootfs", rootfs); code == 0 {
 		t.Fatal("joined although nothing approves CSRs")
 	}
@@ -75,7 +76,7 @@ func TestManualApprovalAndKeyReuse(t *testing.T) {
 	}
 
 	approve(t, csrName)
-	out = &syncBuffer{}
+	out = &logbuf.Buffer{}
 	if code := agent(t, ctx, out, "join", "--config", cfg, "--rootfs", rootfs); code != 0 {
 		t.Fatal("re-run after approval failed")
 	}
@@ -92,7 +93,7 @@ func TestManualApprovalAndKeyReuse(t *testing.T) {
 	tok2 := token(t, time.Hour)
 	rootfs2 := t.TempDir()
 	cfg2 := writeConfig(t, tok2, "manual-2", cp.CAPin(), "tlsBootstrap: 90s")
-	out2 := &syncBuffer{}
+	out2 := &logbuf.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- agent(t, ctx, out2, "join", "--config", cfg2, "--rootfs", rootfs2) }()
 	var name string
@@ -140,7 +141,7 @@ func TestExistingNode(t *testing.T) {
 	mk("dup-notready", corev1.ConditionFalse)
 
 	rootfs := t.TempDir()
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctx, out, joinArgs(token(t, time.Hour), "dup-ready", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin())...); code == 0 {
 		t.Fatal("joined over a Ready node")
 	}
@@ -150,7 +151,7 @@ func TestExistingNode(t *testing.T) {
 	assertNoCredentials(t, rootfs)
 
 	rootfs = t.TempDir()
-	out = &syncBuffer{}
+	out = &logbuf.Buffer{}
 	if code := agent(t, ctx, out, joinArgs(token(t, time.Hour), "dup-notready", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin())...); code != 0 {
 		t.Fatal("a NotReady node should be replaced")
 	}
@@ -167,7 +168,7 @@ func TestDryRun(t *testing.T) {
 	}
 	rootfs := t.TempDir()
 	tok := token(t, time.Hour)
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctx, out, joinArgs(tok, "dry-node", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin(), "--dry-run")...); code != 0 {
 		t.Fatal("dry run failed")
 	}
@@ -206,7 +207,7 @@ func TestAPIServerRestart(t *testing.T) {
 		}
 	})
 	rootfs := t.TempDir()
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- agent(t, ctx, out, joinArgs(tok, "restart-node", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin())...)
@@ -255,7 +256,7 @@ func TestFileDiscovery(t *testing.T) {
 	}
 	ctx := ctxT(t, 2*time.Minute)
 	rootfs := t.TempDir()
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctx, out, "join", "--discovery-file", path, "--tls-bootstrap-token", token(t, time.Hour),
 		"--node-name", "file-node", "--rootfs", rootfs, "--skip-phases", "kubelet-start/start"); code != 0 {
 		t.Fatal("file discovery failed")
@@ -303,7 +304,7 @@ func TestConfigFailsAfterCSRSent(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(patches, "kubeletconfiguration.yaml"), []byte("{not: [yaml"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctx, out, joinArgs(tok, "ahead-1", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin(), "--patches", patches)...); code == 0 {
 		t.Fatal("joined with a broken patch")
 	}
@@ -316,7 +317,7 @@ func TestConfigFailsAfterCSRSent(t *testing.T) {
 		t.Fatalf("the key should be kept for a re-run: %v", err)
 	}
 	os.Remove(filepath.Join(patches, "kubeletconfiguration.yaml"))
-	out = &syncBuffer{}
+	out = &logbuf.Buffer{}
 	if code := agent(t, ctx, out, joinArgs(tok, "ahead-1", rootfs, "--discovery-token-ca-cert-hash", cp.CAPin(), "--patches", patches)...); code != 0 {
 		t.Fatalf("re-run failed:\n%s", out.String())
 	}
@@ -336,7 +337,7 @@ func TestRegisterNode(t *testing.T) {
 	cfg.NodeRegistration.Taints = []corev1.Taint{{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}
 	cfg.NodeRegistration.KubeletExtraArgs = []joinconfig.Arg{{Name: "node-labels", Value: "rack=r1,pxejoin.io/pool=a"}}
 	for round := 1; round <= 2; round++ {
-		out := &syncBuffer{}
+		out := &logbuf.Buffer{}
 		if err := join.Run(ctx, cfg, join.Options{Rootfs: t.TempDir(), Out: out, RegisterNode: true}); err != nil {
 			t.Fatalf("round %d: %v\n%s", round, err, out.String())
 		}

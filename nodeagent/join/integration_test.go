@@ -1,7 +1,6 @@
 package join_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/nodeagent/cli"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
@@ -81,21 +80,8 @@ func token(t *testing.T, ttl time.Duration) string {
 	return tok
 }
 
-// syncBuffer is an io.Writer safe for a join running in another goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // agent runs `nodeagent <args>` in-process and returns its output and exit code.
-func agent(t *testing.T, ctx context.Context, out *syncBuffer, args ...string) int {
+func agent(t *testing.T, ctx context.Context, out *logbuf.Buffer, args ...string) int {
 	t.Helper()
 	code := cli.Main(ctx, args, out, out)
 	t.Logf("nodeagent %s → %d\n%s", redactArgs(args), code, out.String())

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/pubkeypin"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	certutil "k8s.io/client-go/util/cert"
@@ -57,7 +58,7 @@ func TestDiscoveryAndJoin(t *testing.T) {
 			}
 			rootfs := t.TempDir()
 			node := fmt.Sprintf("disc-%d", i)
-			out := &syncBuffer{}
+			out := &logbuf.Buffer{}
 			code := agent(t, ctxT(t, 2*time.Minute), out, joinArgs(use, node, rootfs, tc.args(tok)...)...)
 			if (code == 0) != tc.ok {
 				t.Fatalf("exit code %d, want success=%v", code, tc.ok)
@@ -93,7 +94,7 @@ func TestExpiredToken(t *testing.T) {
 	}
 	rootfs := t.TempDir()
 	cfg := writeConfig(t, tok, "expired", cp.CAPin(), "discovery: 4s")
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctx, out, "join", "--config", cfg, "--rootfs", rootfs); code == 0 {
 		t.Fatal("joined with an expired token")
 	}
@@ -139,7 +140,7 @@ func TestConfigFile(t *testing.T) {
 	tok := token(t, time.Hour)
 	rootfs := t.TempDir()
 	cfg := writeConfig(t, tok, "cfg-node", cp.CAPin())
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	if code := agent(t, ctxT(t, 2*time.Minute), out, "join", "--config", cfg, "--rootfs", rootfs); code != 0 {
 		t.Fatal("join --config failed")
 	}
@@ -150,7 +151,7 @@ func TestConfigFile(t *testing.T) {
 			t.Errorf("kubeadm-flags.env lacks %q: %s", want, flags)
 		}
 	}
-	out = &syncBuffer{}
+	out = &logbuf.Buffer{}
 	if code := agent(t, ctxT(t, time.Minute), out, "join", "--config", cfg, "--token", tok); code == 0 || !strings.Contains(out.String(), "can not mix '--config'") {
 		t.Fatal("mixing --config with --token should be refused")
 	}
@@ -158,7 +159,7 @@ func TestConfigFile(t *testing.T) {
 
 // TestControlPlaneRefused: --control-plane fails at once with a clear message.
 func TestControlPlaneRefused(t *testing.T) {
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	code := agent(t, context.Background(), out, "join", "127.0.0.1:1", "--token", "abcdef.0123456789abcdef",
 		"--discovery-token-unsafe-skip-ca-verification", "--control-plane", "--certificate-key", "00ff")
 	if code == 0 || !strings.Contains(out.String(), "control-plane node (--control-plane) is not supported") {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/nodeagent/kubeletstart"
 )
 
@@ -14,7 +15,7 @@ func TestKubeletStartRefusals(t *testing.T) {
 	needCP(t)
 	ctx := ctxT(t, 2*time.Minute)
 	rootfs := t.TempDir()
-	out := &syncBuffer{}
+	out := &logbuf.Buffer{}
 	args := []string{"join", cp.Endpoint(), "--token", token(t, time.Hour), "--node-name", "start-rootfs", "--rootfs", rootfs,
 		"--discovery-token-ca-cert-hash", cp.CAPin(), "--ignore-preflight-errors", "Port-10250,CRI"}
 	if code := agent(t, ctx, out, args...); code == 0 || !strings.Contains(out.String(), "add --skip-phases kubelet-start/start") {
@@ -26,7 +27,7 @@ func TestKubeletStartRefusals(t *testing.T) {
 	if kubeletstart.SystemdRunning() {
 		return // the no-systemd message cannot be seen on a host that runs systemd
 	}
-	out = &syncBuffer{}
+	out = &logbuf.Buffer{}
 	if code := agent(t, ctx, out, "join", "phase", "kubelet-start", "start", "--node-name", "start-host",
 		"--discovery-token-unsafe-skip-ca-verification", "--token", "abcdef.0123456789abcdef", cp.Endpoint()); code == 0 ||
 		!strings.Contains(out.String(), "systemd is not running on this host") {

@@ -41,7 +41,7 @@ type logState struct {
 	seq       uint64 // key of the last value
 	entries   int    // values in the log
 	bytes     int64  // their total size
-	compacted int64  // size of the last compaction (0: none since Open)
+	compacted int64  // size of the last compaction; at Open, of the live records (what one would write)
 	legacy    bool   // the legacy bucket still holds timelines
 }
 
@@ -99,6 +99,7 @@ func (s *Store) load(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
+	live := make(map[string]int64) // size of each machine's last record
 	c := lb.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != 8 {
@@ -117,8 +118,14 @@ func (s *Store) load(tx *bolt.Tx) error {
 				return fmt.Errorf("timeline of %s: %w", mac, err)
 			}
 			s.m[mac] = &m
+			live[mac] = int64(len(v) - len(rest))
 			v = rest
 		}
+	}
+	// The log does not say how large its last compaction was; what one would write now is the
+	// live records, which is what due() needs to keep the log within bounds after a restart.
+	for _, n := range live {
+		s.log.compacted += n
 	}
 	return nil
 }

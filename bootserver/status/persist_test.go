@@ -75,10 +75,27 @@ func TestLogReopen(t *testing.T) {
 		if got := s.All(); !sameJSON(t, got, want) {
 			t.Fatalf("%s: after reopen %d machines differ from the %d before (first %+v)", tc.name, len(got), len(want), got[0])
 		}
+		if live := liveBytes(t, s); s.log.compacted != live {
+			t.Errorf("%s: after reopen the store takes its last compaction as %d bytes; a compaction would write %d", tc.name, s.log.compacted, live)
+		}
 	}
 	if compactions == 0 {
 		t.Error("no round compacted the log")
 	}
+}
+
+// liveBytes is the size of a compaction of s: one record per machine.
+func liveBytes(t *testing.T, s *Store) int64 {
+	t.Helper()
+	var n int64
+	for _, m := range s.All() {
+		rec, err := appendRecord(nil, m.MAC, &m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += int64(len(rec))
+	}
+	return n
 }
 
 // sameJSON compares as the status pages show them (time.Time values differ in location only).

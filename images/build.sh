@@ -85,6 +85,9 @@ else
   cp -a "$here/rootfs/." "$work/"
   rm -rf "$work"/usr/share/doc/* "$work"/usr/share/man/* "$work"/usr/share/locale/* "$work"/usr/share/info/* \
     "$work/usr/lib/udev/hwdb.bin"
+  # CNI plugins where add-ons expect them (see rootfs/etc/containerd/config.toml).
+  mkdir -p "$work/opt/cni/bin"
+  for plugin in "$work"/usr/lib/cni/*; do ln -sfn "/usr/lib/cni/${plugin##*/}" "$work/opt/cni/bin/${plugin##*/}"; done
   install -m 0755 "$KUBELET" "$work/usr/bin/kubelet"
   install -m 0755 "$NODEAGENT" "$work/usr/bin/nodeagent"
   # Kernel modules for containerd (overlay), CNI (bridge, veth) and the rest: the running kernel's.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -170,6 +171,10 @@ func runJoin(t *testing.T, c joinCase) {
 	tl := bs.timeline(v.Started, mac.String())
 	t.Logf("%s: Node registered at %.1fs, Ready at %.1fs after qemu started; timeline:\n%s", node,
 		registered.Seconds(), ready.Seconds(), tl)
+	// The CNI config of the image (images/rootfs/etc/cni/net.d) hands out 10.88.0.0/16.
+	if ip := runPod(ctx, t, cp.Admin(), node); !podNet.Contains(ip) {
+		t.Errorf("the pod's IP %s is outside the image's CNI range %s", ip, podNet)
+	}
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done",
 		"root-image done", "switch-root done", "systemd[1]", "containerd container runtime", "The Kubernetes Node Agent", "login:")
 	if c.proxy && c.fw == vm.UEFIPXE {
@@ -194,6 +199,8 @@ func runJoin(t *testing.T, c joinCase) {
 		os.WriteFile(filepath.Join(keep, node+".timeline"), []byte(tl), 0o644)
 	}
 }
+
+var _, podNet, _ = net.ParseCIDR("10.88.0.0/16")
 
 func joinFile(node, token, endpoint, pin string) []byte {
 	return []byte(fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4

@@ -116,6 +116,9 @@ networking:
 		func() error {
 			return cp.bind(ctx, "kubeadm:node-autoapprove-certificate-rotation", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes")
 		},
+		// kubeadm binds the group of its apiserver-kubelet-client certificate to cluster-admin; without
+		// it the kubelets' webhook authorization refuses the apiserver (kubectl logs, exec, port-forward).
+		func() error { return cp.bind(ctx, "kubeadm:cluster-admins", "cluster-admin", "kubeadm:cluster-admins") },
 		func() error { return cp.readableBy(ctx, "kubeadm:kubelet-config", "kubelet-config") },
 		func() error { return cp.readableBy(ctx, "kubeadm:nodes-kubeadm-config", "kubeadm-config") },
 		func() error {

@@ -26,6 +26,8 @@ type joinCase struct {
 	restartBootServer bool
 	// proxy runs the boot server in proxy mode beside dnsmasq, a DHCP server that knows nothing of PXE.
 	proxy bool
+	// cniAddon installs a CNI add-on's config on the node and checks that pods then use it.
+	cniAddon bool
 }
 
 // extended skips unless make test-e2e asked for every VM case (PXEJOIN_E2E=all).
@@ -35,8 +37,9 @@ func extended(t *testing.T) {
 	}
 }
 
-// TestBIOSJoin is the VM end to end of make test: BIOS, virtio, PXE → a Ready Node.
-func TestBIOSJoin(t *testing.T) { runJoin(t, joinCase{fw: vm.BIOS}) }
+// TestBIOSJoin is the VM end to end of make test: BIOS, virtio, PXE → a Ready Node that runs pods,
+// and whose pods move to a CNI add-on once one is installed.
+func TestBIOSJoin(t *testing.T) { runJoin(t, joinCase{fw: vm.BIOS, cniAddon: true}) }
 
 // TestUEFIJoin: OVMF with the NIC's iPXE EFI ROM.
 func TestUEFIJoin(t *testing.T) { extended(t); runJoin(t, joinCase{fw: vm.UEFI}) }
@@ -174,6 +177,9 @@ func runJoin(t *testing.T, c joinCase) {
 	// The CNI config of the image (images/rootfs/etc/cni/net.d) hands out 10.88.0.0/16.
 	if ip := runPod(ctx, t, cp.Admin(), node); !podNet.Contains(ip) {
 		t.Errorf("the pod's IP %s is outside the image's CNI range %s", ip, podNet)
+	}
+	if c.cniAddon {
+		checkAddonTakesOver(ctx, t, cp.Admin(), node)
 	}
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done",
 		"root-image done", "switch-root done", "systemd[1]", "containerd container runtime", "The Kubernetes Node Agent", "login:")

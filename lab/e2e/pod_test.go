@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,7 +100,8 @@ func podState(p *corev1.Pod) string {
 		case c.State.Waiting != nil:
 			s += fmt.Sprintf("; %s waiting: %s %s", c.Name, c.State.Waiting.Reason, c.State.Waiting.Message)
 		case c.State.Terminated != nil:
-			s += fmt.Sprintf("; %s terminated: %s %s", c.Name, c.State.Terminated.Reason, c.State.Terminated.Message)
+			s += fmt.Sprintf("; %s terminated: %s, exit code %d %s", c.Name, c.State.Terminated.Reason,
+				c.State.Terminated.ExitCode, c.State.Terminated.Message)
 		}
 	}
 	return s
@@ -118,4 +120,104 @@ func podEvents(cs kubernetes.Interface, name string) string {
 		s += fmt.Sprintf("\n  %s %s: %s", e.Type, e.Reason, e.Message)
 	}
 	return s
+}
+
+// nodeShell runs script with /usr/bin/sh on node itself (runNodeShell) and fails the test unless it
+// exits 0. It returns the script's output.
+func nodeShell(ctx context.Context, t *testing.T, cs kubernetes.Interface, node, name, script string) string {
+	t.Helper()
+	out, err := runNodeShell(ctx, cs, node, name, script)
+	if err != nil {
+		t.Fatalf("node shell on %s: %v; output:\n%s", node, err, out)
+	}
+	return out
+}
+
+// runNodeShell runs script with /usr/bin/sh on node itself, as a privileged host-network pod: the
+// pause image brings no shell, so the node's own /usr (with /lib and /lib64, Debian's merged-usr
+// layout) is mounted into it, and the node's CNI config and plugin directories at their places. It returns the
+// pod's log, and an error unless the script exited 0.
+func runNodeShell(ctx context.Context, cs kubernetes.Interface, node, name, script string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	privileged, root := true, int64(0) // the pause image runs as 65535 otherwise
+	mounts := []struct{ name, host, path string }{
+		{"usr", "/usr", "/usr"}, {"lib", "/usr/lib", "/lib"}, {"lib64", "/usr/lib64", "/lib64"},
+		{"cni", "/etc/cni/net.d", "/etc/cni/net.d"}, {"cnibin", "/opt/cni/bin", "/opt/cni/bin"},
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			NodeName: node, HostNetwork: true, RestartPolicy: corev1.RestartPolicyNever,
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{
+				Name: "sh", Image: podImage, ImagePullPolicy: corev1.PullNever,
+				Command:         []string{"/usr/bin/sh", "-c", script},
+				SecurityContext: &corev1.SecurityContext{Privileged: &privileged, RunAsUser: &root},
+			}},
+		},
+	}
+	for _, m := range mounts {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: m.name,
+			VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: m.host}}})
+		pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts,
+			corev1.VolumeMount{Name: m.name, MountPath: m.path})
+	}
+	pods := cs.CoreV1().Pods(metav1.NamespaceDefault)
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return "", err
+	}
+	defer pods.Delete(context.Background(), name, metav1.DeleteOptions{})
+	for {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return "", err
+		}
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			// As kubectl logs: the apiserver fetches it from the node's kubelet, which must accept
+			// the apiserver's client certificate and authorize it.
+			logs, err := pods.GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+			if err != nil {
+				return "", fmt.Errorf("%s; its log cannot be read through the apiserver: %v", podState(p), err)
+			}
+			if p.Status.Phase == corev1.PodFailed {
+				return string(logs), fmt.Errorf("%s", podState(p))
+			}
+			return string(logs), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("did not end: %s (events: %s)", podState(p), podEvents(cs, name))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// addonConf is what a CNI add-on's installer drops on a node: its own plugin binary in /opt/cni/bin
+// (here a copy of the bridge plugin under another name) and its config in /etc/cni/net.d, named as
+// Weave Net names its own (10-weave.conflist sorts after the image's old 10-pxejoin.conflist).
+const (
+	addonConfName = "10-weave.conflist"
+	addonConf     = `{"cniVersion": "1.0.0", "name": "addon", "plugins": [
+  {"type": "addon-bridge", "bridge": "addon0", "isGateway": true, "ipMasq": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "loopback"}]}`
+)
+
+// checkAddonTakesOver installs an add-on on node as its DaemonSet would and checks that the next pod
+// is wired by it: the image's own CNI config must give way to the cluster's add-on. It first checks
+// that the node shell it uses reports a failing script, with its log read through the apiserver.
+func checkAddonTakesOver(ctx context.Context, t *testing.T, cs kubernetes.Interface, node string) {
+	t.Helper()
+	if out, err := runNodeShell(ctx, cs, node, "fails-"+node, "echo a message for the log >&2; exit 3"); err == nil ||
+		!strings.Contains(out, "a message for the log") {
+		t.Fatalf("a node shell that exits 3 gave error %v, log %q", err, out)
+	}
+	out := nodeShell(ctx, t, cs, node, "addon-install-"+node, "set -e; cp /usr/lib/cni/bridge /opt/cni/bin/addon-bridge\n"+
+		"cat > /etc/cni/net.d/"+addonConfName+" <<'EOF'\n"+addonConf+"\nEOF\nls /etc/cni/net.d")
+	t.Logf("CNI configs on %s after the add-on's install: %s", node, strings.Join(strings.Fields(out), " "))
+	_, addonNet, _ := net.ParseCIDR("10.99.0.0/16")
+	if ip := runPod(ctx, t, cs, node); !addonNet.Contains(ip) {
+		t.Errorf("with an add-on's config installed, a pod on %s got %s, outside the add-on's %s", node, ip, addonNet)
+	}
 }

@@ -18,6 +18,7 @@ import (
 // kernel command line's way to run one command in the booted system; systemd then boots into that
 // command's target, so systemd.wants= adds the usual multi-user.target, containerd included). The join writes the kubelet's
 // files, starts kubelet.service through systemd's D-Bus API (go-systemd), and the Node registers.
+// A pod bound to the node then runs.
 //
 // The VM loads kernel and initramfs directly (qemu -kernel): there is no PXE in this path, and the
 // command line holds a shell command that iPXE's parser would mangle. The command waits for containerd's
@@ -100,6 +101,8 @@ func TestInstalledJoin(t *testing.T) {
 		}
 	}
 	t.Logf("node %s registered %.1fs after qemu started (kubelet started by the join through systemd)", node, registered.Seconds())
+	// The kubelet the join started runs workloads.
+	runPod(ctx, t, cp.Admin(), node)
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "switch-root done", "systemd[1]",
 		"containerd container runtime", "[preflight] Running pre-flight checks", "[kubelet-start] Certificate issued",
 		"[kubelet-start] Starting the kubelet", fmt.Sprintf("[kubelet-start] Node %q registered", node), "This node has joined the cluster")

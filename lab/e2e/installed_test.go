@@ -102,7 +102,7 @@ func TestInstalledJoin(t *testing.T) {
 	}
 	t.Logf("node %s registered %.1fs after qemu started (kubelet started by the join through systemd)", node, registered.Seconds())
 	// The kubelet the join started runs workloads.
-	runPod(ctx, t, cp.Admin(), node)
+	runPod(ctx, t, cp, node)
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "switch-root done", "systemd[1]",
 		"containerd container runtime", "[preflight] Running pre-flight checks", "[kubelet-start] Certificate issued",
 		"[kubelet-start] Starting the kubelet", fmt.Sprintf("[kubelet-start] Node %q registered", node), "This node has joined the cluster")

@@ -175,11 +175,11 @@ func runJoin(t *testing.T, c joinCase) {
 	t.Logf("%s: Node registered at %.1fs, Ready at %.1fs after qemu started; timeline:\n%s", node,
 		registered.Seconds(), ready.Seconds(), tl)
 	// The CNI config of the image (images/rootfs/etc/cni/net.d) hands out 10.88.0.0/16.
-	if ip := runPod(ctx, t, cp.Admin(), node); !podNet.Contains(ip) {
+	if ip := runPod(ctx, t, cp, node); !podNet.Contains(ip) {
 		t.Errorf("the pod's IP %s is outside the image's CNI range %s", ip, podNet)
 	}
 	if c.cniAddon {
-		checkAddonTakesOver(ctx, t, cp.Admin(), node)
+		checkAddonTakesOver(ctx, t, cp, node)
 	}
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done",
 		"root-image done", "switch-root done", "systemd[1]", "containerd container runtime", "The Kubernetes Node Agent", "login:")

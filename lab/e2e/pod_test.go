@@ -11,7 +11,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/remotecommand"
+
+	"github.com/pxejoin/pxejoin/lab/controlplane"
 )
 
 // podImage is the one image a lab node holds without a registry: the image's own pause
@@ -20,10 +26,12 @@ const podImage = "registry.k8s.io/pause:3.10"
 
 // runPod proves the joined node runs workloads, not only that it reports Ready: a pod bound to node
 // gets a sandbox (containerd, runc), an address from the image's CNI config, a projected service
-// account token (the kubelet's node credentials at work) and a running container; deleting it tears
-// all that down again. It returns the pod's IP.
-func runPod(ctx context.Context, t *testing.T, cs kubernetes.Interface, node string) net.IP {
+// account token (the kubelet's node credentials at work) and a running container; a command runs in
+// it as kubectl exec runs one (apiserver → kubelet → containerd's streaming server); deleting it
+// tears all that down again. It returns the pod's IP.
+func runPod(ctx context.Context, t *testing.T, cp *controlplane.ControlPlane, node string) net.IP {
 	t.Helper()
+	cs := cp.Admin()
 	// A pod stuck in ContainerCreating (a CNI plugin that does not run, an image not imported) stays
 	// so: fail in minutes, not at the join's timeout.
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
@@ -40,6 +48,7 @@ func runPod(ctx context.Context, t *testing.T, cs kubernetes.Interface, node str
 			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 		},
 	}
+	mountNodeUsr(pod, true)
 	var created *corev1.Pod
 	for {
 		// The default service account appears a few seconds after the control plane starts.
@@ -76,6 +85,14 @@ func runPod(ctx context.Context, t *testing.T, cs kubernetes.Interface, node str
 		}
 	}
 	t.Logf("pod %s on %s running with IP %s, %.1fs after it was created", created.Name, node, ip, time.Since(start).Seconds())
+	// The pause image has one binary; the node's own /usr lends the pod a cat.
+	out, err := execIn(ctx, cp.AdminConfig(), created.Name, "/usr/bin/cat", "/etc/hostname")
+	if err != nil {
+		t.Fatalf("exec in pod on %s: %v (output %q)", node, err, out)
+	}
+	if strings.TrimSpace(out) != created.Name {
+		t.Errorf("exec in pod on %s: cat /etc/hostname printed %q, want the pod's name %q", node, out, created.Name)
+	}
 	if err := pods.Delete(ctx, created.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete pod on %s: %v", node, err)
 	}
@@ -141,10 +158,6 @@ func runNodeShell(ctx context.Context, cs kubernetes.Interface, node, name, scri
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	privileged, root := true, int64(0) // the pause image runs as 65535 otherwise
-	mounts := []struct{ name, host, path string }{
-		{"usr", "/usr", "/usr"}, {"lib", "/usr/lib", "/lib"}, {"lib64", "/usr/lib64", "/lib64"},
-		{"cni", "/etc/cni/net.d", "/etc/cni/net.d"}, {"cnibin", "/opt/cni/bin", "/opt/cni/bin"},
-	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{
@@ -157,11 +170,9 @@ func runNodeShell(ctx context.Context, cs kubernetes.Interface, node, name, scri
 			}},
 		},
 	}
-	for _, m := range mounts {
-		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: m.name,
-			VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: m.host}}})
-		pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts,
-			corev1.VolumeMount{Name: m.name, MountPath: m.path})
+	mountNodeUsr(pod, false)
+	for _, m := range []struct{ name, dir string }{{"cni", "/etc/cni/net.d"}, {"cnibin", "/opt/cni/bin"}} {
+		hostMount(pod, m.name, m.dir, m.dir, false)
 	}
 	pods := cs.CoreV1().Pods(metav1.NamespaceDefault)
 	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
@@ -193,6 +204,54 @@ func runNodeShell(ctx context.Context, cs kubernetes.Interface, node, name, scri
 	}
 }
 
+// mountNodeUsr lends pod's first container the node's programs: the pause image has none but
+// /pause, so the node's /usr is mounted, with /lib and /lib64 (Debian's merged-usr layout) for the
+// dynamic loader and libc.
+func mountNodeUsr(pod *corev1.Pod, readOnly bool) {
+	for _, m := range []struct{ name, host, path string }{
+		{"usr", "/usr", "/usr"}, {"lib", "/usr/lib", "/lib"}, {"lib64", "/usr/lib64", "/lib64"},
+	} {
+		hostMount(pod, m.name, m.host, m.path, readOnly)
+	}
+}
+
+// hostMount mounts the node's directory host at path in pod's first container.
+func hostMount(pod *corev1.Pod, name, host, path string, readOnly bool) {
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: name,
+		VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: host}}})
+	pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts,
+		corev1.VolumeMount{Name: name, MountPath: path, ReadOnly: readOnly})
+}
+
+// execIn runs a command in pod's first container as kubectl exec does (WebSocket, falling back to
+// SPDY) and returns what it printed on stdout and stderr.
+func execIn(ctx context.Context, cfg *rest.Config, pod string, command ...string) (string, error) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(metav1.NamespaceDefault).Name(pod).
+		SubResource("exec").VersionedParams(&corev1.PodExecOptions{Command: command, Stdout: true, Stderr: true},
+		scheme.ParameterCodec)
+	ws, err := remotecommand.NewWebSocketExecutor(cfg, "GET", req.URL().String())
+	if err != nil {
+		return "", err
+	}
+	spdy, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
+	if err != nil {
+		return "", err
+	}
+	exec, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
+	if err != nil {
+		return "", err
+	}
+	var out strings.Builder
+	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &out})
+	return out.String(), err
+}
+
 // addonConf is what a CNI add-on's installer drops on a node: its own plugin binary in /opt/cni/bin
 // (here a copy of the bridge plugin under another name) and its config in /etc/cni/net.d, named as
 // Weave Net names its own (10-weave.conflist sorts after the image's old 10-pxejoin.conflist).
@@ -207,8 +266,9 @@ const (
 // checkAddonTakesOver installs an add-on on node as its DaemonSet would and checks that the next pod
 // is wired by it: the image's own CNI config must give way to the cluster's add-on. It first checks
 // that the node shell it uses reports a failing script, with its log read through the apiserver.
-func checkAddonTakesOver(ctx context.Context, t *testing.T, cs kubernetes.Interface, node string) {
+func checkAddonTakesOver(ctx context.Context, t *testing.T, cp *controlplane.ControlPlane, node string) {
 	t.Helper()
+	cs := cp.Admin()
 	if out, err := runNodeShell(ctx, cs, node, "fails-"+node, "echo a message for the log >&2; exit 3"); err == nil ||
 		!strings.Contains(out, "a message for the log") {
 		t.Fatalf("a node shell that exits 3 gave error %v, log %q", err, out)
@@ -217,7 +277,7 @@ func checkAddonTakesOver(ctx context.Context, t *testing.T, cs kubernetes.Interf
 		"cat > /etc/cni/net.d/"+addonConfName+" <<'EOF'\n"+addonConf+"\nEOF\nls /etc/cni/net.d")
 	t.Logf("CNI configs on %s after the add-on's install: %s", node, strings.Join(strings.Fields(out), " "))
 	_, addonNet, _ := net.ParseCIDR("10.99.0.0/16")
-	if ip := runPod(ctx, t, cs, node); !addonNet.Contains(ip) {
+	if ip := runPod(ctx, t, cp, node); !addonNet.Contains(ip) {
 		t.Errorf("with an add-on's config installed, a pod on %s got %s, outside the add-on's %s", node, ip, addonNet)
 	}
 }

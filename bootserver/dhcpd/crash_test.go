@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 const crashChildEnv = "PXEJOIN_DHCPD_CRASH_CHILD" // "<netns> <lease file>"

@@ -13,7 +13,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"golang.org/x/net/ipv4"
 
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // relay is a minimal DHCP relay agent (RFC 1542): requests heard on the client side get giaddr set

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 const (

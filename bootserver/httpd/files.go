@@ -8,7 +8,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 var fileKinds = map[string]string{"kernel": KindKernel, "initrd": KindInitrd, "root-image": KindImage}

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
-	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")

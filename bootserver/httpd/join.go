@@ -7,9 +7,9 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
-	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/bootstraptoken"
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 )
 
 // JoinConfig builds the JoinConfiguration of a machine with its token.

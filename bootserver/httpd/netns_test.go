@@ -15,7 +15,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/httpfast"
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // lab is a server namespace and a client namespace joined by a veth pair.

@@ -10,7 +10,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 // postStatus serves POST /status/<mac>: a JSON array of bootstatus.Event. The body is bounded, every

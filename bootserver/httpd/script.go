@@ -14,7 +14,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 // machineOf parses a MAC from a request path segment and looks the machine up (by MAC, then by the

@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/pxejoin/pxejoin/pubkeypin"
+	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 )
 
 // Cluster is what the boot server needs of the cluster: a client, the endpoint machines dial and

@@ -8,7 +8,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 func csrPEMFor(key *ecdsa.PrivateKey, subject pkix.Name) ([]byte, error) {

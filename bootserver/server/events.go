@@ -12,7 +12,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 // dhcpPhases are the phases a DHCP exchange can be part of, newest last.

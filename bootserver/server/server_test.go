@@ -26,10 +26,10 @@ import (
 	"k8s.io/client-go/util/certificate/csr"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // cp is the package's one control plane (started by TestMain unless -short).

@@ -3,7 +3,7 @@ package status
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 // knownPhases are the phase names used as metric labels; any other phase an agent reports is

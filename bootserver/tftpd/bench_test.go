@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // BenchmarkDownloadVsDnsmasq downloads a 10 MB file at blksize 1468 from this server and from

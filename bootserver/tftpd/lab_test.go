@@ -19,7 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/net/ipv4"
 
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // lab is a running Server and a place to run clients. Without -short the server and the client

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/pxejoin/pxejoin/netns"
+	"github.com/pxejoin/pxejoin/internal/netns"
 )
 
 // inSocketNetns runs f on an OS thread in the network namespace of the socket c, so that the

@@ -28,7 +28,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/pxejoin/pxejoin/bootstraptoken"
+	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
 )
 
 // Reasons a token is deleted (label of pxejoin_tokens_deleted_total).

@@ -22,7 +22,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	certutil "k8s.io/client-go/util/cert"
 
-	"github.com/pxejoin/pxejoin/pubkeypin"
+	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 )
 
 // Version is the Kubernetes version the control plane runs.

@@ -17,7 +17,7 @@ import (
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/pxejoin/pxejoin/bootstraptoken"
+	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
 )
 
 // Names of the objects kubeadm init creates for joining.

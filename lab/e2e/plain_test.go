@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // PlainPort is the plain file server's HTTP port.

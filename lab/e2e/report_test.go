@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
 

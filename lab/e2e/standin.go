@@ -16,8 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // StandIn is a small boot server for developing the VM tests without the bootserver daemon: dnsmasq

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // BootServer runs the real bootserver binary inside the lab namespace, configured by a YAML file

@@ -13,7 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/pxejoin/pxejoin/netlab"
+	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
 // Net is the lab network: NS holds Bridge with BridgeAddr/24; the host reaches BridgeAddr through the

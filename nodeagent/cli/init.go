@@ -4,8 +4,8 @@ import (
 	"context"
 	"os"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/join"
 )
 

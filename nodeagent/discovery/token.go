@@ -22,7 +22,7 @@ import (
 	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 
-	"github.com/pxejoin/pxejoin/pubkeypin"
+	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 )
 
 // TokenOptions configure token discovery.

@@ -22,8 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 )
 
 func mac(s string) net.HardwareAddr {

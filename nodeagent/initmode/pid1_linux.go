@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"golang.org/x/sys/unix"
 )
 

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
 // Reporter sends bootstatus events to the boot server. Report only queues: a sender goroutine posts

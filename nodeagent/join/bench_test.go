@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/join"
 	"github.com/pxejoin/pxejoin/nodeagent/tlsbootstrap"
 )

@@ -20,7 +20,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/nodeagent/join"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"

@@ -15,8 +15,8 @@ import (
 	"k8s.io/client-go/rest"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/pxejoin/pxejoin/bootstatus"
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/discovery"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )

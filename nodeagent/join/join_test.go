@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
-	"github.com/pxejoin/pxejoin/pubkeypin"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	certutil "k8s.io/client-go/util/cert"
 )

@@ -19,7 +19,7 @@ import (
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/kubeletstart"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 	"github.com/pxejoin/pxejoin/nodeagent/tlsbootstrap"

@@ -7,7 +7,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 

@@ -8,7 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/pxejoin/pxejoin/joinconfig"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 )
 
 func TestSkipped(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pxejoin/pxejoin/netns"
+	"github.com/pxejoin/pxejoin/internal/netns"
 )
 
 // TB is the part of testing.TB netlab uses.

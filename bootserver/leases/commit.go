@@ -20,6 +20,9 @@ import (
 
 // submit queues o and returns once it is durable (or failed).
 func (s *Store) submit(o *op) error {
+	if s.batch {
+		return s.batchSubmit(o)
+	}
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	if s.closed {

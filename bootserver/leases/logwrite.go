@@ -79,7 +79,7 @@ func openDirectLog(path string) *os.File {
 }
 
 // DirectIO reports whether the log is appended with O_DIRECT|O_DSYNC (else write and fdatasync).
-func (s *Store) DirectIO() bool { return s.logs[0].direct != nil && s.logs[1].direct != nil }
+func (s *Store) DirectIO() bool { return s.batch || s.logs[0].direct != nil && s.logs[1].direct != nil }
 
 func (lf *logFile) close() error {
 	if lf.direct != nil {

@@ -77,6 +77,14 @@ type Store struct {
 	quit      chan struct{}
 	idleDone  chan struct{}
 	closeOnce sync.Once
+
+	// OpenBatch's store (batch.go).
+	batch     bool
+	inflight  sync.WaitGroup
+	txn       *txn       // the transaction bbolt's batch is writing; under bbolt's writer lock
+	applied   uint64     // the last transaction the index holds; under mu
+	applyCond *sync.Cond // on mu: applied changed
+	bfailed   error      // under mu
 }
 
 type op struct {
@@ -206,6 +214,9 @@ func (s *Store) recover(path string) error {
 // Close waits for writes in flight, checkpoints the log into the bbolt file and closes the files.
 // Later writes fail with ErrClosed.
 func (s *Store) Close() error {
+	if s.batch {
+		return s.batchClose()
+	}
 	s.closeOnce.Do(func() {
 		s.qmu.Lock()
 		s.closed = true

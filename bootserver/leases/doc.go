@@ -36,5 +36,6 @@
 // above the bar, so the log went. What it cost: a lone client waits for the 1 ms batch window and two
 // syncs per ACK (one sync with the log), and at 16 clients the log was 1.6–2.7× faster. What a rack
 // notices is the burst: 1,000 machines had their leases in 3.4 s with bbolt, 2.3 s with the log and
-// 8.7 s with dnsmasq.
+// 8.7 s with dnsmasq. After the change (a6e6cd1, the same command, load average 17): bbolt 187,
+// 1476, 1452 and 324 DORA/s against dnsmasq's 182, 198, 192 and 130 (7.5× at 16 clients).
 package leases

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -77,17 +76,36 @@ func benchLink(b *testing.B) (*link, *udpClient) {
 	return l, newUDPClient(b, l.cli, l.cliIf)
 }
 
-// doraRate measures DORA/s of dnsmasq or of ours with its store in dir (b.TempDir() when empty).
-func doraRate(b *testing.B, conc int, dnsmasq bool, dir string) float64 {
+// doraRate measures DORA/s of dnsmasq or of ours: n DORAs, conc at once, each machine starting over
+// up to restarts times when its DORA fails (as PXE firmware does after a NAK or a silence).
+func doraRate(b *testing.B, n, conc, restarts int, dnsmasq bool) float64 {
 	l, c := benchLink(b)
 	if dnsmasq {
+		// The reference is dnsmasq as an operator runs it: startDnsmasq gives it --quiet-dhcp, --no-ping
+		// and its lease file on disk. Issue 10 asked why it gave ~1,000 DORA/s and ~15,000 proxy
+		// offers/s at 16 clients where ~1,700 and ~34,000 were measured elsewhere on this machine.
+		// What the benchmark's runs showed (on the 2 shared cores at load average 17-20):
+		//   - Logging is not it: --log-dhcp is not set, and with --quiet-dhcp the log file gets 4 lines
+		//     at start and one per NAK (5,004 lines per 5,000 offers without it).
+		//   - The lease file: on every ACK dnsmasq seeks, truncates, rewrites the whole file and fsyncs it
+		//     (strace: lseek, ftruncate, one 4 KiB write per ~70 leases, fsync). Its CPU per DORA doubles
+		//     from 100 leases (0.6 ms) to 1,000 (1.2 ms), and the truncation makes each fsync a journal
+		//     commit that waits behind whatever else the machine writes. A run with few MACs, or on an
+		//     idle disk, gets more DORA/s; this one gives 1,000 machines, as a rack does, and both
+		//     servers hold 1,000 leases at the end.
+		//   - NAKs: dnsmasq picks an address by hashing the MAC and does not hold it while offered, so at
+		//     16 clients 29 of 1,000 REQUESTs were NAKed (another client had the same offer). Those
+		//     machines count as failed (the rate counts ACKs only); starting them over, as a client does
+		//     after a NAK, did not get them a lease within 3 restarts either (the burst does that).
+		//   - The client: per exchange it spends about as much CPU as dnsmasq (50-90 µs each under that
+		//     load), and the two share the 2 cores. Requests encoded once and replies matched in place
+		//     did not lower it (the cost is wake-ups and syscalls), so the client stayed. Offers/s at
+		//     16 clients is the round trip of two processes on two cores: comparable within one run,
+		//     not with a figure from an idle machine.
 		startDnsmasq(b, l.srv, l.srvIf, "--dhcp-range=10.78.33.0,10.78.39.250,255.255.248.0,1h",
 			"--dhcp-lease-max=10000", "--dhcp-authoritative")
 	} else {
-		if dir == "" {
-			dir = b.TempDir()
-		}
-		st, err := leases.Open(filepath.Join(dir, "leases.db"))
+		st, err := leases.Open(filepath.Join(b.TempDir(), "leases.db"))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -100,38 +118,39 @@ func doraRate(b *testing.B, conc int, dnsmasq bool, dir string) float64 {
 		}
 		startServer(b, l.srv, s)
 		defer func() {
-			if n := len(st.All()); n != benchMACs {
-				b.Errorf("store holds %d leases after %d DORAs", n, benchMACs)
+			if got := len(st.All()); got != n {
+				b.Errorf("store holds %d leases after %d DORAs", got, n)
 			}
 		}()
 	}
-	return load(b, name(dnsmasq), benchMACs, conc, func(i int) error {
+	return load(b, name(dnsmasq), n, conc, func(i int) error {
 		_, err := c.dora(benchMAC(i))
+		for r := 0; err != nil && r < restarts; r++ {
+			_, err = c.dora(benchMAC(i))
+		}
 		return err
 	})
 }
 
 // BenchmarkDORA: full DORA per second with durable leases, 1000 distinct MACs, ours vs dnsmasq
-// with its lease file (which it fsyncs after each change).
+// with its lease file (which it fsyncs after each change), at 1, 16 and 64 clients in lockstep,
+// and as a burst: 1000 machines powered on at once, each starting over when its DORA fails (the
+// figure is machines per second until the last ACK).
 func BenchmarkDORA(b *testing.B) {
 	needNetns(b)
-	for _, conc := range []int{1, 16, 64} {
-		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
+	for _, conc := range []int{1, 16, 64, benchMACs} {
+		label, restarts := fmt.Sprintf("conc=%d", conc), 0
+		if conc == benchMACs {
+			label, restarts = "burst", 3
+		}
+		b.Run(label, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				ours := median(benchRounds, func() float64 { return doraRate(b, conc, false, "") })
-				theirs := median(benchRounds, func() float64 { return doraRate(b, conc, true, "") })
+				ours := median(benchRounds, func() float64 { return doraRate(b, benchMACs, conc, restarts, false) })
+				theirs := median(benchRounds, func() float64 { return doraRate(b, benchMACs, conc, restarts, true) })
 				b.ReportMetric(ours, "dora/s")
 				b.ReportMetric(theirs, "dnsmasq-dora/s")
 				b.ReportMetric(ours/theirs, "ours/dnsmasq")
-				b.Logf("DORA concurrency %d: pxejoin %.0f/s, dnsmasq %.0f/s, ratio %.2f", conc, ours, theirs, ours/theirs)
-				if conc == 1 {
-					// For reference, not a result: the same server with its store in tmpfs, where a
-					// "durable" write costs no device flush. It is the ceiling the packet path allows
-					// one client in lockstep; the gap to the figure above is the flush per ACK.
-					ceil := median(benchRounds, func() float64 { return doraRate(b, conc, false, shmDir(b)) })
-					b.ReportMetric(ceil/theirs, "no-flush/dnsmasq")
-					b.Logf("DORA concurrency 1 with the lease store in tmpfs (no device flush, not durable): %.0f/s, %.2f× dnsmasq", ceil, ceil/theirs)
-				}
+				b.Logf("DORA %s: pxejoin %.0f/s, dnsmasq %.0f/s, ratio %.2f", label, ours, theirs, ours/theirs)
 			}
 		})
 	}
@@ -178,16 +197,6 @@ func BenchmarkProxyOffer(b *testing.B) {
 		b.ReportMetric(ours/theirs, "ours/dnsmasq")
 		b.Logf("proxy DISCOVER→OFFER concurrency %d: pxejoin %.0f/s, dnsmasq %.0f/s, ratio %.2f", conc, ours, theirs, ours/theirs)
 	}
-}
-
-// shmDir is a fresh directory in /dev/shm, removed at the end of the benchmark.
-func shmDir(b *testing.B) string {
-	d, err := os.MkdirTemp("/dev/shm", "pxejoin-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(d) })
-	return d
 }
 
 func name(dnsmasq bool) string {

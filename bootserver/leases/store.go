@@ -1,8 +1,7 @@
 package leases
 
 import (
-	"cmp"
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -16,217 +15,105 @@ import (
 )
 
 var (
-	bucketName = []byte("leases-v1")
-	metaBucket = []byte("meta-v1")
-	appliedKey = []byte("log-generation") // the last log generation whose records bbolt holds
+	macBucket = []byte("leases")    // hardware address → lease record
+	ipBucket  = []byte("addresses") // IPv4 address (4 bytes) → hardware address
 )
+
+// batchDelay is how long a write waits for others to share its transaction. bbolt's default, 10 ms,
+// would be added to every ACK of a lone client; 1 ms still gathers a burst's writes (doc.go).
+const batchDelay = time.Millisecond
 
 // ErrClosed is returned by writes to a closed Store.
 var ErrClosed = errors.New("leases: store closed")
 
-// maxBatch bounds how many writes go into one group commit.
-const maxBatch = 4096
-
-// tuning holds the log sizes and checkpoint triggers; tests shrink them.
-type tuning struct {
-	logSize       int64                          // bytes preallocated per log file
-	rotateRecords int                            // checkpoint a generation once it holds this many records,
-	rotateBytes   int64                          // or this many bytes,
-	rotateAge     time.Duration                  // or once its first record is this old
-	hook          func(point string, gen uint64) // called at crash points, for tests
-	buffered      bool                           // never write the log with O_DIRECT (tests cover both paths)
-}
-
-var defaultTuning = tuning{logSize: 4 << 20, rotateRecords: 16384, rotateBytes: 1 << 20, rotateAge: time.Second}
-
-// Store keeps leases durably (a write-ahead log checkpointed into a bbolt file) and in memory. Reads
-// are served from memory; a write returns only after the log records that hold it are synced to disk.
-// Writes that arrive while a sync is in flight go into the next one (group commit): one durable append pays
-// for all of them, and a lone writer waits for no timer. The index in memory is changed only after the
-// write is durable, so what Get returns has been on disk.
+// Store keeps leases in a bbolt file and, for lookups, in memory. A write returns once the bbolt
+// transaction holding it is committed and synced; writes that arrive together share one transaction
+// (bbolt.DB.Batch). The index in memory changes only when a transaction has committed, so what Get
+// returns is on disk.
 type Store struct {
-	db  *bolt.DB
-	cfg tuning
+	db *bolt.DB
 
-	mu    sync.RWMutex
-	byMAC map[string]Lease
-	byIP  map[netip.Addr]string // address → key of byMAC
-	dirty map[string]struct{}   // keys changed since the last checkpoint snapshot; under mu
+	mu      sync.RWMutex
+	byMAC   map[string]Lease
+	byIP    map[netip.Addr]string // address → key of byMAC
+	applied uint64                // the last transaction the index holds
+	failed  error                 // set once a commit failed: the store takes no more writes
+	order   *sync.Cond            // on mu: applied or failed changed
 
-	// Owned by whoever holds the commit role (committing, below) once Open returns.
-	logs     [2]*logFile
-	gen      uint64     // active log generation; its file is logs[gen%2]
-	off      int64      // where the next record goes in the active file
-	genRecs  int        // records in the active generation
-	genStart time.Time  // when its first record was written
-	ckpt     chan error // result of the checkpoint in flight, nil if none
-	failed   error      // sticky: once the log or a checkpoint failed, writes fail
-	buf      []byte
+	txn *txn // what the transaction being written holds; only touched under bbolt's writer lock
 
-	// The write queue (commit.go). Whoever sets committing owns the log fields above until it clears it.
-	qmu        sync.Mutex
-	cond       *sync.Cond // on qmu: a commit ended
-	queue      []*op
-	spare      []*op
-	committing bool
-	closed     bool
-
-	txns      atomic.Int64 // durable log appends (group commits), for tests
-	ckpts     atomic.Int64 // checkpoints, for tests
-	replayed  int          // log records replayed by Open, for tests
-	quit      chan struct{}
-	idleDone  chan struct{}
-	closeOnce sync.Once
+	closeMu  sync.Mutex
+	closed   bool
+	inflight sync.WaitGroup
+	txns     atomic.Int64    // committed transactions, for tests
+	hook     func(id uint64) // tests: called by a commit handler before it waits for its turn
 }
 
+// txn is what one bbolt transaction wrote, for its commit handler to apply to the index.
+type txn struct {
+	tx  *bolt.Tx
+	id  uint64
+	ops []op
+}
+
+// op is one write: a lease to record, or (put nil) the hardware address to forget.
 type op struct {
-	put      *Lease // nil: delete mac
-	mac      string
-	err      error // set, with finished, under qmu
-	finished bool
+	put *Lease
+	mac string
 }
 
-// Open opens (or creates) the store at path, with its log files path-wal0 and path-wal1 beside it,
-// and loads its leases: those checkpointed in the bbolt file, then those of the log generations the
-// file does not hold yet, which it checkpoints before returning.
-func Open(path string) (*Store, error) { return open(path, defaultTuning) }
-
-func open(path string, cfg tuning) (*Store, error) {
+// Open opens (or creates) the lease file at path and loads its leases.
+func Open(path string) (*Store, error) {
 	// NoFreelistSync: the freelist is rebuilt on open (a lease file is small) instead of written in
-	// every transaction. Syncs stay on: a checkpoint is a normal bbolt transaction (two syncs, data
-	// then meta), which is what keeps the file consistent across a power loss.
+	// every transaction; each commit still syncs its pages, then its meta page.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("leases: %s is locked by another process: is another bootserver using this state directory?", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("leases: open %s: %w", path, err)
 	}
-	s := &Store{
-		db:       db,
-		cfg:      cfg,
-		byMAC:    map[string]Lease{},
-		byIP:     map[netip.Addr]string{},
-		dirty:    map[string]struct{}{},
-		quit:     make(chan struct{}),
-		idleDone: make(chan struct{}),
-	}
-	s.cond = sync.NewCond(&s.qmu)
-	if err := s.recover(path); err != nil {
-		for _, lf := range s.logs {
-			if lf != nil {
-				lf.close()
-			}
-		}
-		db.Close()
-		return nil, fmt.Errorf("leases: load %s: %w", path, err)
-	}
-	go s.idle()
-	return s, nil
-}
-
-// recover loads the bbolt file, replays the log generations newer than its checkpoint, checkpoints
-// them, and starts a new generation.
-func (s *Store) recover(path string) error {
-	var applied uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(metaBucket)
-		if err != nil {
+	db.MaxBatchDelay = batchDelay
+	s := &Store{db: db, byMAC: map[string]Lease{}, byIP: map[netip.Addr]string{}}
+	s.order = sync.NewCond(&s.mu)
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(ipBucket); err != nil {
 			return err
 		}
-		if v := meta.Get(appliedKey); len(v) == 8 {
-			applied = binary.BigEndian.Uint64(v)
-		}
-		b, err := tx.CreateBucketIfNotExists(bucketName)
+		b, err := tx.CreateBucketIfNotExists(macBucket)
 		if err != nil {
 			return err
 		}
 		return b.ForEach(func(k, v []byte) error {
 			l, err := decode(k, v)
 			if err != nil {
-				return fmt.Errorf("%w (key %x)", err, k)
+				return fmt.Errorf("%w (key %x): move the file aside to start with no leases", err, k)
 			}
 			s.index(l)
 			return nil
 		})
 	})
+	if err == nil {
+		err = db.View(func(tx *bolt.Tx) error { s.applied = uint64(tx.ID()); return nil })
+	}
 	if err != nil {
-		return err
+		db.Close()
+		return nil, fmt.Errorf("leases: load %s: %w", path, err)
 	}
-	s.dirty = map[string]struct{}{} // what bbolt holds is not dirty
-	type pending struct {
-		gen     uint64
-		content []byte
-	}
-	var todo []pending
-	last := applied
-	for i, p := range logPaths(path) {
-		lf, content, err := openLog(p, s.cfg.logSize, s.cfg.buffered)
-		if err != nil {
-			return err
-		}
-		s.logs[i] = lf
-		if gen, ok := parseHeader(content); ok {
-			last = max(last, gen)
-			if gen > applied {
-				todo = append(todo, pending{gen, content})
-			}
-		}
-	}
-	slices.SortFunc(todo, func(a, b pending) int { return cmp.Compare(a.gen, b.gen) })
-	replayed := 0
-	for i, p := range todo {
-		// Generations are checkpointed in order and a file is reused only after its generation is
-		// checkpointed, so the ones the bbolt file lacks are consecutive.
-		if p.gen != applied+1+uint64(i) {
-			return fmt.Errorf("log generation %d found after checkpoint %d: a generation is missing", p.gen, applied)
-		}
-		ops, _, err := parseRecords(p.content, p.gen)
-		if err != nil {
-			return err
-		}
-		for _, o := range ops {
-			s.indexOp(o)
-		}
-		replayed += len(ops)
-	}
-	// The new generation skips one number: a crash while a generation was being started can leave
-	// records of it behind a header that did not reach the disk (it was never synced, so none of them
-	// was acknowledged). Its number is at most last+1; reusing it would bring those records back.
-	// Recording last+1 as applied keeps the generations that follow consecutive.
-	s.gen = last + 2
-	if err := s.checkpoint(s.snapshot(), s.gen-1); err != nil {
-		return err
-	}
-	if err := s.logs[s.gen%2].writeHeader(s.gen); err != nil {
-		return err
-	}
-	s.off = logHeaderSize
-	s.replayed = replayed
-	return nil
+	return s, nil
 }
 
-// Close waits for writes in flight, checkpoints the log into the bbolt file and closes the files.
-// Later writes fail with ErrClosed.
+// Close waits for writes in flight and closes the file. Later writes fail with ErrClosed.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() {
-		s.qmu.Lock()
-		s.closed = true
-		close(s.quit)
-		for s.committing || len(s.queue) > 0 {
-			s.cond.Wait()
-		}
-		s.committing = true // for good: nothing writes the log after this
-		s.qmu.Unlock()
-		<-s.idleDone
-		s.finish()
-		for _, lf := range s.logs {
-			if err := lf.close(); s.failed == nil && err != nil {
-				s.failed = err
-			}
-		}
-		if err := s.db.Close(); s.failed == nil && err != nil {
-			s.failed = err
-		}
-	})
-	return s.failed
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.closeMu.Unlock()
+	s.inflight.Wait()
+	return s.db.Close()
 }
 
 // Get returns the lease recorded for mac, expired or not.
@@ -291,7 +178,7 @@ func (s *Store) Commit(l Lease) error {
 		return err
 	}
 	l = l.clone()
-	return s.submit(&op{put: &l, mac: string(l.MAC)})
+	return s.write(op{put: &l, mac: string(l.MAC)})
 }
 
 // Release ends mac's lease now but keeps the record, so the client is offered the same address
@@ -304,7 +191,7 @@ func (s *Store) Release(mac net.HardwareAddr) error {
 	if now := time.Now(); l.Expiry.After(now) {
 		l.Expiry = now
 	}
-	return s.submit(&op{put: &l, mac: string(l.MAC)})
+	return s.write(op{put: &l, mac: string(l.MAC)})
 }
 
 // Delete forgets mac's lease durably.
@@ -312,16 +199,106 @@ func (s *Store) Delete(mac net.HardwareAddr) error {
 	if len(mac) == 0 || len(mac) > 16 {
 		return nil // never stored
 	}
-	return s.submit(&op{mac: string(mac)})
+	return s.write(op{mac: string(mac)})
 }
 
-// indexOp applies o to the index. Callers hold mu (or own s during Open).
-func (s *Store) indexOp(o op) {
-	if o.put == nil {
-		s.unindex(o.mac)
-	} else {
-		s.index(*o.put)
+// write commits o in a bbolt batch and returns once its transaction is synced and in the index.
+func (s *Store) write(o op) error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return ErrClosed
 	}
+	s.inflight.Add(1)
+	s.closeMu.Unlock()
+	defer s.inflight.Done()
+	s.mu.RLock()
+	err := s.failed
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		if err := put(tx, o); err != nil {
+			return err
+		}
+		// Batch runs its functions one at a time under bbolt's writer lock, in transaction order.
+		// A transaction that is rolled back never runs its handler; its functions run again in
+		// the next one.
+		if s.txn == nil || s.txn.tx != tx {
+			t := &txn{tx: tx, id: uint64(tx.ID())}
+			s.txn = t
+			tx.OnCommit(func() { s.apply(t) })
+		}
+		s.txn.ops = append(s.txn.ops, o)
+		return nil
+	})
+	if err != nil {
+		// After a failed sync the kernel may have dropped the pages; refuse writes rather than
+		// acknowledge one that depends on them.
+		err = fmt.Errorf("leases: %w (the store takes no more writes: check the disk, then restart)", err)
+		s.mu.Lock()
+		if s.failed == nil {
+			s.failed = err
+		}
+		s.order.Broadcast()
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// apply adds a committed transaction to the index after the one before it: bbolt lets the next
+// transaction start before it runs the commit handlers, so handlers may run out of order.
+// Committed transactions have consecutive IDs.
+func (s *Store) apply(t *txn) {
+	if s.hook != nil {
+		s.hook(t.id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.applied+1 != t.id && s.failed == nil {
+		s.order.Wait()
+	}
+	for _, o := range t.ops {
+		if o.put == nil {
+			s.unindex(o.mac)
+		} else {
+			s.index(*o.put)
+		}
+	}
+	s.applied = t.id
+	s.txns.Add(1)
+	s.order.Broadcast()
+}
+
+// put records o in tx: the lease under its hardware address and the address under its holder,
+// removing the holder's previous address and any other holder of the new one.
+func put(tx *bolt.Tx, o op) error {
+	macs, ips := tx.Bucket(macBucket), tx.Bucket(ipBucket)
+	key := []byte(o.mac)
+	if v := macs.Get(key); v != nil {
+		if l, err := decode(key, v); err == nil {
+			old := l.IP.As4()
+			if bytes.Equal(ips.Get(old[:]), key) {
+				if err := ips.Delete(old[:]); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if o.put == nil {
+		return macs.Delete(key)
+	}
+	a4 := o.put.IP.As4()
+	if other := ips.Get(a4[:]); other != nil && !bytes.Equal(other, key) {
+		if err := macs.Delete(bytes.Clone(other)); err != nil {
+			return err
+		}
+	}
+	if err := macs.Put(key, encode(*o.put)); err != nil {
+		return err
+	}
+	return ips.Put(a4[:], key)
 }
 
 // index records l, replacing mac's previous lease and any other holder of l.IP. Callers hold mu (or
@@ -331,9 +308,7 @@ func (s *Store) index(l Lease) {
 	s.unindex(k)
 	if other, ok := s.byIP[l.IP]; ok {
 		delete(s.byMAC, other)
-		s.dirty[other] = struct{}{}
 	}
-	s.dirty[k] = struct{}{}
 	s.byMAC[k] = l
 	s.byIP[l.IP] = k
 }
@@ -345,5 +320,4 @@ func (s *Store) unindex(k string) {
 		}
 		delete(s.byMAC, k)
 	}
-	s.dirty[k] = struct{}{}
 }

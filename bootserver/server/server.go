@@ -211,9 +211,6 @@ func (s *Server) newDHCP() (err error) {
 		if s.leases, err = leases.Open(filepath.Join(c.StateDir, "leases.db")); err != nil {
 			return fmt.Errorf("lease store: %w", err)
 		}
-		if !s.leases.DirectIO() {
-			s.log.Info("lease store: the state directory's file system refuses O_DIRECT; leases are made durable with write and fdatasync (slower per ACK)", "dir", c.StateDir)
-		}
 		dc.Leases = s.leases
 	}
 	s.dhcp, err = dhcpd.New(dc)

@@ -17,18 +17,16 @@ import (
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
-// Phases the boot server records itself, besides the agent's (bootstatus).
+// Phases the boot server records itself (their names are the protocol's: bootstatus).
 const (
-	PhaseDHCP      = "dhcp"       // firmware's DHCP (discover → ack)
-	PhaseNBP       = "nbp"        // the iPXE binary over TFTP
-	PhaseIPXEDHCP  = "ipxe-dhcp"  // iPXE's own DHCP, answered with the script URL
-	PhaseScript    = "script"     // GET /boot/<mac>.ipxe
-	PhaseKernel    = "kernel"     // the profile's kernel
-	PhaseInitrd    = "initrd"     // the profile's initrds
-	PhaseAgentDHCP = "agent-dhcp" // the agent's DHCP (not PXE)
-	// PhaseNodeRegistered is the machine's Node appearing (or heartbeating) in the cluster after this
-	// boot began; bootstatus.PhaseNodeReady follows when its Ready condition turns true.
-	PhaseNodeRegistered = "node-registered"
+	PhaseDHCP           = bootstatus.PhaseDHCP
+	PhaseNBP            = bootstatus.PhaseNBP
+	PhaseIPXEDHCP       = bootstatus.PhaseIPXEDHCP
+	PhaseScript         = bootstatus.PhaseScript
+	PhaseKernel         = bootstatus.PhaseKernel
+	PhaseInitrd         = bootstatus.PhaseInitrd
+	PhaseAgentDHCP      = bootstatus.PhaseAgentDHCP
+	PhaseNodeRegistered = bootstatus.PhaseNodeRegistered
 )
 
 // Sources of events.

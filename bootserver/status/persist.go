@@ -15,7 +15,7 @@ var bucket = []byte("timelines")
 // load reads every timeline; unknown machines past the budget (the least recently seen) are evicted,
 // to be deleted from disk by the first flush.
 func (s *Store) load() error {
-	var unknown []*entry
+	var all []*entry
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -28,7 +28,7 @@ func (s *Store) load() error {
 			}
 			e.MAC = string(k)
 			s.m[e.MAC] = e
-			unknown = append(unknown, e)
+			all = append(all, e)
 			return nil
 		})
 	})
@@ -36,8 +36,8 @@ func (s *Store) load() error {
 		return err
 	}
 	// Oldest first, so that place leaves the most recently seen first in s.unknown.
-	sort.Slice(unknown, func(i, j int) bool { return unknown[i].LastSeen.Before(unknown[j].LastSeen) })
-	for _, e := range unknown {
+	sort.Slice(all, func(i, j int) bool { return all[i].LastSeen.Before(all[j].LastSeen) })
+	for _, e := range all {
 		s.place(e)
 	}
 	return nil

@@ -11,7 +11,9 @@ package status
 import (
 	"container/list"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -412,8 +414,8 @@ func (s *Store) flush() error {
 		s.mu.Unlock()
 		return nil
 	}
-	macs := sortedKeys(s.dirty) // in key order: bbolt's cheapest inserts
-	gone := sortedKeys(s.gone)
+	macs := slices.Sorted(maps.Keys(s.dirty)) // in key order: bbolt's cheapest inserts
+	gone := slices.Sorted(maps.Keys(s.gone))
 	clear(s.dirty)
 	clear(s.gone)
 	s.mu.Unlock()
@@ -444,15 +446,6 @@ func (s *Store) flush() error {
 		s.mu.Unlock()
 	}
 	return err
-}
-
-func sortedKeys(m map[string]bool) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 var tokenRE = regexp.MustCompile(`[a-z0-9]{6}\.[a-z0-9]{16}`)

@@ -74,7 +74,7 @@ func TestStatusBacklog(t *testing.T) {
 		t.Fatalf("timeline after the refusal: %+v", m)
 	}
 	p := m.Phases[len(m.Phases)-1]
-	if !strings.Contains(p.Error, "refused 1 status events: 400 event 0: state must be one of") {
+	if !strings.Contains(p.Error, "1 status events were dropped; the last because the boot server refused them: 400 event 0: state must be one of") {
 		t.Errorf("status-dropped error: %q", p.Error)
 	}
 	metrics := get(t, f.h, "GET", "/metrics", nil).Body.String()

@@ -22,8 +22,17 @@ type Client struct {
 	// Now is the clock of the status-dropped events; nil means time.Now.
 	Now func() time.Time
 
-	dropped int    // events refused since the last status-dropped report went through
-	reason  string // the server's last refusal
+	dropped int    // events dropped since the last status-dropped report went through
+	reason  string // why the last of them were dropped
+}
+
+// Drop counts n events the caller dropped itself (e.g. from a full queue) for the next
+// status-dropped report; reason says why.
+func (c *Client) Drop(n int, reason string) {
+	if n > 0 {
+		c.dropped += n
+		c.reason = reason
+	}
 }
 
 // Send posts evs in order, in as many POSTs as the limits need. It returns how many of evs are done
@@ -50,8 +59,7 @@ func (c *Client) Send(ctx context.Context, evs []Event) (n int, err error) {
 				c.dropped, c.reason = 0, ""
 				return n, fmt.Errorf("the boot server refused the report of dropped status events: %d %s", code, msg)
 			}
-			c.dropped += k
-			c.reason = fmt.Sprintf("%d %s", code, msg)
+			c.Drop(k, fmt.Sprintf("the boot server refused them: %d %s", code, msg))
 		default:
 			return n, fmt.Errorf("the boot server answered %d %s to the status report", code, msg)
 		}
@@ -67,7 +75,7 @@ func (c *Client) droppedEvent() Event {
 	}
 	return Event{Phase: PhaseStatusDropped, State: StateError, Time: now(),
 		Detail: fmt.Sprintf("%d events", c.dropped),
-		Error:  Truncate(fmt.Sprintf("the boot server refused %d status events: %s", c.dropped, c.reason), MaxError)}
+		Error:  Truncate(fmt.Sprintf("%d status events were dropped; the last because %s", c.dropped, c.reason), MaxError)}
 }
 
 // chunk encodes head and as many of evs as fit the limits (at least one) as a JSON array; k is how

@@ -143,7 +143,7 @@ func TestClientDropsRefused(t *testing.T) {
 	}
 	d := srv.posts[0][0]
 	if d.Phase != PhaseStatusDropped || d.State != StateError || d.Detail != "256 events" ||
-		!strings.Contains(d.Error, "refused 256 status events: 400 event 10: refused") {
+		d.Error != "256 status events were dropped; the last because the boot server refused them: 400 event 10: refused" {
 		t.Fatalf("status-dropped event: %+v", d)
 	}
 	if srv.posts[0][1].Detail != "256 " {

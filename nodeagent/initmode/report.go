@@ -2,6 +2,7 @@ package initmode
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ type Reporter struct {
 	mu      sync.Mutex
 	queue   []bootstatus.Event
 	base    uint64 // sequence number of queue[0]
+	lost    int    // events trimmed from a full queue, not yet reported
 	secrets []string
 	online  bool
 
@@ -90,6 +92,7 @@ func (r *Reporter) Report(ctx context.Context, ev bootstatus.Event) {
 	if over := len(r.queue) - maxQueue; over > 0 {
 		r.queue = r.queue[over:]
 		r.base += uint64(over)
+		r.lost += over
 	}
 	r.mu.Unlock()
 	r.wake()
@@ -153,6 +156,8 @@ func (r *Reporter) Flush(ctx context.Context) bool {
 	}
 	batch := append([]bootstatus.Event(nil), r.queue...)
 	start := r.base
+	r.client.Drop(r.lost, fmt.Sprintf("the agent keeps at most %d while the boot server is unreachable", maxQueue))
+	r.lost = 0
 	r.mu.Unlock()
 
 	r.client.URL, r.client.HTTP = r.URL, r.Client

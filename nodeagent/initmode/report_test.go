@@ -14,8 +14,9 @@ import (
 )
 
 // TestReporterBacklog queues more events than one POST may carry (the agent's whole queue, as when the
-// boot server was away) and a few the server refuses: every other event arrives, in order, and the
-// refused batch is dropped and reported instead of blocking the queue for good.
+// boot server was away), more than the queue holds, and a few the server refuses: every other event
+// arrives, in order, and what was dropped (trimmed from the queue, or a refused batch, which used to
+// block the queue for good) is reported first.
 func TestReporterBacklog(t *testing.T) {
 	var mu sync.Mutex
 	var got []bootstatus.Event
@@ -46,7 +47,7 @@ func TestReporterBacklog(t *testing.T) {
 		name        string
 		events      int
 		refuseAt    int // -1: none
-		wantDropped int
+		wantRefused int
 	}{
 		{"a full queue", maxQueue, -1, 0},
 		{"more than the queue holds", 600, -1, 0}, // the oldest 88 go before the network is up
@@ -71,11 +72,12 @@ func TestReporterBacklog(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			kept := min(tc.events, maxQueue) - tc.wantDropped
-			first := max(0, tc.events-maxQueue) + tc.wantDropped
-			if tc.wantDropped > 0 {
-				if len(got) == 0 || got[0].Phase != bootstatus.PhaseStatusDropped || got[0].Detail != fmt.Sprint(tc.wantDropped, " events") {
-					t.Fatalf("no status-dropped event first: %+v", got[:min(1, len(got))])
+			trimmed := max(0, tc.events-maxQueue)
+			kept := min(tc.events, maxQueue) - tc.wantRefused
+			first := trimmed + tc.wantRefused
+			if dropped := trimmed + tc.wantRefused; dropped > 0 {
+				if len(got) == 0 || got[0].Phase != bootstatus.PhaseStatusDropped || got[0].Detail != fmt.Sprint(dropped, " events") {
+					t.Fatalf("no status-dropped event for %d events first: %+v", dropped, got[:min(1, len(got))])
 				}
 				got = got[1:]
 			}

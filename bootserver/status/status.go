@@ -101,7 +101,7 @@ type Options struct {
 	Known func(mac string) bool
 	// Registerer gets the boot-phase histogram and the machines-by-last-phase gauge.
 	Registerer prometheus.Registerer
-	// FlushInterval is how often events recorded without Sync are written; default 1s.
+	// FlushInterval is how often events recorded without RecordSync are written; default 1s.
 	FlushInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time

@@ -124,6 +124,11 @@ type Cluster struct {
 type Unknown struct {
 	// Profile, if set, is booted by unknown machines; empty means they get nothing.
 	Profile string `yaml:"profile"`
+	// MaxTimelines bounds the boot timelines kept for machines not in the inventory (any MAC that
+	// sends a DISCOVER, a script request or a status report gets one): past it, the least recently
+	// seen one is dropped, from memory and disk. 0 means the default, 1024. Inventory machines
+	// always keep theirs.
+	MaxTimelines int `yaml:"maxTimelines"`
 }
 
 // Profile is what a machine boots.

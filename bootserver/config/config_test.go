@@ -93,6 +93,9 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate MAC", func(s string) string {
 			return s + "  - mac: 52-54-00-00-00-01\n"
 		}, 29, "machines[2].mac: 52:54:00:00:00:01 is also machines[0]"},
+		{"negative timeline budget", func(s string) string {
+			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTimelines: -1\nprofiles:", 1)
+		}, 17, "unknownMachines.maxTimelines: -1 is negative"},
 		{"missing kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 11, "cluster.kubeconfig: required"},
 	}
 	for _, tt := range tests {

@@ -101,6 +101,9 @@ func (c *Config) validate(file string, loc locator) error {
 			ck.fail([]any{"unknownMachines", "profile"}, "profile %q is not defined under profiles", c.Unknown.Profile)
 		}
 	}
+	if c.Unknown.MaxTimelines < 0 {
+		ck.fail([]any{"unknownMachines", "maxTimelines"}, "%d is negative: give a number of machines, or leave it out for the default (1024)", c.Unknown.MaxTimelines)
+	}
 	c.validateMachines(ck)
 	return errors.Join(ck.errs...)
 }

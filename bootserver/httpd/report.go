@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
@@ -13,22 +15,23 @@ import (
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
-// postStatus serves POST /status/<mac>: a JSON array of bootstatus.Event. The body is bounded, every
-// event is validated (all or nothing), and the events are on disk before 204 is answered. A
-// node-ready done event deletes the machine's token.
+// postStatus serves POST /status/<mac>: a JSON array of bootstatus.Event within the protocol's limits
+// (bootstatus.MaxBody, bootstatus.MaxEvents, which the agent's client chunks to). Every event is
+// validated (all or nothing), and the events are on disk before 204 is answered. A node-ready done
+// event deletes the machine's token.
 func (h *Handler) postStatus(w http.ResponseWriter, r *http.Request) {
 	mac, err := config.CanonicalMAC(r.PathValue("mac"))
 	if err != nil {
 		h.reject(w, "bad-mac", err.Error(), http.StatusBadRequest)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxStatusBody)
+	r.Body = http.MaxBytesReader(w, r.Body, bootstatus.MaxBody)
 	var evs []bootstatus.Event
 	dec := json.NewDecoder(r.Body)
 	if err := dec.Decode(&evs); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			h.reject(w, "too-large", "the body is larger than the limit", http.StatusRequestEntityTooLarge)
+			h.reject(w, "too-large", fmt.Sprintf("the body is larger than %d bytes: send fewer events per POST", bootstatus.MaxBody), http.StatusRequestEntityTooLarge)
 			return
 		}
 		h.reject(w, "bad-json", "the body must be a JSON array of events", http.StatusBadRequest)
@@ -38,8 +41,8 @@ func (h *Handler) postStatus(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, "bad-json", "one JSON array, nothing after it", http.StatusBadRequest)
 		return
 	}
-	if len(evs) == 0 || len(evs) > MaxStatusEvents {
-		h.reject(w, "event-count", "send 1 to 256 events", http.StatusBadRequest)
+	if len(evs) == 0 || len(evs) > bootstatus.MaxEvents {
+		h.reject(w, "event-count", fmt.Sprintf("send 1 to %d events per POST", bootstatus.MaxEvents), http.StatusBadRequest)
 		return
 	}
 	now := time.Now()
@@ -47,7 +50,7 @@ func (h *Handler) postStatus(w http.ResponseWriter, r *http.Request) {
 	ready := false
 	for i := range evs {
 		if err := evs[i].Validate(); err != nil {
-			h.reject(w, "invalid-event", "event "+itoa(i)+": "+err.Error(), http.StatusBadRequest)
+			h.reject(w, "invalid-event", fmt.Sprintf("event %d: %v", i, err), http.StatusBadRequest)
 			return
 		}
 		if evs[i].Time.IsZero() || evs[i].Time.After(now.Add(24*time.Hour)) {
@@ -76,7 +79,5 @@ func (h *Handler) reject(w http.ResponseWriter, reason, msg string, code int) {
 	http.Error(w, msg, code)
 }
 
-func itoa(i int) string {
-	b, _ := json.Marshal(i)
-	return string(b)
-}
+// itoa is strconv.Itoa (netns_test.go uses it).
+func itoa(i int) string { return strconv.Itoa(i) }

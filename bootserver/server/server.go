@@ -106,7 +106,8 @@ func New(opts Options) (s *Server, err error) {
 	if s.db, err = bolt.Open(filepath.Join(c.StateDir, "bootserver.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
 		return nil, fmt.Errorf("state store %s: %w (is another bootserver running?)", filepath.Join(c.StateDir, "bootserver.db"), err)
 	}
-	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg}); err != nil {
+	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg, MaxUnknown: c.Unknown.MaxTimelines,
+		Known: func(mac string) bool { return s.inv.Known(mac, "") }}); err != nil {
 		return nil, err
 	}
 	if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {

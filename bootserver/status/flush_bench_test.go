@@ -21,7 +21,7 @@ func BenchmarkFlush(b *testing.B) {
 	for i := range macs {
 		macs[i] = fmt.Sprintf("52:54:01:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff)
 	}
-	id := &Identity{NodeName: "node", Profile: "worker"}
+	id := &Identity{NodeName: "node", Profile: "worker", Known: true}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

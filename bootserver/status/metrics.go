@@ -6,21 +6,10 @@ import (
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
-// knownPhases are the phase names used as metric labels; any other phase an agent reports is
-// counted as "other", so the network cannot grow the label set.
-var knownPhases = map[string]bool{
-	PhaseDHCP: true, PhaseNBP: true, PhaseIPXEDHCP: true, PhaseScript: true, PhaseKernel: true,
-	PhaseInitrd: true, PhaseAgentDHCP: true,
-	bootstatus.PhaseAgentStart: true, bootstatus.PhaseNetwork: true, bootstatus.PhaseJoinFile: true,
-	bootstatus.PhaseRootImage: true, bootstatus.PhaseSwitchRoot: true, bootstatus.PhaseNodeReady: true,
-	"preflight": true, "control-plane-prepare": true, "kubelet-start": true, "kubelet-start/config": true,
-	"kubelet-start/tls-bootstrap": true, "kubelet-start/start": true, "control-plane-join": true,
-	"discovery": true, "join": true,
-}
-
-// PhaseLabel is the metric label of a phase name.
+// PhaseLabel is the metric label of a phase name: the name itself if the protocol knows it
+// (bootstatus.Known), else "other", so the network cannot grow the label set.
 func PhaseLabel(phase string) string {
-	if knownPhases[phase] {
+	if bootstatus.Known(phase) {
 		return phase
 	}
 	return "other"

@@ -7,26 +7,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 )
 
 func macN(i int) string { return fmt.Sprintf("52:54:02:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff) }
 
-// TestLogReopen writes timelines through every path that reaches the disk (background flushes of
-// a few or many machines, RecordSync, compactions) and checks after each round that a reopened
-// store holds exactly what the running one held, and that compaction keeps the log small.
-func TestLogReopen(t *testing.T) {
-	defer func(e int, b int64) { compactEntries, compactSlack = e, b }(compactEntries, compactSlack)
-	compactEntries, compactSlack = 40, 1<<20
+func allKnown(string) bool { return true }
+
+// TestReopen writes timelines through every path that reaches the disk (background flushes of a few
+// or many machines, RecordSync) and checks after each round that a reopened store holds exactly what
+// the running one held.
+func TestReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	db := openDB(t, path)
-	s, err := Open(db, Options{FlushInterval: time.Hour})
+	opts := Options{FlushInterval: time.Hour, Known: allKnown}
+	s, err := Open(db, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { s.Close(); db.Close() }()
 	t0 := time.Unix(1700000000, 0)
-	compactions := 0
 	rounds := []struct {
 		name     string
 		machines int
@@ -50,18 +51,8 @@ func TestLogReopen(t *testing.T) {
 				s.Record(macN(i), e)
 			}
 		}
-		// The second flush has nothing to write, but compacts a log the first left over its bound.
-		for range 2 {
-			before := s.log.entries
-			if err := s.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			if s.log.entries < before {
-				compactions++
-			}
-		}
-		if s.log.bytes > 4*s.log.compacted+compactSlack {
-			t.Errorf("%s: the log holds %d bytes, last compaction %d", tc.name, s.log.bytes, s.log.compacted)
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
 		}
 		want := s.All()
 		if err := s.Close(); err != nil {
@@ -69,33 +60,13 @@ func TestLogReopen(t *testing.T) {
 		}
 		db.Close()
 		db = openDB(t, path)
-		if s, err = Open(db, Options{FlushInterval: time.Hour}); err != nil {
+		if s, err = Open(db, opts); err != nil {
 			t.Fatal(err)
 		}
 		if got := s.All(); !sameJSON(t, got, want) {
 			t.Fatalf("%s: after reopen %d machines differ from the %d before (first %+v)", tc.name, len(got), len(want), got[0])
 		}
-		if live := liveBytes(t, s); s.log.compacted != live {
-			t.Errorf("%s: after reopen the store takes its last compaction as %d bytes; a compaction would write %d", tc.name, s.log.compacted, live)
-		}
 	}
-	if compactions == 0 {
-		t.Error("no round compacted the log")
-	}
-}
-
-// liveBytes is the size of a compaction of s: one record per machine.
-func liveBytes(t *testing.T, s *Store) int64 {
-	t.Helper()
-	var n int64
-	for _, m := range s.All() {
-		rec, err := appendRecord(nil, m.MAC, &m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += int64(len(rec))
-	}
-	return n
 }
 
 // sameJSON compares as the status pages show them (time.Time values differ in location only).
@@ -112,76 +83,106 @@ func sameJSON(t *testing.T, a, b []Machine) bool {
 	return string(ja) == string(jb)
 }
 
-// TestLegacyTimelines opens a database written before the log (one key per machine in bucket
-// "timelines"), keeps its timelines, and drops the old bucket at the first flush.
-func TestLegacyTimelines(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
-	db := openDB(t, path)
-	old := Machine{MAC: macN(1), NodeName: "n1", Boot: 2, Phases: []Phase{{Phase: PhaseScript, State: "done", Source: SourceHTTP}}}
+// TestCorrupt: a value that is not a timeline stops Open with an error naming the machine.
+func TestCorrupt(t *testing.T) {
+	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
 	err := db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucket(legacyBucket)
+		b, err := tx.CreateBucket(bucket)
 		if err != nil {
 			return err
 		}
-		v, _ := json.Marshal(old)
-		return b.Put([]byte(old.MAC), v)
+		return b.Put([]byte("52:54:00:00:00:01"), []byte("[1"))
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(db, Options{FlushInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
+	if s, err := Open(db, Options{}); err == nil {
+		s.Close()
+		t.Fatal("a corrupt timeline opened")
+	} else if want := "status: cannot load the timelines from the state store: timeline of 52:54:00:00:00:01: "; err.Error()[:len(want)] != want {
+		t.Fatalf("error %q", err)
 	}
-	if got, ok := s.Get(old.MAC); !ok || got.NodeName != "n1" || got.Boot != 2 {
-		t.Fatalf("legacy timeline: %+v %v", got, ok)
-	}
-	s = reopen(t, s, db, path) // Close flushes: a compaction, since the legacy bucket is there
-	if got, ok := s.Get(old.MAC); !ok || got.NodeName != "n1" {
-		t.Fatalf("after the compaction: %+v %v", got, ok)
-	}
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(legacyBucket) != nil {
-			t.Error("the legacy bucket is still there after a compaction")
-		}
-		return nil
-	})
 }
 
-// TestLogCorrupt: a log value that does not parse stops Open with an error naming it.
-func TestLogCorrupt(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		value []byte
-	}{
-		{"empty MAC length", []byte{}},
-		{"MAC longer than the value", []byte{17, 'a'}},
-		{"JSON length past the end", append([]byte{1, 'm'}, 0, 0, 1, 0, '{')},
-		{"JSON that is not a timeline", append([]byte{1, 'm'}, 0, 0, 0, 1, '[')},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
-			defer db.Close()
-			err := db.Update(func(tx *bolt.Tx) error {
-				b, err := tx.CreateBucket(logBucket)
-				if err != nil {
-					return err
-				}
-				v := tc.value
-				if len(v) == 0 {
-					v = []byte{0x80} // an unterminated uvarint
-				}
-				return b.Put([]byte{0, 0, 0, 0, 0, 0, 0, 1}, v)
-			})
-			if err != nil {
+// storedMACs counts the timelines on disk.
+func storedMACs(t *testing.T, s *Store) int {
+	t.Helper()
+	n := 0
+	if err := s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucket).Stats().KeyN; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestUnknownFlood records events for 50,000 MACs not in the inventory, as a flood of status POSTs,
+// DISCOVERs or script GETs from random MACs does, between the events of inventory machines: these keep
+// their timelines, and unknown machines never hold more than their budget, in memory or on disk, nor
+// after a restart. Inventory machines are known by the Known predicate (as the boot server's
+// inventory says), or by an Identity with Known set (a machine found by its SMBIOS UUID).
+func TestUnknownFlood(t *testing.T) {
+	const flood, budget = 50000, DefaultMaxUnknown
+	inventory := map[string]bool{}
+	for i := range 5 {
+		inventory[fmt.Sprintf("52:54:00:aa:00:%02x", i)] = true
+	}
+	const byUUID = "52:54:00:bb:00:01"
+	opts := Options{FlushInterval: time.Hour, Known: func(mac string) bool { return inventory[mac] }}
+	path := filepath.Join(t.TempDir(), "state.db")
+	db := openDB(t, path)
+	s, err := Open(db, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(1700000000, 0)
+	inventoryEvents := func(at time.Time) {
+		for mac := range inventory {
+			s.Record(mac, ev(PhaseDHCP, "start", at, true))
+		}
+		s.RecordAs(byUUID, &Identity{NodeName: "by-uuid", Profile: "worker", Known: true}, ev(PhaseScript, "done", at, true))
+	}
+	inventoryEvents(t0)
+	for i := range flood {
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		s.Record(macN(i), ev(PhaseDHCP, "start", at, true))
+		if i%1000 == 999 {
+			inventoryEvents(at)
+			if err := s.Flush(); err != nil {
 				t.Fatal(err)
 			}
-			if s, err := Open(db, Options{}); err == nil {
-				s.Close()
-				t.Fatal("a corrupt log opened")
-			} else {
-				t.Log(err)
-			}
-		})
+		}
 	}
+	check := func(when string) {
+		t.Helper()
+		for mac := range inventory {
+			if m, ok := s.Get(mac); !ok || m.LastPhase != PhaseDHCP {
+				t.Errorf("%s: inventory machine %s has no timeline", when, mac)
+			}
+		}
+		if m, ok := s.Get(byUUID); !ok || m.NodeName != "by-uuid" {
+			t.Errorf("%s: machine known by UUID has no timeline", when)
+		}
+		if n := len(s.All()); n != len(inventory)+1+budget {
+			t.Errorf("%s: %d timelines in memory, want %d inventory + %d unknown", when, n, len(inventory)+1, budget)
+		}
+		if n := storedMACs(t, s); n != len(inventory)+1+budget {
+			t.Errorf("%s: %d timelines on disk, want %d inventory + %d unknown", when, n, len(inventory)+1, budget)
+		}
+		// The unknown machines kept are the most recently seen.
+		if _, ok := s.Get(macN(flood - budget)); !ok {
+			t.Errorf("%s: the most recent unknown machines were evicted", when)
+		}
+		if _, ok := s.Get(macN(flood - budget - 1)); ok {
+			t.Errorf("%s: an older unknown machine was kept", when)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	check("after the flood")
+	if got := testutil.ToFloat64(s.evictions); got != flood-budget {
+		t.Errorf("evictions counted: %v, want %d", got, flood-budget)
+	}
+	s = reopen(t, s, db, path, opts)
+	check("after a restart")
 }

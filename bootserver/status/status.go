@@ -1,12 +1,19 @@
 // Package status keeps each machine's boot timeline: the phases the boot server saw itself (DHCP,
 // the NBP over TFTP, the iPXE script, kernel, initrds, join file) and the ones the node agent
-// reports to POST /status/<mac>. Timelines live in memory and in a bbolt bucket, so they survive a
-// restart; an event recorded with Sync is on disk before Sync returns.
+// reports to POST /status/<mac>. Timelines live in memory and in a bbolt bucket (persist.go), so they
+// survive a restart; events recorded with RecordSync are on disk before it returns.
+//
+// Inventory machines always keep their timeline. Any other MAC the network shows (a DISCOVER, a
+// script GET, a status POST) gets one within a small budget (Options.MaxUnknown): the least recently
+// seen unknown machine leaves memory and disk to make room.
 package status
 
 import (
+	"container/list"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -17,18 +24,16 @@ import (
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 )
 
-// Phases the boot server records itself, besides the agent's (bootstatus).
+// Phases the boot server records itself (their names are the protocol's: bootstatus).
 const (
-	PhaseDHCP      = "dhcp"       // firmware's DHCP (discover → ack)
-	PhaseNBP       = "nbp"        // the iPXE binary over TFTP
-	PhaseIPXEDHCP  = "ipxe-dhcp"  // iPXE's own DHCP, answered with the script URL
-	PhaseScript    = "script"     // GET /boot/<mac>.ipxe
-	PhaseKernel    = "kernel"     // the profile's kernel
-	PhaseInitrd    = "initrd"     // the profile's initrds
-	PhaseAgentDHCP = "agent-dhcp" // the agent's DHCP (not PXE)
-	// PhaseNodeRegistered is the machine's Node appearing (or heartbeating) in the cluster after this
-	// boot began; bootstatus.PhaseNodeReady follows when its Ready condition turns true.
-	PhaseNodeRegistered = "node-registered"
+	PhaseDHCP           = bootstatus.PhaseDHCP
+	PhaseNBP            = bootstatus.PhaseNBP
+	PhaseIPXEDHCP       = bootstatus.PhaseIPXEDHCP
+	PhaseScript         = bootstatus.PhaseScript
+	PhaseKernel         = bootstatus.PhaseKernel
+	PhaseInitrd         = bootstatus.PhaseInitrd
+	PhaseAgentDHCP      = bootstatus.PhaseAgentDHCP
+	PhaseNodeRegistered = bootstatus.PhaseNodeRegistered
 )
 
 // Sources of events.
@@ -44,8 +49,8 @@ const (
 const (
 	// MaxPhases is the most phases kept per boot; later new phases are dropped.
 	MaxPhases = 64
-	// DefaultMaxMachines bounds the timelines kept (unknown MACs could otherwise fill memory).
-	DefaultMaxMachines = 65536
+	// DefaultMaxUnknown is the default of Options.MaxUnknown.
+	DefaultMaxUnknown = 1024
 )
 
 // Event is one phase transition to record.
@@ -88,11 +93,15 @@ type Machine struct {
 
 // Options configure a Store.
 type Options struct {
-	// MaxMachines bounds the timelines kept; default DefaultMaxMachines.
-	MaxMachines int
+	// MaxUnknown bounds the timelines of machines not in the inventory; past it, the least recently
+	// seen one is evicted. Default DefaultMaxUnknown.
+	MaxUnknown int
+	// Known says whether a MAC is in the inventory. A machine is also known once an Identity with
+	// Known set was recorded for it (RecordAs, SetIdentity). Nil: only that.
+	Known func(mac string) bool
 	// Registerer gets the boot-phase histogram and the machines-by-last-phase gauge.
 	Registerer prometheus.Registerer
-	// FlushInterval is how often events recorded without Sync are written; default 1s.
+	// FlushInterval is how often events recorded without RecordSync are written; default 1s.
 	FlushInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -100,27 +109,37 @@ type Options struct {
 
 // Store holds the timelines.
 type Store struct {
-	db    *bolt.DB
-	opts  Options
-	mu    sync.Mutex
-	m     map[string]*Machine
-	dirty map[string]bool
-	phase *prometheus.HistogramVec
+	db   *bolt.DB
+	opts Options
+	mu   sync.Mutex
+	m    map[string]*entry
+	// unknown holds the entries of machines not in the inventory, most recently seen first.
+	unknown *list.List
+	dirty   map[string]bool // changed since the last write
+	gone    map[string]bool // evicted, to delete from disk
+	phase   *prometheus.HistogramVec
 	// observers caches phase's series by label values (a bounded set: PhaseLabel × done/error).
 	observers map[[2]string]prometheus.Observer
 	drops     prometheus.Counter
+	evictions prometheus.Counter
 	stop      chan struct{}
 	done      chan struct{}
-	// flushMu serializes the writes (flush, RecordSync); flushBuf is flush's encoding buffer.
-	flushMu  sync.Mutex
-	flushBuf []byte
-	log      logState // under flushMu (persist.go)
+	// flushMu serializes the writes (flush, RecordSync), so that none overwrites a newer timeline
+	// with an older one.
+	flushMu sync.Mutex
+}
+
+// entry is a machine's timeline and its bookkeeping.
+type entry struct {
+	Machine
+	lru    *list.Element // in Store.unknown, for a machine not in the inventory
+	stored bool          // written to disk (an eviction must delete it there)
 }
 
 // Open loads the timelines kept in db and starts the background writer; Close stops it.
 func Open(db *bolt.DB, opts Options) (*Store, error) {
-	if opts.MaxMachines <= 0 {
-		opts.MaxMachines = DefaultMaxMachines
+	if opts.MaxUnknown <= 0 {
+		opts.MaxUnknown = DefaultMaxUnknown
 	}
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = time.Second
@@ -128,12 +147,9 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Store{db: db, opts: opts, m: map[string]*Machine{}, dirty: map[string]bool{},
-		observers: map[[2]string]prometheus.Observer{}, stop: make(chan struct{}), done: make(chan struct{})}
-	err := db.Update(s.load)
-	if err != nil {
-		return nil, fmt.Errorf("status: cannot load the timelines: %w", err)
-	}
+	s := &Store{db: db, opts: opts, m: map[string]*entry{}, unknown: list.New(), dirty: map[string]bool{},
+		gone: map[string]bool{}, observers: map[[2]string]prometheus.Observer{},
+		stop: make(chan struct{}), done: make(chan struct{})}
 	s.phase = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pxejoin_boot_phase_duration_seconds",
 		Help:    "Duration of boot phases, from their start to their end (done or error).",
@@ -141,10 +157,25 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	}, []string{"phase", "state"})
 	s.drops = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "pxejoin_status_events_dropped_total",
-		Help: "Events not recorded because the machine or phase limit was reached.",
+		Help: "Events not recorded because their boot already has the most phases kept.",
 	})
+	s.evictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pxejoin_status_unknown_evicted_total",
+		Help: "Timelines of machines not in the inventory dropped, least recently seen first, to stay within unknownMachines.maxTimelines.",
+	})
+	unknown := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pxejoin_status_unknown_timelines",
+		Help: "Timelines kept for machines not in the inventory.",
+	}, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(s.unknown.Len())
+	})
+	if err := s.load(); err != nil {
+		return nil, fmt.Errorf("status: cannot load the timelines from the state store: %w", err)
+	}
 	if r := opts.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{s.phase, s.drops, machinesCollector{s}} {
+		for _, c := range []prometheus.Collector{s.phase, s.drops, s.evictions, unknown, machinesCollector{s}} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -163,32 +194,22 @@ func (s *Store) Close() error {
 
 // Record adds an event to mac's timeline (mac canonical). It returns the machine's boot number.
 func (s *Store) Record(mac string, ev Event) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.record(mac, ev)
+	return s.RecordAs(mac, nil, ev)
 }
 
-// RecordSync is Record and then a write to disk of mac's timeline before returning.
+// RecordSync is Record of each event and then a write to disk of mac's timeline before returning.
 func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
 	s.flushMu.Lock() // after a running flush, which may hold mac as it was before evs
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
-	boot := 0
-	for _, ev := range evs {
-		boot = s.record(mac, ev)
-	}
-	m := s.m[mac]
-	var data []byte
-	var err error
-	if m != nil {
-		data, err = appendRecord(nil, mac, m)
-		delete(s.dirty, mac)
-	}
+	e := s.update(mac, nil, evs)
+	data, err := s.encode(e)
+	delete(s.dirty, mac)
 	s.mu.Unlock()
-	if m == nil || err != nil {
-		return boot, err
+	if err != nil {
+		return e.Boot, err
 	}
-	return boot, s.commitLog(data, false)
+	return e.Boot, s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(mac), data) })
 }
 
 // Identity is what the inventory says of a machine.
@@ -199,9 +220,7 @@ type Identity struct {
 
 // SetIdentity records what the inventory says of mac (node name, profile, known).
 func (s *Store) SetIdentity(mac, node, profile string, known bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.setIdentity(mac, Identity{NodeName: node, Profile: profile, Known: known})
+	s.RecordAs(mac, &Identity{NodeName: node, Profile: profile, Known: known})
 }
 
 // RecordAs records evs in order and then, unless id is nil, mac's identity (as SetIdentity), all
@@ -209,35 +228,67 @@ func (s *Store) SetIdentity(mac, node, profile string, known bool) {
 func (s *Store) RecordAs(mac string, id *Identity, evs ...Event) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.machine(mac) // one lookup for all: the map is as large as the fleet
-	if m == nil {
-		return 0
-	}
-	for i := range evs {
-		s.recordIn(m, evs[i])
-	}
-	if id != nil {
-		m.NodeName, m.Profile, m.Known = id.NodeName, id.Profile, id.Known
-	}
-	s.dirty[mac] = true
-	return m.Boot
+	return s.update(mac, id, evs).Boot
 }
 
-func (s *Store) setIdentity(mac string, id Identity) {
-	m := s.machine(mac)
-	if m == nil || (m.NodeName == id.NodeName && m.Profile == id.Profile && m.Known == id.Known) {
+// update applies evs and id to mac's entry, creating it if need be, and makes room for it among the
+// unknown machines if it is one. Called with s.mu held.
+func (s *Store) update(mac string, id *Identity, evs []Event) *entry {
+	e := s.m[mac]
+	if e == nil {
+		e = &entry{Machine: Machine{MAC: mac}}
+		if s.gone[mac] { // evicted but not yet deleted from disk: this write replaces it
+			delete(s.gone, mac)
+			e.stored = true
+		}
+		s.m[mac] = e
+		s.dirty[mac] = true
+	}
+	for i := range evs {
+		if s.recordIn(&e.Machine, evs[i]) {
+			s.dirty[mac] = true
+		}
+	}
+	if id != nil && (e.NodeName != id.NodeName || e.Profile != id.Profile || e.Known != id.Known) {
+		e.NodeName, e.Profile, e.Known = id.NodeName, id.Profile, id.Known
+		s.dirty[mac] = true
+	}
+	s.place(e)
+	return e
+}
+
+// place puts e among the unknown machines (first: the most recently seen), evicting the least
+// recently seen past the budget, or takes it out if it is known. Called with s.mu held.
+func (s *Store) place(e *entry) {
+	if e.Known || (s.opts.Known != nil && s.opts.Known(e.MAC)) {
+		if e.lru != nil {
+			s.unknown.Remove(e.lru)
+			e.lru = nil
+		}
 		return
 	}
-	m.NodeName, m.Profile, m.Known = id.NodeName, id.Profile, id.Known
-	s.dirty[mac] = true
+	if e.lru != nil {
+		s.unknown.MoveToFront(e.lru)
+		return
+	}
+	e.lru = s.unknown.PushFront(e)
+	for s.unknown.Len() > s.opts.MaxUnknown {
+		old := s.unknown.Remove(s.unknown.Back()).(*entry)
+		delete(s.m, old.MAC)
+		delete(s.dirty, old.MAC)
+		if old.stored {
+			s.gone[old.MAC] = true
+		}
+		s.evictions.Inc()
+	}
 }
 
 // Boot returns mac's current boot number (0 if never seen).
 func (s *Store) Boot(mac string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m := s.m[mac]; m != nil {
-		return m.Boot
+	if e := s.m[mac]; e != nil {
+		return e.Boot
 	}
 	return 0
 }
@@ -246,19 +297,19 @@ func (s *Store) Boot(mac string) int {
 func (s *Store) Get(mac string) (Machine, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.m[mac]
-	if m == nil {
+	e := s.m[mac]
+	if e == nil {
 		return Machine{}, false
 	}
-	return copyMachine(m), true
+	return copyMachine(&e.Machine), true
 }
 
 // All returns copies of every machine, sorted by MAC.
 func (s *Store) All() []Machine {
 	s.mu.Lock()
 	out := make([]Machine, 0, len(s.m))
-	for _, m := range s.m {
-		out = append(out, copyMachine(m))
+	for _, e := range s.m {
+		out = append(out, copyMachine(&e.Machine))
 	}
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].MAC < out[j].MAC })
@@ -271,20 +322,6 @@ func copyMachine(m *Machine) Machine {
 	return c
 }
 
-// machine returns mac's record, creating it unless the limit is reached (then nil).
-func (s *Store) machine(mac string) *Machine {
-	m := s.m[mac]
-	if m == nil {
-		if len(s.m) >= s.opts.MaxMachines {
-			s.drops.Inc()
-			return nil
-		}
-		m = &Machine{MAC: mac}
-		s.m[mac] = m
-	}
-	return m
-}
-
 // observer is the phase histogram's series for a phase label and state, resolved once (s.mu held).
 func (s *Store) observer(phase, state string) prometheus.Observer {
 	k := [2]string{phase, state}
@@ -294,17 +331,6 @@ func (s *Store) observer(phase, state string) prometheus.Observer {
 		s.observers[k] = o
 	}
 	return o
-}
-
-func (s *Store) record(mac string, ev Event) int {
-	m := s.machine(mac)
-	if m == nil {
-		return 0
-	}
-	if s.recordIn(m, ev) {
-		s.dirty[mac] = true
-	}
-	return m.Boot
 }
 
 // recordIn adds ev to m's timeline; false if it was dropped (phase limit).
@@ -376,63 +402,48 @@ func (s *Store) flushLoop() {
 func (s *Store) Flush() error { return s.flush() }
 
 // flushChunk is how many timelines flush encodes per hold of the lock, so that requests recording
-// events wait for one chunk (well under a millisecond), not for the whole batch.
+// events wait for one chunk, not for the whole batch.
 const flushChunk = 256
 
-// flush writes every dirty timeline (every timeline when the log is due for compaction) in one
-// transaction. Flushes and RecordSync's writes run one at a time, so that none overwrites a newer
-// timeline with an older one; flushes share one buffer.
+// flush writes every changed timeline and deletes every evicted one in one transaction.
 func (s *Store) flush() error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
-	compact := s.log.due()
 	s.mu.Lock()
-	if len(s.dirty) == 0 && !compact {
+	if len(s.dirty) == 0 && len(s.gone) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	var macs []string
-	if compact {
-		macs = make([]string, 0, len(s.m))
-		for mac := range s.m {
-			macs = append(macs, mac)
-		}
-	} else {
-		macs = make([]string, 0, len(s.dirty))
-		for mac := range s.dirty {
-			macs = append(macs, mac)
-		}
-	}
-	clear(s.dirty) // keeps its room for the next batch
+	macs := slices.Sorted(maps.Keys(s.dirty)) // in key order: bbolt's cheapest inserts
+	gone := slices.Sorted(maps.Keys(s.gone))
+	clear(s.dirty)
+	clear(s.gone)
 	s.mu.Unlock()
 	// A machine changed after the clear is encoded as it is now and written again next time.
-	buf := s.flushBuf[:0]
-	defer func() {
-		if cap(buf) <= 64<<20 { // keep the room of a usual batch, not that of a huge one
-			s.flushBuf = buf[:0]
-		}
-	}()
+	recs := make([][]byte, len(macs))
 	for i := 0; i < len(macs); i += flushChunk {
 		s.mu.Lock()
-		for _, mac := range macs[i:min(i+flushChunk, len(macs))] {
-			if m := s.m[mac]; m != nil {
-				buf, _ = appendRecord(buf, mac, m) // a timeline that does not encode is left out
+		for j := i; j < min(i+flushChunk, len(macs)); j++ {
+			if e := s.m[macs[j]]; e != nil {
+				recs[j], _ = s.encode(e) // a timeline that does not encode is left out
 			}
 		}
 		s.mu.Unlock()
 	}
-	return s.commitLog(buf, compact)
-}
-
-// commitLog writes recs to the log in a transaction of its own. Called with flushMu held.
-func (s *Store) commitLog(recs []byte, compact bool) error {
-	var st logState
-	err := s.db.Update(func(tx *bolt.Tx) (err error) {
-		st, err = s.writeLog(tx, recs, compact)
-		return err
-	})
-	if err == nil {
-		s.log = st
+	err := s.db.Update(func(tx *bolt.Tx) error { return write(tx, macs, recs, gone) })
+	if err != nil { // try again next time
+		s.mu.Lock()
+		for _, mac := range macs {
+			if s.m[mac] != nil {
+				s.dirty[mac] = true
+			}
+		}
+		for _, mac := range gone {
+			if s.m[mac] == nil {
+				s.gone[mac] = true
+			}
+		}
+		s.mu.Unlock()
 	}
 	return err
 }

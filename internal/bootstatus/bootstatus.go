@@ -1,15 +1,26 @@
-// Package bootstatus is the boot-status protocol between nodeagent and bootserver: the agent POSTs one
-// Event per phase transition to /status/<mac>; the boot server records them in each machine's timeline.
-// Both binaries use this one definition.
+// Package bootstatus is the boot-status protocol between nodeagent and bootserver, whole: the agent
+// POSTs Events to /status/<mac> as a JSON array of at most MaxEvents events and MaxBody bytes, and the
+// boot server records them in each machine's timeline beside the phases it sees itself. Both binaries
+// use this one definition: the event, its limits, every phase name and the client (client.go).
 package bootstatus
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
+)
+
+// Limits of one POST /status/<mac>. The server refuses a body past them with a 4xx; Client chunks to
+// them, so an agent's backlog always gets through.
+const (
+	// MaxEvents is the most events in one POST.
+	MaxEvents = 256
+	// MaxBody is the most bytes in one POST's body.
+	MaxBody = 64 << 10
+	// MaxPhase, MaxDetail and MaxError bound an event's fields (bytes). With JSON's escaping, one
+	// event at these bounds still fits in MaxBody.
+	MaxPhase  = 64
+	MaxDetail = 1024
+	MaxError  = 4096
 )
 
 // States of a phase.
@@ -20,16 +31,70 @@ const (
 	StateSkipped = "skipped"
 )
 
-// Well-known phase names besides the join phases (preflight, kubelet-start/tls-bootstrap, …). The boot
-// server adds its own (dhcp, nbp, script, kernel, initrd, join-file) from what it serves.
+// Phases the node agent reports around the join.
 const (
 	PhaseAgentStart = "agent-start"
 	PhaseNetwork    = "network"
 	PhaseJoinFile   = "join-file"
+	// PhaseJoin wraps the join's own phases (JoinPhases), which the join reports itself.
+	PhaseJoin       = "join"
 	PhaseRootImage  = "root-image"
 	PhaseSwitchRoot = "switch-root"
 	PhaseNodeReady  = "node-ready"
+	// PhaseStatusDropped says how many events the boot server refused (Client reports it, as an
+	// error, in the POST after the refusal).
+	PhaseStatusDropped = "status-dropped"
 )
+
+// JoinPhases are the join's phases and sub-phases as nodeagent/join reports them (kubeadm's names,
+// plus discovery).
+var JoinPhases = []string{
+	"discovery",
+	"preflight",
+	"control-plane-prepare",
+	"control-plane-prepare/download-certs",
+	"control-plane-prepare/certs",
+	"control-plane-prepare/kubeconfig",
+	"control-plane-prepare/control-plane",
+	"kubelet-start",
+	"kubelet-start/config",
+	"kubelet-start/tls-bootstrap",
+	"kubelet-start/start",
+	"control-plane-join",
+	"control-plane-join/etcd",
+	"control-plane-join/mark-control-plane",
+}
+
+// Phases the boot server records itself, from what it serves.
+const (
+	PhaseDHCP      = "dhcp"       // firmware's DHCP (discover → ack)
+	PhaseNBP       = "nbp"        // the iPXE binary over TFTP
+	PhaseIPXEDHCP  = "ipxe-dhcp"  // iPXE's own DHCP, answered with the script URL
+	PhaseScript    = "script"     // GET /boot/<mac>.ipxe
+	PhaseKernel    = "kernel"     // the profile's kernel
+	PhaseInitrd    = "initrd"     // the profile's initrds
+	PhaseAgentDHCP = "agent-dhcp" // the agent's DHCP (not PXE)
+	// PhaseNodeRegistered is the machine's Node appearing (or heartbeating) in the cluster after this
+	// boot began; PhaseNodeReady follows when its Ready condition turns true.
+	PhaseNodeRegistered = "node-registered"
+)
+
+var known = func() map[string]bool {
+	m := map[string]bool{}
+	for _, p := range append([]string{
+		PhaseAgentStart, PhaseNetwork, PhaseJoinFile, PhaseJoin, PhaseRootImage, PhaseSwitchRoot,
+		PhaseNodeReady, PhaseStatusDropped,
+		PhaseDHCP, PhaseNBP, PhaseIPXEDHCP, PhaseScript, PhaseKernel, PhaseInitrd, PhaseAgentDHCP,
+		PhaseNodeRegistered,
+	}, JoinPhases...) {
+		m[p] = true
+	}
+	return m
+}()
+
+// Known reports whether phase is one of the names above (any other is still a valid event: the
+// server counts it under one "other" metric label).
+func Known(phase string) bool { return known[phase] }
 
 // Event is one phase transition. Error must never hold a token, key or certificate.
 type Event struct {
@@ -45,34 +110,26 @@ type Event struct {
 // Validate checks an event received from the network.
 func (e *Event) Validate() error {
 	switch {
-	case e.Phase == "" || len(e.Phase) > 64:
-		return fmt.Errorf("phase must be 1 to 64 characters")
+	case e.Phase == "" || len(e.Phase) > MaxPhase:
+		return fmt.Errorf("phase must be 1 to %d bytes", MaxPhase)
 	case e.State != StateStart && e.State != StateDone && e.State != StateError && e.State != StateSkipped:
 		return fmt.Errorf("state must be one of %s, %s, %s, %s", StateStart, StateDone, StateError, StateSkipped)
-	case len(e.Detail) > 1024 || len(e.Error) > 4096:
-		return fmt.Errorf("detail or error too long")
+	case len(e.Detail) > MaxDetail:
+		return fmt.Errorf("detail must be at most %d bytes", MaxDetail)
+	case len(e.Error) > MaxError:
+		return fmt.Errorf("error must be at most %d bytes", MaxError)
 	}
 	return nil
 }
 
-// Post sends events to url (…/status/<mac>) as a JSON array. It gives up after the context's deadline.
-func Post(ctx context.Context, hc *http.Client, url string, events ...Event) error {
-	body, err := json.Marshal(events)
-	if err != nil {
-		return err
+// Truncate cuts s to at most n bytes, ending in "..." when it cut (on a UTF-8 boundary).
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return err
+	i := n - 3
+	for i > 0 && s[i]&0xc0 == 0x80 { // not inside a multi-byte character
+		i--
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("boot server answered %s to the status report", resp.Status)
-	}
-	return nil
+	return s[:i] + "..."
 }

@@ -2,6 +2,7 @@ package initmode
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,8 +15,10 @@ import (
 // what is queued in the background, in order, batching what piled up during the previous post, so a
 // slow or absent boot server never holds up the boot (each post used to cost the agent a round trip).
 // Events wait in the queue while the network is not up or the boot server does not answer (e.g. it
-// restarts); Flush sends synchronously (before switch_root). Secrets registered with AddSecret never
-// leave the machine.
+// restarts); Flush sends synchronously (before switch_root). A backlog goes out in POSTs within the
+// protocol's limits, and events the server refuses (4xx) are dropped and reported as such
+// (bootstatus.Client), so the queue always drains. Secrets registered with AddSecret never leave the
+// machine.
 type Reporter struct {
 	URL    string
 	Client *http.Client
@@ -27,10 +30,12 @@ type Reporter struct {
 	mu      sync.Mutex
 	queue   []bootstatus.Event
 	base    uint64 // sequence number of queue[0]
+	lost    int    // events trimmed from a full queue, not yet reported
 	secrets []string
 	online  bool
 
-	sendMu sync.Mutex // one post at a time, so events arrive in order
+	sendMu sync.Mutex        // one post at a time, so events arrive in order
+	client bootstatus.Client // under sendMu
 	start  sync.Once
 	kick   chan struct{}
 }
@@ -77,8 +82,8 @@ func (r *Reporter) Report(ctx context.Context, ev bootstatus.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	ev.Error = truncate(r.Redact(ev.Error), 4096)
-	ev.Detail = truncate(r.Redact(ev.Detail), 1024)
+	ev.Error = bootstatus.Truncate(r.Redact(ev.Error), bootstatus.MaxError)
+	ev.Detail = bootstatus.Truncate(r.Redact(ev.Detail), bootstatus.MaxDetail)
 	if r.Log != nil {
 		r.Log(ev)
 	}
@@ -87,6 +92,7 @@ func (r *Reporter) Report(ctx context.Context, ev bootstatus.Event) {
 	if over := len(r.queue) - maxQueue; over > 0 {
 		r.queue = r.queue[over:]
 		r.base += uint64(over)
+		r.lost += over
 	}
 	r.mu.Unlock()
 	r.wake()
@@ -149,28 +155,24 @@ func (r *Reporter) Flush(ctx context.Context) bool {
 		return false
 	}
 	batch := append([]bootstatus.Event(nil), r.queue...)
-	end := r.base + uint64(len(batch))
+	start := r.base
+	r.client.Drop(r.lost, fmt.Sprintf("the agent keeps at most %d while the boot server is unreachable", maxQueue))
+	r.lost = 0
 	r.mu.Unlock()
 
-	hc := r.Client
-	if hc == nil {
-		hc = http.DefaultClient
-	}
+	r.client.URL, r.client.HTTP = r.URL, r.Client
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := bootstatus.Post(ctx, hc, r.URL, batch...)
+	n, err := r.client.Send(ctx, batch)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err != nil {
-		return false
-	}
-	// Drop what was sent; events queued during the post stay (some of the batch may have been
-	// trimmed by maxQueue meanwhile).
-	if n := end - r.base; n > 0 {
-		r.queue = r.queue[min(int(n), len(r.queue)):]
+	// Drop what was delivered or refused; events queued during the post stay (some of the batch may
+	// have been trimmed by maxQueue meanwhile).
+	if end := start + uint64(n); end > r.base {
+		r.queue = r.queue[min(int(end-r.base), len(r.queue)):]
 		r.base = end
 	}
-	return len(r.queue) == 0
+	return err == nil && len(r.queue) == 0
 }
 
 // Drain flushes until the queue is empty, retrying every RetryEvery, for at most d; it returns whether
@@ -199,11 +201,4 @@ func (r *Reporter) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.queue)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-3] + "..."
 }

@@ -227,13 +227,13 @@ type eventLog struct {
 	ev map[string][]string
 }
 
-func (e *eventLog) add(mac net.HardwareAddr, kind, detail string) {
+func (e *eventLog) add(ev Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ev == nil {
 		e.ev = map[string][]string{}
 	}
-	e.ev[mac.String()] = append(e.ev[mac.String()], kind+" "+detail)
+	e.ev[ev.MAC.String()] = append(e.ev[ev.MAC.String()], ev.String())
 }
 
 // waitFor waits until mac has an event starting with prefix.

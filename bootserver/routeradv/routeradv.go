@@ -155,14 +155,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("routeradv: joining all-routers on %s: %w", ifi.Name, err)
 	}
 	msg := Message(ifi.HardwareAddr)
-	send := func(why string) {
+	send := func(why string) bool {
 		if _, err := p.WriteTo(msg, &ipv6.ControlMessage{IfIndex: ifi.Index, HopLimit: 255}, allNodes); err != nil {
 			// No link-local address yet (duplicate address detection), or the link is down: try again later.
 			s.warn.Log(slog.LevelDebug, "router advertisement not sent", "why", why, "err", err)
-			return
+			return false
 		}
 		s.m.sent.WithLabelValues(why).Inc()
 		s.log.Debug("router advertisement sent", "why", why)
+		return true
 	}
 	go func() {
 		<-ctx.Done()
@@ -196,11 +197,12 @@ func (s *Server) Serve(ctx context.Context) error {
 // advertise sends an advertisement at start, every Interval, and for each solicitation, never two
 // within MinDelay: a solicitation that comes sooner is answered when MinDelay is over, by one
 // advertisement for all that came in between (RFC 4861 §6.2.6).
-func (s *Server) advertise(ctx context.Context, send func(why string), solicited <-chan struct{}) {
-	var last time.Time
+func (s *Server) advertise(ctx context.Context, send func(why string) bool, solicited <-chan struct{}) {
+	var last time.Time // of the last advertisement that went out
 	sendNow := func(why string) {
-		send(why)
-		last = time.Now()
+		if send(why) {
+			last = time.Now()
+		}
 	}
 	sendNow("start")
 	tick := time.NewTicker(s.cfg.Interval)

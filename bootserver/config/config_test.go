@@ -93,6 +93,12 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate MAC", func(s string) string {
 			return s + "  - mac: 52-54-00-00-00-01\n"
 		}, 29, "machines[2].mac: 52:54:00:00:00:01 is also machines[0]"},
+		{"negative dhcp limit", func(s string) string {
+			return strings.Replace(s, "  mode: full\n", "  mode: full\n  maxUnknownLeases: -1\n", 1)
+		}, 6, "dhcp.maxUnknownLeases: -1 is negative"},
+		{"negative tftp limit", func(s string) string {
+			return strings.Replace(s, "  root: $D\n", "  root: $D\n  maxTransfersPerClient: -2\n", 1)
+		}, 9, "tftp: maxTransfers and maxTransfersPerClient must not be negative"},
 		{"missing kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 11, "cluster.kubeconfig: required"},
 	}
 	for _, tt := range tests {

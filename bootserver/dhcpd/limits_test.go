@@ -227,3 +227,26 @@ func TestStrangerCap(t *testing.T) {
 		})
 	}
 }
+
+// TestExhaustedPoolLogsOnce: DISCOVERs on an exhausted pool are each counted, but logged once per
+// interval (a flood used to log a WARN line per packet).
+func TestExhaustedPoolLogsOnce(t *testing.T) {
+	var logs logbuf.Buffer
+	s := newTestServer(t, ModeFull, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	relay := dhcpv4.WithRelay(relayIP.AsSlice())
+	for i := range 2 { // the relayed pool has two addresses
+		dora(t, s, macN(0x300+i), relay)
+	}
+	const n = 100
+	for i := range n {
+		if o, _, _ := exchange(t, s, pkt(t, dhcpv4.MessageTypeDiscover, macN(0x400+i), relay), false); o != nil {
+			t.Fatalf("exhausted pool offered %v", o.YourIPAddr)
+		}
+	}
+	if got := testutil.ToFloat64(s.Metrics().Dropped.WithLabelValues(dropExhausted)); got != n {
+		t.Errorf("pool_exhausted drops = %v, want %d", got, n)
+	}
+	if lines := strings.Count(logs.String(), "dhcp pool exhausted"); lines != 1 {
+		t.Errorf("%d log lines for %d DISCOVERs on an exhausted pool, want 1:\n%s", lines, n, logs.String())
+	}
+}

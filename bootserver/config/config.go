@@ -77,6 +77,13 @@ type DHCP struct {
 	// ~16 s for IPv6 configuration. Default: on in full mode (the boot server owns the link), off otherwise
 	// (an existing network has its own routers).
 	RouterAdvertisements *bool `yaml:"routerAdvertisements"`
+	// MaxUnknownLeases caps the addresses (offers and leases) machines outside the inventory hold
+	// in full mode; the pool always keeps as many addresses as there are inventory machines.
+	// Default 64.
+	MaxUnknownLeases int `yaml:"maxUnknownLeases"`
+	// MaxInFlight bounds the DHCP requests handled at once; past it requests are dropped and
+	// counted (clients retransmit). Default 256.
+	MaxInFlight int `yaml:"maxInFlight"`
 }
 
 // SendRouterAdvertisements resolves DHCP.RouterAdvertisements' default.
@@ -106,6 +113,11 @@ type TFTP struct {
 	SNPOnly bool `yaml:"snpOnly"`
 	// Disabled turns TFTP off (e.g. when another server or only iPXE ROMs are used).
 	Disabled bool `yaml:"disabled"`
+	// MaxTransfers bounds the TFTP transfers under way. Default 256.
+	MaxTransfers int `yaml:"maxTransfers"`
+	// MaxTransfersPerClient bounds the transfers one client address has under way, so that one
+	// address cannot take every transfer. Default 4.
+	MaxTransfersPerClient int `yaml:"maxTransfersPerClient"`
 }
 
 // Cluster names the cluster machines join.

@@ -96,6 +96,12 @@ func TestParseErrors(t *testing.T) {
 		{"negative timeline budget", func(s string) string {
 			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTimelines: -1\nprofiles:", 1)
 		}, 17, "unknownMachines.maxTimelines: -1 is negative"},
+		{"negative dhcp limit", func(s string) string {
+			return strings.Replace(s, "  mode: full\n", "  mode: full\n  maxUnknownLeases: -1\n", 1)
+		}, 6, "dhcp.maxUnknownLeases: -1 is negative"},
+		{"negative tftp limit", func(s string) string {
+			return strings.Replace(s, "  root: $D\n", "  root: $D\n  maxTransfersPerClient: -2\n", 1)
+		}, 9, "tftp: maxTransfers and maxTransfersPerClient must not be negative"},
 		{"missing kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 11, "cluster.kubeconfig: required"},
 	}
 	for _, tt := range tests {

@@ -126,6 +126,17 @@ func (c *Config) validateDHCP(ck *checker) {
 			ck.fail([]any{"dhcp", "leaseTime"}, "%q is not a duration of at least 1m (e.g. 1h)", c.DHCP.LeaseTime)
 		}
 	}
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"maxUnknownLeases", c.DHCP.MaxUnknownLeases}, {"maxInFlight", c.DHCP.MaxInFlight}} {
+		if f.v < 0 {
+			ck.fail([]any{"dhcp", f.key}, "%d is negative: leave it out for the default", f.v)
+		}
+	}
+	if c.TFTP.MaxTransfers < 0 || c.TFTP.MaxTransfersPerClient < 0 {
+		ck.fail([]any{"tftp"}, "maxTransfers and maxTransfersPerClient must not be negative: leave them out for the defaults")
+	}
 	p := c.DHCP.Pool
 	if c.DHCP.Mode != DHCPFull {
 		if p.Start != "" || p.End != "" {

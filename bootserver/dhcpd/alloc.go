@@ -2,6 +2,7 @@ package dhcpd
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -13,11 +14,18 @@ import (
 // allocator picks addresses. An offered address is held for its client for OfferHold (in memory
 // only: an offer is a promise the client must confirm with a REQUEST); an ACKed one is protected by
 // its lease in the store.
+//
+// Strangers (clients Config.Known does not know) are kept from crowding out inventory machines:
+// their offers are held for UnknownOfferHold only, and the addresses they hold in a pool (offers
+// and leases, tracked in strangers) are capped by strangerCap.
 type allocator struct {
 	store       *leases.Store
 	serverIP    func() netip.Addr
 	offerHold   time.Duration
+	strangeHold time.Duration
 	declineHold time.Duration
+	maxUnknown  int
+	inventory   int
 	resByMAC    map[string]Reservation
 	resByIP     map[netip.Addr]string
 
@@ -27,6 +35,15 @@ type allocator struct {
 	declined  map[netip.Addr]time.Time
 	cursor    map[netip.Prefix]uint32
 	lastSweep time.Time
+	// strangers are the strangers holding an address (an offer or a lease) until a time, and
+	// inPool how many of them each pool has. Both stay within the pools' strangerCap.
+	strangers map[string]stranger
+	inPool    map[netip.Prefix]int
+}
+
+type stranger struct {
+	pool  netip.Prefix
+	until time.Time
 }
 
 type hold struct {
@@ -39,19 +56,71 @@ func newAllocator(c *Config, serverIP func() netip.Addr) *allocator {
 		store:       c.Leases,
 		serverIP:    serverIP,
 		offerHold:   c.OfferHold,
+		strangeHold: c.UnknownOfferHold,
 		declineHold: c.DeclineHold,
+		maxUnknown:  c.MaxUnknown,
+		inventory:   c.Inventory,
 		resByMAC:    map[string]Reservation{},
 		resByIP:     map[netip.Addr]string{},
 		held:        map[netip.Addr]hold{},
 		heldBy:      map[string]netip.Addr{},
 		declined:    map[netip.Addr]time.Time{},
 		cursor:      map[netip.Prefix]uint32{},
+		strangers:   map[string]stranger{},
+		inPool:      map[netip.Prefix]int{},
 	}
 	for _, r := range c.Reservations {
 		a.resByMAC[string(r.MAC)] = r
 		a.resByIP[r.IP] = string(r.MAC)
 	}
+	if c.Known != nil && a.store != nil {
+		now := time.Now()
+		for _, l := range a.store.All() {
+			if p := c.poolFor(l.IP); p != nil && l.Active(now) && !c.Known(l.MAC, nil) {
+				a.setStranger(string(l.MAC), p.Subnet, l.Expiry)
+			}
+		}
+	}
 	return a
+}
+
+// strangerCap is how many addresses of p strangers may hold: MaxUnknown, but never so many that
+// fewer than Inventory addresses of the range are left for known machines.
+func (a *allocator) strangerCap(p *Pool) int {
+	size := int(min(u32(p.End)-u32(p.Start)+1, 1<<30))
+	return max(0, min(a.maxUnknown, size-a.inventory))
+}
+
+// admitStranger reports whether stranger mac may hold an address of p: it holds one already, or
+// p has room under strangerCap. Callers hold mu.
+func (a *allocator) admitStranger(p *Pool, mac string, now time.Time) bool {
+	if st, ok := a.strangers[mac]; ok && st.pool == p.Subnet && now.Before(st.until) {
+		return true
+	}
+	if a.inPool[p.Subnet] < a.strangerCap(p) {
+		return true
+	}
+	for k, st := range a.strangers { // at most the pools' caps together: cheap
+		if !now.Before(st.until) {
+			a.dropStranger(k)
+		}
+	}
+	return a.inPool[p.Subnet] < a.strangerCap(p)
+}
+
+// setStranger records that stranger mac holds an address of pool until until. Callers hold mu.
+func (a *allocator) setStranger(mac string, pool netip.Prefix, until time.Time) {
+	a.dropStranger(mac)
+	a.strangers[mac] = stranger{pool: pool, until: until}
+	a.inPool[pool]++
+}
+
+// dropStranger forgets stranger mac. Callers hold mu.
+func (a *allocator) dropStranger(mac string) {
+	if st, ok := a.strangers[mac]; ok {
+		delete(a.strangers, mac)
+		a.inPool[st.pool]--
+	}
 }
 
 func u32(a netip.Addr) uint32 { b := a.As4(); return binary.BigEndian.Uint32(b[:]) }
@@ -106,20 +175,20 @@ func (a *allocator) usable(p *Pool, ip netip.Addr, mac string, now time.Time) bo
 	return true
 }
 
-// holdFor holds ip for mac until now+offerHold, dropping mac's other hold. Callers hold mu.
-func (a *allocator) holdFor(ip netip.Addr, mac string, now time.Time) {
+// holdFor holds ip for mac until now+d, dropping mac's other hold. Callers hold mu.
+func (a *allocator) holdFor(ip netip.Addr, mac string, now time.Time, d time.Duration) {
 	if old, ok := a.heldBy[mac]; ok && old != ip {
 		if a.held[old].mac == mac {
 			delete(a.held, old)
 		}
 	}
-	a.held[ip] = hold{mac: mac, until: now.Add(a.offerHold)}
+	a.held[ip] = hold{mac: mac, until: now.Add(d)}
 	a.heldBy[mac] = ip
 }
 
-// sweep drops expired holds, at most once per offerHold. Callers hold mu.
+// sweep drops expired holds, at most once per strangers' offer hold. Callers hold mu.
 func (a *allocator) sweep(now time.Time) {
-	if now.Sub(a.lastSweep) < a.offerHold {
+	if now.Sub(a.lastSweep) < min(a.offerHold, a.strangeHold) {
 		return
 	}
 	a.lastSweep = now
@@ -134,12 +203,30 @@ func (a *allocator) sweep(now time.Time) {
 }
 
 // offer picks an address in p for mac and holds it: mac's reservation, the address it holds or
-// held, the one it asked for (option 50), else the next free one in the range.
-func (a *allocator) offer(p *Pool, mac net.HardwareAddr, requested netip.Addr, now time.Time) (netip.Addr, bool) {
+// held, the one it asked for (option 50), else the next free one in the range. A stranger (known
+// false) past p's strangerCap gets none: the result is then errStrangerCap.
+func (a *allocator) offer(p *Pool, mac net.HardwareAddr, known bool, requested netip.Addr, now time.Time) (netip.Addr, error) {
 	k := string(mac)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.sweep(now)
+	d := a.offerHold
+	if !known {
+		if !a.admitStranger(p, k, now) {
+			return netip.Addr{}, errStrangerCap
+		}
+		d = a.strangeHold
+	}
+	take := func(ip netip.Addr) {
+		a.holdFor(ip, k, now, d)
+		if !known {
+			until := now.Add(d)
+			if l, ok := a.store.Get(mac); ok && l.IP == ip && l.Expiry.After(until) {
+				until = l.Expiry // its lease keeps the address longer than the offer
+			}
+			a.setStranger(k, p.Subnet, until)
+		}
+	}
 	var candidates []netip.Addr
 	if r, ok := a.reservation(p, mac); ok {
 		candidates = append(candidates, r.IP)
@@ -155,8 +242,8 @@ func (a *allocator) offer(p *Pool, mac net.HardwareAddr, requested netip.Addr, n
 	}
 	for _, ip := range candidates {
 		if a.usable(p, ip, k, now) {
-			a.holdFor(ip, k, now)
-			return ip, true
+			take(ip)
+			return ip, nil
 		}
 	}
 	start, end := u32(p.Start), u32(p.End)
@@ -173,22 +260,47 @@ func (a *allocator) offer(p *Pool, mac net.HardwareAddr, requested netip.Addr, n
 		}
 		if a.usable(p, ip, k, now) {
 			a.cursor[p.Subnet] = cur
-			a.holdFor(ip, k, now)
-			return ip, true
+			take(ip)
+			return ip, nil
 		}
 	}
-	return netip.Addr{}, false
+	return netip.Addr{}, errExhausted
 }
 
-// claim checks that mac may have ip out of p and holds it while the lease is committed.
-func (a *allocator) claim(p *Pool, mac net.HardwareAddr, ip netip.Addr, now time.Time) bool {
+var (
+	errExhausted   = errors.New("pool exhausted")
+	errStrangerCap = errors.New("unknown machines hold as many addresses as they may")
+)
+
+// claim checks that mac may have ip out of p and holds it while the lease is committed; a
+// stranger past p's strangerCap may not.
+func (a *allocator) claim(p *Pool, mac net.HardwareAddr, known bool, ip netip.Addr, now time.Time) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.usable(p, ip, string(mac), now) {
+	k := string(mac)
+	if !a.usable(p, ip, k, now) || (!known && !a.admitStranger(p, k, now)) {
 		return false
 	}
-	a.holdFor(ip, string(mac), now)
+	a.holdFor(ip, k, now, a.offerHold)
+	if !known {
+		a.setStranger(k, p.Subnet, now.Add(a.offerHold))
+	}
 	return true
+}
+
+// leased records that stranger mac's lease in p lasts until expiry (its REQUEST was ACKed).
+func (a *allocator) leased(p *Pool, mac net.HardwareAddr, expiry time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.setStranger(string(mac), p.Subnet, expiry)
+}
+
+// forget drops mac's place among the strangers (its lease was released or declined, or its
+// commit failed).
+func (a *allocator) forget(mac net.HardwareAddr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dropStranger(string(mac))
 }
 
 // unhold forgets mac's hold (its lease is committed, or it took another server's offer).

@@ -50,12 +50,6 @@ type Reservation struct {
 	Hostname string
 }
 
-// EventFunc receives boot events: kind is "discover" (DISCOVER seen), "offer" (OFFER sent) or "ack"
-// (ACK sent); detail carries the address and the boot file. It is called from one goroutine, in
-// order, never on the packet path: events queue in a buffer and are dropped (and counted in
-// pxejoin_dhcp_events_dropped_total) when the callback falls behind. Keep it fast and non-blocking.
-type EventFunc func(mac net.HardwareAddr, kind, detail string)
-
 // Config configures a Server. Zero values are filled with the defaults noted.
 type Config struct {
 	// Interface is the network interface to serve (SO_BINDTODEVICE); empty serves every interface.
@@ -79,8 +73,25 @@ type Config struct {
 	Leases *leases.Store
 	// BootPolicy decides the boot information for each client; nil means no boot information.
 	BootPolicy BootPolicy
-	// OfferHold is how long an offered address stays held for its client; zero means 30 s.
+	// OfferHold is how long an offered address stays held for a known client; zero means 30 s.
 	OfferHold time.Duration
+	// Known, if set, tells inventory machines from strangers (uuid is option 97 as sent, or nil).
+	// Strangers' offers are held for UnknownOfferHold only, and strangers hold at most MaxUnknown
+	// addresses of a pool (offers and leases), fewer if the pool must keep Inventory addresses
+	// for known machines; past that they get no offer (counted as "unknown_cap"). Nil treats
+	// every client as known.
+	Known func(mac net.HardwareAddr, uuid []byte) bool
+	// Inventory is how many machines Known accepts: each pool keeps that many addresses of its
+	// range out of strangers' reach.
+	Inventory int
+	// MaxUnknown caps the addresses strangers (see Known) hold in one pool; zero means 64.
+	MaxUnknown int
+	// UnknownOfferHold is how long an address offered to a stranger stays held; zero means 5 s.
+	UnknownOfferHold time.Duration
+	// MaxInFlight bounds the requests handled at once (a REQUEST waits for its lease to be
+	// durable); past it requests are dropped (counted as "busy") and clients retransmit. Zero
+	// means 256.
+	MaxInFlight int
 	// DeclineHold is how long an address a client DECLINEd stays out of use; zero means 10 min.
 	DeclineHold time.Duration
 	// OnEvent, if set, receives boot events (see EventFunc).
@@ -96,6 +107,13 @@ const (
 	defaultOfferHold   = 30 * time.Second
 	defaultDeclineHold = 10 * time.Minute
 	defaultProxyPort   = 4011
+
+	// DefaultMaxUnknown is Config.MaxUnknown's default.
+	DefaultMaxUnknown = 64
+	// DefaultUnknownOfferHold is Config.UnknownOfferHold's default.
+	DefaultUnknownOfferHold = 5 * time.Second
+	// DefaultMaxInFlight is Config.MaxInFlight's default.
+	DefaultMaxInFlight = 256
 )
 
 func (c *Config) setDefaults() error {
@@ -113,6 +131,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.OfferHold == 0 {
 		c.OfferHold = defaultOfferHold
+	}
+	if c.UnknownOfferHold <= 0 {
+		c.UnknownOfferHold = DefaultUnknownOfferHold
+	}
+	if c.MaxUnknown <= 0 {
+		c.MaxUnknown = DefaultMaxUnknown
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 	if c.DeclineHold == 0 {
 		c.DeclineHold = defaultDeclineHold

@@ -41,7 +41,7 @@ func Example() {
 			HTTPBase:   "http://10.0.0.1:8080",
 			Known:      func(mac net.HardwareAddr) bool { return inventory[mac.String()] },
 		},
-		OnEvent: func(mac net.HardwareAddr, kind, detail string) {
+		OnEvent: func(e dhcpd.Event) {
 			// Hand over to the status page without blocking, e.g. a buffered channel.
 		},
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"net/netip"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -103,16 +102,22 @@ func (s *Server) poolOf(req *dhcpv4.DHCPv4) *Pool {
 
 func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	mac := req.ClientHWAddr
-	s.event(mac, "discover", f.VendorClass)
+	s.event(Event{Kind: EventDiscover, MAC: mac, VendorClass: f.VendorClass})
 	p := s.poolOf(req)
 	if p == nil {
 		s.drop(dropNoPool, mac, req.GatewayIPAddr.String())
 		return nil, nil
 	}
-	ip, ok := s.alloc.offer(p, mac, addrOf(req.RequestedIPAddress()), now)
-	if !ok {
-		s.cfg.Logger.Warn("dhcp pool exhausted", "pool", p.Subnet, "mac", mac.String())
+	ip, err := s.alloc.offer(p, mac, s.known(f), addrOf(req.RequestedIPAddress()), now)
+	switch err {
+	case errExhausted:
+		s.warn.Warn("dhcp pool exhausted: widen the pool or shorten the lease time", "pool", p.Subnet, "mac", mac.String())
 		s.drop(dropExhausted, mac, p.Subnet.String())
+		return nil, nil
+	case errStrangerCap:
+		s.warn.Warn("dhcp: unknown machines hold as many addresses as they may: add the machine to the inventory or raise dhcp.maxUnknownLeases",
+			"pool", p.Subnet, "mac", mac.String())
+		s.drop(dropUnknownCap, mac, p.Subnet.String())
 		return nil, nil
 	}
 	r := s.reply(req, dhcpv4.MessageTypeOffer)
@@ -124,7 +129,7 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 	if s.debugging() {
 		s.cfg.Logger.Debug("dhcp offer", "mac", mac.String(), "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
 	}
-	s.event(mac, "offer", eventDetail(ip, boot))
+	s.event(Event{Kind: EventOffer, MAC: mac, VendorClass: f.VendorClass, IP: ip, File: boot.File})
 	return r, s.dest(req, r, nil, false)
 }
 
@@ -133,6 +138,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	if sid := req.ServerIdentifier(); sid != nil && addrOf(sid) != s.serverIP {
 		// The client took another server's offer: free ours.
 		s.alloc.unhold(mac)
+		s.alloc.forget(mac)
 		s.drop(dropNotForUs, mac, "server identifier "+sid.String())
 		return nil, nil
 	}
@@ -149,7 +155,8 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 		s.drop(dropNoPool, mac, req.GatewayIPAddr.String())
 		return nil, nil
 	}
-	if !s.alloc.claim(p, mac, want, now) {
+	known := s.known(f)
+	if !s.alloc.claim(p, mac, known, want, now) {
 		s.metrics.Naked.Inc()
 		if s.debugging() {
 			s.cfg.Logger.Debug("dhcp nak", "mac", mac.String(), "ip", want)
@@ -165,8 +172,13 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	l := leases.Lease{MAC: mac, IP: want, Expiry: now.Add(p.LeaseTime), Hostname: hostname}
 	err := s.cfg.Leases.Commit(l)
 	s.alloc.unhold(mac)
+	if !known && err == nil {
+		s.alloc.leased(p, mac, l.Expiry)
+	} else if !known {
+		s.alloc.forget(mac)
+	}
 	if err != nil {
-		s.cfg.Logger.Warn("dhcp lease not stored, no ACK sent", "mac", mac.String(), "ip", want, "err", err)
+		s.warn.Warn("dhcp lease not stored, no ACK sent: check the state directory's disk", "mac", mac.String(), "ip", want, "err", err)
 		s.drop(dropStore, mac, err.Error())
 		return nil, nil
 	}
@@ -180,7 +192,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	if s.debugging() {
 		s.cfg.Logger.Debug("dhcp ack", "mac", mac.String(), "ip", want, "file", boot.File, "relay", req.GatewayIPAddr)
 	}
-	s.event(mac, "ack", eventDetail(want, boot))
+	s.event(Event{Kind: EventAck, MAC: mac, VendorClass: f.VendorClass, IP: want, File: boot.File})
 	return r, s.dest(req, r, nil, false)
 }
 
@@ -195,9 +207,10 @@ func (s *Server) release(req *dhcpv4.DHCPv4, now time.Time) {
 		return
 	}
 	if err := s.cfg.Leases.Release(mac); err != nil {
-		s.cfg.Logger.Warn("dhcp release not stored", "mac", mac.String(), "err", err)
+		s.warn.Warn("dhcp release not stored: check the state directory's disk", "mac", mac.String(), "err", err)
 		return
 	}
+	s.alloc.forget(mac)
 	if s.debugging() {
 		s.cfg.Logger.Debug("dhcp release", "mac", mac.String(), "ip", l.IP)
 	}
@@ -215,10 +228,11 @@ func (s *Server) decline(req *dhcpv4.DHCPv4, now time.Time) {
 		return
 	}
 	s.alloc.decline(ip, now)
+	s.alloc.forget(mac)
 	if err := s.cfg.Leases.Delete(mac); err != nil {
-		s.cfg.Logger.Warn("dhcp decline not stored", "mac", mac.String(), "err", err)
+		s.warn.Warn("dhcp decline not stored: check the state directory's disk", "mac", mac.String(), "err", err)
 	}
-	s.cfg.Logger.Warn("dhcp address declined: in use on the link", "mac", mac.String(), "ip", ip)
+	s.warn.Warn("dhcp address declined: in use on the link; find the host that holds it", "mac", mac.String(), "ip", ip)
 }
 
 func (s *Server) inform(req *dhcpv4.DHCPv4, f ClientFacts) (*dhcpv4.DHCPv4, *net.UDPAddr) {
@@ -247,7 +261,7 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, f Client
 	switch {
 	case !pxePort && mt == dhcpv4.MessageTypeDiscover:
 		rt = dhcpv4.MessageTypeOffer
-		s.event(mac, "discover", f.VendorClass)
+		s.event(Event{Kind: EventDiscover, MAC: mac, VendorClass: f.VendorClass})
 	case pxePort && (mt == dhcpv4.MessageTypeRequest || mt == dhcpv4.MessageTypeInform):
 		rt = dhcpv4.MessageTypeAck
 	default:
@@ -267,10 +281,10 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, f Client
 	applyBoot(r, boot, f)
 	if rt == dhcpv4.MessageTypeOffer {
 		s.metrics.Offered.Inc()
-		s.event(mac, "offer", eventDetail(netip.Addr{}, boot))
+		s.event(Event{Kind: EventOffer, MAC: mac, VendorClass: f.VendorClass, File: boot.File})
 	} else {
 		s.metrics.Acked.Inc()
-		s.event(mac, "ack", eventDetail(netip.Addr{}, boot))
+		s.event(Event{Kind: EventAck, MAC: mac, VendorClass: f.VendorClass, File: boot.File})
 	}
 	if s.debugging() {
 		s.cfg.Logger.Debug("dhcp proxy "+msgName(rt), "mac", mac.String(), "file", boot.File, "pxe_port", pxePort)
@@ -360,18 +374,9 @@ func (s *Server) drop(reason string, mac net.HardwareAddr, detail string) {
 	}
 }
 
-func eventDetail(ip netip.Addr, b Boot) string {
-	d := ""
-	if ip.IsValid() {
-		d = ip.String()
-	}
-	if b.File != "" {
-		if d != "" {
-			d += " "
-		}
-		d += "file=" + b.File
-	}
-	return d
+// known reports whether the client is an inventory machine (Config.Known; all are without it).
+func (s *Server) known(f ClientFacts) bool {
+	return s.cfg.Known == nil || s.cfg.Known(f.MAC, f.UUID)
 }
 
 // debugging reports whether Debug lines are wanted, so the packet path builds them only then.

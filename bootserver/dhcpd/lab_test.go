@@ -18,6 +18,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
+	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -227,28 +228,29 @@ type eventLog struct {
 	ev map[string][]string
 }
 
-func (e *eventLog) add(mac net.HardwareAddr, kind, detail string) {
+func (e *eventLog) add(ev Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ev == nil {
 		e.ev = map[string][]string{}
 	}
-	e.ev[mac.String()] = append(e.ev[mac.String()], kind+" "+detail)
+	e.ev[ev.MAC.String()] = append(e.ev[ev.MAC.String()], ev.String())
 }
 
 // waitFor waits until mac has an event starting with prefix.
 func (e *eventLog) waitFor(mac net.HardwareAddr, prefix string) error {
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
+	found := eventually.Within(eventually.Patience, func() bool {
 		e.mu.Lock()
+		defer e.mu.Unlock()
 		for _, ev := range e.ev[mac.String()] {
 			if strings.HasPrefix(ev, prefix) {
-				e.mu.Unlock()
-				return nil
+				return true
 			}
 		}
-		e.mu.Unlock()
-		time.Sleep(10 * time.Millisecond)
+		return false
+	})
+	if found {
+		return nil
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -46,9 +46,9 @@ func TestLeaseLifecycle(t *testing.T) {
 	s := newTestServer(t, ModeFull, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.Registerer = reg
-		c.OnEvent = func(mac net.HardwareAddr, kind, detail string) {
+		c.OnEvent = func(e Event) {
 			mu.Lock()
-			events = append(events, kind+" "+detail)
+			events = append(events, e.String())
 			mu.Unlock()
 		}
 	})
@@ -139,7 +139,7 @@ func TestLeaseLifecycle(t *testing.T) {
 		t.Errorf("gather: %d %v", n, err)
 	}
 	for _, want := range []string{`msg="dhcp offer" mac=52:54:00:aa:bb:01 ip=10.78.0.100 file=http://`, `msg="dhcp ack"`, `msg="dhcp nak"`,
-		`msg="dhcp release"`, `level=WARN msg="dhcp address declined: in use on the link"`} {
+		`msg="dhcp release"`, `level=WARN msg="dhcp address declined: in use on the link;`} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no log line with %s in:\n%s", want, logs.String())
 		}

@@ -15,7 +15,8 @@ type Metrics struct {
 	// Packets counts requests received, by DHCP message type ("discover", "request", …, "none").
 	Packets *prometheus.CounterVec
 	// Dropped counts requests dropped, by reason ("short", "not_request", "bad_cookie", "bad_hlen",
-	// "parse", "no_type", "no_pool", "pool_exhausted", "bad_uuid", "store_error", "not_for_us", …).
+	// "parse", "no_type", "no_pool", "pool_exhausted", "bad_uuid", "store_error", "not_for_us",
+	// "busy" (past Config.MaxInFlight), "unknown_cap" (past Config.MaxUnknown), …).
 	Dropped *prometheus.CounterVec
 	// Replies counts replies sent, by DHCP message type.
 	Replies *prometheus.CounterVec
@@ -48,6 +49,8 @@ const (
 	dropNoAddress   = "no_requested_address"
 	dropSendFailed  = "send_failed"
 	dropRelayedLoop = "hops"
+	dropBusy        = "busy"
+	dropUnknownCap  = "unknown_cap"
 )
 
 func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error) {

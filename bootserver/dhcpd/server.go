@@ -15,6 +15,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+
+	"github.com/pxejoin/pxejoin/bootserver/ratelog"
 )
 
 // Server is a DHCPv4 server. Create it with New and run it with Serve.
@@ -23,13 +25,10 @@ type Server struct {
 	metrics  *Metrics
 	alloc    *allocator
 	serverIP netip.Addr // set by New or at the start of Serve, read-only after
-	events   chan event
+	events   chan Event
 	ready    chan struct{}
-}
-
-type event struct {
-	mac          net.HardwareAddr
-	kind, detail string
+	inFlight chan struct{}   // a slot per request being handled (Config.MaxInFlight)
+	warn     *ratelog.Logger // Warn lines that the network triggers
 }
 
 const eventBuffer = 1024
@@ -43,10 +42,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, metrics: m, serverIP: cfg.ServerIP, ready: make(chan struct{})}
+	s := &Server{cfg: cfg, metrics: m, serverIP: cfg.ServerIP, ready: make(chan struct{}),
+		inFlight: make(chan struct{}, cfg.MaxInFlight), warn: ratelog.New(cfg.Logger, 0)}
 	s.alloc = newAllocator(&s.cfg, func() netip.Addr { return s.serverIP })
 	if cfg.OnEvent != nil {
-		s.events = make(chan event, eventBuffer)
+		s.events = make(chan Event, eventBuffer)
 	}
 	return s, nil
 }
@@ -135,32 +135,29 @@ func (s *Server) Serve(ctx context.Context) error {
 	return fmt.Errorf("dhcpd: %w", first)
 }
 
-// handler answers one parsed packet; server4 runs it in a goroutine of its own.
+// handler answers one parsed packet; server4 runs it in a goroutine of its own. At most
+// Config.MaxInFlight run at once (a REQUEST waits for its lease to be durable): past that, packets
+// are dropped and counted, and the clients send again.
 func (s *Server) handler(pxePort bool) server4.Handler {
 	return func(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
+		select {
+		case s.inFlight <- struct{}{}:
+			defer func() { <-s.inFlight }()
+		default:
+			s.drop(dropBusy, m.ClientHWAddr, "")
+			return
+		}
 		up, _ := peer.(*net.UDPAddr)
 		reply, dst := s.handle(m, up, pxePort)
 		if reply == nil {
 			return
 		}
 		if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
-			s.cfg.Logger.Warn("dhcp send failed", "to", dst, "mac", m.ClientHWAddr.String(), "err", err)
+			s.warn.Warn("dhcp send failed", "to", dst, "mac", m.ClientHWAddr.String(), "err", err)
 			s.metrics.Dropped.WithLabelValues(dropSendFailed).Inc()
 			return
 		}
 		s.metrics.repliesByType[reply.MessageType()].Inc()
-	}
-}
-
-// event queues a boot event without blocking; a full queue drops it.
-func (s *Server) event(mac net.HardwareAddr, kind, detail string) {
-	if s.events == nil {
-		return
-	}
-	select {
-	case s.events <- event{mac: append(net.HardwareAddr(nil), mac...), kind: kind, detail: detail}:
-	default:
-		s.metrics.EventsDropped.Inc()
 	}
 }
 
@@ -170,7 +167,7 @@ func (s *Server) dispatchEvents(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case e := <-s.events:
-			s.cfg.OnEvent(e.mac, e.kind, e.detail)
+			s.cfg.OnEvent(e)
 		}
 	}
 }

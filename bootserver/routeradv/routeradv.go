@@ -14,12 +14,19 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv6"
+
+	"github.com/pxejoin/pxejoin/bootserver/ratelog"
 )
 
 // DefaultInterval is how often an unsolicited advertisement is sent.
 const DefaultInterval = 30 * time.Second
+
+// DefaultMinDelay is RFC 4861's MIN_DELAY_BETWEEN_RAS: multicast advertisements go out at least
+// this far apart (§6.2.6), however many solicitations come in.
+const DefaultMinDelay = 3 * time.Second
 
 // Config configures the sender.
 type Config struct {
@@ -27,14 +34,55 @@ type Config struct {
 	Interface string
 	// Interval between unsolicited advertisements; 0 means DefaultInterval.
 	Interval time.Duration
+	// MinDelay is the least time between two advertisements; 0 means DefaultMinDelay. A
+	// solicitation that comes sooner is answered by one advertisement when the delay is over,
+	// shared with every other solicitation in between.
+	MinDelay time.Duration
 	// Logger may be nil.
 	Logger *slog.Logger
+	// Registerer, if set, receives the pxejoin_ra_* metrics.
+	Registerer prometheus.Registerer
 }
 
 // Server answers Router Solicitations and advertises periodically.
 type Server struct {
-	cfg Config
-	log *slog.Logger
+	cfg  Config
+	log  *slog.Logger
+	warn *ratelog.Logger
+	m    metrics
+}
+
+// metrics are the sender's Prometheus metrics.
+type metrics struct {
+	sent          *prometheus.CounterVec // why: start, periodic, solicited
+	solicitations prometheus.Counter
+	coalesced     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pxejoin_ra_sent_total", Help: "Router Advertisements sent, by cause (start, periodic, solicited).",
+		}, []string{"why"}),
+		solicitations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pxejoin_ra_solicitations_total", Help: "Router Solicitations received on the boot interface.",
+		}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pxejoin_ra_solicitations_coalesced_total",
+			Help: "Router Solicitations answered by an advertisement sent or due for another (RFC 4861 MIN_DELAY_BETWEEN_RAS).",
+		}),
+	}
+	for _, why := range []string{"start", "periodic", "solicited"} {
+		m.sent.WithLabelValues(why)
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.sent, m.solicitations, m.coalesced} {
+			if err := reg.Register(c); err != nil {
+				return m, fmt.Errorf("routeradv: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
 }
 
 // New checks the configuration; it opens no socket.
@@ -45,11 +93,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
 	}
+	if cfg.MinDelay <= 0 {
+		cfg.MinDelay = DefaultMinDelay
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log}, nil
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, log: log, warn: ratelog.New(log, 0), m: m}, nil
 }
 
 var allNodes = &net.IPAddr{IP: net.ParseIP("ff02::1")}
@@ -100,31 +155,22 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("routeradv: joining all-routers on %s: %w", ifi.Name, err)
 	}
 	msg := Message(ifi.HardwareAddr)
-	send := func(why string) {
+	send := func(why string) bool {
 		if _, err := p.WriteTo(msg, &ipv6.ControlMessage{IfIndex: ifi.Index, HopLimit: 255}, allNodes); err != nil {
 			// No link-local address yet (duplicate address detection), or the link is down: try again later.
-			s.log.Debug("router advertisement not sent", "why", why, "err", err)
-			return
+			s.warn.Log(slog.LevelDebug, "router advertisement not sent", "why", why, "err", err)
+			return false
 		}
+		s.m.sent.WithLabelValues(why).Inc()
 		s.log.Debug("router advertisement sent", "why", why)
+		return true
 	}
 	go func() {
 		<-ctx.Done()
 		c.Close()
 	}()
-	go func() {
-		send("start")
-		t := time.NewTicker(s.cfg.Interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				send("periodic")
-			}
-		}
-	}()
+	solicited := make(chan struct{}, 1)
+	go s.advertise(ctx, send, solicited)
 	buf := make([]byte, 1500)
 	for {
 		n, cm, _, err := p.ReadFrom(buf)
@@ -138,7 +184,54 @@ func (s *Server) Serve(ctx context.Context) error {
 			continue
 		}
 		if n > 0 && ipv6.ICMPType(buf[0]) == ipv6.ICMPTypeRouterSolicitation {
-			send("solicited")
+			s.m.solicitations.Inc()
+			select {
+			case solicited <- struct{}{}:
+			default:
+				s.m.coalesced.Inc() // the advertiser has one to answer already
+			}
+		}
+	}
+}
+
+// advertise sends an advertisement at start, every Interval, and for each solicitation, never two
+// within MinDelay: a solicitation that comes sooner is answered when MinDelay is over, by one
+// advertisement for all that came in between (RFC 4861 §6.2.6).
+func (s *Server) advertise(ctx context.Context, send func(why string) bool, solicited <-chan struct{}) {
+	var last time.Time // of the last advertisement that went out
+	sendNow := func(why string) {
+		if send(why) {
+			last = time.Now()
+		}
+	}
+	sendNow("start")
+	tick := time.NewTicker(s.cfg.Interval)
+	defer tick.Stop()
+	var due <-chan time.Time // set while a solicited advertisement waits for MinDelay
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if time.Since(last) >= s.cfg.MinDelay {
+				sendNow("periodic")
+			}
+		case <-solicited:
+			switch wait := s.cfg.MinDelay - time.Since(last); {
+			case due != nil:
+				s.m.coalesced.Inc()
+			case wait > 0:
+				due = time.After(wait)
+			default:
+				sendNow("solicited")
+			}
+		case <-due:
+			if wait := s.cfg.MinDelay - time.Since(last); wait > 0 { // a periodic one went out meanwhile
+				due = time.After(wait)
+				continue
+			}
+			due = nil
+			sendNow("solicited")
 		}
 	}
 }

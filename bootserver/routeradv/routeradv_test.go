@@ -4,13 +4,19 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv6"
 
+	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -110,4 +116,133 @@ func TestSolicitedAdvertisement(t *testing.T) {
 	if got[5] != 0 || binary.BigEndian.Uint16(got[6:8]) != 0 {
 		t.Errorf("flags %#x lifetime %d, want 0 and 0", got[5], binary.BigEndian.Uint16(got[6:8]))
 	}
+}
+
+// TestAdvertiseRateLimit: 10,000 solicitations over 10 s get one advertisement per
+// MIN_DELAY_BETWEEN_RAS (RFC 4861 §6.2.6), the last one answered after the flood. Fake time.
+func TestAdvertiseRateLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, err := New(Config{Interface: "eth0", Interval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var solicited []time.Duration
+		send := func(why string) bool {
+			if why == "solicited" {
+				solicited = append(solicited, time.Since(start))
+			}
+			return true
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		rs := make(chan struct{}) // unbuffered: each solicitation is taken in before the next
+		done := make(chan struct{})
+		go func() { s.advertise(ctx, send, rs); close(done) }()
+		const n = 10000
+		for range n {
+			rs <- struct{}{}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(DefaultMinDelay) // the last solicitation's advertisement is due by then
+		cancel()
+		<-done
+		want := []time.Duration{3 * time.Second, 6 * time.Second, 9 * time.Second, 12 * time.Second}
+		if !slices.Equal(solicited, want) {
+			t.Errorf("solicited advertisements at %v, want %v", solicited, want)
+		}
+		if c := testutil.ToFloat64(s.m.coalesced); c != n-float64(len(want)) {
+			t.Errorf("coalesced = %v, want %d", c, n-len(want))
+		}
+	})
+}
+
+// TestSolicitationFlood: over a veth, a flood of Router Solicitations is counted and answered by a
+// few advertisements, and a host that solicits after the flood still gets one.
+func TestSolicitationFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs network namespaces; run make test")
+	}
+	srv, cli := netlab.New(t, "rasrv"), netlab.New(t, "racli")
+	netlab.Veth(t, srv, "eth0", "10.81.1.1/24", cli, "eth0", "10.81.1.2/24")
+	waitLinkLocal(t, srv, "eth0")
+	waitLinkLocal(t, cli, "eth0")
+	s, err := New(Config{Interface: "eth0", Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Do(func() error { return s.Serve(ctx) }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	eventually.True(t, "the start advertisement goes out", func() bool {
+		return testutil.ToFloat64(s.m.sent.WithLabelValues("start")) == 1
+	})
+
+	var c *icmp.PacketConn
+	var p *ipv6.PacketConn
+	var ifIndex int // the client's eth0, named by index: names resolve in the calling thread's namespace
+	if err := cli.Do(func() (err error) {
+		if c, err = icmp.ListenPacket("ip6:ipv6-icmp", "::"); err != nil {
+			return err
+		}
+		p = c.IPv6PacketConn()
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		ifIndex = ifi.Index
+		if err := p.SetMulticastInterface(ifi); err != nil {
+			return err
+		}
+		return p.SetMulticastHopLimit(255)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var received atomic.Int64
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, _, _, err := p.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n > 0 && ipv6.ICMPType(buf[0]) == ipv6.ICMPTypeRouterAdvertisement {
+				received.Add(1)
+			}
+		}
+	}()
+	rs, _ := (&icmp.Message{Type: ipv6.ICMPTypeRouterSolicitation, Body: &icmp.RawBody{Data: make([]byte, 4)}}).Marshal(nil)
+	allRouters := &net.IPAddr{IP: net.ParseIP("ff02::2"), Zone: strconv.Itoa(ifIndex)}
+	solicitations := func() float64 { return testutil.ToFloat64(s.m.solicitations) }
+	const n = 2000
+	for i := range n {
+		if _, err := p.WriteTo(rs, nil, allRouters); err != nil {
+			t.Fatal(err)
+		}
+		if (i+1)%100 == 0 { // in batches the socket buffers hold
+			eventually.True(t, "the server takes in the flood", func() bool { return solicitations() >= float64(i+1) })
+		}
+	}
+	answered := func() float64 {
+		return testutil.ToFloat64(s.m.sent.WithLabelValues("solicited")) + testutil.ToFloat64(s.m.coalesced)
+	}
+	// Every solicitation is answered by an advertisement of its own or by one it shares.
+	eventually.True(t, "every solicitation of the flood is answered", func() bool { return answered() == n })
+	sent := testutil.ToFloat64(s.m.sent.WithLabelValues("solicited"))
+	if sent > n/100 {
+		t.Errorf("%v advertisements for %d solicitations", sent, n)
+	}
+	t.Logf("%d solicitations, %v solicited advertisements", n, sent)
+	// A host that solicits now still gets an advertisement.
+	before := received.Load()
+	if _, err := p.WriteTo(rs, nil, allRouters); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, "a solicitation after the flood gets an advertisement", func() bool { return received.Load() > before })
 }

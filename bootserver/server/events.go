@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
@@ -21,13 +22,13 @@ var dhcpPhases = []string{status.PhaseDHCP, status.PhaseIPXEDHCP, status.PhaseAg
 // onDHCP turns dhcpd events into timeline phases: a firmware DISCOVER (vendor class PXEClient)
 // starts "dhcp" (and a new boot if the machine already got its script), iPXE's own DISCOVER after
 // the NBP starts "ipxe-dhcp", anything else "agent-dhcp"; an ACK ends the phase under way.
-func (s *Server) onDHCP(hw net.HardwareAddr, kind, detail string) {
-	mac := hw.String()
-	switch kind {
-	case "discover":
+func (s *Server) onDHCP(e dhcpd.Event) {
+	mac := e.MAC.String()
+	switch e.Kind {
+	case dhcpd.EventDiscover:
 		m, _ := s.status.Get(mac)
 		phase := status.PhaseAgentDHCP
-		if strings.HasPrefix(detail, "PXEClient") {
+		if strings.HasPrefix(e.VendorClass, "PXEClient") {
 			phase = status.PhaseDHCP
 			if hasPhase(m, status.PhaseNBP) && !hasPhase(m, status.PhaseScript) {
 				phase = status.PhaseIPXEDHCP
@@ -36,13 +37,11 @@ func (s *Server) onDHCP(hw net.HardwareAddr, kind, detail string) {
 		if p := lastPhase(m, phase); p != nil && p.State == bootstatus.StateStart {
 			return // a retransmission
 		}
-		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: detail},
+		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: e.VendorClass},
 			Source: status.SourceDHCP, StartsBoot: phase == status.PhaseDHCP})
-	case "ack":
-		if ip, _, _ := strings.Cut(detail, " "); ip != "" {
-			if a, err := netip.ParseAddr(ip); err == nil {
-				s.ipMAC.Store(a, mac)
-			}
+	case dhcpd.EventAck:
+		if e.IP.IsValid() {
+			s.ipMAC.Store(e.IP, mac)
 		}
 		m, _ := s.status.Get(mac)
 		phase := status.PhaseDHCP
@@ -51,31 +50,27 @@ func (s *Server) onDHCP(hw net.HardwareAddr, kind, detail string) {
 				phase = p
 			}
 		}
+		detail := strings.TrimPrefix(e.String(), e.Kind.String()+" ") // "10.0.0.5 file=…"
 		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateDone, Detail: detail}, Source: status.SourceDHCP})
 	}
 }
 
-// onTFTP records the NBP download of the machine at remote (found by its DHCP lease, else the
+// onTFTP records the NBP download of the machine at e.Remote (found by its DHCP lease, else the
 // kernel's ARP table).
-func (s *Server) onTFTP(remote net.Addr, file, kind string) {
-	ua, ok := remote.(*net.UDPAddr)
-	if !ok {
-		return
-	}
-	ip, _ := netip.AddrFromSlice(ua.IP)
-	ip = ip.Unmap()
+func (s *Server) onTFTP(e tftpd.Event) {
+	ip := e.Remote.Addr().Unmap()
 	mac := s.macOf(ip)
 	if mac == "" {
-		s.log.Debug("tftp transfer from an address with no known MAC", "remote", ip, "file", file)
+		s.log.Debug("tftp transfer from an address with no known MAC", "remote", ip, "file", e.File)
 		return
 	}
-	state := map[string]string{tftpd.EventStart: bootstatus.StateStart, tftpd.EventDone: bootstatus.StateDone, tftpd.EventError: bootstatus.StateError}[kind]
+	state := map[tftpd.EventKind]string{tftpd.EventStart: bootstatus.StateStart, tftpd.EventDone: bootstatus.StateDone, tftpd.EventError: bootstatus.StateError}[e.Kind]
 	if state == "" {
 		return
 	}
-	ev := status.Event{Event: bootstatus.Event{Phase: status.PhaseNBP, State: state, Detail: file}, Source: status.SourceTFTP}
+	ev := status.Event{Event: bootstatus.Event{Phase: status.PhaseNBP, State: state, Detail: e.File}, Source: status.SourceTFTP}
 	if state == bootstatus.StateError {
-		ev.Error = "transfer of " + file + " failed"
+		ev.Error = "transfer of " + e.File + " failed"
 	}
 	s.status.Record(mac, ev)
 }

@@ -10,6 +10,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 )
@@ -27,25 +28,34 @@ func TestBootEvents(t *testing.T) {
 	s := &Server{status: st, log: nopLogger()}
 	hw, _ := net.ParseMAC("52:54:00:00:00:01")
 	mac := hw.String()
-	remote := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 100), Port: 2000}
+	remote := netip.MustParseAddrPort("10.0.0.100:2000")
+	ack := func(file string) dhcpd.Event {
+		return dhcpd.Event{Kind: dhcpd.EventAck, MAC: hw, IP: netip.MustParseAddr("10.0.0.100"), File: file}
+	}
+	discover := func(vendor string) dhcpd.Event {
+		return dhcpd.Event{Kind: dhcpd.EventDiscover, MAC: hw, VendorClass: vendor}
+	}
+	tftp := func(kind tftpd.EventKind) tftpd.Event {
+		return tftpd.Event{Kind: kind, Remote: remote, File: "undionly.kpxe"}
+	}
 	steps := []struct {
 		do       func()
 		want     string // phases of the current boot
 		wantBoot int
 	}{
-		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00000:UNDI:002001") }, "dhcp/start", 1},
-		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00000:UNDI:002001") }, "dhcp/start", 1}, // retransmission
-		{func() { s.onDHCP(hw, "ack", "10.0.0.100 file=undionly.kpxe") }, "dhcp/done", 1},
-		{func() { s.onTFTP(remote, "undionly.kpxe", tftpd.EventStart) }, "dhcp/done nbp/start", 1},
-		{func() { s.onTFTP(remote, "undionly.kpxe", tftpd.EventDone) }, "dhcp/done nbp/done", 1},
-		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00000:UNDI:002001") }, "dhcp/done nbp/done ipxe-dhcp/start", 1},
-		{func() { s.onDHCP(hw, "ack", "10.0.0.100 file=http://x/boot/52:54:00:00:00:01.ipxe") }, "dhcp/done nbp/done ipxe-dhcp/done", 1},
+		{func() { s.onDHCP(discover("PXEClient:Arch:00000:UNDI:002001")) }, "dhcp/start", 1},
+		{func() { s.onDHCP(discover("PXEClient:Arch:00000:UNDI:002001")) }, "dhcp/start", 1}, // retransmission
+		{func() { s.onDHCP(ack("undionly.kpxe")) }, "dhcp/done", 1},
+		{func() { s.onTFTP(tftp(tftpd.EventStart)) }, "dhcp/done nbp/start", 1},
+		{func() { s.onTFTP(tftp(tftpd.EventDone)) }, "dhcp/done nbp/done", 1},
+		{func() { s.onDHCP(discover("PXEClient:Arch:00000:UNDI:002001")) }, "dhcp/done nbp/done ipxe-dhcp/start", 1},
+		{func() { s.onDHCP(ack("http://x/boot/52:54:00:00:00:01.ipxe")) }, "dhcp/done nbp/done ipxe-dhcp/done", 1},
 		{func() {
 			st.Record(mac, status.Event{Event: evt(status.PhaseScript, "done"), Source: status.SourceHTTP, StartsBoot: true})
 		}, "dhcp/done nbp/done ipxe-dhcp/done script/done", 1},
-		{func() { s.onDHCP(hw, "discover", "") }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/start", 1},
-		{func() { s.onDHCP(hw, "ack", "10.0.0.100") }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/done", 1},
-		{func() { s.onDHCP(hw, "discover", "PXEClient:Arch:00007:UNDI:003016") }, "dhcp/start", 2}, // rebooted
+		{func() { s.onDHCP(discover("")) }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/start", 1},
+		{func() { s.onDHCP(ack("")) }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/done", 1},
+		{func() { s.onDHCP(discover("PXEClient:Arch:00007:UNDI:003016")) }, "dhcp/start", 2}, // rebooted
 	}
 	for i, st2 := range steps {
 		st2.do()

@@ -138,7 +138,8 @@ func New(opts Options) (s *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP}); err != nil {
+		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP,
+			MaxTransfers: c.TFTP.MaxTransfers, MaxTransfersPerClient: c.TFTP.MaxTransfersPerClient}); err != nil {
 			return nil, err
 		}
 	}
@@ -192,9 +193,15 @@ func (s *Server) newDHCP() (err error) {
 			}
 			return policy.Boot(f)
 		}),
-		OnEvent:    s.onDHCP,
-		Logger:     s.log,
-		Registerer: s.reg,
+		OnEvent: s.onDHCP,
+		Known: func(mac net.HardwareAddr, uuid []byte) bool {
+			return s.inv.Known(mac.String(), inventory.SMBIOSUUID(uuid))
+		},
+		Inventory:   len(s.inv.Machines()),
+		MaxUnknown:  c.DHCP.MaxUnknownLeases,
+		MaxInFlight: c.DHCP.MaxInFlight,
+		Logger:      s.log,
+		Registerer:  s.reg,
 	}
 	if c.DHCP.Mode == config.DHCPFull {
 		dc.Mode = dhcpd.ModeFull
@@ -302,7 +309,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		g.Go(func() error { return s.opts.InNetns(func() error { return s.dhcp.Serve(ctx) }) })
 	}
 	if s.cfg.SendRouterAdvertisements() && s.cfg.Interface != "" {
-		ra, err := routeradv.New(routeradv.Config{Interface: s.cfg.Interface, Logger: s.log})
+		ra, err := routeradv.New(routeradv.Config{Interface: s.cfg.Interface, Logger: s.log, Registerer: s.reg})
 		if err != nil {
 			return err
 		}

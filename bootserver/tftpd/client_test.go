@@ -20,6 +20,7 @@ import (
 // as it sees a gap (once per gap). Knobs simulate loss and misbehaving clients.
 type testClient struct {
 	server  string // host:port
+	local   string // the client's IP address; "": the one the kernel picks
 	blksize int    // 0: option not sent
 	window  int    // 0: option not sent
 	tsize   bool
@@ -67,7 +68,11 @@ func (c testClient) get(name string) (testResult, error) {
 	if err != nil {
 		return res, err
 	}
-	conn, err := net.ListenUDP("udp4", nil)
+	var laddr *net.UDPAddr
+	if c.local != "" {
+		laddr = &net.UDPAddr{IP: net.ParseIP(c.local)}
+	}
+	conn, err := net.ListenUDP("udp4", laddr)
 	if err != nil {
 		return res, err
 	}

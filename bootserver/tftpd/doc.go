@@ -68,8 +68,9 @@
 //     own; it is harmless, and the request loop has already sent the right codes for the usual
 //     refusals.
 //   - tsize in netascii mode is the file's size before conversion (as pin/tftp does).
-//   - Requests past Config.MaxTransfers are dropped, not refused: the client's retransmission
-//     gets through once a transfer ends.
+//   - Requests past Config.MaxTransfers, or past Config.MaxTransfersPerClient for their client's
+//     address, are dropped, not refused: the client's retransmission gets through once a transfer
+//     ends. The per-address cap keeps one flooding address from taking every transfer.
 //
 // The listening socket's network namespace is the transfers' too, even when the caller made the
 // socket inside another namespace (ServeConn; see inSocketNetns): tests run the server in a

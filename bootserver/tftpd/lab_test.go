@@ -19,6 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/net/ipv4"
 
+	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -167,10 +168,10 @@ type eventLog struct {
 	evs []string
 }
 
-func (e *eventLog) add(remote net.Addr, file, kind string) {
+func (e *eventLog) add(ev Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.evs = append(e.evs, kind+" "+file)
+	e.evs = append(e.evs, ev.Kind.String()+" "+ev.File)
 }
 
 func (e *eventLog) get() []string {
@@ -183,12 +184,29 @@ func (e *eventLog) get() []string {
 // sent its last ACK) and returns them.
 func (e *eventLog) waitEvents(t *testing.T, n int) []string {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if evs := e.get(); len(evs) >= n {
-			return evs
-		}
-	}
+	eventually.Within(eventually.Patience, func() bool { return len(e.get()) >= n })
 	return e.get()
+}
+
+// send sends one datagram to the server port from a new socket and reads no answer.
+func (l *lab) send(p []byte) {
+	l.t.Helper()
+	err := l.client(func() error {
+		to, err := net.ResolveUDPAddr("udp4", l.addr)
+		if err != nil {
+			return err
+		}
+		c, err := net.ListenUDP("udp4", nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.WriteToUDP(p, to)
+		return err
+	})
+	if err != nil {
+		l.t.Fatal(err)
+	}
 }
 
 // randomFile writes size pseudo-random bytes to dir/name and returns their SHA-256.

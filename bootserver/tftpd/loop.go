@@ -59,7 +59,7 @@ func (sv *serving) handle(dc *datagramConn, p []byte, src netip.AddrPort, dst ne
 	remote := net.UDPAddrFromAddrPort(unmap(src))
 	if d.errKind != "" {
 		s.m.errors.WithLabelValues(d.errKind).Inc()
-		s.log.Warn("tftp: request refused", "remote", remote.String(), "op", op, "file", d.req.filename,
+		s.warn.Warn("tftp: request refused", "remote", remote.String(), "op", op, "file", d.req.filename,
 			"code", d.errCode, "reason", d.errMsg)
 		if d.req.op == opRRQ {
 			s.event(remote, d.req.filename, EventError)
@@ -67,13 +67,18 @@ func (sv *serving) handle(dc *datagramConn, p []byte, src netip.AddrPort, dst ne
 		dc.write(appendError(nil, d.errCode, d.errMsg), src, dst)
 		return
 	}
-	if s.inFlight.Load() >= int64(s.cfg.MaxTransfers) {
-		s.m.errors.WithLabelValues(kindBusy).Inc()
-		s.log.Debug("tftp: busy, request dropped", "remote", remote.String(), "file", d.req.filename)
+	client := src.Addr().Unmap()
+	if kind := s.slots.take(client); kind != "" {
+		s.m.errors.WithLabelValues(kind).Inc()
+		s.warn.Info("tftp: too many transfers, requests dropped: raise tftp.maxTransfers or tftp.maxTransfersPerClient if these are real clients",
+			"remote", remote.String(), "reason", kind)
 		return
 	}
 	if d.pinRRQ != nil {
+		// pinRead gives the slot back. (pin/tftp calls it for every request delivered, unless it
+		// cannot open the transfer's socket: then the slot is lost, as the socket is.)
 		if !sv.pc.deliver(d.pinRRQ, remote) {
+			s.slots.give(client)
 			s.m.errors.WithLabelValues(kindBusy).Inc()
 		}
 		return
@@ -81,8 +86,9 @@ func (sv *serving) handle(dc *datagramConn, p []byte, src netip.AddrPort, dst ne
 	// The transfer's socket is opened here, on the loop's thread, in the server's namespace.
 	conn, err := listenTransfer(dst)
 	if err != nil {
+		s.slots.give(client)
 		s.m.errors.WithLabelValues(kindIO).Inc()
-		s.log.Warn("tftp: cannot open a transfer socket", "remote", remote.String(), "err", err)
+		s.warn.Warn("tftp: cannot open a transfer socket", "remote", remote.String(), "err", err)
 		dc.write(appendError(nil, codeUndefined, "server error"), src, dst)
 		return
 	}
@@ -95,8 +101,7 @@ func (sv *serving) window(d decision, conn *net.UDPConn, remote *net.UDPAddr) {
 	defer sv.wg.Done()
 	defer conn.Close()
 	s := sv.s
-	end := s.begin()
-	defer end()
+	defer s.slots.give(remote.AddrPort().Addr().Unmap())
 	w := &windowSender{
 		conn:         conn,
 		remote:       remote.AddrPort(),
@@ -119,7 +124,7 @@ func (sv *serving) window(d decision, conn *net.UDPConn, remote *net.UDPAddr) {
 	if err != nil {
 		code, msg, kind := openError(err)
 		s.m.errors.WithLabelValues(kind).Inc()
-		s.log.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
+		s.warn.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
 		s.event(remote, name, EventError)
 		w.sendError(code, msg)
 		return
@@ -141,16 +146,6 @@ func (sv *serving) window(d decision, conn *net.UDPConn, remote *net.UDPAddr) {
 		"blksize", w.blksize, "windowsize", w.window)
 }
 
-// begin counts a transfer in flight; the returned func ends it.
-func (s *Server) begin() func() {
-	s.inFlight.Add(1)
-	s.m.inFlight.Inc()
-	return func() {
-		s.inFlight.Add(-1)
-		s.m.inFlight.Dec()
-	}
-}
-
 // pinClientError matches the error pin/tftp v3.2.0's sender returns when the client sends ERROR.
 var pinClientError = regexp.MustCompile(`^sending block \d+: code=(\d+), error: (.*)$`)
 
@@ -168,7 +163,7 @@ func asClientError(err error) (*clientError, bool) {
 }
 
 // finish records the end of a transfer: metrics, one log line, an event.
-func (sv *serving) finish(sender string, remote net.Addr, file string, n int64, err error, took time.Duration,
+func (sv *serving) finish(sender string, remote *net.UDPAddr, file string, n int64, err error, took time.Duration,
 	started bool, attrs ...any) {
 	s := sv.s
 	s.m.bytesSent.Add(float64(n))
@@ -200,12 +195,12 @@ func (sv *serving) finish(sender string, remote net.Addr, file string, n int64, 
 	case errors.Is(err, errTimeout) || (errors.As(err, &netErr) && netErr.Timeout()):
 		result = "failed"
 		s.m.errors.WithLabelValues(kindTimeout).Inc()
-		s.log.Warn("tftp: client stopped answering", attrs...)
+		s.warn.Warn("tftp: client stopped answering", attrs...)
 		s.event(remote, file, EventError)
 	default:
 		result = "failed"
 		s.m.errors.WithLabelValues(kindIO).Inc()
-		s.log.Warn("tftp: transfer failed", append(attrs, "err", err)...)
+		s.warn.Warn("tftp: transfer failed", append(attrs, "err", err)...)
 		s.event(remote, file, EventError)
 	}
 	s.m.transfers.WithLabelValues(sender, result).Inc()

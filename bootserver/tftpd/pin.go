@@ -83,14 +83,13 @@ func (c *pinConn) SetWriteDeadline(time.Time) error { return nil }
 // and the options and found the file; pin/tftp negotiates blksize and tsize and sends.
 func (sv *serving) pinRead(name string, rf io.ReaderFrom) error {
 	s := sv.s
-	end := s.begin()
-	defer end()
 	ot, ok := rf.(tftp.OutgoingTransfer)
 	if !ok {
 		return errors.New("tftpd: pin/tftp handed a transfer without a remote address")
 	}
 	ra := ot.RemoteAddr()
 	remote := &ra
+	defer s.slots.give(ra.AddrPort().Addr().Unmap()) // taken by the request loop
 	var rc io.ReadCloser
 	var size int64
 	var err error
@@ -104,7 +103,7 @@ func (sv *serving) pinRead(name string, rf io.ReaderFrom) error {
 		// with ERROR 1 and this message.
 		_, msg, kind := openError(err)
 		s.m.errors.WithLabelValues(kind).Inc()
-		s.log.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
+		s.warn.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
 		s.event(remote, name, EventError)
 		return errors.New(msg)
 	}

@@ -32,13 +32,14 @@ const (
 	kindAccess     = "access"            // traversal, absolute path, symlink out of the root, not a regular file
 	kindNotFound   = "not_found"
 	kindBusy       = "busy"        // MaxTransfers reached: the request is dropped, the client retries
+	kindClientBusy = "client_busy" // MaxTransfersPerClient reached for the request's address: dropped
 	kindTimeout    = "timeout"     // the client stopped answering
 	kindIO         = "io"          // reading the file failed, or a socket error
 	kindForeignTID = "foreign_tid" // a packet from another port during a transfer (RFC 1350: ERROR 5)
 )
 
 var errorKinds = []string{kindMalformed, kindOpcode, kindWrite, kindMode, kindAccess, kindNotFound,
-	kindBusy, kindTimeout, kindIO, kindForeignTID}
+	kindBusy, kindClientBusy, kindTimeout, kindIO, kindForeignTID}
 
 // decision is what the request loop does with one datagram on the server port.
 type decision struct {

@@ -8,26 +8,52 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pxejoin/pxejoin/bootserver/ratelog"
 )
 
-// Event kinds passed to Config.OnEvent.
+// EventKind says what an Event reports.
+type EventKind int
+
+// Event kinds.
 const (
 	// EventStart: data started to flow (the client accepted the OACK, or asked no options).
 	// OVMF's tsize probe, which the client aborts right after the OACK, produces no event.
-	EventStart = "start"
+	EventStart EventKind = iota + 1
 	// EventDone: the client acknowledged the last block.
-	EventDone = "done"
+	EventDone
 	// EventError: the request was refused (file not found, access violation) — then without a
-	// "start" before it — or a started transfer failed (timeout, read error, client abort,
+	// start before it — or a started transfer failed (timeout, read error, client abort,
 	// shutdown).
-	EventError = "error"
+	EventError
 )
+
+func (k EventKind) String() string {
+	switch k {
+	case EventStart:
+		return "start"
+	case EventDone:
+		return "done"
+	case EventError:
+		return "error"
+	}
+	return "unknown"
+}
+
+// Event is a step of one transfer, for boot timelines.
+type Event struct {
+	Kind EventKind
+	// Remote is the client's address (IPv4 clients as IPv4).
+	Remote netip.AddrPort
+	// File is the requested name.
+	File string
+}
 
 // Defaults of Config's zero fields.
 const (
@@ -36,6 +62,9 @@ const (
 	DefaultRetries       = 5
 	DefaultMaxWindowSize = 64
 	DefaultMaxTransfers  = 256
+	// DefaultMaxTransfersPerClient is Config.MaxTransfersPerClient's default: a PXE client has
+	// one transfer under way, two during OVMF's tsize probe.
+	DefaultMaxTransfersPerClient = 4
 )
 
 // Config configures a Server. Exactly one of Dir and FS may be set; Files may come with either
@@ -58,12 +87,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer, if set, receives the pxejoin_tftp_* metrics.
 	Registerer prometheus.Registerer
-	// OnEvent, if set, is told of each transfer's progress (EventStart, EventDone, EventError)
-	// with the client's address (a *net.UDPAddr; IPv4 clients as IPv4) and the requested
-	// name. It is called synchronously, from the request loop (for refusals) and from the
-	// transfers' goroutines, so it must be fast and must not block: record the event and
-	// return.
-	OnEvent func(remote net.Addr, file string, kind string)
+	// OnEvent, if set, is told of each transfer's progress (see Event). It is called
+	// synchronously, from the request loop (for refusals) and from the transfers' goroutines, so
+	// it must be fast and must not block: record the event and return.
+	OnEvent func(Event)
 	// Timeout is how long a transfer waits for an ACK before sending again. Default 1s.
 	Timeout time.Duration
 	// Retries is how many times a packet (a window) is sent again before the transfer is
@@ -77,15 +104,19 @@ type Config struct {
 	// MaxTransfers bounds the transfers under way; requests past it are dropped (the client
 	// sends its request again). Default 256.
 	MaxTransfers int
+	// MaxTransfersPerClient bounds the transfers one client address has under way, so that a
+	// flood from one address cannot take every transfer; requests past it are dropped. Default 4.
+	MaxTransfersPerClient int
 }
 
 // Server is a read-only TFTP server: pin/tftp serves plain, blksize and tsize requests, and
 // this package's RFC 7440 sender serves those that ask for windowsize. See the package doc.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	m        *metrics
-	inFlight atomic.Int64
+	cfg   Config
+	log   *slog.Logger
+	warn  *ratelog.Logger // Warn lines that requests trigger
+	m     *metrics
+	slots *slots
 }
 
 // New checks cfg, fills in defaults and registers the metrics. It opens no socket.
@@ -136,11 +167,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxTransfers <= 0 {
 		cfg.MaxTransfers = DefaultMaxTransfers
 	}
+	if cfg.MaxTransfersPerClient <= 0 {
+		cfg.MaxTransfersPerClient = DefaultMaxTransfersPerClient
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, m: m}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, warn: ratelog.New(cfg.Logger, 0), m: m,
+		slots: newSlots(cfg.MaxTransfers, cfg.MaxTransfersPerClient, m.inFlight)}, nil
 }
 
 // Serve listens on Config.ListenAddr and serves until ctx is cancelled; then it closes the
@@ -209,9 +244,10 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 }
 
 // event calls OnEvent if set.
-func (s *Server) event(remote net.Addr, file, kind string) {
+func (s *Server) event(remote *net.UDPAddr, file string, kind EventKind) {
 	if s.cfg.OnEvent != nil {
-		s.cfg.OnEvent(remote, file, kind)
+		ap := remote.AddrPort()
+		s.cfg.OnEvent(Event{Kind: kind, Remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), File: file})
 	}
 }
 

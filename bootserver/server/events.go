@@ -39,11 +39,6 @@ func (s *Server) onDHCP(hw net.HardwareAddr, kind, detail string) {
 		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: detail},
 			Source: status.SourceDHCP, StartsBoot: phase == status.PhaseDHCP})
 	case "ack":
-		if ip, _, _ := strings.Cut(detail, " "); ip != "" {
-			if a, err := netip.ParseAddr(ip); err == nil {
-				s.ipMAC.Store(a, mac)
-			}
-		}
 		m, _ := s.status.Get(mac)
 		phase := status.PhaseDHCP
 		for _, p := range dhcpPhases {
@@ -81,9 +76,6 @@ func (s *Server) onTFTP(remote net.Addr, file, kind string) {
 }
 
 func (s *Server) macOf(ip netip.Addr) string {
-	if v, ok := s.ipMAC.Load(ip); ok {
-		return v.(string)
-	}
 	if s.leases != nil {
 		if l, ok := s.leases.ByIP(ip); ok {
 			return l.MAC.String()

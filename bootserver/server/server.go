@@ -194,9 +194,7 @@ func (s *Server) newDHCP() (err error) {
 		ServerIP:   s.serverIP,
 		BootPolicy: dhcpd.BootPolicyFunc(func(f dhcpd.ClientFacts) dhcpd.Boot {
 			mac, uuid := f.MAC.String(), inventory.SMBIOSUUID(f.UUID)
-			if uuid != "" && !s.inv.Known(mac, "") && s.inv.Known(mac, uuid) {
-				s.uuids.remember(mac, uuid) // only inventory UUIDs: bounded by the inventory
-			}
+			s.noteUUID(mac, uuid)
 			if !s.inv.Boots(mac, uuid) {
 				return dhcpd.Boot{}
 			}
@@ -229,6 +227,15 @@ func (s *Server) newDHCP() (err error) {
 	}
 	s.dhcp, err = dhcpd.New(dc)
 	return err
+}
+
+// noteUUID remembers the SMBIOS UUID a MAC sent in DHCP when that UUID, not the MAC, is how the
+// inventory knows the machine: script and join requests carry only the MAC. Other UUIDs are not
+// kept, so packets from ever new MACs cannot grow the index past the inventory.
+func (s *Server) noteUUID(mac, uuid string) {
+	if uuid != "" && !s.inv.Known(mac, "") && s.inv.Known(mac, uuid) {
+		s.uuids.remember(mac, uuid)
+	}
 }
 
 // pool converts the configured (validated) pool; ifSubnet is the interface's subnet, used when

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,6 +173,21 @@ func TestNewWithoutCluster(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "no cluster configured"); n != 1 {
 		t.Errorf("the log says %d times that join files are off, want once:\n%s", n, logs)
+	}
+	// Every machine boots the quick profile; its join file answers 503 and says why.
+	const mac = "52:54:00:00:00:01"
+	for path, want := range map[string]int{"/boot/" + mac + ".ipxe": http.StatusOK, "/join/" + mac: http.StatusServiceUnavailable} {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != want {
+			t.Errorf("GET %s: %d %s, want %d", path, rec.Code, rec.Body, want)
+		}
+		if want == http.StatusServiceUnavailable && !strings.Contains(rec.Body.String(), "kubeconfig") {
+			t.Errorf("GET %s does not say what to do: %s", path, rec.Body)
+		}
+		if want == http.StatusOK && !strings.Contains(rec.Body.String(), " pxejoin.url=http://127.0.0.1:8080/join/"+mac+" pxejoin.status=") {
+			t.Errorf("the script's command line lacks the agent's parameters:\n%s", rec.Body)
+		}
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -121,6 +122,14 @@ func TestNewErrors(t *testing.T) {
 		{"state directory is a file", func(t *testing.T, dir string, c *config.Config) {
 			c.StateDir = filepath.Join(dir, "vmlinuz", "state")
 		}, []string{"state directory", "not a directory", "set stateDir (--state-dir)"}},
+		{"state store locked by another process", func(t *testing.T, dir string, c *config.Config) {
+			os.MkdirAll(c.StateDir, 0o700)
+			db, err := bolt.Open(filepath.Join(c.StateDir, "bootserver.db"), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+		}, []string{"bootserver.db is locked: is another bootserver running with this state directory?", "set another stateDir (--state-dir)"}},
 		{"missing interface", func(t *testing.T, dir string, c *config.Config) {
 			c.ServerURL, c.Interface = "", "pxejoin-nosuch0"
 		}, []string{`interface "pxejoin-nosuch0"`, "no such network interface", "ip -br link", "or set serverURL (--server-url)"}},
@@ -138,6 +147,7 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // the locked store takes bolt's 5 s timeout
 			dir, c := startFiles(t)
 			tt.edit(t, dir, c)
 			s, err := New(Options{Config: c, Logger: nopLogger()})
@@ -197,6 +207,7 @@ func TestNewWithoutCluster(t *testing.T) {
 // stopped after each watch failed four times, when the reflectors sleep at least 6.4 s, and must
 // return well within that.
 func TestServeStopsWithUnreachableCluster(t *testing.T) {
+	t.Parallel() // it waits seconds for client-go's backoff to grow
 	_, c := startFiles(t)
 	c.Cluster.Kubeconfig = "" // the cluster is Options.Cluster
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

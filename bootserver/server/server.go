@@ -218,7 +218,7 @@ func (s *Server) newDHCP() (err error) {
 		}
 		dc.Pools = []dhcpd.Pool{p}
 		if s.leases, err = leases.Open(filepath.Join(c.StateDir, "leases.db")); err != nil {
-			return fmt.Errorf("lease store: %w", err)
+			return fmt.Errorf("lease store in %s: %w: make the state directory writable by the boot server and stop any other bootserver using it, or set another stateDir (--state-dir)", c.StateDir, err)
 		}
 		if !s.leases.DirectIO() {
 			s.log.Info("lease store: the state directory's file system refuses O_DIRECT; leases are made durable with write and fdatasync (slower per ACK)", "dir", c.StateDir)

@@ -145,12 +145,14 @@ func New(opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
+	attrs := []any{"url", s.url, "dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile}
 	if cl == nil {
 		s.log.Warn("no cluster configured: machines boot, but their join files answer 503 and no node joins; " +
 			"set cluster.kubeconfig (--kubeconfig) to an admin kubeconfig to hand out join files")
+	} else {
+		attrs = append(attrs, "apiserver", endpoint, "ca_pins", pins)
 	}
-	s.log.Info("boot server configured", "url", s.url, "apiserver", endpoint, "ca_pins", pins,
-		"dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile)
+	s.log.Info("boot server configured", attrs...)
 	return s, nil
 }
 

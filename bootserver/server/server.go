@@ -61,6 +61,7 @@ type Server struct {
 	http     *httpd.Handler
 	dhcp     *dhcpd.Server
 	tftp     *tftpd.Server
+	ra       *routeradv.Server // nil unless router advertisements are on
 	reg      *prometheus.Registry
 	url      string
 	serverIP netip.Addr
@@ -146,6 +147,11 @@ func New(opts Options) (_ *Server, err error) {
 		}
 	}
 	attrs := []any{"url", s.url, "dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile}
+	if c.SendRouterAdvertisements() && c.Interface != "" {
+		if s.ra, err = routeradv.New(routeradv.Config{Interface: c.Interface, Logger: s.log}); err != nil {
+			return nil, err
+		}
+	}
 	if cl == nil {
 		s.log.Warn("no cluster configured: machines boot, but their join files answer 503 and no node joins; " +
 			"set cluster.kubeconfig (--kubeconfig) to an admin kubeconfig to hand out join files")
@@ -290,7 +296,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("tftp: %w", err)
+			return fmt.Errorf("tftp: %w: stop the other TFTP server (dnsmasq, tftpd-hpa), give the boot server CAP_NET_BIND_SERVICE, "+
+				"or set listen.tftp (--tftp-addr) or tftp.disabled", err)
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -323,12 +330,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.dhcp != nil {
 		g.Go(func() error { return s.opts.InNetns(func() error { return s.dhcp.Serve(ctx) }) })
 	}
-	if s.cfg.SendRouterAdvertisements() && s.cfg.Interface != "" {
-		ra, err := routeradv.New(routeradv.Config{Interface: s.cfg.Interface, Logger: s.log})
-		if err != nil {
-			return err
-		}
-		g.Go(func() error { return s.opts.InNetns(func() error { return ra.Serve(ctx) }) })
+	if s.ra != nil {
+		g.Go(func() error { return s.opts.InNetns(func() error { return s.ra.Serve(ctx) }) })
 	}
 	if s.tokens != nil {
 		g.Go(func() error {

@@ -2,7 +2,7 @@
 // a token minted for it, so that they come up as Kubernetes nodes.
 //
 //	bootserver --config /etc/pxejoin/bootserver.yaml
-//	bootserver --interface eth1 --dhcp-mode proxy --kernel K --initrd I --cmdline C --kubeconfig KC
+//	bootserver --interface eth1 --dhcp-mode proxy --kernel K --initrd I [--cmdline C] [--kubeconfig KC]
 //	bootserver machines [--server http://127.0.0.1:8080]
 package main
 
@@ -47,9 +47,10 @@ func serveCmd(args []string) int {
 	fs.StringVar(&q.PoolEnd, "pool-end", "", "last address of the pool (full mode)")
 	fs.StringVar(&q.Kernel, "kernel", "", "kernel file")
 	fs.Var(&initrds, "initrd", "initrd file (repeat for several)")
-	fs.StringVar(&q.Cmdline, "cmdline", "", "kernel command line template ({{.JoinURL}} {{.StatusURL}} {{.MAC}} {{.NodeName}} {{.ServerURL}} {{.RootImageURL}})")
+	fs.StringVar(&q.Cmdline, "cmdline", "", "kernel command line (a template: {{.JoinURL}} {{.StatusURL}} {{.MAC}} {{.NodeName}} {{.ServerURL}} {{.RootImageURL}});\n"+
+		"the agent's parameters it does not set are appended: pxejoin.url=, pxejoin.status=, pxejoin.mac= (unless BOOTIF=)\nand, with --root-image, pxejoin.image=")
 	fs.StringVar(&q.RootImage, "root-image", "", "root image file or http(s) URL")
-	fs.StringVar(&q.Kubeconfig, "kubeconfig", "", "kubeconfig allowed to manage bootstrap tokens")
+	fs.StringVar(&q.Kubeconfig, "kubeconfig", "", "kubeconfig allowed to manage bootstrap tokens; without it machines boot but get no join file")
 	fs.StringVar(&q.APIServer, "apiserver", "", "API server host:port machines dial (default: the kubeconfig's)")
 	fs.StringVar(&q.TokenTTL, "token-ttl", "", "lifetime of each machine's token (default 30m)")
 	fs.StringVar(&q.HTTPAddr, "http-addr", "", "HTTP listen address (default :8080)")

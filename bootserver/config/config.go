@@ -42,7 +42,8 @@ type Config struct {
 	DHCP DHCP `yaml:"dhcp"`
 	// TFTP configures the TFTP server that hands out iPXE.
 	TFTP TFTP `yaml:"tftp"`
-	// Cluster names the Kubernetes cluster machines join.
+	// Cluster names the Kubernetes cluster machines join. Without it (no kubeconfig) machines boot but
+	// get no join file: /join answers 503 (e.g. to watch machines PXE-boot before a cluster exists).
 	Cluster Cluster `yaml:"cluster"`
 	// StateDir holds the state store (timelines, token ids) and DHCP leases.
 	StateDir string `yaml:"stateDir"`
@@ -123,7 +124,8 @@ type TFTP struct {
 // Cluster names the cluster machines join.
 type Cluster struct {
 	// Kubeconfig is an admin-ish kubeconfig: it must allow creating and deleting Secrets in
-	// kube-system and watching CSRs and Nodes. The CA pin is derived from its cluster CA.
+	// kube-system and watching CSRs and Nodes. The CA pin is derived from its cluster CA. Empty: no
+	// cluster.
 	Kubeconfig string `yaml:"kubeconfig"`
 	// APIServerEndpoint (host:port) overrides the endpoint taken from the kubeconfig's server, for
 	// when machines reach the API server at another address than the boot server does.

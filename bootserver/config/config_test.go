@@ -102,7 +102,8 @@ func TestParseErrors(t *testing.T) {
 		{"negative tftp limit", func(s string) string {
 			return strings.Replace(s, "  root: $D\n", "  root: $D\n  maxTransfersPerClient: -2\n", 1)
 		}, 9, "tftp: maxTransfers and maxTransfersPerClient must not be negative"},
-		{"missing kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 11, "cluster.kubeconfig: required"},
+		{"token TTL without a kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 12, "cluster.tokenTTL: has no effect without cluster.kubeconfig"},
+		{"missing kubeconfig file", func(s string) string { return strings.Replace(s, "$D/admin.conf", "$D/nope.conf", 1) }, 12, `cluster.kubeconfig: cannot read`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,6 +143,49 @@ func TestQuick(t *testing.T) {
 	_, err = FromQuick(q)
 	if err == nil || !strings.Contains(err.Error(), "flags: --kernel: kernel") || !strings.Contains(err.Error(), "--pool-start") {
 		t.Errorf("want errors naming --kernel and --pool-start, got %v", err)
+	}
+}
+
+// TestNoCluster: a file without a cluster section is valid (machines boot, join files answer 503).
+func TestNoCluster(t *testing.T) {
+	_, expand := files(t)
+	noCluster := strings.Replace(valid, "cluster:\n  kubeconfig: $D/admin.conf\n  tokenTTL: 20m\n", "", 1)
+	c, err := Parse("bootserver.yaml", []byte(expand(noCluster)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cluster.Kubeconfig != "" {
+		t.Errorf("kubeconfig %q", c.Cluster.Kubeconfig)
+	}
+}
+
+// TestQuickCmdline: quick mode's command line carries the agent's parameters, the user's own first.
+func TestQuickCmdline(t *testing.T) {
+	tests := []struct {
+		user      string
+		rootImage bool
+		want      string
+	}{
+		{"", false, "pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.mac={{.MAC}}"},
+		{"", true, "pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.mac={{.MAC}} pxejoin.image={{.RootImageURL}}"},
+		{" console=ttyS0  quiet ", false, "console=ttyS0  quiet pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.mac={{.MAC}}"},
+		{"console=ttyS0 pxejoin.url={{.JoinURL}} BOOTIF=01-aa", false, "console=ttyS0 pxejoin.url={{.JoinURL}} BOOTIF=01-aa pxejoin.status={{.StatusURL}}"},
+		{"pxejoin.url=http://x/j pxejoin.status=http://x/s pxejoin.mac=aa pxejoin.image=http://x/i", true, "pxejoin.url=http://x/j pxejoin.status=http://x/s pxejoin.mac=aa pxejoin.image=http://x/i"},
+		{"xpxejoin.url=1", false, "xpxejoin.url=1 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.mac={{.MAC}}"},
+	}
+	for _, tt := range tests {
+		if got := QuickCmdline(tt.user, tt.rootImage); got != tt.want {
+			t.Errorf("QuickCmdline(%q, %v) = %q\nwant %q", tt.user, tt.rootImage, got, tt.want)
+		}
+	}
+	// Quick mode without --cmdline and without --kubeconfig is valid and gets them.
+	dir, _ := files(t)
+	c, err := FromQuick(Quick{Interface: "eth1", DHCPMode: "proxy", Kernel: dir + "/vmlinuz", Initrds: []string{dir + "/initramfs.cpio.gz"}, TFTPRoot: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Profiles[QuickProfile].Cmdline; got != QuickCmdline("", false) {
+		t.Errorf("cmdline %q", got)
 	}
 }
 

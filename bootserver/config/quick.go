@@ -65,7 +65,7 @@ func FromQuick(q Quick) (*Config, error) {
 		StateDir:  q.StateDir,
 		Unknown:   Unknown{Profile: QuickProfile},
 		Profiles: map[string]Profile{QuickProfile: {
-			Kernel: q.Kernel, Initrds: q.Initrds, Cmdline: q.Cmdline, RootImage: q.RootImage,
+			Kernel: q.Kernel, Initrds: q.Initrds, Cmdline: QuickCmdline(q.Cmdline, q.RootImage != ""), RootImage: q.RootImage,
 		}},
 	}
 	if c.DHCP.Mode == "" {
@@ -85,4 +85,38 @@ func FromQuick(q Quick) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// QuickCmdline is quick mode's kernel command line: the user's, followed by each parameter of the
+// initramfs's agent that it does not set itself (pxejoin.url, pxejoin.status, pxejoin.mac unless
+// BOOTIF= is given, and pxejoin.image when there is a root image), so that machines join without the
+// user knowing the template fields.
+func QuickCmdline(user string, rootImage bool) string {
+	params := []struct{ key, value string }{
+		{"pxejoin.url", "{{.JoinURL}}"},
+		{"pxejoin.status", "{{.StatusURL}}"},
+		{"pxejoin.mac", "{{.MAC}}"},
+	}
+	if rootImage {
+		params = append(params, struct{ key, value string }{"pxejoin.image", "{{.RootImageURL}}"})
+	}
+	has := func(key string) bool {
+		for _, f := range strings.Fields(user) {
+			if strings.HasPrefix(f, key+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	out := []string{strings.TrimSpace(user)}
+	if out[0] == "" {
+		out = nil
+	}
+	for _, p := range params {
+		if has(p.key) || (p.key == "pxejoin.mac" && has("BOOTIF")) {
+			continue
+		}
+		out = append(out, p.key+"="+p.value)
+	}
+	return strings.Join(out, " ")
 }

@@ -209,20 +209,28 @@ func interfaceIPv4(name string) (netip.Addr, error) {
 	if name == "" {
 		return netip.Addr{}, errors.New("dhcpd: set Config.ServerIP or Config.Interface")
 	}
+	p, err := InterfacePrefix(name)
+	return p.Addr(), err
+}
+
+// InterfacePrefix is the first IPv4 address of the named interface with its prefix length (e.g.
+// 10.0.0.1/24). Call it in the interface's network namespace. Errors say what to do next.
+func InterfacePrefix(name string) (netip.Prefix, error) {
 	ifc, err := net.InterfaceByName(name)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("dhcpd: %w", err)
+		return netip.Prefix{}, fmt.Errorf("interface %q: %w: name the boot network's interface (ip -br link lists them)", name, err)
 	}
 	addrs, err := ifc.Addrs()
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("dhcpd: addresses of %s: %w", name, err)
+		return netip.Prefix{}, fmt.Errorf("interface %s: its addresses: %w", name, err)
 	}
 	for _, a := range addrs {
 		if n, ok := a.(*net.IPNet); ok {
 			if ip := addrOf(n.IP); ip.Is4() {
-				return ip, nil
+				ones, _ := n.Mask.Size()
+				return netip.PrefixFrom(ip, ones), nil
 			}
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("dhcpd: %s has no IPv4 address", name)
+	return netip.Prefix{}, fmt.Errorf("interface %s has no IPv4 address: give it one (ip addr add 10.0.0.1/24 dev %s)", name, name)
 }

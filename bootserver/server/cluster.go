@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -23,12 +24,23 @@ type Cluster struct {
 	CAPins   []string
 }
 
+// kubeconfigHint ends every error about the kubeconfig: what to do next.
+const kubeconfigHint = "point cluster.kubeconfig (--kubeconfig) at a kubeconfig allowed to manage bootstrap tokens, " +
+	"such as kubeadm's /etc/kubernetes/admin.conf, or leave it out to boot machines without join files"
+
 // LoadCluster reads a kubeconfig; endpoint, if set, overrides the kubeconfig's server. The CA pins
-// are taken from the kubeconfig's cluster CA (every certificate in it).
+// are taken from the kubeconfig's cluster CA (every certificate in it). Errors say what to fix.
 func LoadCluster(kubeconfig, endpoint string) (*Cluster, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	kc, err := clientcmd.LoadFromFile(kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		return nil, fmt.Errorf("kubeconfig %s: %w: %s", kubeconfig, err, kubeconfigHint)
+	}
+	if len(kc.Clusters) == 0 {
+		return nil, fmt.Errorf("kubeconfig %s names no cluster (is it empty?): %s", kubeconfig, kubeconfigHint)
+	}
+	rc, err := clientcmd.NewDefaultClientConfig(*kc, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w: %s", kubeconfig, err, kubeconfigHint)
 	}
 	pins, err := caPins(rc)
 	if err != nil {
@@ -37,7 +49,7 @@ func LoadCluster(kubeconfig, endpoint string) (*Cluster, error) {
 	if endpoint == "" {
 		u, err := url.Parse(rc.Host)
 		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("kubeconfig %s: server %q is not a URL", kubeconfig, rc.Host)
+			return nil, fmt.Errorf("kubeconfig %s: server %q is not a URL: set it to the API server's https://host:port", kubeconfig, rc.Host)
 		}
 		endpoint = u.Host
 		if u.Port() == "" {
@@ -47,7 +59,7 @@ func LoadCluster(kubeconfig, endpoint string) (*Cluster, error) {
 	rc.UserAgent = "pxejoin-bootserver"
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	return &Cluster{Client: c, Endpoint: endpoint, CAPins: pins}, nil
 }
@@ -57,12 +69,13 @@ func caPins(rc *rest.Config) ([]string, error) {
 	if len(data) == 0 && rc.TLSClientConfig.CAFile != "" {
 		b, err := os.ReadFile(rc.TLSClientConfig.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("cluster CA: %w", err)
+			return nil, fmt.Errorf("cluster CA: %w: make the file readable by the boot server, or embed it as certificate-authority-data", err)
 		}
 		data = b
 	}
 	if len(data) == 0 {
-		return nil, fmt.Errorf("the cluster has no certificate-authority(-data): the CA pin machines check cannot be derived")
+		return nil, errors.New("the cluster has no certificate-authority-data: machines pin the cluster's CA and the pin is derived from it; " +
+			"use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)")
 	}
 	var pins []string
 	for {
@@ -76,12 +89,12 @@ func caPins(rc *rest.Config) ([]string, error) {
 		}
 		cert, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("cluster CA: %w", err)
+			return nil, fmt.Errorf("cluster CA: %w: use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)", err)
 		}
 		pins = append(pins, pubkeypin.Hash(cert))
 	}
 	if len(pins) == 0 {
-		return nil, fmt.Errorf("the cluster CA holds no PEM certificate")
+		return nil, errors.New("the cluster CA holds no PEM certificate: use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)")
 	}
 	return pins, nil
 }

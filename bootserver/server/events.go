@@ -40,9 +40,6 @@ func (s *Server) onDHCP(e dhcpd.Event) {
 		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: e.VendorClass},
 			Source: status.SourceDHCP, StartsBoot: phase == status.PhaseDHCP})
 	case dhcpd.EventAck:
-		if e.IP.IsValid() {
-			s.ipMAC.Store(e.IP, mac)
-		}
 		m, _ := s.status.Get(mac)
 		phase := status.PhaseDHCP
 		for _, p := range dhcpPhases {
@@ -76,9 +73,6 @@ func (s *Server) onTFTP(e tftpd.Event) {
 }
 
 func (s *Server) macOf(ip netip.Addr) string {
-	if v, ok := s.ipMAC.Load(ip); ok {
-		return v.(string)
-	}
 	if s.leases != nil {
 		if l, ok := s.leases.ByIP(ip); ok {
 			return l.MAC.String()

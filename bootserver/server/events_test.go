@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
+	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 )
@@ -25,9 +27,18 @@ func TestBootEvents(t *testing.T) {
 	defer db.Close()
 	st, _ := status.Open(db, status.Options{})
 	defer st.Close()
-	s := &Server{status: st, log: nopLogger()}
+	ls, err := leases.Open(filepath.Join(t.TempDir(), "leases.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	s := &Server{status: st, leases: ls, log: nopLogger()}
 	hw, _ := net.ParseMAC("52:54:00:00:00:01")
 	mac := hw.String()
+	// The lease behind the ACKs below: dhcpd commits it before it reports an ACK; TFTP finds the MAC by it.
+	if err := ls.Commit(leases.Lease{MAC: hw, IP: netip.MustParseAddr("10.0.0.100"), Expiry: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	remote := netip.MustParseAddrPort("10.0.0.100:2000")
 	ack := func(file string) dhcpd.Event {
 		return dhcpd.Event{Kind: dhcpd.EventAck, MAC: hw, IP: netip.MustParseAddr("10.0.0.100"), File: file}

@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,20 +56,21 @@ type Server struct {
 	db       *bolt.DB
 	leases   *leases.Store
 	status   *status.Store
-	tokens   *tokens.Manager
+	tokens   *tokens.Manager // nil without a cluster
 	inv      *inventory.Inventory
 	http     *httpd.Handler
 	dhcp     *dhcpd.Server
 	tftp     *tftpd.Server
+	ra       *routeradv.Server // nil unless router advertisements are on
 	reg      *prometheus.Registry
 	url      string
 	serverIP netip.Addr
-	uuids    sync.Map // mac → SMBIOS UUID seen in DHCP
-	ipMAC    sync.Map // netip.Addr → mac, from DHCP ACKs
+	uuids    uuidIndex
 }
 
-// New opens the state store, connects to the cluster and builds every part; nothing listens yet.
-func New(opts Options) (s *Server, err error) {
+// New opens the state store, connects to the cluster (if one is configured) and builds every part;
+// nothing listens yet. Errors say what is wrong and what to do next.
+func New(opts Options) (_ *Server, err error) {
 	c := opts.Config
 	if c == nil {
 		return nil, errors.New("server: no configuration")
@@ -81,7 +81,7 @@ func New(opts Options) (s *Server, err error) {
 	if opts.InNetns == nil {
 		opts.InNetns = func(f func() error) error { return f() }
 	}
-	s = &Server{opts: opts, cfg: c, log: opts.Logger, reg: prometheus.NewRegistry()}
+	s := &Server{opts: opts, cfg: c, log: opts.Logger, reg: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -92,7 +92,7 @@ func New(opts Options) (s *Server, err error) {
 		return nil, err
 	}
 	cl := opts.Cluster
-	if cl == nil {
+	if cl == nil && c.Cluster.Kubeconfig != "" {
 		if cl, err = LoadCluster(c.Cluster.Kubeconfig, c.Cluster.APIServerEndpoint); err != nil {
 			return nil, err
 		}
@@ -101,31 +101,36 @@ func New(opts Options) (s *Server, err error) {
 		return nil, err
 	}
 	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
+		return nil, fmt.Errorf("state directory: %w: make it a directory the boot server may write, or set stateDir (--state-dir)", err)
 	}
-	if s.db, err = bolt.Open(filepath.Join(c.StateDir, "bootserver.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
-		return nil, fmt.Errorf("state store %s: %w (is another bootserver running?)", filepath.Join(c.StateDir, "bootserver.db"), err)
+	dbPath := filepath.Join(c.StateDir, "bootserver.db")
+	if s.db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("state store %s is locked: is another bootserver running with this state directory? Stop it, or set another stateDir (--state-dir)", dbPath)
+		}
+		return nil, fmt.Errorf("state store %s: %w: make the state directory writable by the boot server, or set another stateDir (--state-dir)", dbPath, err)
 	}
 	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg, MaxUnknown: c.Unknown.MaxTimelines,
 		Known: func(mac string) bool { return s.inv.Known(mac, "") }}); err != nil {
 		return nil, err
 	}
-	if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
-		return nil, err
+	// The handler's Tokens stays a nil interface without a cluster (not a nil *tokens.Manager).
+	var tk httpd.Tokens
+	var endpoint string
+	var pins []string
+	if cl != nil {
+		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
+			return nil, err
+		}
+		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
 	}
 	ipxeDir := c.TFTP.Root
 	if fi, err := os.Stat(ipxeDir); err != nil || !fi.IsDir() {
 		ipxeDir = ""
 	}
 	if s.http, err = httpd.New(httpd.Config{
-		Inventory: s.inv, Status: s.status, Tokens: s.tokens, ServerURL: s.url, MintAhead: true,
-		APIServerEndpoint: cl.Endpoint, CACertHashes: cl.CAPins, IPXEDir: ipxeDir,
-		UUIDOf: func(mac string) string {
-			if v, ok := s.uuids.Load(mac); ok {
-				return v.(string)
-			}
-			return ""
-		},
+		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
+		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, UUIDOf: s.uuids.of,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
 	}); err != nil {
 		return nil, err
@@ -143,8 +148,19 @@ func New(opts Options) (s *Server, err error) {
 			return nil, err
 		}
 	}
-	s.log.Info("boot server configured", "url", s.url, "apiserver", cl.Endpoint, "ca_pins", cl.CAPins,
-		"dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile)
+	attrs := []any{"url", s.url, "dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile}
+	if c.SendRouterAdvertisements() && c.Interface != "" {
+		if s.ra, err = routeradv.New(routeradv.Config{Interface: c.Interface, Logger: s.log, Registerer: s.reg}); err != nil {
+			return nil, err
+		}
+	}
+	if cl == nil {
+		s.log.Warn("no cluster configured: machines boot, but their join files answer 503 and no node joins; " +
+			"set cluster.kubeconfig (--kubeconfig) to an admin kubeconfig to hand out join files")
+	} else {
+		attrs = append(attrs, "apiserver", endpoint, "ca_pins", pins)
+	}
+	s.log.Info("boot server configured", attrs...)
 	return s, nil
 }
 
@@ -159,13 +175,16 @@ func (s *Server) resolveURL() error {
 		}
 		return nil
 	}
-	var ip netip.Addr
-	err := s.opts.InNetns(func() (err error) { ip, err = interfaceIPv4(c.Interface); return err })
-	if err != nil {
-		return err
+	if c.Interface == "" {
+		return errors.New("no interface and no serverURL: cannot tell machines where the server is; set interface (--interface) or serverURL (--server-url)")
 	}
-	s.serverIP = ip
-	s.url = "http://" + net.JoinHostPort(ip.String(), port)
+	var p netip.Prefix
+	err := s.opts.InNetns(func() (err error) { p, err = dhcpd.InterfacePrefix(c.Interface); return err })
+	if err != nil {
+		return fmt.Errorf("%w, or set serverURL (--server-url)", err)
+	}
+	s.serverIP = p.Addr()
+	s.url = "http://" + net.JoinHostPort(s.serverIP.String(), port)
 	return nil
 }
 
@@ -184,11 +203,9 @@ func (s *Server) newDHCP() (err error) {
 		Mode:       dhcpd.ModeProxy,
 		ServerIP:   s.serverIP,
 		BootPolicy: dhcpd.BootPolicyFunc(func(f dhcpd.ClientFacts) dhcpd.Boot {
-			uuid := inventory.SMBIOSUUID(f.UUID)
-			if uuid != "" {
-				s.uuids.Store(f.MAC.String(), uuid)
-			}
-			if !s.inv.Boots(f.MAC.String(), uuid) {
+			mac, uuid := f.MAC.String(), inventory.SMBIOSUUID(f.UUID)
+			s.noteUUID(mac, uuid)
+			if !s.inv.Boots(mac, uuid) {
 				return dhcpd.Boot{}
 			}
 			return policy.Boot(f)
@@ -207,7 +224,7 @@ func (s *Server) newDHCP() (err error) {
 		dc.Mode = dhcpd.ModeFull
 		var subnet netip.Prefix
 		if c.DHCP.Pool.Subnet == "" {
-			if err := s.opts.InNetns(func() (err error) { subnet, err = interfacePrefix(c.Interface); return err }); err != nil {
+			if err := s.opts.InNetns(func() (err error) { subnet, err = dhcpd.InterfacePrefix(c.Interface); return err }); err != nil {
 				return err
 			}
 		}
@@ -217,12 +234,21 @@ func (s *Server) newDHCP() (err error) {
 		}
 		dc.Pools = []dhcpd.Pool{p}
 		if s.leases, err = leases.Open(filepath.Join(c.StateDir, "leases.db")); err != nil {
-			return fmt.Errorf("lease store: %w", err)
+			return fmt.Errorf("lease store in %s: %w: make the state directory writable by the boot server and stop any other bootserver using it, or set another stateDir (--state-dir)", c.StateDir, err)
 		}
 		dc.Leases = s.leases
 	}
 	s.dhcp, err = dhcpd.New(dc)
 	return err
+}
+
+// noteUUID remembers the SMBIOS UUID a MAC sent in DHCP when that UUID, not the MAC, is how the
+// inventory knows the machine: script and join requests carry only the MAC. Other UUIDs are not
+// kept, so packets from ever new MACs cannot grow the index past the inventory.
+func (s *Server) noteUUID(mac, uuid string) {
+	if uuid != "" && !s.inv.Known(mac, "") && s.inv.Known(mac, uuid) {
+		s.uuids.remember(mac, uuid)
+	}
 }
 
 // pool converts the configured (validated) pool; ifSubnet is the interface's subnet, used when
@@ -254,7 +280,7 @@ func (s *Server) URL() string { return s.url }
 // Handler is the HTTP handler (tests).
 func (s *Server) Handler() http.Handler { return s.http }
 
-// Tokens is the token manager (tests).
+// Tokens is the token manager (tests); nil without a cluster.
 func (s *Server) Tokens() *tokens.Manager { return s.tokens }
 
 // Serve runs DHCP, TFTP, HTTP and the token watch until ctx ends, then stops them all and returns.
@@ -275,7 +301,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("tftp: %w", err)
+			return fmt.Errorf("tftp: %w: stop the other TFTP server (dnsmasq, tftpd-hpa), give the boot server CAP_NET_BIND_SERVICE, "+
+				"or set listen.tftp (--tftp-addr) or tftp.disabled", err)
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -308,14 +335,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.dhcp != nil {
 		g.Go(func() error { return s.opts.InNetns(func() error { return s.dhcp.Serve(ctx) }) })
 	}
-	if s.cfg.SendRouterAdvertisements() && s.cfg.Interface != "" {
-		ra, err := routeradv.New(routeradv.Config{Interface: s.cfg.Interface, Logger: s.log, Registerer: s.reg})
-		if err != nil {
-			return err
-		}
-		g.Go(func() error { return s.opts.InNetns(func() error { return ra.Serve(ctx) }) })
+	if s.ra != nil {
+		g.Go(func() error { return s.opts.InNetns(func() error { return s.ra.Serve(ctx) }) })
 	}
-	g.Go(func() error { return s.tokens.Run(ctx) })
+	if s.tokens != nil {
+		g.Go(func() error {
+			if err := s.tokens.Run(ctx); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("token watch: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if s.dhcp != nil {
 			select {
@@ -349,35 +379,6 @@ func (s *Server) Close() {
 	}
 }
 
-func interfaceIPv4(name string) (netip.Addr, error) {
-	p, err := interfacePrefix(name)
-	return p.Addr(), err
-}
-
-// interfacePrefix is the first IPv4 address of an interface with its prefix length.
-func interfacePrefix(name string) (netip.Prefix, error) {
-	if name == "" {
-		return netip.Prefix{}, errors.New("no interface and no serverURL: cannot tell machines where the server is")
-	}
-	ifc, err := net.InterfaceByName(name)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("interface %s: %w", name, err)
-	}
-	addrs, err := ifc.Addrs()
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
-				ones, _ := n.Mask.Size()
-				return netip.PrefixFrom(ip.Unmap(), ones), nil
-			}
-		}
-	}
-	return netip.Prefix{}, fmt.Errorf("interface %s has no IPv4 address", name)
-}
-
 // rootLinks serves the TFTP root's top-level symlinks to regular files as the files they name, resolved
 // once at start: Debian's ipxe package links /usr/lib/ipxe/ipxe.efi to /boot/ipxe.efi, which the TFTP
 // server's root (os.Root) would otherwise refuse as a link out of the root. Request paths still cannot
@@ -385,7 +386,7 @@ func interfacePrefix(name string) (netip.Prefix, error) {
 func rootLinks(dir string) (map[string]tftpd.Opener, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("tftp.root: %w", err)
+		return nil, fmt.Errorf("tftp.root: %w: install Debian's ipxe package, or set tftp.root (--tftp-root) to the directory of the iPXE binaries", err)
 	}
 	files := map[string]tftpd.Opener{}
 	for _, e := range entries {

@@ -3,6 +3,7 @@ package tokens
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -18,19 +19,34 @@ func (m *Manager) Run(ctx context.Context) error {
 	f := informers.NewSharedInformerFactory(m.opts.Client, 10*time.Minute)
 	csrs := f.Certificates().V1().CertificateSigningRequests().Informer()
 	nodes := f.Core().V1().Nodes().Informer()
+	// Run returns without f.Shutdown, which waits for every informer goroutine: client-go's watch-list
+	// backoff (reflector.go, up to 30 s while the cluster refuses connections) ignores the stop, so a
+	// stop would outlast systemd's. Instead no handler runs once Run has returned: handlers hold a
+	// read lock and look at stopped; the informers end on their own when their backoff does.
+	var handlers sync.RWMutex
+	stopped := false
 	onCSR := func(obj any) {
-		if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok {
+		handlers.RLock()
+		defer handlers.RUnlock()
+		if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok && !stopped {
 			m.csrSeen(ctx, csr)
 		}
 	}
 	onNode := func(obj any) {
-		if n, ok := obj.(*corev1.Node); ok {
+		handlers.RLock()
+		defer handlers.RUnlock()
+		if n, ok := obj.(*corev1.Node); ok && !stopped {
 			_ = m.RevokeNode(ctx, n.Name, n.CreationTimestamp.Time, ReasonNodeRegistered)
 			if m.opts.OnNode != nil {
 				m.opts.OnNode(n)
 			}
 		}
 	}
+	defer func() {
+		handlers.Lock() // waits for a handler under way (its API calls end with ctx)
+		stopped = true
+		handlers.Unlock()
+	}()
 	if _, err := csrs.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    onCSR,
 		UpdateFunc: func(_, obj any) { onCSR(obj) },
@@ -44,7 +60,6 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	f.Start(ctx.Done())
-	defer f.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced) {
 		return ctx.Err()
 	}

@@ -45,19 +45,19 @@ func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	m, c, path := newManager(t)
 	const mac = "52:54:00:00:00:01"
-	tok1, err := m.Token(ctx, mac, "worker-1", 1)
+	tok1, err := m.Token(ctx, mac, "worker-1", 1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok1b, _ := m.Token(ctx, mac, "worker-1", 1)
+	tok1b, _ := m.Token(ctx, mac, "worker-1", 1, true)
 	if tok1 != tok1b || secrets(t, c) != 1 {
 		t.Fatalf("the same boot must reuse its live token (%d secrets)", secrets(t, c))
 	}
-	tok2, _ := m.Token(ctx, mac, "worker-1", 2)
+	tok2, _ := m.Token(ctx, mac, "worker-1", 2, true)
 	if tok2 == tok1 || secrets(t, c) != 1 {
 		t.Fatalf("a new boot must replace the token (%d secrets)", secrets(t, c))
 	}
-	other, _ := m.Token(ctx, "52:54:00:00:00:02", "worker-2", 1)
+	other, _ := m.Token(ctx, "52:54:00:00:00:02", "worker-2", 1, true)
 	if secrets(t, c) != 2 {
 		t.Fatal("each machine has its own token")
 	}
@@ -89,7 +89,7 @@ func TestLifecycle(t *testing.T) {
 func TestRevokeNodeOnlyOlderTokens(t *testing.T) {
 	ctx := context.Background()
 	m, c, _ := newManager(t)
-	if _, err := m.Token(ctx, "52:54:00:00:00:01", "worker-1", 1); err != nil {
+	if _, err := m.Token(ctx, "52:54:00:00:00:01", "worker-1", 1, true); err != nil {
 		t.Fatal(err)
 	}
 	// A Node of that name that existed before the token (a reinstall) must not delete it.

@@ -66,6 +66,17 @@ func TestParseValid(t *testing.T) {
 	if c.Listen.TFTP != DefaultTFTPAddr {
 		t.Errorf("tftp default not applied: %q", c.Listen.TFTP)
 	}
+	wantHTTP := HTTP{ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, MaxHeaderBytes: DefaultMaxHeaderBytes, MaxConnsPerClient: DefaultMaxConnsPerClient}
+	if c.HTTP != wantHTTP || c.Unknown.MaxTokens != DefaultUnknownMaxTokens || c.Unknown.TokensPerMinute != DefaultUnknownTokensPerMinute {
+		t.Errorf("limit defaults not applied: %+v %+v", c.HTTP, c.Unknown)
+	}
+	limits := strings.Replace(valid, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: 5\nhttp: {readHeaderTimeout: 3s, maxConnsPerClient: 2}\nprofiles:", 1)
+	if c, err = Parse("bootserver.yaml", []byte(expand(limits))); err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTP.ReadHeaderTimeout != 3*time.Second || c.HTTP.MaxConnsPerClient != 2 || c.HTTP.IdleTimeout != DefaultIdleTimeout || c.Unknown.MaxTokens != 5 {
+		t.Errorf("limits: %+v %+v", c.HTTP, c.Unknown)
+	}
 }
 
 // TestParseErrors checks that each bad file is refused with the line and the reason.
@@ -93,6 +104,10 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate MAC", func(s string) string {
 			return s + "  - mac: 52-54-00-00-00-01\n"
 		}, 29, "machines[2].mac: 52:54:00:00:00:01 is also machines[0]"},
+		{"negative limit", func(s string) string {
+			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: -1\nprofiles:", 1)
+		}, 17, "unknownMachines.maxTokens: -1 is negative"},
+		{"bad duration", func(s string) string { return strings.Replace(s, "stateDir:", "http: {idleTimeout: 2}\nstateDir:", 1) }, 14, "cannot unmarshal !!int `2` into time.Duration"},
 		{"missing kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 11, "cluster.kubeconfig: required"},
 	}
 	for _, tt := range tests {

@@ -152,7 +152,7 @@ func New(cfg Config) (*Handler, error) {
 	}, []string{"reason"})
 	h.refused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "pxejoin_http_connections_refused_total",
-		Help: "HTTP connections closed at once because their client address held limits.maxConnsPerClient already.",
+		Help: "HTTP connections closed at once because their client address held http.maxConnsPerClient connections already.",
 	})
 	if r := cfg.Registerer; r != nil {
 		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused} {

@@ -27,6 +27,14 @@ const (
 	DefaultTokenTTL = 30 * time.Minute
 	MinTokenTTL     = time.Minute
 	MaxTokenTTL     = 24 * time.Hour
+
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultMaxHeaderBytes    = 8 << 10
+	DefaultMaxConnsPerClient = 16
+
+	DefaultUnknownMaxTokens       = 64
+	DefaultUnknownTokensPerMinute = 60
 )
 
 // Config is the whole configuration. Field names are the YAML keys.
@@ -38,6 +46,8 @@ type Config struct {
 	ServerURL string `yaml:"serverURL"`
 	// Listen holds the listening addresses.
 	Listen Listen `yaml:"listen"`
+	// HTTP bounds what clients may hold of the HTTP server.
+	HTTP HTTP `yaml:"http"`
 	// DHCP configures the DHCP server.
 	DHCP DHCP `yaml:"dhcp"`
 	// TFTP configures the TFTP server that hands out iPXE.
@@ -64,6 +74,20 @@ type Listen struct {
 	TFTP string `yaml:"tftp"`
 	// DHCP is the DHCP listen address; empty means 0.0.0.0:67.
 	DHCP string `yaml:"dhcp"`
+}
+
+// HTTP bounds what clients may hold of the HTTP server; a field left out (or 0) takes its default.
+type HTTP struct {
+	// ReadHeaderTimeout is the time a client has to send a request's header (Go duration); default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"readHeaderTimeout"`
+	// IdleTimeout closes a kept-alive connection that waits that long for its next request; default 2m.
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
+	// MaxHeaderBytes bounds a request's header (a larger one gets 431); default 8 KiB. iPXE's and the
+	// agent's requests are a few hundred bytes.
+	MaxHeaderBytes int `yaml:"maxHeaderBytes"`
+	// MaxConnsPerClient bounds the connections one client address holds at once; past it a new
+	// connection is closed at once. Default 16 (a booting machine uses one or two).
+	MaxConnsPerClient int `yaml:"maxConnsPerClient"`
 }
 
 // DHCP configures the DHCP server.
@@ -143,6 +167,13 @@ type Unknown struct {
 	// seen one is dropped, from memory and disk. 0 means the default, 1024. Inventory machines
 	// always keep theirs.
 	MaxTimelines int `yaml:"maxTimelines"`
+	// MaxTokens bounds the live bootstrap tokens minted for unknown machines (each is a Secret in
+	// kube-system until its machine's CSR is issued or it expires); past it their join files are
+	// refused with 503 and Retry-After. Default 64. Inventory machines never count against it.
+	MaxTokens int `yaml:"maxTokens"`
+	// TokensPerMinute is the rate tokens are minted for unknown machines, in bursts of up to 10
+	// seconds' worth; default 60.
+	TokensPerMinute int `yaml:"tokensPerMinute"`
 }
 
 // Profile is what a machine boots.

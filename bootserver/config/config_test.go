@@ -66,6 +66,17 @@ func TestParseValid(t *testing.T) {
 	if c.Listen.TFTP != DefaultTFTPAddr {
 		t.Errorf("tftp default not applied: %q", c.Listen.TFTP)
 	}
+	wantHTTP := HTTP{ReadHeaderTimeout: DefaultReadHeaderTimeout, IdleTimeout: DefaultIdleTimeout, MaxHeaderBytes: DefaultMaxHeaderBytes, MaxConnsPerClient: DefaultMaxConnsPerClient}
+	if c.HTTP != wantHTTP || c.Unknown.MaxTokens != DefaultUnknownMaxTokens || c.Unknown.TokensPerMinute != DefaultUnknownTokensPerMinute {
+		t.Errorf("limit defaults not applied: %+v %+v", c.HTTP, c.Unknown)
+	}
+	limits := strings.Replace(valid, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: 5\nhttp: {readHeaderTimeout: 3s, maxConnsPerClient: 2}\nprofiles:", 1)
+	if c, err = Parse("bootserver.yaml", []byte(expand(limits))); err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTP.ReadHeaderTimeout != 3*time.Second || c.HTTP.MaxConnsPerClient != 2 || c.HTTP.IdleTimeout != DefaultIdleTimeout || c.Unknown.MaxTokens != 5 {
+		t.Errorf("limits: %+v %+v", c.HTTP, c.Unknown)
+	}
 }
 
 // TestParseErrors checks that each bad file is refused with the line and the reason.
@@ -104,6 +115,10 @@ func TestParseErrors(t *testing.T) {
 		}, 9, "tftp: maxTransfers and maxTransfersPerClient must not be negative"},
 		{"token TTL without a kubeconfig", func(s string) string { return strings.Replace(s, "  kubeconfig: $D/admin.conf\n", "", 1) }, 12, "cluster.tokenTTL: has no effect without cluster.kubeconfig"},
 		{"missing kubeconfig file", func(s string) string { return strings.Replace(s, "$D/admin.conf", "$D/nope.conf", 1) }, 12, `cluster.kubeconfig: cannot read`},
+		{"negative limit", func(s string) string {
+			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: -1\nprofiles:", 1)
+		}, 17, "unknownMachines.maxTokens: -1 is negative"},
+		{"bad duration", func(s string) string { return strings.Replace(s, "stateDir:", "http: {idleTimeout: 2}\nstateDir:", 1) }, 14, "cannot unmarshal !!int `2` into time.Duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -86,6 +86,7 @@ func (c *Config) validate(file string, loc locator) error {
 		}
 		c.ServerURL = strings.TrimSuffix(c.ServerURL, "/")
 	}
+	c.validateLimits(ck)
 	c.validateDHCP(ck)
 	if !c.TFTP.Disabled {
 		if fi, err := os.Stat(c.TFTP.Root); err != nil || !fi.IsDir() {
@@ -106,6 +107,42 @@ func (c *Config) validate(file string, loc locator) error {
 	}
 	c.validateMachines(ck)
 	return errors.Join(ck.errs...)
+}
+
+// validateLimits fills the defaults of the limits left out and refuses negative ones.
+func (c *Config) validateLimits(ck *checker) {
+	durations := []struct {
+		key string
+		v   *time.Duration
+		def time.Duration
+	}{
+		{"readHeaderTimeout", &c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout},
+		{"idleTimeout", &c.HTTP.IdleTimeout, DefaultIdleTimeout},
+	}
+	for _, d := range durations {
+		if *d.v < 0 {
+			ck.fail([]any{"http", d.key}, "%s is negative (leave it out for %s)", *d.v, d.def)
+		} else if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	counts := []struct {
+		path []any
+		v    *int
+		def  int
+	}{
+		{[]any{"http", "maxHeaderBytes"}, &c.HTTP.MaxHeaderBytes, DefaultMaxHeaderBytes},
+		{[]any{"http", "maxConnsPerClient"}, &c.HTTP.MaxConnsPerClient, DefaultMaxConnsPerClient},
+		{[]any{"unknownMachines", "maxTokens"}, &c.Unknown.MaxTokens, DefaultUnknownMaxTokens},
+		{[]any{"unknownMachines", "tokensPerMinute"}, &c.Unknown.TokensPerMinute, DefaultUnknownTokensPerMinute},
+	}
+	for _, n := range counts {
+		if *n.v < 0 {
+			ck.fail(n.path, "%d is negative (leave it out for %d)", *n.v, n.def)
+		} else if *n.v == 0 {
+			*n.v = n.def
+		}
+	}
 }
 
 func (c *Config) validateDHCP(ck *checker) {

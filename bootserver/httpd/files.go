@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"path/filepath"
 
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
@@ -83,15 +84,21 @@ func (h *Handler) sendFile(w http.ResponseWriter, r *http.Request, f inventory.F
 	return rec.n, code, nil
 }
 
-// serveIPXE serves an iPXE binary (UEFI HTTP boot) from the iPXE directory; os.Root keeps names
-// inside it.
+// serveIPXE serves an iPXE binary (UEFI HTTP boot) from the iPXE directory: one of its top-level
+// symlinks (RootLinks), or a file os.Root keeps inside it.
 func (h *Handler) serveIPXE(w http.ResponseWriter, r *http.Request) {
 	if h.ipxe == nil {
 		http.NotFound(w, r)
 		return
 	}
 	name := r.PathValue("file")
-	fh, err := h.ipxe.Open(name)
+	var fh *os.File
+	var err error
+	if target, ok := h.ipxeLinks[name]; ok {
+		fh, err = os.Open(target)
+	} else {
+		fh, err = h.ipxe.Open(name)
+	}
 	if err != nil {
 		http.NotFound(w, r)
 		return
@@ -104,4 +111,30 @@ func (h *Handler) serveIPXE(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/efi")
 	http.ServeContent(w, r, name, fi.ModTime(), fh)
+}
+
+// RootLinks returns dir's top-level symlinks to regular files, by name, each resolved to the file it
+// names. Debian's ipxe package links /usr/lib/ipxe/ipxe.efi to /boot/ipxe.efi, which an os.Root of
+// the directory refuses as a link out of it; TFTP and /ipxe/ serve these links, resolved once at
+// start. Request paths still cannot leave the directory: only what the administrator's directory
+// links to at start is served. A dangling link, or one to a directory, is left out.
+func RootLinks(dir string) (map[string]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	links := map[string]string{}
+	for _, e := range entries {
+		if e.Type()&os.ModeSymlink == 0 {
+			continue
+		}
+		target, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if fi, err := os.Stat(target); err == nil && fi.Mode().IsRegular() {
+			links[e.Name()] = target
+		}
+	}
+	return links, nil
 }

@@ -27,7 +27,7 @@ type stubTokens struct {
 	revoked []string
 }
 
-func (s *stubTokens) Token(_ context.Context, mac, node string, boot int) (string, error) {
+func (s *stubTokens) Token(_ context.Context, mac, node string, boot int, known bool) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.issued == nil {

@@ -23,21 +23,23 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"strings"
-	"sync/atomic"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 )
 
 // Tokens mints and revokes machine tokens (bootserver/tokens.Manager).
 type Tokens interface {
-	// Token returns mac's token for its boot, minting one if needed.
-	Token(ctx context.Context, mac, node string, boot int) (string, error)
+	// Token returns mac's token for its boot, minting one if needed; known says the machine is in the
+	// inventory. An error with a RetryAfter() time.Duration method is a refusal to mint now (a limit
+	// on unknown machines): its message is the reason, for the client.
+	Token(ctx context.Context, mac, node string, boot int, known bool) (string, error)
 	// RevokeMAC deletes mac's tokens.
 	RevokeMAC(ctx context.Context, mac, reason string) error
 }
@@ -52,23 +54,31 @@ const MaxStatusEvents = 256
 type Config struct {
 	Inventory *inventory.Inventory
 	Status    *status.Store
-	Tokens    Tokens
+	// Tokens mints the join files' tokens; nil means the boot server has no cluster: join files are
+	// then refused with the reason, and the page says so.
+	Tokens Tokens
 	// ServerURL is how machines reach this server, e.g. http://10.0.0.1:8080 (no trailing slash).
 	ServerURL string
-	// APIServerEndpoint (host:port) and CACertHashes go into every join file.
+	// APIServerEndpoint (host:port) and CACertHashes go into every join file (required with Tokens).
 	APIServerEndpoint string
 	CACertHashes      []string
-	// IPXEDir holds the iPXE binaries served at /ipxe/; empty serves none.
+	// IPXEDir holds the iPXE binaries served at /ipxe/ (its top-level symlinks too, as TFTP serves
+	// them); empty serves none.
 	IPXEDir string
-	// MintAhead mints a machine's token in the background when it fetches its script, so that when its
-	// agent asks for the join file seconds later the token exists and the controller manager has
-	// already signed cluster-info with it: discovery does not wait for the signer. The join file
-	// still mints on demand when the token is not there (busy, failed, or no script fetched).
+	// MintAhead mints an inventory machine's token in the background when it fetches its script, so
+	// that when its agent asks for the join file seconds later the token exists and the controller
+	// manager has already signed cluster-info with it: discovery does not wait for the signer. The
+	// join file still mints on demand when the token is not there (busy, failed, or no script
+	// fetched). Machines not in the inventory never get a token ahead: theirs come from a small
+	// budget, spent only on a join file's request.
 	MintAhead bool
 	// UUIDOf, if set, gives the SMBIOS UUID a MAC sent in DHCP, for inventory lookups by UUID.
 	UUIDOf func(mac string) string
 	// MaxStatusBody bounds a POST /status body; default DefaultMaxStatusBody.
 	MaxStatusBody int64
+	// Limits bound what clients may hold of the server that Serve runs; zero fields take
+	// bootserver/config's defaults.
+	Limits config.HTTP
 	// Logger; default discards. Request lines go at Debug.
 	Logger *slog.Logger
 	// Registerer gets pxejoin_http_* metrics; Gatherer is served at /metrics (nil: no /metrics).
@@ -78,16 +88,15 @@ type Config struct {
 
 // Handler is the HTTP handler.
 type Handler struct {
-	cfg      Config
-	log      *slog.Logger
-	mux      *http.ServeMux
-	ipxe     *os.Root
-	requests *prometheus.CounterVec
-	rejects  *prometheus.CounterVec
-	scripts  scriptCache
-	script   http.HandlerFunc // GET /boot/{script}, wrapped by route
-	scriptOK *okCounter       // its requests answered 200 (ServeFast counts there too)
-	minting  chan struct{}    // bounds the background mints of MintAhead
+	cfg       Config
+	log       *slog.Logger
+	mux       *http.ServeMux
+	ipxe      *os.Root
+	ipxeLinks map[string]string // the iPXE directory's top-level symlinks: name → the file
+	requests  *prometheus.CounterVec
+	rejects   *prometheus.CounterVec
+	refused   prometheus.Counter // connections over a client's cap
+	minting   chan struct{}      // bounds the background mints of MintAhead
 }
 
 // maxMintAhead bounds the tokens minted ahead at once; past it, join files mint on demand.
@@ -111,11 +120,11 @@ const (
 
 // New builds the handler.
 func New(cfg Config) (*Handler, error) {
-	if cfg.Inventory == nil || cfg.Status == nil || cfg.Tokens == nil {
-		return nil, errors.New("httpd: Inventory, Status and Tokens are required")
+	if cfg.Inventory == nil || cfg.Status == nil || cfg.ServerURL == "" {
+		return nil, errors.New("httpd: Inventory, Status and ServerURL are required")
 	}
-	if cfg.ServerURL == "" || cfg.APIServerEndpoint == "" || len(cfg.CACertHashes) == 0 {
-		return nil, errors.New("httpd: ServerURL, APIServerEndpoint and CACertHashes are required")
+	if cfg.Tokens != nil && (cfg.APIServerEndpoint == "" || len(cfg.CACertHashes) == 0) {
+		return nil, errors.New("httpd: APIServerEndpoint and CACertHashes are required with Tokens")
 	}
 	if cfg.MaxStatusBody <= 0 {
 		cfg.MaxStatusBody = DefaultMaxStatusBody
@@ -130,6 +139,10 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("httpd: iPXE directory: %w", err)
 		}
 		h.ipxe = root
+		if h.ipxeLinks, err = RootLinks(cfg.IPXEDir); err != nil {
+			root.Close()
+			return nil, fmt.Errorf("httpd: iPXE directory: %w", err)
+		}
 	}
 	h.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pxejoin_http_requests_total", Help: "HTTP requests by kind and status code.",
@@ -137,14 +150,18 @@ func New(cfg Config) (*Handler, error) {
 	h.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pxejoin_status_reports_rejected_total", Help: "POST /status bodies refused, by reason.",
 	}, []string{"reason"})
+	h.refused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pxejoin_http_connections_refused_total",
+		Help: "HTTP connections closed at once because their client address held http.maxConnsPerClient connections already.",
+	})
 	if r := cfg.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{h.requests, h.rejects} {
+		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
 		}
 	}
-	h.script, h.scriptOK = h.routeOK("GET /boot/{script}", KindScript, h.serveScript)
+	h.route("GET /boot/{script}", KindScript, h.serveScript)
 	h.route("GET /files/{mac}/{profile}/{file}", KindOther, h.serveMachineFile)
 	h.route("GET /images/{profile}/{file}", KindOther, h.serveFile)
 	h.route("GET /ipxe/{file}", KindIPXE, h.serveIPXE)
@@ -172,86 +189,25 @@ func (h *Handler) Close() error {
 	return nil
 }
 
-// ServeHTTP implements http.Handler. A script request, the one every booting machine makes, goes
-// straight to its handler when its path is one the mux would route there unchanged (clean, no
-// escapes).
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.RawPath == "" {
-		if seg, ok := strings.CutPrefix(r.URL.Path, "/boot/"); ok && seg != "" && seg != "." && seg != ".." && strings.IndexByte(seg, '/') < 0 {
-			h.script(w, r)
-			return
-		}
-	}
-	h.mux.ServeHTTP(w, r)
-}
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
 // route registers a handler that counts and logs its requests. A handler may change the kind (for
 // files) through the recorder.
 func (h *Handler) route(pattern, kind string, f http.HandlerFunc) {
-	h.routeOK(pattern, kind, f)
-}
-
-// okCounter is a kind's counter of 200s, resolved at its first use (the series appears then).
-type okCounter struct {
-	vec  *prometheus.CounterVec
-	kind string
-	c    atomic.Pointer[prometheus.Counter]
-}
-
-func (o *okCounter) inc() {
-	c := o.c.Load()
-	if c == nil {
-		c = new(prometheus.Counter)
-		*c = o.vec.WithLabelValues(o.kind, "200")
-		o.c.Store(c)
-	}
-	(*c).Inc()
-}
-
-// routeOK is route, returning the wrapped handler and its counter of 200s.
-func (h *Handler) routeOK(pattern, kind string, f http.HandlerFunc) (http.HandlerFunc, *okCounter) {
-	ok200 := &okCounter{vec: h.requests, kind: kind}
-	wrapped := func(w http.ResponseWriter, r *http.Request) {
-		debug := h.log.Enabled(r.Context(), slog.LevelDebug)
-		var start time.Time
-		if debug {
-			start = time.Now()
-		}
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		rec := &recorder{ResponseWriter: w, kind: kind}
 		f(rec, r)
 		code := rec.code
 		if code == 0 {
 			code = http.StatusOK
 		}
-		if code == http.StatusOK && rec.kind == kind {
-			ok200.inc()
-		} else {
-			h.requests.WithLabelValues(rec.kind, codeLabel(code)).Inc()
-		}
-		if debug {
-			// The path never holds a secret; the join file's body is never logged.
-			h.log.Debug("http", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
-				"kind", rec.kind, "code", code, "bytes", rec.n, "seconds", time.Since(start).Seconds())
-		}
-	}
-	h.mux.HandleFunc(pattern, wrapped)
-	return wrapped, ok200
-}
-
-func codeLabel(code int) string {
-	switch code {
-	case 200:
-		return "200"
-	case 204:
-		return "204"
-	case 206:
-		return "206"
-	case 304:
-		return "304"
-	case 404:
-		return "404"
-	}
-	return fmt.Sprintf("%dxx", code/100)
+		h.requests.WithLabelValues(rec.kind, strconv.Itoa(code)).Inc()
+		// The path never holds a secret; the join file's body is never logged.
+		h.log.Debug("http", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
+			"kind", rec.kind, "code", code, "bytes", rec.n, "seconds", time.Since(start).Seconds())
+	})
 }
 
 // recorder notes the status code and bytes written; it keeps io.ReaderFrom so that

@@ -2,8 +2,10 @@ package httpd
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -251,10 +253,11 @@ func TestMintAhead(t *testing.T) {
 	}{
 		{"on, known machine", true, "52:54:00:00:00:01", true},
 		{"on, unknown machine", true, "52:54:00:00:00:77", false},
+		{"on, unknown machine booting the unknown machines' profile", true, "52:54:00:00:00:78", false},
 		{"off", false, "52:54:00:00:00:01", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, "http://10.80.0.1:8080", 1024, false, known)
+			f := newFixture(t, "http://10.80.0.1:8080", 1024, strings.HasSuffix(tc.mac, "78"), known)
 			f.h.cfg.MintAhead = tc.mintAhead
 			if w := get(t, f.h, "GET", "/boot/"+tc.mac+".ipxe", nil); w.Code != 200 {
 				t.Fatalf("script: %d %s", w.Code, w.Body)
@@ -289,4 +292,102 @@ func TestMintAhead(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIPXELinks: /ipxe/ serves the iPXE directory's top-level symlinks to files outside it, as TFTP
+// does (Debian's ipxe.efi links to /boot/ipxe.efi), and still nothing else outside the directory.
+func TestIPXELinks(t *testing.T) {
+	outside := t.TempDir()
+	efi := filepath.Join(outside, "ipxe.efi")
+	if err := os.WriteFile(efi, []byte("MZ efi binary"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, "http://10.80.0.1:8080", 16, false)
+	for name, target := range map[string]string{"ipxe.efi": efi, "boot": outside, "dangling.efi": filepath.Join(outside, "gone")} {
+		if err := os.Symlink(target, filepath.Join(f.dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := f.h.cfg // links are resolved when the handler is built
+	cfg.Registerer, cfg.Gatherer = nil, nil
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	tests := []struct {
+		path string
+		code int
+		body string
+	}{
+		{"/ipxe/ipxe.efi", 200, "MZ efi binary"},
+		{"/ipxe/vmlinuz", 200, string(f.kernel)},
+		{"/ipxe/boot", 404, ""},
+		{"/ipxe/dangling.efi", 404, ""},
+		{"/ipxe/boot%2Fipxe.efi", 404, ""},
+		{"/ipxe/..%2F" + filepath.Base(outside) + "%2Fipxe.efi", 404, ""},
+	}
+	for _, tt := range tests {
+		w := get(t, h, "GET", tt.path, nil)
+		if w.Code != tt.code || (tt.code == 200 && w.Body.String() != tt.body) {
+			t.Errorf("%s: %d %.40q, want %d", tt.path, w.Code, w.Body, tt.code)
+		}
+	}
+}
+
+// TestNoCluster: without Tokens (no kubeconfig), join files are refused with the reason, scripts
+// still boot and mint nothing, and the page says why join files are not served.
+func TestNoCluster(t *testing.T) {
+	f := newFixture(t, "http://10.80.0.1:8080", 16, true, config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker"})
+	cfg := f.h.cfg
+	cfg.Tokens, cfg.APIServerEndpoint, cfg.CACertHashes, cfg.MintAhead = nil, "", nil, true
+	cfg.Registerer, cfg.Gatherer, cfg.IPXEDir = nil, nil, ""
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New without Tokens, endpoint or pins: %v", err)
+	}
+	if w := get(t, h, "GET", "/boot/52:54:00:00:00:01.ipxe", nil); w.Code != 200 || !strings.Contains(w.Body.String(), "pxejoin.url=http://10.80.0.1:8080/join/52:54:00:00:00:01") {
+		t.Errorf("script: %d\n%s", w.Code, w.Body)
+	}
+	for _, mac := range []string{"52:54:00:00:00:01", "52:54:00:00:00:99"} {
+		w := get(t, h, "GET", "/join/"+mac, nil)
+		if w.Code != 503 || !strings.Contains(w.Body.String(), "no cluster configured") || !strings.Contains(w.Body.String(), "--kubeconfig") {
+			t.Errorf("join file of %s: %d %q", mac, w.Code, w.Body)
+		}
+	}
+	if page := get(t, h, "GET", "/", nil).Body.String(); !strings.Contains(page, "Join files are not served:</b> this boot server has no cluster configured") {
+		t.Errorf("the page does not say why join files are not served:\n%s", page)
+	}
+	if page := get(t, f.h, "GET", "/", nil).Body.String(); strings.Contains(page, "Join files are not served") {
+		t.Error("a boot server with a cluster says it serves no join files")
+	}
+}
+
+// TestUnknownJoinRefused: a token manager's refusal (a limit on unknown machines) is a 503 with its
+// reason and Retry-After, recorded in the machine's timeline.
+func TestUnknownJoinRefused(t *testing.T) {
+	f := newFixture(t, "http://10.80.0.1:8080", 16, true)
+	cfg := f.h.cfg
+	cfg.Tokens, cfg.Registerer, cfg.Gatherer, cfg.IPXEDir = &refusingTokens{}, nil, nil, ""
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := get(t, h, "GET", "/join/52:54:00:00:00:99", nil)
+	if w.Code != 503 || w.Header().Get("Retry-After") != "8" || !strings.Contains(w.Body.String(), "too many strangers") {
+		t.Errorf("%d Retry-After %q %q", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+	if m, _ := f.store.Get("52:54:00:00:00:99"); len(m.Phases) == 0 || m.Phases[len(m.Phases)-1].Error != "tokens: too many strangers" {
+		t.Errorf("timeline: %+v", m.Phases)
+	}
+}
+
+type refusingTokens struct{ stubTokens }
+
+type limitErr struct{}
+
+func (limitErr) Error() string             { return "too many strangers" }
+func (limitErr) RetryAfter() time.Duration { return 7500 * time.Millisecond }
+func (*refusingTokens) Token(context.Context, string, string, int, bool) (string, error) {
+	return "", fmt.Errorf("tokens: %w", limitErr{})
 }

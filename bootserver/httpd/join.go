@@ -1,9 +1,13 @@
 package httpd
 
 import (
+	"errors"
+	"math"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
@@ -45,6 +49,10 @@ func JoinConfig(a inventory.Assignment, token, endpoint string, pins []string) *
 	return jc
 }
 
+// NoClusterReason is the answer to a join file's request when the boot server has no cluster.
+const NoClusterReason = "this boot server has no cluster configured, so it serves no join files: start it with " +
+	"--kubeconfig (or cluster.kubeconfig in its configuration file) naming a kubeconfig allowed to manage bootstrap tokens"
+
 // serveJoin serves GET /join/<mac>: the one place a token ever leaves the boot server. The body is
 // never logged and the response is never cached.
 func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
@@ -60,9 +68,22 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this machine is not in the boot server's inventory", http.StatusNotFound)
 		return
 	}
+	if h.cfg.Tokens == nil {
+		http.Error(w, NoClusterReason, http.StatusServiceUnavailable)
+		return
+	}
 	boot, _ := h.cfg.Status.RecordSync(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateStart, "", ""))
 	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
-	tok, err := h.cfg.Tokens.Token(r.Context(), mac, a.NodeName, boot)
+	tok, err := h.cfg.Tokens.Token(r.Context(), mac, a.NodeName, boot, a.Known)
+	var limit interface{ RetryAfter() time.Duration }
+	if errors.As(err, &limit) {
+		// A limit on unknown machines' tokens, not a failure: the client is told why and when to
+		// come back; the refusal is counted by the token manager.
+		h.cfg.Status.Record(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateError, "", err.Error()))
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(limit.RetryAfter().Seconds()))))
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
 	if err != nil {
 		// err names the token id at most, never the secret.
 		h.log.Error("cannot mint a bootstrap token", "mac", mac, "node", a.NodeName, "err", err)

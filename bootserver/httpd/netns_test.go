@@ -5,16 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
-	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -22,7 +17,6 @@ import (
 type lab struct {
 	server, client *netlab.NS
 	serverIP       string
-	fastMetrics    *prometheus.Registry // httpfast's hand-off counts, of every server serve started
 }
 
 var labNet = 0
@@ -37,46 +31,27 @@ func newLab(t testing.TB) *lab {
 	}
 	labNet++
 	subnet := "10.80." + itoa(labNet) + "."
-	l := &lab{server: netlab.New(t, "bshs"), client: netlab.New(t, "bshc"), serverIP: subnet + "1", fastMetrics: prometheus.NewRegistry()}
+	l := &lab{server: netlab.New(t, "bshs"), client: netlab.New(t, "bshc"), serverIP: subnet + "1"}
 	netlab.Veth(t, l.server, "eth0", subnet+"1/24", l.client, "eth0", subnet+"2/24")
 	return l
 }
 
-// serve runs h on addr inside the server namespace until the test ends, as bootserver/server
-// does: script requests on httpfast's fast path, the rest with net/http.
+// serve runs h on addr inside the server namespace until the test ends, as bootserver/server does.
 func (l *lab) serve(t testing.TB, h *Handler, port string) {
 	t.Helper()
 	var ln net.Listener
 	if err := l.server.Do(func() (err error) { ln, err = net.Listen("tcp", l.serverIP+":"+port); return err }); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := httpfast.New(httpfast.Config{HTTP: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute},
-		Fast: h, Registerer: l.fastMetrics})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Serve(ctx, ln) }()
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-}
-
-// handoffs is how many connections the fast path has handed to net/http so far.
-func (l *lab) handoffs(t testing.TB) float64 {
-	t.Helper()
-	mfs, err := l.fastMetrics.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0.0
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			n += m.GetCounter().GetValue()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
 		}
-	}
-	return n
+	})
 }
 
 // TestCurlFromClientNamespace fetches a script, a byte range of the kernel and the whole kernel

@@ -63,8 +63,9 @@ td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}
 .error{color:#b00}.done{color:#070}.start{color:#a60}h2{font-size:110%;margin-bottom:.3em}
 </style></head><body>
 <h1>pxejoin boot server</h1>
-<p>{{len .}} machines. <a href="/machines">JSON</a> · <a href="/metrics">metrics</a></p>
-{{range .}}
+{{with .Notice}}<p class="error"><b>Join files are not served:</b> {{.}}.</p>{{end}}
+<p>{{len .Machines}} machines. <a href="/machines">JSON</a> · <a href="/metrics">metrics</a></p>
+{{range .Machines}}
 <h2>{{.MAC}} {{if .NodeName}}— {{.NodeName}}{{end}} {{if .Profile}}({{.Profile}}){{end}}{{if not .Known}} <small>not in inventory</small>{{end}}</h2>
 <p>boot {{.Boot}}{{if .LastPhase}}, last phase <b class="{{.LastState}}">{{.LastPhase}} {{.LastState}}</b> at {{ts .LastSeen}}{{end}}</p>
 {{if .Phases}}<table><tr><th>phase</th><th>state</th><th>source</th><th>start</th><th>end</th><th>duration</th><th>detail</th><th>error</th></tr>
@@ -77,7 +78,14 @@ td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}
 func (h *Handler) servePage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if err := page.Execute(w, h.machines()); err != nil {
+	data := struct {
+		Notice   string
+		Machines []status.Machine
+	}{Machines: h.machines()}
+	if h.cfg.Tokens == nil {
+		data.Notice = NoClusterReason
+	}
+	if err := page.Execute(w, data); err != nil {
 		h.log.Warn("status page", "err", err)
 	}
 }

@@ -25,7 +25,6 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
-	"github.com/pxejoin/pxejoin/bootserver/httpfast"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
@@ -119,7 +118,8 @@ func New(opts Options) (_ *Server, err error) {
 	var endpoint string
 	var pins []string
 	if cl != nil {
-		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
+		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL,
+			MaxUnknown: c.Unknown.MaxTokens, UnknownPerMinute: c.Unknown.TokensPerMinute, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
@@ -130,7 +130,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	if s.http, err = httpd.New(httpd.Config{
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
-		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, UUIDOf: s.uuids.of,
+		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
 	}); err != nil {
 		return nil, err
@@ -306,28 +306,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	// Script requests are answered on httpfast's fast path; every other connection goes to hs.
-	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
-	fs, err := httpfast.New(httpfast.Config{HTTP: hs, Fast: s.http, Registerer: s.reg})
-	if err != nil {
-		ln.Close()
-		if tftpConn != nil {
-			tftpConn.Close()
-		}
-		return fmt.Errorf("http: %w", err)
-	}
 	g.Go(func() error {
-		if err := fs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.Serve(ctx, ln); err != nil {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return fs.Shutdown(sctx)
 	})
 	if s.tftp != nil {
 		g.Go(func() error { return s.tftp.ServeConn(ctx, tftpConn) })
@@ -379,28 +362,16 @@ func (s *Server) Close() {
 	}
 }
 
-// rootLinks serves the TFTP root's top-level symlinks to regular files as the files they name, resolved
-// once at start: Debian's ipxe package links /usr/lib/ipxe/ipxe.efi to /boot/ipxe.efi, which the TFTP
-// server's root (os.Root) would otherwise refuse as a link out of the root. Request paths still cannot
-// leave the root; only what the administrator's directory links to at start is served.
+// rootLinks serves the TFTP root's top-level symlinks to regular files as the files they name
+// (httpd.RootLinks, which /ipxe/ serves too).
 func rootLinks(dir string) (map[string]tftpd.Opener, error) {
-	entries, err := os.ReadDir(dir)
+	links, err := httpd.RootLinks(dir)
 	if err != nil {
 		return nil, fmt.Errorf("tftp.root: %w: install Debian's ipxe package, or set tftp.root (--tftp-root) to the directory of the iPXE binaries", err)
 	}
 	files := map[string]tftpd.Opener{}
-	for _, e := range entries {
-		if e.Type()&os.ModeSymlink == 0 {
-			continue
-		}
-		target, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue // a dangling link is simply not served
-		}
-		if fi, err := os.Stat(target); err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		files[e.Name()] = func(ctx context.Context, remote net.Addr) (io.ReadCloser, int64, error) {
+	for name, target := range links {
+		files[name] = func(ctx context.Context, remote net.Addr) (io.ReadCloser, int64, error) {
 			f, err := os.Open(target)
 			if err != nil {
 				return nil, 0, err

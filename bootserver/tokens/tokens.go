@@ -10,6 +10,11 @@
 //   - Token ids, machines and expiry are kept in the state store (bbolt, bucket "tokens"); secrets
 //     only in memory. After a restart a machine asking again gets a new token (its old one is
 //     deleted); old tokens are still deleted by the CSR/Node watch or the cluster's token cleaner.
+//   - Machines not in the inventory ("unknown") get tokens from a budget of their own: at most
+//     Options.MaxUnknown live at once, minted one at a time at Options.UnknownPerMinute. Past it Token
+//     refuses with a *LimitError (counted in pxejoin_tokens_refused_total) instead of creating a
+//     Secret. Inventory machines never wait on that budget: a flood of strangers' join files
+//     neither crowds them out nor queues ahead of them on the API client.
 //   - No secret is ever logged, returned in an error or written to disk.
 package tokens
 
@@ -17,17 +22,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	corev1 "k8s.io/api/core/v1"
 	"log/slog"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/time/rate"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
 )
 
@@ -54,7 +62,28 @@ type Record struct {
 	Boot    int       `json:"boot"`
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires"`
+	// Unknown: minted for a machine not in the inventory, from the unknown machines' budget.
+	Unknown bool `json:"unknown,omitempty"`
 }
+
+// Reasons a token is refused (label of pxejoin_tokens_refused_total).
+const (
+	RefusedUnknownCap  = "unknown-cap"
+	RefusedUnknownRate = "unknown-rate"
+)
+
+// LimitError is Token's refusal to mint for an unknown machine now. Its message says why and what to
+// do; it holds no secret.
+type LimitError struct {
+	Reason string
+	// Wait is how long the client should wait before asking again.
+	Wait time.Duration
+}
+
+func (e *LimitError) Error() string { return e.Reason }
+
+// RetryAfter is how long the client should wait before asking again.
+func (e *LimitError) RetryAfter() time.Duration { return e.Wait }
 
 // Options configure a Manager.
 type Options struct {
@@ -68,6 +97,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer gets pxejoin_tokens_* metrics.
 	Registerer prometheus.Registerer
+	// MaxUnknown bounds the live tokens of machines not in the inventory; default
+	// config.DefaultUnknownMaxTokens.
+	MaxUnknown int
+	// UnknownPerMinute is the rate tokens are minted for machines not in the inventory, in bursts of
+	// up to 10 seconds' worth; default config.DefaultUnknownTokensPerMinute.
+	UnknownPerMinute int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// OnNode, if set, sees every Node the watch sees (added or updated), after token handling. It runs
@@ -81,10 +116,20 @@ type Manager struct {
 	log     *slog.Logger
 	mu      sync.Mutex
 	byID    map[string]*Record
-	secrets map[string]string // id → secret, memory only
-	macLock map[string]*sync.Mutex
+	secrets map[string]string   // id → secret, memory only
+	macLock map[string]*lockRef // only MACs with a Token call under way
 	minted  prometheus.Counter
 	deleted *prometheus.CounterVec
+	refused *prometheus.CounterVec
+
+	unknownTurn sync.Mutex    // one unknown machine's mint at a time
+	unknownRate *rate.Limiter // of unknown machines' mints
+}
+
+// lockRef is a MAC's lock with the number of Token calls holding or awaiting it.
+type lockRef struct {
+	sync.Mutex
+	refs int
 }
 
 // New loads the token records and registers the metrics. Run starts the watches.
@@ -101,7 +146,14 @@ func New(opts Options) (*Manager, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[string]*sync.Mutex{}}
+	if opts.MaxUnknown <= 0 {
+		opts.MaxUnknown = config.DefaultUnknownMaxTokens
+	}
+	if opts.UnknownPerMinute <= 0 {
+		opts.UnknownPerMinute = config.DefaultUnknownTokensPerMinute
+	}
+	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[string]*lockRef{},
+		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6))}
 	err := opts.DB.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -121,10 +173,12 @@ func New(opts Options) (*Manager, error) {
 	}
 	m.minted = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_minted_total", Help: "Bootstrap tokens created for machines."})
 	m.deleted = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pxejoin_tokens_deleted_total", Help: "Bootstrap tokens deleted (or forgotten once expired), by reason."}, []string{"reason"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pxejoin_tokens_refused_total",
+		Help: "Join files refused a token for a machine not in the inventory, by limit (unknown-cap: unknownMachines.maxTokens live; unknown-rate: unknownMachines.tokensPerMinute)."}, []string{"reason"})
 	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pxejoin_tokens_live", Help: "Machine tokens minted and not yet deleted."},
 		func() float64 { m.mu.Lock(); defer m.mu.Unlock(); return float64(len(m.byID)) })
 	if r := opts.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{m.minted, m.deleted, live} {
+		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -134,11 +188,10 @@ func New(opts Options) (*Manager, error) {
 }
 
 // Token returns the token of mac's boot, minting one if it has none that is live. node names the
-// machine in the Secret's description.
-func (m *Manager) Token(ctx context.Context, mac, node string, boot int) (string, error) {
-	l := m.lockMAC(mac)
-	l.Lock()
-	defer l.Unlock()
+// machine in the Secret's description; known says it is in the inventory. An unknown machine's
+// mint may be refused with a *LimitError (see the package's doc).
+func (m *Manager) Token(ctx context.Context, mac, node string, boot int, known bool) (string, error) {
+	defer m.lockMAC(mac)()
 
 	now := m.opts.Now()
 	m.mu.Lock()
@@ -154,6 +207,13 @@ func (m *Manager) Token(ctx context.Context, mac, node string, boot int) (string
 		stale = append(stale, r)
 	}
 	m.mu.Unlock()
+	if !known {
+		release, err := m.admitUnknown(mac, now)
+		if err != nil {
+			return "", err
+		}
+		defer release()
+	}
 	for _, r := range stale {
 		reason := ReasonReplaced
 		if r.Boot != boot {
@@ -176,7 +236,7 @@ func (m *Manager) Token(ctx context.Context, mac, node string, boot int) (string
 		return "", err
 	}
 	id, secret, _ := strings.Cut(tok, ".")
-	r := &Record{ID: id, MAC: mac, Node: node, Boot: boot, Created: now, Expires: now.Add(m.opts.TTL)}
+	r := &Record{ID: id, MAC: mac, Node: node, Boot: boot, Created: now, Expires: now.Add(m.opts.TTL), Unknown: !known}
 	if err := m.put(r); err != nil {
 		// Without its record the token could outlive its use: take it back.
 		_ = bootstraptoken.Delete(ctx, m.opts.Client, id)
@@ -199,15 +259,70 @@ func (m *Manager) margin() time.Duration {
 	return time.Minute
 }
 
-func (m *Manager) lockMAC(mac string) *sync.Mutex {
+// lockMAC locks mac's Token calls and returns the unlock; the lock is forgotten when no call holds
+// or awaits it, so that the MACs the network sends do not pile up.
+func (m *Manager) lockMAC(mac string) (unlock func()) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	l := m.macLock[mac]
 	if l == nil {
-		l = &sync.Mutex{}
+		l = &lockRef{}
 		m.macLock[mac] = l
 	}
-	return l
+	l.refs++
+	m.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		m.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(m.macLock, mac)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// admitUnknown gives an unknown machine its turn to mint: one at a time, so that strangers never
+// have more than one request ahead of an inventory machine's on the API client; under MaxUnknown
+// live tokens (mac's own, about to be replaced, not counted); within the rate. It returns the end
+// of the turn, or a *LimitError.
+func (m *Manager) admitUnknown(mac string, now time.Time) (release func(), err error) {
+	m.unknownTurn.Lock()
+	defer func() {
+		if err != nil {
+			m.unknownTurn.Unlock()
+		}
+	}()
+	m.mu.Lock()
+	live, soonest := 0, now.Add(m.opts.TTL)
+	for _, r := range m.byID {
+		if r.Unknown && r.MAC != mac {
+			live++
+			soonest = minTime(soonest, r.Expires)
+		}
+	}
+	m.mu.Unlock()
+	if live >= m.opts.MaxUnknown {
+		m.refused.WithLabelValues(RefusedUnknownCap).Inc()
+		return nil, &LimitError{Wait: min(max(soonest.Sub(now), time.Second), time.Minute), Reason: fmt.Sprintf(
+			"the boot server holds %d bootstrap tokens for machines not in its inventory, its limit (unknownMachines.maxTokens): "+
+				"add this machine to the inventory, or retry when those machines have joined or their tokens expired", live)}
+	}
+	if res := m.unknownRate.ReserveN(now, 1); res.DelayFrom(now) > 0 {
+		wait := res.DelayFrom(now)
+		res.CancelAt(now)
+		m.refused.WithLabelValues(RefusedUnknownRate).Inc()
+		return nil, &LimitError{Wait: max(wait, time.Second), Reason: fmt.Sprintf(
+			"the boot server mints at most %d bootstrap tokens a minute for machines not in its inventory (unknownMachines.tokensPerMinute): "+
+				"retry later, or add this machine to the inventory", m.opts.UnknownPerMinute)}
+	}
+	return m.unknownTurn.Unlock, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // RevokeMAC deletes every token of mac (e.g. when its agent reports node-ready).

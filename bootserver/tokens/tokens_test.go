@@ -3,12 +3,15 @@ package tokens
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -45,19 +48,19 @@ func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	m, c, path := newManager(t)
 	const mac = "52:54:00:00:00:01"
-	tok1, err := m.Token(ctx, mac, "worker-1", 1)
+	tok1, err := m.Token(ctx, mac, "worker-1", 1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok1b, _ := m.Token(ctx, mac, "worker-1", 1)
+	tok1b, _ := m.Token(ctx, mac, "worker-1", 1, true)
 	if tok1 != tok1b || secrets(t, c) != 1 {
 		t.Fatalf("the same boot must reuse its live token (%d secrets)", secrets(t, c))
 	}
-	tok2, _ := m.Token(ctx, mac, "worker-1", 2)
+	tok2, _ := m.Token(ctx, mac, "worker-1", 2, true)
 	if tok2 == tok1 || secrets(t, c) != 1 {
 		t.Fatalf("a new boot must replace the token (%d secrets)", secrets(t, c))
 	}
-	other, _ := m.Token(ctx, "52:54:00:00:00:02", "worker-2", 1)
+	other, _ := m.Token(ctx, "52:54:00:00:00:02", "worker-2", 1, true)
 	if secrets(t, c) != 2 {
 		t.Fatal("each machine has its own token")
 	}
@@ -89,7 +92,7 @@ func TestLifecycle(t *testing.T) {
 func TestRevokeNodeOnlyOlderTokens(t *testing.T) {
 	ctx := context.Background()
 	m, c, _ := newManager(t)
-	if _, err := m.Token(ctx, "52:54:00:00:00:01", "worker-1", 1); err != nil {
+	if _, err := m.Token(ctx, "52:54:00:00:00:01", "worker-1", 1, true); err != nil {
 		t.Fatal(err)
 	}
 	// A Node of that name that existed before the token (a reinstall) must not delete it.
@@ -100,5 +103,96 @@ func TestRevokeNodeOnlyOlderTokens(t *testing.T) {
 	_ = m.RevokeNode(ctx, "worker-1", time.Now().Add(time.Second), ReasonNodeRegistered)
 	if secrets(t, c) != 0 {
 		t.Fatal("a Node registered after the token must delete it")
+	}
+}
+
+// TestMACLocksForgotten: the per-MAC locks of Token calls are forgotten once the calls return, so
+// that MACs from the network do not pile up.
+func TestMACLocksForgotten(t *testing.T) {
+	ctx := context.Background()
+	m, _, _ := newManager(t)
+	for i := 0; i < 100; i++ {
+		if _, err := m.Token(ctx, fmt.Sprintf("52:54:00:00:01:%02x", i), "n", 1, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.mu.Lock()
+	n := len(m.macLock)
+	m.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d MAC locks kept after 100 machines' Token calls returned", n)
+	}
+}
+
+// TestUnknownBudget: machines not in the inventory get at most MaxUnknown live tokens, minted at
+// UnknownPerMinute; each refusal is a *LimitError with a wait and counted; inventory machines are
+// never refused; a token deleted or a minute passed makes room again.
+func TestUnknownBudget(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c := fake.NewClientset()
+	m, err := New(Options{Client: c, DB: db, TTL: 10 * time.Minute, MaxUnknown: 3, UnknownPerMinute: 12, // bursts of 2
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := func(i int) string { return fmt.Sprintf("52:54:00:00:02:%02x", i) }
+	type step struct {
+		name    string
+		mac     string
+		boot    int
+		known   bool
+		advance time.Duration // before the call
+		refused string        // "": minted
+	}
+	for _, s := range []step{
+		{"first stranger", unknown(1), 1, false, 0, ""},
+		{"second stranger", unknown(2), 1, false, 0, ""},
+		{"third stranger: burst spent", unknown(3), 1, false, 0, RefusedUnknownRate},
+		{"an inventory machine meanwhile", "52:54:00:00:00:01", 1, true, 0, ""},
+		{"the same stranger's same boot: its live token", unknown(1), 1, false, 0, ""},
+		{"third stranger, 5 s later", unknown(3), 1, false, 5 * time.Second, ""},
+		{"fourth stranger: cap", unknown(4), 1, false, time.Minute, RefusedUnknownCap},
+		{"a stranger's new boot replaces its own token", unknown(1), 2, false, 0, ""},
+		{"more inventory machines", "52:54:00:00:00:02", 1, true, 0, ""},
+	} {
+		now = now.Add(s.advance)
+		tok, err := m.Token(ctx, s.mac, "n", s.boot, s.known)
+		var le *LimitError
+		switch {
+		case s.refused == "" && err != nil:
+			t.Fatalf("%s: %v", s.name, err)
+		case s.refused != "" && !errors.As(err, &le):
+			t.Fatalf("%s: %q, %v: want a refusal", s.name, tok, err)
+		case s.refused != "" && (le.RetryAfter() < time.Second || !strings.Contains(le.Error(), "unknownMachines.")):
+			t.Errorf("%s: %v, retry after %v", s.name, le, le.RetryAfter())
+		}
+	}
+	unknownSecrets := 0
+	for _, r := range m.Records() {
+		if r.Unknown {
+			unknownSecrets++
+		}
+	}
+	if unknownSecrets != 3 || secrets(t, c) != 5 {
+		t.Errorf("%d unknown machines' tokens, %d secrets: want 3 and 5", unknownSecrets, secrets(t, c))
+	}
+	for reason, want := range map[string]float64{RefusedUnknownRate: 1, RefusedUnknownCap: 1} {
+		if got := testutil.ToFloat64(m.refused.WithLabelValues(reason)); got != want {
+			t.Errorf("refused %s: %v, want %v", reason, got, want)
+		}
+	}
+	// A stranger's token goes (its CSR was issued): the next stranger gets one.
+	if err := m.RevokeMAC(ctx, unknown(2), ReasonCSRIssued); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	if _, err := m.Token(ctx, unknown(4), "n", 1, false); err != nil {
+		t.Errorf("after a stranger's token went: %v", err)
 	}
 }

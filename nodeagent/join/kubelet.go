@@ -46,11 +46,6 @@ func runKubeletConfig(ctx context.Context, d *data) error {
 	if err := d.checkExistingNode(ctx, c); err != nil {
 		return err
 	}
-	if d.csrAhead && !d.dryRun() {
-		if err := d.sendCSR(ctx, c); err != nil {
-			return err
-		}
-	}
 	cm, err := c.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, kubeletConfigMap, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("cannot read the kubelet configuration (ConfigMap kube-system/%s): %w (kubeadm init creates it, with a Role letting bootstrap tokens read it)", kubeletConfigMap, err)
@@ -144,8 +139,20 @@ func (d *data) kubeletFlags() string {
 	return fmt.Sprintf("KUBELET_KUBEADM_ARGS=%q\n", strings.Join(parts, " "))
 }
 
-// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does.
+// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does; once it
+// passed, it passes without asking again (config and tls-bootstrap both need it).
 func (d *data) checkExistingNode(ctx context.Context, c kubernetes.Interface) error {
+	if d.nodeChecked {
+		return nil
+	}
+	if err := d.checkNode(ctx, c); err != nil {
+		return err
+	}
+	d.nodeChecked = true
+	return nil
+}
+
+func (d *data) checkNode(ctx context.Context, c kubernetes.Interface) error {
 	n, err := c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -173,10 +180,8 @@ func runTLSBootstrap(ctx context.Context, d *data) error {
 	if err != nil {
 		return err
 	}
-	if d.csr == nil { // else config checked it before sending the CSR
-		if err := d.checkExistingNode(ctx, c); err != nil {
-			return err
-		}
+	if err := d.checkExistingNode(ctx, c); err != nil {
+		return err
 	}
 	if d.dryRun() {
 		name, err := d.loadKey()

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/nodeagent/cli"
@@ -84,19 +85,8 @@ func token(t *testing.T, ttl time.Duration) string {
 func agent(t *testing.T, ctx context.Context, out *logbuf.Buffer, args ...string) int {
 	t.Helper()
 	code := cli.Main(ctx, args, out, out)
-	t.Logf("nodeagent %s → %d\n%s", redactArgs(args), code, out.String())
+	t.Logf("nodeagent %s → %d\n%s", bootstraptoken.Scrub(strings.Join(args, " ")), code, out.String())
 	return code
-}
-
-func redactArgs(args []string) string {
-	var r []string
-	for _, a := range args {
-		if i := strings.Index(a, "."); i == 6 && len(a) == 23 {
-			a = a[:6] + ".<secret>"
-		}
-		r = append(r, a)
-	}
-	return strings.Join(r, " ")
 }
 
 // joinArgs are the flags of a worker join into rootfs.

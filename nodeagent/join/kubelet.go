@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -127,13 +128,8 @@ func (d *data) kubeletFlags() string {
 	for _, a := range nr.KubeletExtraArgs {
 		args[a.Name] = a.Value
 	}
-	keys := make([]string, 0, len(args))
-	for k := range args {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var parts []string
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(args)) {
 		parts = append(parts, "--"+k+"="+args[k])
 	}
 	return fmt.Sprintf("KUBELET_KUBEADM_ARGS=%q\n", strings.Join(parts, " "))

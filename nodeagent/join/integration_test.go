@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,51 +25,45 @@ import (
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
-// cp is the real control plane every integration test in this package joins.
-var (
-	cp        *controlplane.ControlPlane
-	agentBin  string
-	cpStarted bool
-)
+// cp is the real control plane every integration test in this package joins (set by needCP).
+var cp *controlplane.ControlPlane
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		os.Exit(m.Run())
+	code := controlplane.Run(m)
+	if agentDir != "" {
+		os.RemoveAll(agentDir)
 	}
-	state, err := os.MkdirTemp("", "pxejoin-cp-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	cp, err = controlplane.Start(ctx, controlplane.Options{StateDir: state})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cannot start the control plane:", err)
-		os.Exit(1)
-	}
-	cpStarted = true
-	agentBin = filepath.Join(state, "nodeagent")
-	if out, err := exec.Command("go", "build", "-o", agentBin, "github.com/pxejoin/pxejoin/nodeagent").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "cannot build nodeagent: %v\n%s", err, out)
-		cp.Stop()
-		os.Exit(1)
-	}
-	code := m.Run()
-	cp.Stop()
-	os.RemoveAll(state)
 	os.Exit(code)
 }
 
-func needCP(t *testing.T) {
+// needCP skips under -short and fails when the control plane is not there.
+func needCP(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("joins a real control plane; run make test")
+	cp = controlplane.Shared(t)
+}
+
+var (
+	agentOnce sync.Once
+	agentDir  string
+	agentErr  error
+)
+
+// agentBin builds nodeagent once per test binary, for tests that run it as a process.
+func agentBin(t testing.TB) string {
+	t.Helper()
+	agentOnce.Do(func() {
+		if agentDir, agentErr = os.MkdirTemp("", "pxejoin-agent-"); agentErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", agentDir, "github.com/pxejoin/pxejoin/nodeagent").CombinedOutput()
+		if err != nil {
+			agentErr = fmt.Errorf("cannot build nodeagent: %v\n%s", err, out)
+		}
+	})
+	if agentErr != nil {
+		t.Fatal(agentErr)
 	}
-	if !cpStarted {
-		t.Fatal("control plane not started")
-	}
+	return filepath.Join(agentDir, "nodeagent")
 }
 
 func token(t *testing.T, ttl time.Duration) string {

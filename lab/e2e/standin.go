@@ -1,6 +1,8 @@
 // Package e2e holds the VM end-to-end tests: real QEMU machines PXE-boot the pxejoin initramfs inside a
 // network namespace and join a real control plane. The boot server is the real bootserver (built from
-// this tree, or PXEJOIN_BOOTSERVER); StandIn serves the one case the real one cannot (a wrong CA pin).
+// this tree, or PXEJOIN_BOOTSERVER). StandIn serves only join files of a test's making, which the real
+// one cannot: a wrong CA pin (TestWrongCAPinReportedAndRetried), a control plane that does not exist
+// (TestBIOSAgentReports); TestInstalledJoin still uses it for status and the root image.
 package e2e
 
 import (

@@ -66,7 +66,8 @@ func agentBin(t testing.TB) string {
 	return filepath.Join(agentDir, "nodeagent")
 }
 
-func token(t *testing.T, ttl time.Duration) string {
+// token is a new bootstrap token of the shared control plane.
+func token(t testing.TB, ttl time.Duration) string {
 	t.Helper()
 	tok, err := cp.CreateToken(context.Background(), ttl)
 	if err != nil {

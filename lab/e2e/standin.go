@@ -2,7 +2,7 @@
 // network namespace and join a real control plane. The boot server is the real bootserver (built from
 // this tree, or PXEJOIN_BOOTSERVER). StandIn serves only join files of a test's making, which the real
 // one cannot: a wrong CA pin (TestWrongCAPinReportedAndRetried), a control plane that does not exist
-// (TestBIOSAgentReports); TestInstalledJoin still uses it for status and the root image.
+// (TestBIOSAgentReports).
 package e2e
 
 import (

@@ -96,11 +96,16 @@ func (s *StandIn) Events(mac string) []bootstatus.Event {
 
 // WaitEvent waits until mac reported phase in state.
 func (s *StandIn) WaitEvent(ctx context.Context, mac, phase, state string) (bootstatus.Event, error) {
+	return s.WaitFor(ctx, mac, phase+" "+state, func(e bootstatus.Event) bool { return e.Phase == phase && e.State == state })
+}
+
+// WaitFor waits until mac reported an event that match accepts; what names it in the error.
+func (s *StandIn) WaitFor(ctx context.Context, mac, what string, match func(bootstatus.Event) bool) (bootstatus.Event, error) {
 	for {
 		s.mu.Lock()
 		ch := s.changed
 		for _, e := range s.events[strings.ToLower(mac)] {
-			if e.Phase == phase && e.State == state {
+			if match(e) {
 				s.mu.Unlock()
 				return e, nil
 			}
@@ -108,7 +113,7 @@ func (s *StandIn) WaitEvent(ctx context.Context, mac, phase, state string) (boot
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return bootstatus.Event{}, fmt.Errorf("waiting for %s %s from %s: %w", phase, state, mac, ctx.Err())
+			return bootstatus.Event{}, fmt.Errorf("waiting for %s from %s: %w", what, mac, ctx.Err())
 		case <-ch:
 		}
 	}

@@ -200,24 +200,41 @@ func mintedSecrets(ctx context.Context, t testing.TB, c kubernetes.Interface) fu
 		}
 	}
 	opts := metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=pxejoin-bootserver"}
-	list, err := c.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, opts)
+	// list adds what exists and returns the version to watch from.
+	list := func() (string, error) {
+		l, err := c.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, opts)
+		if err != nil {
+			return "", err
+		}
+		for i := range l.Items {
+			add(&l.Items[i])
+		}
+		return l.ResourceVersion, nil
+	}
+	rv, err := list()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range list.Items {
-		add(&list.Items[i])
-	}
-	rv := list.ResourceVersion
 	go func() {
 		for ctx.Err() == nil {
+			if rv == "" { // the last watch failed or ended in an error: list again
+				if rv, _ = list(); rv == "" {
+					time.Sleep(time.Second)
+					continue
+				}
+			}
 			w, err := c.CoreV1().Secrets(metav1.NamespaceSystem).Watch(ctx, metav1.ListOptions{LabelSelector: opts.LabelSelector, ResourceVersion: rv})
 			if err != nil {
-				time.Sleep(time.Second)
+				rv = ""
 				continue
 			}
 			for ev := range w.ResultChan() {
+				if ev.Type == watch.Error {
+					rv = ""
+					break
+				}
 				add(ev.Object)
-				if m, err := meta.Accessor(ev.Object); err == nil && ev.Type != watch.Error {
+				if m, err := meta.Accessor(ev.Object); err == nil {
 					rv = m.GetResourceVersion()
 				}
 			}

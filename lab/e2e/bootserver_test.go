@@ -187,19 +187,22 @@ func httpGet(url string) (string, error) {
 	return string(b), err
 }
 
+// The label the boot server puts on the token Secrets it mints.
+const managedBy, bootserverName = "app.kubernetes.io/managed-by", "pxejoin-bootserver"
+
 // mintedSecrets watches the bootstrap token Secrets the boot server creates from now on and returns
 // a function listing the secret halves seen so far (tokens deleted since included).
 func mintedSecrets(ctx context.Context, t testing.TB, c kubernetes.Interface) func() []string {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	add := func(obj runtime.Object) {
-		if s, ok := obj.(*corev1.Secret); ok && len(s.Data[bootstrapapi.BootstrapTokenSecretKey]) > 0 {
+		if s, ok := obj.(*corev1.Secret); ok && s.Labels[managedBy] == bootserverName && len(s.Data[bootstrapapi.BootstrapTokenSecretKey]) > 0 {
 			mu.Lock()
 			seen[string(s.Data[bootstrapapi.BootstrapTokenSecretKey])] = true
 			mu.Unlock()
 		}
 	}
-	opts := metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=pxejoin-bootserver"}
+	opts := metav1.ListOptions{LabelSelector: managedBy + "=" + bootserverName}
 	// list adds what exists and returns the version to watch from.
 	list := func() (string, error) {
 		l, err := c.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, opts)

@@ -9,7 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
-	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
 
@@ -33,17 +32,7 @@ func TestInstalledJoin(t *testing.T) {
 	const node = "vm-installed"
 	mac := n.MAC(2)
 	// The real boot server hands out the address, serves the root image and takes the reports.
-	rb := &labenv.BootServer{Bin: bootserverBin(t), NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: t.TempDir(),
-		Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac.String(): node}}
-	if err := rb.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rb.Stop)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("bootserver log:\n%s", rb.LogTail(80))
-		}
-	})
+	rb := startBootServer(ctx, t, n, cp, img, mac.String(), node, "")
 	bs := real{rb}
 	join := fmt.Sprintf("/usr/bin/nodeagent join %s --token %s --discovery-token-ca-cert-hash %s --node-name %s "+
 		"--cri-socket unix:///var/run/containerd/containerd.sock", cp.Endpoint(), token, cp.CAPin(), node)

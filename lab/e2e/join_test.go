@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
@@ -95,24 +97,13 @@ func runJoin(t *testing.T, c joinCase) {
 	// serve one with a wrong CA pin; the stand-in does.
 	if !c.wrongPinFirst {
 		// The real boot server: it mints this machine's token and writes its join file itself.
-		bin := bootserverBin(t)
 		secrets = mintedSecrets(ctx, t, cp.Admin())
-		rb = &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: t.TempDir(),
-			Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac.String(): node}}
+		mode := ""
 		if c.proxy {
-			rb.DHCPMode = "proxy"
+			mode = "proxy"
 		}
-		if err := rb.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(rb.Stop)
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("bootserver log:\n%s", rb.LogTail(80))
-			}
-		})
+		rb = startBootServer(ctx, t, n, cp, img, mac.String(), node, mode)
 		bs = real{rb}
-		t.Logf("boot server: the real bootserver (%s)", bin)
 	} else {
 		// The stand-in serves a join file of the test's making (a wrong CA pin first).
 		sa = &StandIn{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: t.TempDir(), Kernel: img.Kernel,
@@ -213,6 +204,25 @@ func runJoin(t *testing.T, c joinCase) {
 }
 
 var _, podNet, _ = net.ParseCIDR("10.88.0.0/16")
+
+// startBootServer starts the real boot server for one machine (dhcpMode "" is full DHCP) and stops
+// it at the test's end, printing its log if the test failed.
+func startBootServer(ctx context.Context, t *testing.T, n *labenv.Net, cp *controlplane.ControlPlane, img *labenv.Image, mac, node, dhcpMode string) *labenv.BootServer {
+	t.Helper()
+	rb := &labenv.BootServer{Bin: bootserverBin(t), NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: t.TempDir(),
+		Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac: node}, DHCPMode: dhcpMode}
+	if err := rb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rb.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("bootserver log:\n%s", rb.LogTail(80))
+		}
+	})
+	t.Logf("boot server: the real bootserver (%s)", rb.Bin)
+	return rb
+}
 
 // checkNoSecret fails the test if one of the machine's token secrets reached the boot server's
 // reports, status pages or log.

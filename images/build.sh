@@ -113,7 +113,7 @@ else
     -reproducible -all-time "$EPOCH" -quiet -no-progress >/dev/null
   cp "/boot/vmlinuz-$KVER" "$dest.tmp/vmlinuz"
   log "initramfs"
-  (cd "$repo" && go run ./initramfs -agent "$NODEAGENT" -kernel-version "$KVER" -o "$dest.tmp/initramfs.cpio.zst")
+  (cd "$repo" && go run ./initramfs/cmd/initramfs -agent "$NODEAGENT" -kernel-version "$KVER" -o "$dest.tmp/initramfs.cpio.zst")
   echo "console=ttyS0 quiet" > "$dest.tmp/cmdline"
   echo "$inputs" > "$dest.tmp/inputs.txt"
   rm -rf "$work" "$dest.tmp/pause"

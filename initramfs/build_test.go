@@ -1,4 +1,4 @@
-package main
+package initramfs
 
 import (
 	"io"
@@ -28,10 +28,7 @@ func staticAgent(t *testing.T) string {
 
 // TestBuildHostKernel builds an initramfs from the host's kernel modules (linux-image-amd64) and lists it.
 func TestBuildHostKernel(t *testing.T) {
-	kver := newestKernel()
-	if kver == "" {
-		t.Skip("no kernel in /lib/modules: install linux-image-amd64 (make deps)")
-	}
+	kver := hostKernel(t)
 	agent := staticAgent(t)
 	out := filepath.Join(t.TempDir(), "initramfs.cpio.zst")
 	if err := Build(Spec{Agent: agent, KernelVersion: kver, CABundle: caBundleIfAny()}, out); err != nil {
@@ -111,13 +108,21 @@ func TestBuildHostKernel(t *testing.T) {
 }
 
 func TestRefusesDynamicAgent(t *testing.T) {
-	if newestKernel() == "" {
-		t.Skip("no kernel in /lib/modules")
-	}
-	_, err := Records(Spec{Agent: "/bin/true", KernelVersion: newestKernel()})
+	_, err := Records(Spec{Agent: "/bin/true", KernelVersion: hostKernel(t)})
 	if err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 		t.Fatalf("err = %v, want a refusal of a dynamic /init", err)
 	}
+}
+
+// hostKernel is the newest kernel in /lib/modules; without one the test fails (no skip: a kernel
+// package is all it needs).
+func hostKernel(t *testing.T) string {
+	t.Helper()
+	kver := NewestKernel()
+	if kver == "" {
+		t.Fatal("no kernel in /lib/modules: run make deps (it installs linux-image-amd64)")
+	}
+	return kver
 }
 
 func caBundleIfAny() string {

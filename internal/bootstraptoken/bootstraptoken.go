@@ -6,6 +6,7 @@ package bootstraptoken
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -130,3 +131,15 @@ func ID(token string) string {
 
 // Username is the user a token authenticates as: system:bootstrap:<id>.
 func Username(token string) string { return bootstrapapi.BootstrapUserPrefix + ID(token) }
+
+// tokenRE finds bootstrap-token-shaped strings (id.secret) in free text.
+var tokenRE = regexp.MustCompile(`[a-z0-9]{6}\.[a-z0-9]{16}`)
+
+// Scrub hides the secret half of anything shaped like a bootstrap token in s ("abcdef.<redacted>"),
+// for text that may carry one: command lines, error messages, what a machine reports.
+func Scrub(s string) string {
+	if len(s) < 23 {
+		return s
+	}
+	return tokenRE.ReplaceAllStringFunc(s, func(t string) string { return t[:6] + ".<redacted>" })
+}

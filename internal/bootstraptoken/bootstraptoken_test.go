@@ -78,3 +78,17 @@ func TestCreateAndDelete(t *testing.T) {
 }
 
 func metav1GetOptions() metav1.GetOptions { return metav1.GetOptions{} }
+
+func TestScrub(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"", ""},
+		{"join --token abcdef.0123456789abcdef --node-name n", "join --token abcdef.<redacted> --node-name n"},
+		{"a abcdef.0123456789abcdef b 123456.abcdefabcdefabcd", "a abcdef.<redacted> b 123456.<redacted>"},
+		{"abcdef.0123456789", "abcdef.0123456789"},
+	}
+	for _, tc := range cases {
+		if got := Scrub(tc.in); got != tc.want {
+			t.Errorf("Scrub(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

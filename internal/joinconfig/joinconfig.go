@@ -1,13 +1,18 @@
 package joinconfig
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
+	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -30,7 +35,19 @@ type v1beta3NodeRegistration struct {
 // converted to v1beta4.
 func Parse(data []byte) (*JoinConfiguration, error) {
 	var found *JoinConfiguration
-	for i, doc := range splitYAML(data) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for i := 0; ; i++ {
+		doc, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("document %d cannot be read: %w", i+1, err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			i--
+			continue
+		}
 		var tm metav1.TypeMeta
 		if err := yaml.Unmarshal(doc, &tm); err != nil {
 			return nil, fmt.Errorf("document %d is not valid YAML: %w", i+1, err)
@@ -88,7 +105,7 @@ func parseOne(doc []byte, tm metav1.TypeMeta) (*JoinConfiguration, error) {
 		if err := yaml.UnmarshalStrict(stripped, c); err != nil {
 			return nil, fmt.Errorf("invalid %s %s: %w", V1beta3, Kind, err)
 		}
-		for _, k := range sortedKeys(nr.NodeRegistration.KubeletExtraArgs) {
+		for _, k := range slices.Sorted(maps.Keys(nr.NodeRegistration.KubeletExtraArgs)) {
 			c.NodeRegistration.KubeletExtraArgs = append(c.NodeRegistration.KubeletExtraArgs, Arg{Name: k, Value: nr.NodeRegistration.KubeletExtraArgs[k]})
 		}
 		if c.Discovery.Timeout != nil {
@@ -215,31 +232,4 @@ func RedactToken(tok string) string {
 		return "<redacted>"
 	}
 	return id + ".<redacted>"
-}
-
-func splitYAML(data []byte) [][]byte {
-	var docs [][]byte
-	for _, d := range bytes.Split(append([]byte("\n"), data...), []byte("\n---")) {
-		// A separator line may carry trailing text ("--- # comment"); drop the rest of that line.
-		if i := bytes.IndexByte(d, '\n'); i >= 0 && !bytes.HasPrefix(d, []byte("\n")) {
-			d = d[i:]
-		}
-		if len(bytes.TrimSpace(d)) > 0 {
-			docs = append(docs, d)
-		}
-	}
-	return docs
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
 }

@@ -23,14 +23,15 @@ import (
 	certutil "k8s.io/client-go/util/cert"
 
 	"github.com/pxejoin/pxejoin/internal/pubkeypin"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // Version is the Kubernetes version the control plane runs.
-const Version = "v1.37.2"
+const Version = testenv.K8sVersion
 
 // Options configure a control plane.
 type Options struct {
-	// BinDir holds kube-apiserver and kube-controller-manager; default $PXEJOIN_K8S_BIN.
+	// BinDir holds kube-apiserver and kube-controller-manager; default testenv.K8sBinDir().
 	BinDir string
 	// Etcd is the etcd binary; default /usr/bin/etcd (Debian's etcd-server).
 	Etcd string
@@ -66,10 +67,7 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 		return nil, errors.New("controlplane: StateDir is required")
 	}
 	if opts.BinDir == "" {
-		opts.BinDir = os.Getenv("PXEJOIN_K8S_BIN")
-	}
-	if opts.BinDir == "" {
-		return nil, errors.New("controlplane: no binaries: set PXEJOIN_K8S_BIN or run through `make test` (it builds them with `make k8s`)")
+		opts.BinDir = testenv.K8sBinDir()
 	}
 	if opts.Etcd == "" {
 		opts.Etcd = "/usr/bin/etcd"

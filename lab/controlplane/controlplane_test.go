@@ -7,14 +7,14 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // TestStart brings up the real control plane and checks what a join relies on: cluster-info, a token
 // that the bootstrap signer signs, and kubeadm's ConfigMaps.
 func TestStart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real control plane; run make test")
-	}
+	testenv.RequireK8s(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cp, err := Start(ctx, Options{StateDir: t.TempDir(), Logf: t.Logf})

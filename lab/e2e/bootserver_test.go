@@ -2,13 +2,26 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/lab/labenv"
@@ -25,8 +38,8 @@ type server interface {
 	timeline(t0 time.Time, mac string) string
 	// restart stops the boot server (a crash), waits and starts it again.
 	restart(t *testing.T, down time.Duration)
-	// secretSeen says whether s appears in any report of mac.
-	secretSeen(mac, s string) bool
+	// secretSeen lists where s appears: in mac's reports, the status pages, the log.
+	secretSeen(mac, s string) []string
 }
 
 var (
@@ -35,14 +48,12 @@ var (
 	bsErr  error
 )
 
-// bootserverBin is PXEJOIN_BOOTSERVER, or bootserver built from this tree ("" if it has no main yet).
+// bootserverBin is PXEJOIN_BOOTSERVER, or bootserver built from this tree. A build failure fails the
+// test: the VM tests never fall back to the stand-in.
 func bootserverBin(t testing.TB) string {
 	bsOnce.Do(func() {
 		if b := os.Getenv("PXEJOIN_BOOTSERVER"); b != "" {
 			bsBin = b
-			return
-		}
-		if _, err := os.Stat(filepath.Join(repoRoot, "bootserver/main.go")); err != nil {
 			return
 		}
 		dir, err := os.MkdirTemp("", "pxejoin-bootserver-")
@@ -135,14 +146,109 @@ func (r real) restart(t *testing.T, down time.Duration) {
 	t.Logf("bootserver started again")
 }
 
-func (r real) secretSeen(mac, s string) bool {
+func (r real) secretSeen(mac, s string) []string {
+	var where []string
 	m, _ := r.machine(mac)
 	for _, p := range m.Phases {
 		if strings.Contains(p.Detail+p.Error, s) {
-			return true
+			where = append(where, "the report of phase "+p.Phase)
 		}
 	}
-	return strings.Contains(r.LogTail(100000), s)
+	for _, path := range []string{"/", "/machines", "/metrics"} {
+		body, err := httpGet(r.URL() + path)
+		if err != nil {
+			where = append(where, fmt.Sprintf("GET %s failed (%v), so it could not be checked", path, err))
+		} else if strings.Contains(body, s) {
+			where = append(where, "GET "+path)
+		}
+	}
+	if log, err := os.ReadFile(filepath.Join(r.Dir, "bootserver.log")); err != nil || strings.Contains(string(log), s) {
+		where = append(where, fmt.Sprintf("the log (%v)", err))
+	}
+	return where
+}
+
+func httpGet(url string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), err
+}
+
+// The label the boot server puts on the token Secrets it mints.
+const managedBy, bootserverName = "app.kubernetes.io/managed-by", "pxejoin-bootserver"
+
+// mintedSecrets watches the bootstrap token Secrets the boot server creates from now on and returns
+// a function listing the secret halves seen so far (tokens deleted since included).
+func mintedSecrets(ctx context.Context, t testing.TB, c kubernetes.Interface) func() []string {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	add := func(obj runtime.Object) {
+		if s, ok := obj.(*corev1.Secret); ok && s.Labels[managedBy] == bootserverName && len(s.Data[bootstrapapi.BootstrapTokenSecretKey]) > 0 {
+			mu.Lock()
+			seen[string(s.Data[bootstrapapi.BootstrapTokenSecretKey])] = true
+			mu.Unlock()
+		}
+	}
+	opts := metav1.ListOptions{LabelSelector: managedBy + "=" + bootserverName}
+	// list adds what exists and returns the version to watch from.
+	list := func() (string, error) {
+		l, err := c.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, opts)
+		if err != nil {
+			return "", err
+		}
+		for i := range l.Items {
+			add(&l.Items[i])
+		}
+		return l.ResourceVersion, nil
+	}
+	rv, err := list()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for ctx.Err() == nil {
+			if rv == "" { // the last watch failed or ended in an error: list again
+				if rv, _ = list(); rv == "" {
+					time.Sleep(time.Second)
+					continue
+				}
+			}
+			w, err := c.CoreV1().Secrets(metav1.NamespaceSystem).Watch(ctx, metav1.ListOptions{LabelSelector: opts.LabelSelector, ResourceVersion: rv})
+			if err != nil {
+				rv = ""
+				continue
+			}
+			for ev := range w.ResultChan() {
+				if ev.Type == watch.Error {
+					rv = ""
+					break
+				}
+				add(ev.Object)
+				if m, err := meta.Accessor(ev.Object); err == nil {
+					rv = m.GetResourceVersion()
+				}
+			}
+			w.Stop()
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Sorted(maps.Keys(seen))
+	}
 }
 
 // standIn adapts StandIn.
@@ -175,11 +281,12 @@ func (s standIn) restart(t *testing.T, down time.Duration) {
 	t.Logf("stand-in boot server started again")
 }
 
-func (s standIn) secretSeen(mac, sec string) bool {
+func (s standIn) secretSeen(mac, sec string) []string {
+	var where []string
 	for _, e := range s.Events(mac) {
 		if strings.Contains(e.Error+e.Detail, sec) {
-			return true
+			where = append(where, "the report of phase "+e.Phase)
 		}
 	}
-	return false
+	return where
 }

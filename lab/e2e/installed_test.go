@@ -29,23 +29,18 @@ func TestInstalledJoin(t *testing.T) {
 	n := labNet(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 15*time.Minute))
 	cp, token := startControlPlane(ctx, t, n)
-	sa := &StandIn{NS: n.NS, Addr: n.BridgeAddr, Bridge: n.Bridge, Dir: t.TempDir(), Kernel: img.Kernel,
-		Initrd: img.Initrd, Image: img.Root}
-	if err := sa.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sa.Stop)
-	t.Cleanup(func() { sa.LogOnFailure(t) })
-
 	const node = "vm-installed"
 	mac := n.MAC(2)
+	// The real boot server hands out the address, serves the root image and takes the reports.
+	rb := startBootServer(ctx, t, n, cp, img, mac.String(), node, "")
+	bs := real{rb}
 	join := fmt.Sprintf("/usr/bin/nodeagent join %s --token %s --discovery-token-ca-cert-hash %s --node-name %s "+
 		"--cri-socket unix:///var/run/containerd/containerd.sock", cp.Endpoint(), token, cp.CAPin(), node)
-	cmdline := fmt.Sprintf("console=ttyS0 pxejoin.mac=%s pxejoin.join=skip pxejoin.image=%s/root.squashfs "+
+	cmdline := fmt.Sprintf("console=ttyS0 pxejoin.mac=%s pxejoin.join=skip pxejoin.image=%s/images/node/root.squashfs "+
 		"pxejoin.status=%s/status/%s "+
 		`systemd.run="/bin/sh -c 'until test -S /run/containerd/containerd.sock; do sleep 1; done; exec %s'" `+
 		"systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target",
-		mac, sa.base(), sa.base(), mac, join)
+		mac, rb.URL(), rb.URL(), mac, join)
 	dir := t.TempDir()
 	v, err := vm.Start(vm.Options{Name: "installed", NetNS: n.NS.Name, Bridge: n.Bridge, MAC: mac, Dir: dir, MemoryMB: 2048,
 		Extra: []string{"-kernel", img.Kernel, "-initrd", img.Initrd, "-append", cmdline}})
@@ -60,13 +55,17 @@ func TestInstalledJoin(t *testing.T) {
 	})
 
 	// The initramfs skipped the join and switched root.
-	if _, err := sa.WaitEvent(ctx, mac.String(), bootstatus.PhaseSwitchRoot, bootstatus.StateDone); err != nil {
+	if err := bs.waitPhase(ctx, mac.String(), bootstatus.PhaseSwitchRoot, bootstatus.StateDone); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range sa.Events(mac.String()) {
-		if (e.Phase == bootstatus.PhaseJoinFile || e.Phase == "join") && e.State != bootstatus.StateStart && e.State != bootstatus.StateSkipped {
-			t.Errorf("the initramfs did not skip %s: %+v", e.Phase, e)
+	if m, ok := bs.machine(mac.String()); ok {
+		for _, p := range m.Phases {
+			if (p.Phase == bootstatus.PhaseJoinFile || p.Phase == "join") && p.State != bootstatus.StateStart && p.State != bootstatus.StateSkipped {
+				t.Errorf("the initramfs did not skip %s: %+v", p.Phase, p)
+			}
 		}
+	} else {
+		t.Errorf("%s is not in the boot server's /machines", mac)
 	}
 	// The join inside the booted image ends with kubeadm's words, after starting the kubelet itself.
 	if _, err := v.Console.Wait(ctx, "This node has joined the cluster"); err != nil {
@@ -100,6 +99,7 @@ func TestInstalledJoin(t *testing.T) {
 			t.Errorf("the console shows the token secret: %q", strings.ReplaceAll(line, secret, "<secret>"))
 		}
 	}
+	checkNoSecret(t, bs, mac.String(), []string{secret})
 	t.Logf("node %s registered %.1fs after qemu started (kubelet started by the join through systemd)", node, registered.Seconds())
 	// The kubelet the join started runs workloads.
 	runPod(ctx, t, cp, node)

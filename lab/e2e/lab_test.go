@@ -14,6 +14,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
 
@@ -30,18 +31,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// needRoot skips under -short; otherwise it fails unless the test can boot VMs and the control plane.
 func needRoot(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("VM end-to-end test; run make test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, taps); run make test as root")
-	}
+	testenv.RequireVM(t)
+	testenv.RequireK8s(t)
 	for _, f := range []string{"/usr/lib/ipxe/undionly.kpxe", vm.OVMFCode} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("%v: run make deps", err)
-		}
+		testenv.RequireFile(t, f)
 	}
 }
 
@@ -116,9 +112,7 @@ func startVM(t testing.TB, n *labenv.Net, name string, mac net.HardwareAddr, fw 
 // startControlPlane runs the test's control plane on the lab bridge and makes a signed bootstrap token.
 func startControlPlane(ctx context.Context, t testing.TB, n *labenv.Net) (*controlplane.ControlPlane, string) {
 	t.Helper()
-	if os.Getenv("PXEJOIN_K8S_BIN") == "" {
-		t.Fatal("PXEJOIN_K8S_BIN is not set: run through make test (it builds the control plane with make k8s)")
-	}
+	testenv.RequireK8s(t)
 	t0 := time.Now()
 	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Logf: t.Logf})
 	if err != nil {

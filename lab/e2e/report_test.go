@@ -52,28 +52,17 @@ timeouts:
 		}
 	}
 	// A retry: the join file is fetched again after the backoff.
-	deadline := time.Now().Add(90 * time.Second)
-	for n := 0; n < 2 && time.Now().Before(deadline); time.Sleep(time.Second) {
-		n = 0
-		for _, e := range bs.Events(mac.String()) {
-			if e.Phase == bootstatus.PhaseJoinFile && e.State == bootstatus.StateDone {
-				n++
-			}
-		}
+	if _, err := bs.WaitFor(ctx, mac.String(), "a second join file", func(e bootstatus.Event) bool {
+		return e.Phase == bootstatus.PhaseJoinFile && e.State == bootstatus.StateDone && e.Attempt >= 2
+	}); err != nil {
+		t.Errorf("the agent did not retry after the join failed: %v", err)
 	}
 	evs := bs.Events(mac.String())
 	t.Logf("timeline (VM clock, from qemu start):\n%s", Timeline(v.Started, evs))
 	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done", "join error")
-	var retried bool
 	for _, e := range evs {
 		if strings.Contains(e.Error+e.Detail, secret) {
 			t.Errorf("a status report holds the token secret: %+v", e)
 		}
-		if e.Phase == bootstatus.PhaseJoinFile && e.Attempt >= 2 {
-			retried = true
-		}
-	}
-	if !retried {
-		t.Errorf("the agent did not retry after the join failed")
 	}
 }

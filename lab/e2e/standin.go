@@ -1,6 +1,8 @@
 // Package e2e holds the VM end-to-end tests: real QEMU machines PXE-boot the pxejoin initramfs inside a
 // network namespace and join a real control plane. The boot server is the real bootserver (built from
-// this tree, or PXEJOIN_BOOTSERVER); StandIn serves the one case the real one cannot (a wrong CA pin).
+// this tree, or PXEJOIN_BOOTSERVER). StandIn serves only join files of a test's making, which the real
+// one cannot: a wrong CA pin (TestWrongCAPinReportedAndRetried), a control plane that does not exist
+// (TestBIOSAgentReports).
 package e2e
 
 import (
@@ -94,11 +96,16 @@ func (s *StandIn) Events(mac string) []bootstatus.Event {
 
 // WaitEvent waits until mac reported phase in state.
 func (s *StandIn) WaitEvent(ctx context.Context, mac, phase, state string) (bootstatus.Event, error) {
+	return s.WaitFor(ctx, mac, phase+" "+state, func(e bootstatus.Event) bool { return e.Phase == phase && e.State == state })
+}
+
+// WaitFor waits until mac reported an event that match accepts; what names it in the error.
+func (s *StandIn) WaitFor(ctx context.Context, mac, what string, match func(bootstatus.Event) bool) (bootstatus.Event, error) {
 	for {
 		s.mu.Lock()
 		ch := s.changed
 		for _, e := range s.events[strings.ToLower(mac)] {
-			if e.Phase == phase && e.State == state {
+			if match(e) {
 				s.mu.Unlock()
 				return e, nil
 			}
@@ -106,7 +113,7 @@ func (s *StandIn) WaitEvent(ctx context.Context, mac, phase, state string) (boot
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return bootstatus.Event{}, fmt.Errorf("waiting for %s %s from %s: %w", phase, state, mac, ctx.Err())
+			return bootstatus.Event{}, fmt.Errorf("waiting for %s from %s: %w", what, mac, ctx.Err())
 		case <-ch:
 		}
 	}

@@ -137,15 +137,7 @@ func newJoinCommand(out io.Writer) *cobra.Command {
 		Use:   "join [api-server-endpoint]",
 		Short: "Run this on any machine you wish to join an existing cluster",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := f.config(cmd.Flags(), args)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return join.Run(ctx, cfg, f.options(out))
-		},
+		RunE:  f.run(out, join.Run),
 	}
 	f.register(cmd.Flags())
 	phase := &cobra.Command{Use: "phase", Short: "Use this command to invoke single phase of the join workflow"}
@@ -156,6 +148,20 @@ func newJoinCommand(out io.Writer) *cobra.Command {
 	return cmd
 }
 
+// run is a join command's RunE: the configuration from flags and arguments, then do until done or
+// interrupted.
+func (f *joinFlags) run(out io.Writer, do func(context.Context, *joinconfig.JoinConfiguration, join.Options) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cfg, err := f.config(cmd.Flags(), args)
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return do(ctx, cfg, f.options(out))
+	}
+}
+
 // phaseCommand makes `join phase <name> [<sub>]` from the phase table.
 func phaseCommand(out io.Writer, p join.Phase, parent string) *cobra.Command {
 	f := &joinFlags{}
@@ -164,15 +170,9 @@ func phaseCommand(out io.Writer, p join.Phase, parent string) *cobra.Command {
 		Use:   p.Name + " [api-server-endpoint]",
 		Short: p.Short,
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := f.config(cmd.Flags(), args)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return join.RunPhase(ctx, cfg, f.options(out), full)
-		},
+		RunE: f.run(out, func(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts join.Options) error {
+			return join.RunPhase(ctx, cfg, opts, full)
+		}),
 	}
 	f.register(cmd.Flags())
 	for _, sub := range p.Phases {

@@ -10,8 +10,6 @@ package initmode
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -21,8 +19,11 @@ import (
 	"path/filepath"
 	"time"
 
+	certutil "k8s.io/client-go/util/cert"
+
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
 // JoinFunc runs the join into rootfs, skipping the given phases, telling observe about every phase
@@ -257,8 +258,9 @@ func (a *Agent) rootfs() string {
 
 func (a *Agent) stage() string { return filepath.Join(a.WorkDir, "joined") }
 
-// copyTree copies the files, directories and symlinks under src into dst, keeping modes; files are
-// written to a temporary name and renamed, so dst never holds half a credential.
+// copyTree copies the files, directories and symlinks under src into dst, keeping modes; each file
+// and symlink is written as nodefiles writes (temporary name, fsync, rename, fsync of the directory),
+// so dst never holds half a credential, even after a power cut.
 func copyTree(src, dst string) error {
 	return filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {
@@ -268,30 +270,21 @@ func copyTree(src, dst string) error {
 		if err != nil {
 			return err
 		}
-		to := filepath.Join(dst, rel)
 		switch {
 		case fi.IsDir():
-			return os.MkdirAll(to, fi.Mode().Perm()|0o700)
+			return os.MkdirAll(filepath.Join(dst, rel), fi.Mode().Perm()|0o700)
 		case fi.Mode()&os.ModeSymlink != 0:
 			target, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
-			_ = os.Remove(to)
-			return os.Symlink(target, to)
+			return nodefiles.Root(dst).Write(nodefiles.File{Path: rel, Link: target})
 		case fi.Mode().IsRegular():
 			b, err := os.ReadFile(p)
 			if err != nil {
 				return err
 			}
-			tmp := to + ".pxejoin-tmp"
-			if err := os.WriteFile(tmp, b, fi.Mode().Perm()); err != nil {
-				return err
-			}
-			if err := os.Chmod(tmp, fi.Mode().Perm()); err != nil {
-				return err
-			}
-			return os.Rename(tmp, to)
+			return nodefiles.Root(dst).Write(nodefiles.File{Path: rel, Data: b, Mode: fi.Mode().Perm(), Secret: true})
 		}
 		return nil
 	})
@@ -392,21 +385,11 @@ func HasValidCredentials(root string, now time.Time) bool {
 	if err != nil {
 		return false
 	}
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return false
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return false
-		}
-		return now.After(c.NotBefore) && now.Add(time.Hour).Before(c.NotAfter)
+	certs, err := certutil.ParseCertsPEM(b)
+	if err != nil {
+		return false
 	}
+	return now.After(certs[0].NotBefore) && now.Add(time.Hour).Before(certs[0].NotAfter)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

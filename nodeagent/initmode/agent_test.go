@@ -397,3 +397,41 @@ func TestReporterDoesNotWaitForTheServer(t *testing.T) {
 		t.Fatalf("delivered %v\nwant %v", got, want)
 	}
 }
+
+// TestCopyTree installs a staged join into a root that holds an older one: files keep their modes,
+// symlinks are replaced, and no temporary file is left behind.
+func TestCopyTree(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	pki := "var/lib/kubelet/pki"
+	for _, d := range []string{filepath.Join(src, pki), filepath.Join(dst, pki)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, pki, "kubelet-client-new.pem"), []byte("new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("kubelet-client-new.pem", filepath.Join(src, pki, "kubelet-client-current.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("kubelet-client-old.pem", filepath.Join(dst, pki, "kubelet-client-current.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyTree(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dst, pki, "kubelet-client-new.pem"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("copied key: %v, %v; want mode 0600", fi, err)
+	}
+	if target, err := os.Readlink(filepath.Join(dst, pki, "kubelet-client-current.pem")); err != nil || target != "kubelet-client-new.pem" {
+		t.Fatalf("current link -> %q, %v", target, err)
+	}
+	entries, err := os.ReadDir(filepath.Join(dst, pki))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 {
+		t.Fatalf("left in pki: %v", entries)
+	}
+}

@@ -269,7 +269,7 @@ func TestFileDiscovery(t *testing.T) {
 	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
 	run := func(url string, env ...string) (string, error) {
 		rootfs := t.TempDir()
-		cmd := exec.CommandContext(ctx, agentBin, "join", "--discovery-file", url, "--tls-bootstrap-token", token(t, time.Hour),
+		cmd := exec.CommandContext(ctx, agentBin(t), "join", "--discovery-file", url, "--tls-bootstrap-token", token(t, time.Hour),
 			"--node-name", "https-node", "--rootfs", rootfs, "--skip-phases", "kubelet-start/start")
 		cmd.Env = append(os.Environ(), env...)
 		b, err := cmd.CombinedOutput()

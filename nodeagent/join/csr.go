@@ -10,10 +10,7 @@ import (
 	"github.com/pxejoin/pxejoin/nodeagent/tlsbootstrap"
 )
 
-// csrRequest is the node's CSR in flight. When the whole kubelet-start phase runs, config sends it as
-// soon as the node may join (the CA is trusted and no Ready Node holds the name), so that approval and
-// signing by the controller manager overlap the rest of config; tls-bootstrap then only waits for it.
-// Nothing but the bootstrap key (as the kubelet's own bootstrap keeps it) is written before the
+// csrRequest is the node's CSR in flight: sent by startCSR (in config) or by tls-bootstrap. Nothing but the bootstrap key (as the kubelet's own bootstrap keeps it) is written before the
 // certificate is issued.
 type csrRequest struct {
 	done    chan struct{}
@@ -33,6 +30,22 @@ func (d *data) loadKey() (string, error) {
 	}
 	d.key, d.keyPEM, d.keyIsNew = key, keyPEM, isNew
 	return tlsbootstrap.CSRName(key.Public(), tlsbootstrap.Subject(d.nodeName))
+}
+
+// startCSR is tls-bootstrap's Early part: it sends the CSR as soon as the node may join (the CA is
+// trusted and no Ready Node holds the name). A dry run sends nothing.
+func startCSR(ctx context.Context, d *data) error {
+	if d.dryRun() {
+		return nil
+	}
+	c, err := d.bootstrapClient(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.checkExistingNode(ctx, c); err != nil {
+		return err
+	}
+	return d.sendCSR(ctx, c)
 }
 
 // sendCSR keeps the key at the bootstrap path and sends the CSR in the background (once).

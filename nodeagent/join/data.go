@@ -39,9 +39,12 @@ type data struct {
 	keyIsNew  bool
 	certPEM   []byte
 	csrName   string
-	// csrAhead: the config phase sends the CSR (tls-bootstrap runs next in this invocation).
-	csrAhead bool
-	csr      *csrRequest
+	// table and plan: the phases and which of them (by full name) this invocation runs.
+	table []Phase
+	plan  map[string]bool
+	// nodeChecked: checkExistingNode found that this node may join.
+	nodeChecked bool
+	csr         *csrRequest
 	// registering is closed when the background Node registration (Options.RegisterNode) ended.
 	registering chan struct{}
 	mu          sync.Mutex // serializes out and Observer between a phase and the CSR goroutine

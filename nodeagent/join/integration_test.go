@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,60 +18,56 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/nodeagent/cli"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
-// cp is the real control plane every integration test in this package joins.
-var (
-	cp        *controlplane.ControlPlane
-	agentBin  string
-	cpStarted bool
-)
+// cp is the real control plane every integration test in this package joins (set by needCP).
+var cp *controlplane.ControlPlane
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		os.Exit(m.Run())
+	code := controlplane.Run(m)
+	if agentDir != "" {
+		os.RemoveAll(agentDir)
 	}
-	state, err := os.MkdirTemp("", "pxejoin-cp-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	cp, err = controlplane.Start(ctx, controlplane.Options{StateDir: state})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cannot start the control plane:", err)
-		os.Exit(1)
-	}
-	cpStarted = true
-	agentBin = filepath.Join(state, "nodeagent")
-	if out, err := exec.Command("go", "build", "-o", agentBin, "github.com/pxejoin/pxejoin/nodeagent").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "cannot build nodeagent: %v\n%s", err, out)
-		cp.Stop()
-		os.Exit(1)
-	}
-	code := m.Run()
-	cp.Stop()
-	os.RemoveAll(state)
 	os.Exit(code)
 }
 
-func needCP(t *testing.T) {
+// needCP skips under -short and fails when the control plane is not there.
+func needCP(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("joins a real control plane; run make test")
-	}
-	if !cpStarted {
-		t.Fatal("control plane not started")
-	}
+	cp = controlplane.Shared(t)
 }
 
-func token(t *testing.T, ttl time.Duration) string {
+var (
+	agentOnce sync.Once
+	agentDir  string
+	agentErr  error
+)
+
+// agentBin builds nodeagent once per test binary, for tests that run it as a process.
+func agentBin(t testing.TB) string {
+	t.Helper()
+	agentOnce.Do(func() {
+		if agentDir, agentErr = os.MkdirTemp("", "pxejoin-agent-"); agentErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", agentDir, "github.com/pxejoin/pxejoin/nodeagent").CombinedOutput()
+		if err != nil {
+			agentErr = fmt.Errorf("cannot build nodeagent: %v\n%s", err, out)
+		}
+	})
+	if agentErr != nil {
+		t.Fatal(agentErr)
+	}
+	return filepath.Join(agentDir, "nodeagent")
+}
+
+// token is a new bootstrap token of the shared control plane.
+func token(t testing.TB, ttl time.Duration) string {
 	t.Helper()
 	tok, err := cp.CreateToken(context.Background(), ttl)
 	if err != nil {
@@ -84,19 +80,8 @@ func token(t *testing.T, ttl time.Duration) string {
 func agent(t *testing.T, ctx context.Context, out *logbuf.Buffer, args ...string) int {
 	t.Helper()
 	code := cli.Main(ctx, args, out, out)
-	t.Logf("nodeagent %s → %d\n%s", redactArgs(args), code, out.String())
+	t.Logf("nodeagent %s → %d\n%s", bootstraptoken.Scrub(strings.Join(args, " ")), code, out.String())
 	return code
-}
-
-func redactArgs(args []string) string {
-	var r []string
-	for _, a := range args {
-		if i := strings.Index(a, "."); i == 6 && len(a) == 23 {
-			a = a[:6] + ".<secret>"
-		}
-		r = append(r, a)
-	}
-	return strings.Join(r, " ")
 }
 
 // joinArgs are the flags of a worker join into rootfs.

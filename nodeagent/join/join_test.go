@@ -171,3 +171,44 @@ func TestControlPlaneRefused(t *testing.T) {
 }
 
 var metav1GetOptions = metav1.GetOptions{}
+
+// TestPhaseCSREarly: the CSR goes out during kubelet-start/config only when tls-bootstrap runs in the
+// same invocation (the phase table's Early), and tls-bootstrap alone sends it itself.
+func TestPhaseCSREarly(t *testing.T) {
+	needCP(t)
+	if err := cp.SetAutoApprove(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		sending = "[kubelet-start] Sending the certificate signing request"
+		config  = "[kubelet-start] Writing kubelet configuration"
+	)
+	tok := token(t, time.Hour)
+	ctx := ctxT(t, 2*time.Minute)
+	run := func(node, rootfs string, phase ...string) string {
+		t.Helper()
+		out := &logbuf.Buffer{}
+		args := append(append([]string{"join", "phase"}, phase...), cp.Endpoint(), "--token", tok,
+			"--discovery-token-ca-cert-hash", cp.CAPin(), "--node-name", node, "--rootfs", rootfs, "--skip-phases", "kubelet-start/start")
+		if code := agent(t, ctx, out, args...); code != 0 {
+			t.Fatalf("join phase %v failed", phase)
+		}
+		return out.String()
+	}
+	// The whole kubelet-start: the CSR before config writes its files.
+	rootfs := t.TempDir()
+	out := run("early-csr", rootfs, "kubelet-start")
+	if s, c := strings.Index(out, sending), strings.Index(out, config); s < 0 || c < 0 || s > c {
+		t.Errorf("join phase kubelet-start: the CSR (at %d) should go out before config writes (at %d)", s, c)
+	}
+	assertJoined(t, rootfs, "early-csr")
+	// config alone sends nothing; tls-bootstrap then sends and awaits it.
+	rootfs = t.TempDir()
+	if out := run("split-csr", rootfs, "kubelet-start", "config"); strings.Contains(out, sending) {
+		t.Errorf("join phase kubelet-start config sent a CSR:\n%s", out)
+	}
+	if out := run("split-csr", rootfs, "kubelet-start", "tls-bootstrap"); !strings.Contains(out, sending) {
+		t.Errorf("join phase kubelet-start tls-bootstrap sent no CSR:\n%s", out)
+	}
+	assertJoined(t, rootfs, "split-csr")
+}

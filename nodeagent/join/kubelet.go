@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,11 +46,6 @@ func runKubeletConfig(ctx context.Context, d *data) error {
 	}
 	if err := d.checkExistingNode(ctx, c); err != nil {
 		return err
-	}
-	if d.csrAhead && !d.dryRun() {
-		if err := d.sendCSR(ctx, c); err != nil {
-			return err
-		}
 	}
 	cm, err := c.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, kubeletConfigMap, metav1.GetOptions{})
 	if err != nil {
@@ -132,20 +128,27 @@ func (d *data) kubeletFlags() string {
 	for _, a := range nr.KubeletExtraArgs {
 		args[a.Name] = a.Value
 	}
-	keys := make([]string, 0, len(args))
-	for k := range args {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var parts []string
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(args)) {
 		parts = append(parts, "--"+k+"="+args[k])
 	}
 	return fmt.Sprintf("KUBELET_KUBEADM_ARGS=%q\n", strings.Join(parts, " "))
 }
 
-// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does.
+// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does; once it
+// passed, it passes without asking again (config and tls-bootstrap both need it).
 func (d *data) checkExistingNode(ctx context.Context, c kubernetes.Interface) error {
+	if d.nodeChecked {
+		return nil
+	}
+	if err := d.checkNode(ctx, c); err != nil {
+		return err
+	}
+	d.nodeChecked = true
+	return nil
+}
+
+func (d *data) checkNode(ctx context.Context, c kubernetes.Interface) error {
 	n, err := c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -173,10 +176,8 @@ func runTLSBootstrap(ctx context.Context, d *data) error {
 	if err != nil {
 		return err
 	}
-	if d.csr == nil { // else config checked it before sending the CSR
-		if err := d.checkExistingNode(ctx, c); err != nil {
-			return err
-		}
+	if err := d.checkExistingNode(ctx, c); err != nil {
+		return err
 	}
 	if d.dryRun() {
 		name, err := d.loadKey()

@@ -23,6 +23,11 @@ type Phase struct {
 	Phases []Phase
 	// ControlPlaneOnly phases do nothing on a worker join.
 	ControlPlaneOnly bool
+	// Early starts this phase's slow work in the background at the start of the phase named by
+	// EarlyIn, when both run in one invocation, so that the work overlaps the phases in between.
+	// Run must then await what Early started, and do it all itself when Early did not run.
+	Early   func(ctx context.Context, d *data) error
+	EarlyIn string
 }
 
 // Phases is kubeadm's join workflow; kubelet-start gains config / tls-bootstrap / start because the
@@ -37,7 +42,10 @@ var Phases = []Phase{
 	}},
 	{Name: "kubelet-start", Short: "Write kubelet settings, certificates and (re)start the kubelet", Phases: []Phase{
 		{Name: "config", Short: "Write config.yaml, kubeadm-flags.env and the cluster CA", Run: runKubeletConfig},
-		{Name: "tls-bootstrap", Short: "Get the kubelet's client certificate with a CSR and write kubelet.conf", Run: runTLSBootstrap},
+		// config sends the CSR as soon as the node may join, so that its approval and signing
+		// overlap the rest of config; tls-bootstrap then only waits for it.
+		{Name: "tls-bootstrap", Short: "Get the kubelet's client certificate with a CSR and write kubelet.conf", Run: runTLSBootstrap,
+			Early: startCSR, EarlyIn: "kubelet-start/config"},
 		{Name: "start", Short: "Start the kubelet through systemd and wait for the Node", Run: runKubeletStart},
 	}},
 	{Name: "control-plane-join", Short: "Join a machine as a control plane instance", ControlPlaneOnly: true, Phases: []Phase{
@@ -49,14 +57,7 @@ var Phases = []Phase{
 // PhaseNames lists every phase and sub-phase ("kubelet-start", "kubelet-start/config", …).
 func PhaseNames() []string {
 	var names []string
-	var walk func(prefix string, ps []Phase)
-	walk = func(prefix string, ps []Phase) {
-		for _, p := range ps {
-			names = append(names, prefix+p.Name)
-			walk(prefix+p.Name+"/", p.Phases)
-		}
-	}
-	walk("", Phases)
+	walkPhases(Phases, func(full string, _ Phase) { names = append(names, full) })
 	return names
 }
 
@@ -67,11 +68,8 @@ func Run(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options) e
 		return err
 	}
 	defer d.finish()
-	d.csrAhead = !d.skipped("kubelet-start/tls-bootstrap")
-	for _, p := range Phases {
-		if err := d.runPhase(ctx, p, ""); err != nil {
-			return err
-		}
+	if err := d.run(ctx, Phases, ""); err != nil {
+		return err
 	}
 	d.finish()
 	d.printSummary()
@@ -81,8 +79,7 @@ func Run(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options) e
 // RunPhase runs one phase (and its sub-phases), e.g. "kubelet-start" or "kubelet-start/config".
 func RunPhase(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options, name string) error {
 	name = strings.ReplaceAll(strings.TrimSpace(name), " ", "/")
-	p, parent, ok := findPhase(name)
-	if !ok {
+	if _, _, ok := findPhase(Phases, name); !ok {
 		return fmt.Errorf("unknown phase %q: one of %s", name, strings.Join(PhaseNames(), ", "))
 	}
 	d, err := prepare(cfg, opts)
@@ -90,13 +87,43 @@ func RunPhase(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Optio
 		return err
 	}
 	defer d.finish()
-	// "kubelet-start" runs config and tls-bootstrap together; "kubelet-start/config" alone sends nothing.
-	d.csrAhead = parent+p.Name == "kubelet-start" && !d.skipped("kubelet-start/tls-bootstrap")
+	return d.run(ctx, Phases, name)
+}
+
+// run runs the phase named only (every phase when only is ""), its sub-phases and the Early parts of
+// the phases it includes.
+func (d *data) run(ctx context.Context, table []Phase, only string) error {
+	d.table, d.plan = table, map[string]bool{}
+	walkPhases(table, func(full string, p Phase) {
+		d.plan[full] = (only == "" || full == only || strings.HasPrefix(full, only+"/")) &&
+			!d.skipped(full) && !(p.ControlPlaneOnly && d.cfg.ControlPlane == nil)
+	})
+	if only == "" {
+		for _, p := range table {
+			if err := d.runPhase(ctx, p, ""); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	p, parent, _ := findPhase(table, only)
 	return d.runPhase(ctx, p, parent)
 }
 
-func findPhase(name string) (Phase, string, bool) {
-	ps, parent := Phases, ""
+// walkPhases calls f for every phase and sub-phase, in order, with its full name.
+func walkPhases(ps []Phase, f func(full string, p Phase)) {
+	var walk func(prefix string, ps []Phase)
+	walk = func(prefix string, ps []Phase) {
+		for _, p := range ps {
+			f(prefix+p.Name, p)
+			walk(prefix+p.Name+"/", p.Phases)
+		}
+	}
+	walk("", ps)
+}
+
+func findPhase(table []Phase, name string) (Phase, string, bool) {
+	ps, parent := table, ""
 	parts := strings.Split(name, "/")
 	for i, part := range parts {
 		found := false
@@ -139,7 +166,7 @@ func prepare(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
 		return nil, fmt.Errorf("kubelet-start/start would start this host's kubelet, but the files go under --rootfs %s: add --skip-phases kubelet-start/start", d.root)
 	}
 	for s := range d.skip {
-		if _, _, ok := findPhase(s); !ok && s != "all" {
+		if _, _, ok := findPhase(Phases, s); !ok && s != "all" {
 			return nil, fmt.Errorf("--skip-phases names unknown phase %q: one of %s", s, strings.Join(PhaseNames(), ", "))
 		}
 	}
@@ -172,6 +199,10 @@ func (d *data) runPhase(ctx context.Context, p Phase, parent string) error {
 		return nil
 	}
 	d.event(full, bootstatus.StateStart, "", nil)
+	if err := d.runEarly(ctx, full); err != nil {
+		d.event(full, bootstatus.StateError, "", err)
+		return fmt.Errorf("error execution phase %s: %w", full, err)
+	}
 	if p.Run != nil {
 		if err := p.Run(ctx, d); err != nil {
 			d.event(full, bootstatus.StateError, "", err)
@@ -186,6 +217,17 @@ func (d *data) runPhase(ctx context.Context, p Phase, parent string) error {
 	}
 	d.event(full, bootstatus.StateDone, d.detail(full), nil)
 	return nil
+}
+
+// runEarly runs the Early parts that the phases in this invocation start in phase full.
+func (d *data) runEarly(ctx context.Context, full string) error {
+	var err error
+	walkPhases(d.table, func(name string, p Phase) {
+		if err == nil && p.Early != nil && p.EarlyIn == full && d.plan[name] && d.plan[full] {
+			err = p.Early(ctx, d)
+		}
+	})
+	return err
 }
 
 func (d *data) detail(phase string) string {

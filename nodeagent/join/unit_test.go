@@ -1,8 +1,10 @@
 package join
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -129,5 +131,66 @@ func TestTLSBootstrapTokenDefaultsToDiscoveryToken(t *testing.T) {
 	}
 	if cfg.Discovery.TLSBootstrapToken != "" {
 		t.Fatal("the caller's config was changed")
+	}
+}
+
+// recordingTable is Phases with each Run and Early replaced by one that appends its name to *log.
+func recordingTable(ps []Phase, prefix string, log *[]string) []Phase {
+	out := make([]Phase, len(ps))
+	for i, p := range ps {
+		full := prefix + p.Name
+		if p.Run != nil {
+			p.Run = func(context.Context, *data) error { *log = append(*log, full); return nil }
+		}
+		if p.Early != nil {
+			p.Early = func(context.Context, *data) error { *log = append(*log, "early "+full); return nil }
+		}
+		p.Phases = recordingTable(p.Phases, full+"/", log)
+		out[i] = p
+	}
+	return out
+}
+
+// TestPhasePlan checks which phases an invocation runs, and that tls-bootstrap's CSR goes out
+// during config only when both run.
+func TestPhasePlan(t *testing.T) {
+	const (
+		config = "kubelet-start/config"
+		tls    = "kubelet-start/tls-bootstrap"
+		start  = "kubelet-start/start"
+		early  = "early " + tls
+	)
+	cases := []struct {
+		name string
+		only string // join phase <only>; "" is the whole join
+		skip []string
+		want []string
+	}{
+		{"whole join", "", nil, []string{"preflight", early, config, tls, start}},
+		{"skip the CSR's phase", "", []string{tls}, []string{"preflight", config, start}},
+		{"skip the phase that sends it early", "", []string{config}, []string{"preflight", tls, start}},
+		{"skip kubelet-start", "", []string{"kubelet-start"}, []string{"preflight"}},
+		{"skip all", "", []string{"all"}, nil},
+		{"phase kubelet-start", "kubelet-start", nil, []string{early, config, tls, start}},
+		{"phase kubelet-start without tls-bootstrap", "kubelet-start", []string{tls}, []string{config, start}},
+		{"phase config alone", config, nil, []string{config}},
+		{"phase tls-bootstrap alone", tls, nil, []string{tls}},
+		{"phase start alone", start, nil, []string{start}},
+		{"phase preflight", "preflight", nil, []string{"preflight"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := newData(&joinconfig.JoinConfiguration{SkipPhases: tc.skip, NodeRegistration: joinconfig.NodeRegistrationOptions{Name: "n"}}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			if err := d.run(context.Background(), recordingTable(Phases, "", &got), tc.only); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("ran %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

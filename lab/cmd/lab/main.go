@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
 // State is what `lab serve` records in DIR/state.json for `lab up` and `lab down`.
@@ -197,11 +199,7 @@ func writeState(dir string, st *State) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "state.json.tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, "state.json"))
+	return nodefiles.Root(dir).Write(nodefiles.File{Path: "state.json", Data: b, Mode: 0o644})
 }
 
 func envInt(name string, def int) int {

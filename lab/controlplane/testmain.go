@@ -1,0 +1,58 @@
+package controlplane
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/pxejoin/pxejoin/lab/testenv"
+)
+
+// shared is the test binary's control plane, started by Run.
+var shared struct {
+	cp  *ControlPlane
+	err error
+}
+
+// Run is TestMain for a package whose tests share one real control plane: unless -short, it
+// starts the control plane, runs the tests, stops it and returns m.Run's code. A control plane that
+// cannot start fails the tests that call Shared, with the reason.
+//
+//	func TestMain(m *testing.M) { os.Exit(controlplane.Run(m)) }
+func Run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "pxejoin-cp-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	shared.cp, shared.err = Start(ctx, Options{StateDir: dir})
+	cancel()
+	code := m.Run()
+	if shared.cp != nil {
+		shared.cp.Stop()
+	}
+	os.RemoveAll(dir)
+	return code
+}
+
+// Shared returns the control plane Run started. It skips the test under -short and fails it when
+// the binaries are missing or the control plane did not start.
+func Shared(t testing.TB) *ControlPlane {
+	t.Helper()
+	testenv.RequireK8s(t)
+	if shared.err != nil {
+		t.Fatalf("the control plane did not start: %v", shared.err)
+	}
+	if shared.cp == nil {
+		t.Fatal("no control plane: the package's TestMain must run controlplane.Run")
+	}
+	return shared.cp
+}

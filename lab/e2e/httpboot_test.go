@@ -2,9 +2,21 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
 )
 
@@ -13,6 +25,81 @@ import (
 // kernel → a Ready Node. The boot server's TFTP root is laid out as an operator's would be: a link to
 // Debian's /usr/lib/ipxe/ipxe.efi, itself a link to /boot/ipxe.efi (lab/labenv).
 func TestUEFIHTTPBootJoin(t *testing.T) { extended(t); runJoin(t, joinCase{fw: vm.UEFIHTTP}) }
+
+// TestUEFIHTTPBootChain is the firmware half of TestUEFIHTTPBootJoin, in about a minute and without
+// the control plane or the node image: OVMF's HTTP boot → GET /ipxe/ipxe.efi (the operator's link to
+// Debian's file) → iPXE → script → the host's kernel starts. No cluster answers: the boot server only
+// needs a kubeconfig with a CA to start.
+func TestUEFIHTTPBootChain(t *testing.T) {
+	extended(t)
+	needRoot(t)
+	bin := bootserverBin(t)
+	if bin == "" {
+		t.Fatal("no bootserver to test")
+	}
+	n := labNet(t)
+	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 5*time.Minute))
+	dir := t.TempDir()
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	if len(kernels) == 0 {
+		t.Fatal("no /boot/vmlinuz-*: run make deps (linux-image-amd64)")
+	}
+	img := &labenv.Image{Dir: dir, Kernel: kernels[len(kernels)-1], Initrd: filepath.Join(dir, "initrd"), Root: filepath.Join(dir, "root")}
+	for _, f := range []string{img.Initrd, img.Root} {
+		if err := os.WriteFile(f, []byte("not used\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mac := n.MAC(1)
+	rb := &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: dir,
+		Kubeconfig: unreachableKubeconfig(t, dir, n.BridgeAddr), Image: img,
+		Machines: map[string]string{mac.String(): "vm-httpchain"}, Cmdline: "panic=-1"}
+	if err := rb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rb.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("bootserver log:\n%s", rb.LogTail(40))
+		}
+	})
+	v := startVM(t, n, "vm-httpchain", mac, vm.UEFIHTTP, 1024)
+	watchHTTPBoot(ctx, t, v)
+	if _, err := v.Console.Wait(ctx, kernelBanner); err != nil {
+		t.Fatalf("the kernel did not start: %v", err)
+	}
+}
+
+// unreachableKubeconfig writes a kubeconfig for an API server at addr:6443 that does not run, with a
+// throwaway CA (the boot server derives the machines' CA pin from it at start).
+func unreachableKubeconfig(t *testing.T, dir, addr string) string {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lab-ca"}, IsCA: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: lab, cluster: {server: "https://%s:6443", certificate-authority: %q}}]
+users: [{name: lab, user: {token: unused}}]
+contexts: [{name: lab, context: {cluster: lab, user: lab}}]
+current-context: lab
+`, addr, ca)
+	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
 
 // Console lines of OVMF's HTTP boot (NetworkPkg/HttpBootDxe) and of iPXE.
 const (

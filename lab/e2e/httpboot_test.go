@@ -53,7 +53,7 @@ func TestUEFIHTTPBootChain(t *testing.T) {
 	mac := n.MAC(1)
 	rb := &labenv.BootServer{Bin: bin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: dir,
 		Kubeconfig: unreachableKubeconfig(t, dir, n.BridgeAddr), Image: img,
-		Machines: map[string]string{mac.String(): "vm-httpchain"}, Cmdline: "panic=-1"}
+		Machines: map[string]string{mac.String(): "httpchain"}, Cmdline: "panic=-1"}
 	if err := rb.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestUEFIHTTPBootChain(t *testing.T) {
 			t.Logf("bootserver log:\n%s", rb.LogTail(40))
 		}
 	})
-	v := startVM(t, n, "vm-httpchain", mac, vm.UEFIHTTP, 1024)
+	v := startVM(t, n, "httpchain", mac, vm.UEFIHTTP, 1024)
 	watchHTTPBoot(ctx, t, v)
 	if _, err := v.Console.Wait(ctx, kernelBanner); err != nil {
 		t.Fatalf("the kernel did not start: %v", err)
@@ -131,7 +131,7 @@ func watchHTTPBoot(ctx context.Context, t *testing.T, v *vm.VM) {
 		select {
 		case <-ctx.Done():
 		case <-failed:
-			t.Errorf("the firmware's UEFI HTTP boot failed; console:\n%s", v.Console.Tail(20))
+			t.Errorf("OVMF gave up on its HTTPv4 boot option (%q, the console is below): nothing else can boot", ovmfBootFailed)
 			v.Stop()
 		case err := <-kernel:
 			if err != nil {

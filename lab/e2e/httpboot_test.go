@@ -64,9 +64,9 @@ func TestUEFIHTTPBootChain(t *testing.T) {
 		}
 	})
 	v := startVM(t, n, "httpchain", mac, vm.UEFIHTTP, 1024)
-	watchHTTPBoot(ctx, t, v)
-	if _, err := v.Console.Wait(ctx, kernelBanner); err != nil {
-		t.Fatalf("the kernel did not start: %v", err)
+	<-watchHTTPBoot(ctx, t, v)
+	if _, ok := v.Console.FirstSeen(kernelBanner); !ok {
+		t.Fatalf("the kernel did not start: %v", ctx.Err())
 	}
 }
 
@@ -114,7 +114,8 @@ const (
 // its HTTPv4 boot option (a 404 for the NBP, a refused offer) nothing else can boot: it says why and
 // stops the VM at once, so the test fails in seconds, not at its timeout. Once the kernel runs it
 // checks that the chain went firmware HTTP boot → iPXE → kernel (not PXE) and logs when each started.
-func watchHTTPBoot(ctx context.Context, t *testing.T, v *vm.VM) {
+// The channel returned is closed once it is done.
+func watchHTTPBoot(ctx context.Context, t *testing.T, v *vm.VM) <-chan struct{} {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	t.Cleanup(func() { cancel(); <-done })
@@ -154,4 +155,5 @@ func watchHTTPBoot(ctx context.Context, t *testing.T, v *vm.VM) {
 			}
 		}
 	}()
+	return done
 }

@@ -123,6 +123,9 @@ func runJoin(t *testing.T, c joinCase) {
 		t.Logf("boot server: the stand-in (dnsmasq + Go HTTP)")
 	}
 	v := startVM(t, n, node, mac, c.fw, 2048)
+	if c.fw == vm.UEFIHTTP {
+		watchHTTPBoot(ctx, t, v) // stops the VM at once if the firmware's HTTP boot fails
+	}
 
 	if c.wrongPinFirst {
 		ev, err := sa.WaitEvent(ctx, mac.String(), "join", bootstatus.StateError)

@@ -86,18 +86,18 @@ func (b *BootServer) Start(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(b.Dir, "state"), 0o755); err != nil {
 		return err
 	}
-	// Debian's /usr/lib/ipxe/ipxe.efi is a symlink to /boot/ipxe.efi, outside the TFTP root, which the
-	// boot server refuses to follow: serve copies.
+	// The TFTP root (also served at /ipxe/ for UEFI HTTP boot) is laid out as an operator would: links
+	// to Debian's ipxe package, whose /usr/lib/ipxe/ipxe.efi is itself a link to /boot/ipxe.efi.
 	tftp := filepath.Join(b.Dir, "tftp")
 	if err := os.MkdirAll(tftp, 0o755); err != nil {
 		return err
 	}
 	for _, f := range []string{"undionly.kpxe", "ipxe.efi", "snponly.efi"} {
-		data, err := os.ReadFile(filepath.Join("/usr/lib/ipxe", f))
-		if err != nil {
+		src := filepath.Join("/usr/lib/ipxe", f)
+		if _, err := os.Stat(src); err != nil {
 			return fmt.Errorf("%w (install ipxe)", err)
 		}
-		if err := os.WriteFile(filepath.Join(tftp, f), data, 0o644); err != nil {
+		if err := os.Symlink(src, filepath.Join(tftp, f)); err != nil && !os.IsExist(err) {
 			return err
 		}
 	}

@@ -32,6 +32,9 @@ const (
 	UEFI Firmware = "uefi"
 	// UEFIPXE is OVMF's own PXE client (no NIC ROM): DHCP, TFTP of ipxe.efi, then iPXE.
 	UEFIPXE Firmware = "uefi-pxe"
+	// UEFIHTTP is OVMF's own UEFI HTTP boot client (no NIC ROM, PXE switched off through fw_cfg so
+	// that the HTTPv4 boot option comes first): DHCP as "HTTPClient", HTTP GET of ipxe.efi, then iPXE.
+	UEFIHTTP Firmware = "uefi-http"
 )
 
 // Firmware files (Debian's ovmf package).
@@ -52,7 +55,7 @@ type Options struct {
 	Tap string
 	// MAC of the NIC.
 	MAC net.HardwareAddr
-	// Firmware: BIOS (default), UEFI or UEFIPXE.
+	// Firmware: BIOS (default), UEFI, UEFIPXE or UEFIHTTP.
 	Firmware Firmware
 	// NIC is the qemu device model: virtio-net-pci (default), e1000, e1000e.
 	NIC string
@@ -182,7 +185,7 @@ func (o Options) qemuArgs() ([]string, error) {
 	nic := fmt.Sprintf("%s,netdev=n0,mac=%s,bootindex=1", o.NIC, o.MAC)
 	switch o.Firmware {
 	case BIOS:
-	case UEFI, UEFIPXE:
+	case UEFI, UEFIPXE, UEFIHTTP:
 		vars := filepath.Join(o.Dir, o.Name+".vars.fd")
 		if err := copyFile(OVMFVars, vars); err != nil {
 			return nil, fmt.Errorf("vm: UEFI variables (install ovmf): %w", err)
@@ -190,8 +193,13 @@ func (o Options) qemuArgs() ([]string, error) {
 		args = append(args,
 			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
-		if o.Firmware == UEFIPXE {
+		if o.Firmware != UEFI {
 			nic += ",romfile="
+		}
+		if o.Firmware == UEFIHTTP {
+			// Read by OvmfPkg's PxeBcPcdProducerLib (edk2 ≥ 2020): no PXEv4/PXEv6 boot options.
+			args = append(args, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+				"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n")
 		}
 	default:
 		return nil, fmt.Errorf("vm: unknown firmware %q", o.Firmware)

@@ -25,7 +25,9 @@ func TestQemuArgs(t *testing.T) {
 	}{
 		{BIOS, "", []string{"-cpu qemu64,+rdrand", "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,bootindex=1 ", "-no-reboot"}, []string{"pflash", "romfile="}},
 		{UEFI, "e1000", []string{"if=pflash,format=raw,unit=0,readonly=on", "e1000,netdev=n0"}, []string{"romfile="}},
-		{UEFIPXE, "", []string{"if=pflash", ",romfile= "}, nil},
+		{UEFIPXE, "", []string{"if=pflash", ",romfile= "}, []string{"-fw_cfg"}},
+		{UEFIHTTP, "", []string{"if=pflash", ",romfile= ", "opt/org.tianocore/IPv4PXESupport,string=n",
+			"opt/org.tianocore/IPv6PXESupport,string=n"}, nil},
 	} {
 		t.Run(string(tc.fw), func(t *testing.T) {
 			o := Options{Name: "t", MAC: mac, Firmware: tc.fw, NIC: tc.nic, Dir: t.TempDir(), Tap: "tap-t", MemoryMB: 512, CPUs: 1}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // TestBootEvents feeds DHCP and TFTP events of a whole PXE chain (firmware DHCP, NBP, iPXE DHCP,
@@ -33,7 +33,7 @@ func TestBootEvents(t *testing.T) {
 	}
 	defer ls.Close()
 	s := &Server{status: st, leases: ls, log: nopLogger()}
-	hw, _ := net.ParseMAC("52:54:00:00:00:01")
+	hw, _ := hwaddr.Parse("52:54:00:00:00:01")
 	mac := hw.String()
 	// The lease behind the ACKs below: dhcpd commits it before it reports an ACK; TFTP finds the MAC by it.
 	if err := ls.Commit(leases.Lease{MAC: hw, IP: netip.MustParseAddr("10.0.0.100"), Expiry: time.Now().Add(time.Hour)}); err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Options configure a Server.
@@ -211,7 +212,7 @@ func (s *Server) newDHCP() (err error) {
 			return policy.Boot(f)
 		}),
 		OnEvent: s.onDHCP,
-		Known: func(mac net.HardwareAddr, uuid []byte) bool {
+		Known: func(mac hwaddr.MAC, uuid []byte) bool {
 			return s.inv.Known(mac.String(), inventory.SMBIOSUUID(uuid))
 		},
 		Inventory:   len(s.inv.Machines()),

@@ -3,6 +3,7 @@ package status
 import (
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,6 +114,32 @@ func TestCorrupt(t *testing.T) {
 		t.Fatal("a corrupt timeline opened")
 	} else if want := "status: cannot load the timelines from the state store: timeline of 52:54:00:00:00:01: "; err.Error()[:len(want)] != want {
 		t.Fatalf("error %q", err)
+	}
+}
+
+// TestDiskFormat: a timeline's key on disk is the MAC's text and its value JSON with the same text,
+// as before MACs had a type of their own.
+func TestDiskFormat(t *testing.T) {
+	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	s, err := Open(db, Options{FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.RecordSync(mustMAC("52:54:00:AB:CD:01"), ev(PhaseDHCP, "start", time.Unix(1700000000, 0), true)); err != nil {
+		t.Fatal(err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			if string(k) != "52:54:00:ab:cd:01" || !strings.Contains(string(v), `"mac":"52:54:00:ab:cd:01"`) {
+				t.Errorf("on disk: %q = %s", k, v)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

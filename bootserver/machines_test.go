@@ -11,15 +11,16 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 func TestMachinesCommand(t *testing.T) {
 	now := time.Now()
 	mr := httpd.MachinesResponse{Machines: []status.Machine{
-		{MAC: "52:54:00:00:00:01", NodeName: "worker-1", Profile: "worker", Known: true, Boot: 2, LastPhase: "kubelet-start/tls-bootstrap", LastState: "done", LastSeen: now.Add(-3 * time.Second)},
-		{MAC: "52:54:00:00:00:02", NodeName: "node-525400000002", Profile: "worker", Boot: 1, LastPhase: "preflight", LastState: "error", LastSeen: now,
+		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}, NodeName: "worker-1", Profile: "worker", Known: true, Boot: 2, LastPhase: "kubelet-start/tls-bootstrap", LastState: "done", LastSeen: now.Add(-3 * time.Second)},
+		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 2}, NodeName: "node-525400000002", Profile: "worker", Boot: 1, LastPhase: "preflight", LastState: "error", LastSeen: now,
 			Phases: []status.Phase{{Phase: "preflight", State: "error", Error: "no container runtime"}}},
-		{MAC: "52:54:00:00:00:03", NodeName: "worker-3", Profile: "worker", Known: true},
+		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 3}, NodeName: "worker-3", Profile: "worker", Known: true},
 	}}
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/machines" {

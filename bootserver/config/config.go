@@ -9,6 +9,8 @@ package config
 import (
 	"fmt"
 	"time"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // DHCP modes.
@@ -191,7 +193,8 @@ type Profile struct {
 
 // Machine is one inventory entry; MAC or UUID (or both) identify it.
 type Machine struct {
-	MAC string `yaml:"mac"`
+	// MAC is the machine's boot NIC (zero if the machine is known by UUID only).
+	MAC hwaddr.MAC `yaml:"mac"`
 	// UUID is the SMBIOS system UUID as dmidecode prints it.
 	UUID string `yaml:"uuid"`
 	// Name is the node name; default derived from the MAC (node-525400aabbcc).

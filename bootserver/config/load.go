@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Load reads and validates a configuration file.
@@ -31,6 +33,9 @@ func Parse(file string, data []byte) (*Config, error) {
 	if len(root.Content) == 0 {
 		return nil, &Error{File: file, Msg: "the file is empty"}
 	}
+	if err := checkMACs(file, root.Content[0]); err != nil {
+		return nil, err
+	}
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -48,6 +53,28 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkMACs parses the machines' mac fields ahead of decoding, which would stop at the first bad
+// one without its line.
+func checkMACs(file string, doc *yaml.Node) error {
+	var errs []error
+	var machines []*yaml.Node
+	for i := 0; doc.Kind == yaml.MappingNode && i+1 < len(doc.Content); i += 2 {
+		if doc.Content[i].Value == "machines" && doc.Content[i+1].Kind == yaml.SequenceNode {
+			machines = doc.Content[i+1].Content
+		}
+	}
+	for i, m := range machines {
+		for j := 0; m.Kind == yaml.MappingNode && j+1 < len(m.Content); j += 2 {
+			if v := m.Content[j+1]; m.Content[j].Value == "mac" && v.Kind == yaml.ScalarNode {
+				if _, err := hwaddr.Parse(v.Value); err != nil {
+					errs = append(errs, &Error{File: file, Line: v.Line, Field: pathString([]any{"machines", i, "mac"}), Msg: err.Error()})
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 var lineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)

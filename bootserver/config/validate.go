@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // locator maps a field path to a line (0 if unknown) and a field name for messages.
@@ -39,16 +41,6 @@ var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4
 func CanonicalUUID(s string) (string, bool) {
 	s = strings.ToLower(strings.TrimSpace(s))
 	return s, uuidRE.MatchString(s)
-}
-
-// CanonicalMAC parses a 48-bit MAC address in any form net.ParseMAC takes and returns it as
-// aa:bb:cc:dd:ee:ff.
-func CanonicalMAC(s string) (string, error) {
-	hw, err := net.ParseMAC(s)
-	if err != nil || len(hw) != 6 {
-		return "", fmt.Errorf("%q is not a MAC address (want aa:bb:cc:dd:ee:ff)", s)
-	}
-	return hw.String(), nil
 }
 
 // validate fills defaults and parsed fields and checks everything; errors carry lines via loc.
@@ -288,21 +280,18 @@ func (c *Config) validateProfile(ck *checker, name string) {
 }
 
 func (c *Config) validateMachines(ck *checker) {
-	macs, uuids, names := map[string]int{}, map[string]int{}, map[string]int{}
+	macs, uuids, names := map[hwaddr.MAC]int{}, map[string]int{}, map[string]int{}
 	for i := range c.Machines {
 		m := &c.Machines[i]
 		at := func(k ...any) []any { return append([]any{"machines", i}, k...) }
-		if m.MAC == "" && m.UUID == "" {
+		if m.MAC.IsZero() && m.UUID == "" {
 			ck.fail(at(), "a machine needs a mac or a uuid")
 		}
-		if m.MAC != "" {
-			mac, err := CanonicalMAC(m.MAC)
-			if err != nil {
-				ck.fail(at("mac"), "%v", err)
-			} else if j, dup := macs[mac]; dup {
-				ck.fail(at("mac"), "%s is also machines[%d]", mac, j)
+		if !m.MAC.IsZero() {
+			if j, dup := macs[m.MAC]; dup {
+				ck.fail(at("mac"), "%s is also machines[%d]", m.MAC, j)
 			} else {
-				m.MAC, macs[mac] = mac, i
+				macs[m.MAC] = i
 			}
 		}
 		if m.UUID != "" {

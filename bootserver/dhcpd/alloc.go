@@ -3,12 +3,12 @@ package dhcpd
 import (
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // allocator picks addresses. An offered address is held for its client for OfferHold (in memory
@@ -26,18 +26,18 @@ type allocator struct {
 	declineHold time.Duration
 	maxUnknown  int
 	inventory   int
-	resByMAC    map[string]Reservation
-	resByIP     map[netip.Addr]string
+	resByMAC    map[hwaddr.MAC]Reservation
+	resByIP     map[netip.Addr]hwaddr.MAC
 
 	mu        sync.Mutex
 	held      map[netip.Addr]hold
-	heldBy    map[string]netip.Addr
+	heldBy    map[hwaddr.MAC]netip.Addr
 	declined  map[netip.Addr]time.Time
 	cursor    map[netip.Prefix]uint32
 	lastSweep time.Time
 	// strangers are the strangers holding an address (an offer or a lease) until a time, and
 	// inPool how many of them each pool has. Both stay within the pools' strangerCap.
-	strangers map[string]stranger
+	strangers map[hwaddr.MAC]stranger
 	inPool    map[netip.Prefix]int
 }
 
@@ -47,7 +47,7 @@ type stranger struct {
 }
 
 type hold struct {
-	mac   string
+	mac   hwaddr.MAC
 	until time.Time
 }
 
@@ -60,24 +60,24 @@ func newAllocator(c *Config, serverIP func() netip.Addr) *allocator {
 		declineHold: c.DeclineHold,
 		maxUnknown:  c.MaxUnknown,
 		inventory:   c.Inventory,
-		resByMAC:    map[string]Reservation{},
-		resByIP:     map[netip.Addr]string{},
+		resByMAC:    map[hwaddr.MAC]Reservation{},
+		resByIP:     map[netip.Addr]hwaddr.MAC{},
 		held:        map[netip.Addr]hold{},
-		heldBy:      map[string]netip.Addr{},
+		heldBy:      map[hwaddr.MAC]netip.Addr{},
 		declined:    map[netip.Addr]time.Time{},
 		cursor:      map[netip.Prefix]uint32{},
-		strangers:   map[string]stranger{},
+		strangers:   map[hwaddr.MAC]stranger{},
 		inPool:      map[netip.Prefix]int{},
 	}
 	for _, r := range c.Reservations {
-		a.resByMAC[string(r.MAC)] = r
-		a.resByIP[r.IP] = string(r.MAC)
+		a.resByMAC[r.MAC] = r
+		a.resByIP[r.IP] = r.MAC
 	}
 	if c.Known != nil && a.store != nil {
 		now := time.Now()
 		for _, l := range a.store.All() {
 			if p := c.poolFor(l.IP); p != nil && l.Active(now) && !c.Known(l.MAC, nil) {
-				a.setStranger(string(l.MAC), p.Subnet, l.Expiry)
+				a.setStranger(l.MAC, p.Subnet, l.Expiry)
 			}
 		}
 	}
@@ -93,7 +93,7 @@ func (a *allocator) strangerCap(p *Pool) int {
 
 // admitStranger reports whether stranger mac may hold an address of p: it holds one already, or
 // p has room under strangerCap. Callers hold mu.
-func (a *allocator) admitStranger(p *Pool, mac string, now time.Time) bool {
+func (a *allocator) admitStranger(p *Pool, mac hwaddr.MAC, now time.Time) bool {
 	if st, ok := a.strangers[mac]; ok && st.pool == p.Subnet && now.Before(st.until) {
 		return true
 	}
@@ -109,14 +109,14 @@ func (a *allocator) admitStranger(p *Pool, mac string, now time.Time) bool {
 }
 
 // setStranger records that stranger mac holds an address of pool until until. Callers hold mu.
-func (a *allocator) setStranger(mac string, pool netip.Prefix, until time.Time) {
+func (a *allocator) setStranger(mac hwaddr.MAC, pool netip.Prefix, until time.Time) {
 	a.dropStranger(mac)
 	a.strangers[mac] = stranger{pool: pool, until: until}
 	a.inPool[pool]++
 }
 
 // dropStranger forgets stranger mac. Callers hold mu.
-func (a *allocator) dropStranger(mac string) {
+func (a *allocator) dropStranger(mac hwaddr.MAC) {
 	if st, ok := a.strangers[mac]; ok {
 		delete(a.strangers, mac)
 		a.inPool[st.pool]--
@@ -132,8 +132,8 @@ func addr32(u uint32) netip.Addr {
 }
 
 // reservation returns mac's reservation if its address lies in p.
-func (a *allocator) reservation(p *Pool, mac net.HardwareAddr) (Reservation, bool) {
-	r, ok := a.resByMAC[string(mac)]
+func (a *allocator) reservation(p *Pool, mac hwaddr.MAC) (Reservation, bool) {
+	r, ok := a.resByMAC[mac]
 	if !ok || !p.Subnet.Contains(r.IP) {
 		return Reservation{}, false
 	}
@@ -141,7 +141,7 @@ func (a *allocator) reservation(p *Pool, mac net.HardwareAddr) (Reservation, boo
 }
 
 // usable reports whether ip may be given to mac out of p at now. Callers hold mu.
-func (a *allocator) usable(p *Pool, ip netip.Addr, mac string, now time.Time) bool {
+func (a *allocator) usable(p *Pool, ip netip.Addr, mac hwaddr.MAC, now time.Time) bool {
 	if !ip.Is4() || !p.Subnet.Contains(ip) || ip == a.serverIP() || ip == p.Router {
 		return false
 	}
@@ -169,14 +169,14 @@ func (a *allocator) usable(p *Pool, ip netip.Addr, mac string, now time.Time) bo
 	if h, ok := a.held[ip]; ok && h.mac != mac && now.Before(h.until) {
 		return false
 	}
-	if holder, ok := a.store.HolderOf(ip, now); ok && string(holder) != mac {
+	if holder, ok := a.store.HolderOf(ip, now); ok && holder != mac {
 		return false
 	}
 	return true
 }
 
 // holdFor holds ip for mac until now+d, dropping mac's other hold. Callers hold mu.
-func (a *allocator) holdFor(ip netip.Addr, mac string, now time.Time, d time.Duration) {
+func (a *allocator) holdFor(ip netip.Addr, mac hwaddr.MAC, now time.Time, d time.Duration) {
 	if old, ok := a.heldBy[mac]; ok && old != ip {
 		if a.held[old].mac == mac {
 			delete(a.held, old)
@@ -205,33 +205,32 @@ func (a *allocator) sweep(now time.Time) {
 // offer picks an address in p for mac and holds it: mac's reservation, the address it holds or
 // held, the one it asked for (option 50), else the next free one in the range. A stranger (known
 // false) past p's strangerCap gets none: the result is then errStrangerCap.
-func (a *allocator) offer(p *Pool, mac net.HardwareAddr, known bool, requested netip.Addr, now time.Time) (netip.Addr, error) {
-	k := string(mac)
+func (a *allocator) offer(p *Pool, mac hwaddr.MAC, known bool, requested netip.Addr, now time.Time) (netip.Addr, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.sweep(now)
 	d := a.offerHold
 	if !known {
-		if !a.admitStranger(p, k, now) {
+		if !a.admitStranger(p, mac, now) {
 			return netip.Addr{}, errStrangerCap
 		}
 		d = a.strangeHold
 	}
 	take := func(ip netip.Addr) {
-		a.holdFor(ip, k, now, d)
+		a.holdFor(ip, mac, now, d)
 		if !known {
 			until := now.Add(d)
 			if l, ok := a.store.Get(mac); ok && l.IP == ip && l.Expiry.After(until) {
 				until = l.Expiry // its lease keeps the address longer than the offer
 			}
-			a.setStranger(k, p.Subnet, until)
+			a.setStranger(mac, p.Subnet, until)
 		}
 	}
 	var candidates []netip.Addr
 	if r, ok := a.reservation(p, mac); ok {
 		candidates = append(candidates, r.IP)
 	}
-	if ip, ok := a.heldBy[k]; ok {
+	if ip, ok := a.heldBy[mac]; ok {
 		candidates = append(candidates, ip)
 	}
 	if l, ok := a.store.Get(mac); ok {
@@ -241,7 +240,7 @@ func (a *allocator) offer(p *Pool, mac net.HardwareAddr, known bool, requested n
 		candidates = append(candidates, requested)
 	}
 	for _, ip := range candidates {
-		if a.usable(p, ip, k, now) {
+		if a.usable(p, ip, mac, now) {
 			take(ip)
 			return ip, nil
 		}
@@ -258,7 +257,7 @@ func (a *allocator) offer(p *Pool, mac net.HardwareAddr, known bool, requested n
 		if cur > end {
 			cur = start
 		}
-		if a.usable(p, ip, k, now) {
+		if a.usable(p, ip, mac, now) {
 			a.cursor[p.Subnet] = cur
 			take(ip)
 			return ip, nil
@@ -274,45 +273,43 @@ var (
 
 // claim checks that mac may have ip out of p and holds it while the lease is committed; a
 // stranger past p's strangerCap may not.
-func (a *allocator) claim(p *Pool, mac net.HardwareAddr, known bool, ip netip.Addr, now time.Time) bool {
+func (a *allocator) claim(p *Pool, mac hwaddr.MAC, known bool, ip netip.Addr, now time.Time) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	k := string(mac)
-	if !a.usable(p, ip, k, now) || (!known && !a.admitStranger(p, k, now)) {
+	if !a.usable(p, ip, mac, now) || (!known && !a.admitStranger(p, mac, now)) {
 		return false
 	}
-	a.holdFor(ip, k, now, a.offerHold)
+	a.holdFor(ip, mac, now, a.offerHold)
 	if !known {
-		a.setStranger(k, p.Subnet, now.Add(a.offerHold))
+		a.setStranger(mac, p.Subnet, now.Add(a.offerHold))
 	}
 	return true
 }
 
 // leased records that stranger mac's lease in p lasts until expiry (its REQUEST was ACKed).
-func (a *allocator) leased(p *Pool, mac net.HardwareAddr, expiry time.Time) {
+func (a *allocator) leased(p *Pool, mac hwaddr.MAC, expiry time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.setStranger(string(mac), p.Subnet, expiry)
+	a.setStranger(mac, p.Subnet, expiry)
 }
 
 // forget drops mac's place among the strangers (its lease was released or declined, or its
 // commit failed).
-func (a *allocator) forget(mac net.HardwareAddr) {
+func (a *allocator) forget(mac hwaddr.MAC) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.dropStranger(string(mac))
+	a.dropStranger(mac)
 }
 
 // unhold forgets mac's hold (its lease is committed, or it took another server's offer).
-func (a *allocator) unhold(mac net.HardwareAddr) {
+func (a *allocator) unhold(mac hwaddr.MAC) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	k := string(mac)
-	if ip, ok := a.heldBy[k]; ok {
-		if a.held[ip].mac == k {
+	if ip, ok := a.heldBy[mac]; ok {
+		if a.held[ip].mac == mac {
 			delete(a.held, ip)
 		}
-		delete(a.heldBy, k)
+		delete(a.heldBy, mac)
 	}
 }
 

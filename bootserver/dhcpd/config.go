@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Mode says which DHCP role the server plays on its link.
@@ -45,7 +45,7 @@ type Pool struct {
 // Reservation pins a hardware address to an address (it need not lie in the dynamic range, only in
 // a pool's Subnet) and optionally a hostname (option 12).
 type Reservation struct {
-	MAC      net.HardwareAddr
+	MAC      hwaddr.MAC
 	IP       netip.Addr
 	Hostname string
 }
@@ -80,7 +80,7 @@ type Config struct {
 	// addresses of a pool (offers and leases), fewer if the pool must keep Inventory addresses
 	// for known machines; past that they get no offer (counted as "unknown_cap"). Nil treats
 	// every client as known.
-	Known func(mac net.HardwareAddr, uuid []byte) bool
+	Known func(mac hwaddr.MAC, uuid []byte) bool
 	// Inventory is how many machines Known accepts: each pool keeps that many addresses of its
 	// range out of strangers' reach.
 	Inventory int

@@ -1,8 +1,9 @@
 package dhcpd
 
 import (
-	"net"
 	"net/netip"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // EventKind says what an Event reports.
@@ -33,7 +34,7 @@ func (k EventKind) String() string {
 // Event is a step of a client's DHCP exchange, for boot timelines.
 type Event struct {
 	Kind EventKind
-	MAC  net.HardwareAddr
+	MAC  hwaddr.MAC
 	// VendorClass is the request's option 60 ("PXEClient:Arch:00007:…" from firmware PXE).
 	VendorClass string
 	// IP is the address offered or acknowledged; invalid for a DISCOVER and in proxy mode.
@@ -71,7 +72,6 @@ func (s *Server) event(e Event) {
 	if s.events == nil {
 		return
 	}
-	e.MAC = append(net.HardwareAddr(nil), e.MAC...)
 	select {
 	case s.events <- e:
 	default:

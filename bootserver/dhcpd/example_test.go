@@ -3,7 +3,6 @@ package dhcpd_test
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // How the bootserver daemon wires the DHCP service: a lease store it owns, the default boot policy
@@ -39,7 +39,7 @@ func Example() {
 		BootPolicy: dhcpd.DefaultPolicy{
 			TFTPServer: server,
 			HTTPBase:   "http://10.0.0.1:8080",
-			Known:      func(mac net.HardwareAddr) bool { return inventory[mac.String()] },
+			Known:      func(mac hwaddr.MAC) bool { return inventory[mac.String()] },
 		},
 		OnEvent: func(e dhcpd.Event) {
 			// Hand over to the status page without blocking, e.g. a buffered channel.

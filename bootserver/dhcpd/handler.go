@@ -9,6 +9,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 const (
@@ -32,12 +33,12 @@ const (
 // It is what the fuzz target drives.
 func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte, *net.UDPAddr) {
 	if reason := precheck(b); reason != "" {
-		s.drop(reason, nil, "")
+		s.drop(reason, hwaddr.MAC{}, "")
 		return nil, nil
 	}
 	req, err := dhcpv4.FromBytes(b)
 	if err != nil {
-		s.drop(dropParse, nil, err.Error())
+		s.drop(dropParse, hwaddr.MAC{}, err.Error())
 		return nil, nil
 	}
 	reply, dst := s.handle(req, peer, pxePort)
@@ -51,13 +52,13 @@ func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte
 func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	mt := req.MessageType()
 	s.metrics.packetsByType[mt].Inc()
-	mac := req.ClientHWAddr
+	mac, ok := hwaddr.FromHardwareAddr(req.ClientHWAddr)
 	switch {
 	case req.OpCode != dhcpv4.OpcodeBootRequest:
 		s.drop(dropNotRequest, mac, "")
 		return nil, nil
-	case len(mac) == 0:
-		s.drop(dropBadHlen, mac, "")
+	case !ok:
+		s.drop(dropBadHlen, mac, req.ClientHWAddr.String())
 		return nil, nil
 	case req.HopCount > maxHops:
 		s.drop(dropRelayedLoop, mac, "")
@@ -67,7 +68,7 @@ func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*d
 		return nil, nil
 	}
 	now := time.Now()
-	facts := factsOf(req, s.cfg.Mode == ModeProxy)
+	facts := factsOf(req, mac, s.cfg.Mode == ModeProxy)
 	if s.cfg.Mode == ModeProxy {
 		return s.handleProxy(req, mt, facts, peer, pxePort)
 	}
@@ -81,9 +82,9 @@ func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*d
 	case dhcpv4.MessageTypeRequest:
 		return s.request(req, facts, now)
 	case dhcpv4.MessageTypeRelease:
-		s.release(req, now)
+		s.release(req, mac, now)
 	case dhcpv4.MessageTypeDecline:
-		s.decline(req, now)
+		s.decline(req, mac, now)
 	case dhcpv4.MessageTypeInform:
 		return s.inform(req, facts)
 	default:
@@ -101,7 +102,7 @@ func (s *Server) poolOf(req *dhcpv4.DHCPv4) *Pool {
 }
 
 func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
-	mac := req.ClientHWAddr
+	mac := f.MAC
 	s.event(Event{Kind: EventDiscover, MAC: mac, VendorClass: f.VendorClass})
 	p := s.poolOf(req)
 	if p == nil {
@@ -134,7 +135,7 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 }
 
 func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
-	mac := req.ClientHWAddr
+	mac := f.MAC
 	if sid := req.ServerIdentifier(); sid != nil && addrOf(sid) != s.serverIP {
 		// The client took another server's offer: free ours.
 		s.alloc.unhold(mac)
@@ -196,8 +197,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	return r, s.dest(req, r, nil, false)
 }
 
-func (s *Server) release(req *dhcpv4.DHCPv4, now time.Time) {
-	mac := req.ClientHWAddr
+func (s *Server) release(req *dhcpv4.DHCPv4, mac hwaddr.MAC, now time.Time) {
 	if sid := req.ServerIdentifier(); sid != nil && addrOf(sid) != s.serverIP {
 		s.drop(dropNotForUs, mac, "")
 		return
@@ -216,8 +216,7 @@ func (s *Server) release(req *dhcpv4.DHCPv4, now time.Time) {
 	}
 }
 
-func (s *Server) decline(req *dhcpv4.DHCPv4, now time.Time) {
-	mac := req.ClientHWAddr
+func (s *Server) decline(req *dhcpv4.DHCPv4, mac hwaddr.MAC, now time.Time) {
 	ip := addrOf(req.RequestedIPAddress())
 	if sid := req.ServerIdentifier(); (sid != nil && addrOf(sid) != s.serverIP) || !ip.Is4() {
 		s.drop(dropNotForUs, mac, "")
@@ -239,7 +238,7 @@ func (s *Server) inform(req *dhcpv4.DHCPv4, f ClientFacts) (*dhcpv4.DHCPv4, *net
 	ci := addrOf(req.ClientIPAddr)
 	p := s.cfg.poolFor(ci)
 	if p == nil || !ci.Is4() {
-		s.drop(dropNoPool, req.ClientHWAddr, ci.String())
+		s.drop(dropNoPool, f.MAC, ci.String())
 		return nil, nil
 	}
 	r := s.reply(req, dhcpv4.MessageTypeAck)
@@ -252,7 +251,7 @@ func (s *Server) inform(req *dhcpv4.DHCPv4, f ClientFacts) (*dhcpv4.DHCPv4, *net
 // handleProxy answers PXE, HTTP-boot and iPXE clients with boot information only: DISCOVER on
 // port 67 gets a ProxyDHCP OFFER, REQUEST (or INFORM) on port 4011 an ACK.
 func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, f ClientFacts, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
-	mac := req.ClientHWAddr
+	mac := f.MAC
 	if !f.IsPXE() && !f.IsHTTP() && !f.IsIPXE() {
 		s.drop(dropNotForUs, mac, "not a network boot client")
 		return nil, nil
@@ -335,7 +334,7 @@ func (s *Server) netOptions(r *dhcpv4.DHCPv4, p *Pool) {
 	}
 }
 
-func (s *Server) leaseOptions(r *dhcpv4.DHCPv4, p *Pool, mac net.HardwareAddr) {
+func (s *Server) leaseOptions(r *dhcpv4.DHCPv4, p *Pool, mac hwaddr.MAC) {
 	s.netOptions(r, p)
 	r.UpdateOption(dhcpv4.OptIPAddressLeaseTime(p.LeaseTime))
 	r.UpdateOption(dhcpv4.OptRenewTimeValue(p.LeaseTime / 2))
@@ -367,7 +366,7 @@ func (s *Server) boot(f ClientFacts) Boot {
 	return s.cfg.BootPolicy.Boot(f)
 }
 
-func (s *Server) drop(reason string, mac net.HardwareAddr, detail string) {
+func (s *Server) drop(reason string, mac hwaddr.MAC, detail string) {
 	s.metrics.Dropped.WithLabelValues(reason).Inc()
 	if s.debugging() {
 		s.cfg.Logger.Debug("dhcp drop", "reason", reason, "mac", mac.String(), "detail", detail)

@@ -14,6 +14,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -58,7 +59,7 @@ func newTestServer(t testing.TB, mode Mode, mod func(*Config)) *Server {
 		Leases:     openStore(t),
 		BootPolicy: testPolicy(),
 		Reservations: []Reservation{
-			{MAC: net.HardwareAddr{0x52, 0x54, 0x00, 0xcc, 0xcc, 0xcc}, IP: netip.MustParseAddr("10.78.0.50"), Hostname: "worker-1"},
+			{MAC: hwaddr.MAC{0x52, 0x54, 0x00, 0xcc, 0xcc, 0xcc}, IP: netip.MustParseAddr("10.78.0.50"), Hostname: "worker-1"},
 		},
 	}
 	if mod != nil {

@@ -211,8 +211,8 @@ func newMsg(mt dhcpv4.MessageType, mac net.HardwareAddr, mods ...dhcpv4.Modifier
 	return dhcpv4.New(append(base, mods...)...)
 }
 
-// hwaddr reads an interface's MAC inside a namespace.
-func hwaddr(t testing.TB, ns *netlab.NS, ifname string) net.HardwareAddr {
+// ifaceMAC reads an interface's MAC inside a namespace.
+func ifaceMAC(t testing.TB, ns *netlab.NS, ifname string) net.HardwareAddr {
 	t.Helper()
 	out := ns.MustExec(t, "cat", "/sys/class/net/"+ifname+"/address")
 	mac, err := net.ParseMAC(strings.TrimSpace(string(out)))

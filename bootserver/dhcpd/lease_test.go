@@ -13,6 +13,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 func macN(i int) net.HardwareAddr {
@@ -56,7 +58,7 @@ func TestLeaseLifecycle(t *testing.T) {
 	m := s.Metrics()
 
 	ack := dora(t, s, testMAC, ipxeMods()...)
-	l, ok := st.Get(testMAC)
+	l, ok := st.Get(hwaddr.MAC(testMAC))
 	if !ok || l.IP != netip.MustParseAddr("10.78.0.100") || time.Until(l.Expiry) < 59*time.Minute {
 		t.Fatalf("stored lease %v %v", l, ok)
 	}
@@ -90,7 +92,7 @@ func TestLeaseLifecycle(t *testing.T) {
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.78.0.254")))), false); r != nil {
 		t.Errorf("REQUEST for another server answered: %v", r.MessageType())
 	}
-	if _, held := s.alloc.heldBy[string(other)]; held {
+	if _, held := s.alloc.heldBy[hwaddr.MAC(other)]; held {
 		t.Error("offer still held after the client chose another server")
 	}
 
@@ -111,7 +113,7 @@ func TestLeaseLifecycle(t *testing.T) {
 	// RELEASE ends the lease but the address stays the client's preference.
 	exchange(t, s, pkt(t, dhcpv4.MessageTypeRelease, testMAC, dhcpv4.WithClientIP(ack.YourIPAddr),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(srvIP.AsSlice()))), false)
-	if l, _ := st.Get(testMAC); l.Active(time.Now().Add(time.Millisecond)) {
+	if l, _ := st.Get(hwaddr.MAC(testMAC)); l.Active(time.Now().Add(time.Millisecond)) {
 		t.Errorf("lease still active after RELEASE: %v", l)
 	}
 
@@ -119,7 +121,7 @@ func TestLeaseLifecycle(t *testing.T) {
 	d := dora(t, s, macN(5))
 	exchange(t, s, pkt(t, dhcpv4.MessageTypeDecline, macN(5), dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(d.YourIPAddr)),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(srvIP.AsSlice()))), false)
-	if _, ok := st.Get(macN(5)); ok {
+	if _, ok := st.Get(hwaddr.MAC(macN(5))); ok {
 		t.Error("declined lease kept")
 	}
 	if o, _, _ := exchange(t, s, pkt(t, dhcpv4.MessageTypeDiscover, macN(5)), false); o == nil || o.YourIPAddr.Equal(d.YourIPAddr) {
@@ -157,7 +159,7 @@ func TestReservationAndExhaustion(t *testing.T) {
 	if ack.YourIPAddr.String() != "10.78.0.50" || ack.HostName() != "worker-1" {
 		t.Errorf("reserved client got %v %q", ack.YourIPAddr, ack.HostName())
 	}
-	if l, _ := s.cfg.Leases.Get(res); l.Hostname != "worker-1" {
+	if l, _ := s.cfg.Leases.Get(hwaddr.MAC(res)); l.Hostname != "worker-1" {
 		t.Errorf("stored hostname %q", l.Hostname)
 	}
 	// Nobody else gets the reserved address, even asking for it.
@@ -197,6 +199,7 @@ func TestMalformedDropped(t *testing.T) {
 		{"reply op", mut(func(b []byte) []byte { b[0] = 2; return b }), dropNotRequest},
 		{"hlen 0", mut(func(b []byte) []byte { b[2] = 0; return b }), dropBadHlen},
 		{"hlen 200", mut(func(b []byte) []byte { b[2] = 200; return b }), dropBadHlen},
+		{"hlen 16 (not a 48-bit MAC)", mut(func(b []byte) []byte { b[2] = 16; return b }), dropBadHlen},
 		{"cookie", mut(func(b []byte) []byte { b[236] = 0; return b }), dropBadCookie},
 		{"option overruns", mut(func(b []byte) []byte { return append(b[:240], 53, 200, 1) }), dropParse},
 		{"no end option", mut(func(b []byte) []byte { return append(b[:240], 53, 1, 1) }), dropParse},

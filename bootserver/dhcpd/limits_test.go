@@ -1,7 +1,6 @@
 package dhcpd
 
 import (
-	"bytes"
 	"crypto/rand"
 	"log/slog"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 )
@@ -115,9 +115,9 @@ func TestStrangersCannotExhaustPool(t *testing.T) {
 	var logs logbuf.Buffer
 	const maxUnknown = 20
 	s := fullServer(t, 21, func(c *Config) {
-		c.Known = func(mac net.HardwareAddr, _ []byte) bool {
+		c.Known = func(mac hwaddr.MAC, _ []byte) bool {
 			for _, m := range inventory {
-				if bytes.Equal(m, mac) {
+				if hwaddr.MAC(m) == mac {
 					return true
 				}
 			}
@@ -185,12 +185,12 @@ func TestStrangerCap(t *testing.T) {
 				c.Pools = []Pool{*p}
 				c.Reservations = nil
 				c.MaxUnknown, c.Inventory = tt.maxUnknown, tt.inventory
-				c.Known = func(net.HardwareAddr, []byte) bool { return false }
+				c.Known = func(hwaddr.MAC, []byte) bool { return false }
 			})
 			a, now := s.alloc, time.Now()
 			got := 0
 			for i := range 10 {
-				if _, err := a.offer(p, macN(i), false, netip.Addr{}, now); err == nil {
+				if _, err := a.offer(p, hwaddr.MAC(macN(i)), false, netip.Addr{}, now); err == nil {
 					got++
 				} else if err != errStrangerCap {
 					t.Fatalf("offer %d: %v", i, err)
@@ -201,19 +201,19 @@ func TestStrangerCap(t *testing.T) {
 			}
 			// Known machines are not capped: they get every address the strangers do not hold.
 			for i := range 10 - tt.want {
-				if _, err := a.offer(p, macN(200+i), true, netip.Addr{}, now); err != nil {
+				if _, err := a.offer(p, hwaddr.MAC(macN(200+i)), true, netip.Addr{}, now); err != nil {
 					t.Errorf("known machine %d: %v", i, err)
 				}
 			}
 			if tt.want == 0 {
 				return
 			}
-			if _, err := a.offer(p, macN(0), false, netip.Addr{}, now.Add(time.Second)); err != nil {
+			if _, err := a.offer(p, hwaddr.MAC(macN(0)), false, netip.Addr{}, now.Add(time.Second)); err != nil {
 				t.Errorf("a stranger holding an offer was refused another: %v", err)
 			}
 			// Once the strangers' offers lapse (the known machines' have not), others get theirs.
 			later := now.Add(DefaultUnknownOfferHold + time.Second)
-			if _, err := a.offer(p, macN(100), false, netip.Addr{}, later); err != nil {
+			if _, err := a.offer(p, hwaddr.MAC(macN(100)), false, netip.Addr{}, later); err != nil {
 				t.Errorf("after the offers lapsed: %v", err)
 			}
 		})

@@ -15,6 +15,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/eventually"
 )
 
@@ -85,7 +86,7 @@ func TestDORAWithNClient4(t *testing.T) {
 			if !ack.ServerIdentifier().Equal(net.ParseIP("10.78.10.1")) || ack.IPAddressLeaseTime(0) != time.Hour {
 				t.Errorf("server id %v lease time %v", ack.ServerIdentifier(), ack.IPAddressLeaseTime(0))
 			}
-			stored, ok := s.cfg.Leases.Get(tt.mac)
+			stored, ok := s.cfg.Leases.Get(hwaddr.MAC(tt.mac))
 			if !ok || stored.IP != addrOf(ack.YourIPAddr) {
 				t.Errorf("store has %v %v, ACK gave %v", stored, ok, ack.YourIPAddr)
 			}
@@ -176,8 +177,8 @@ func TestDORAWithDebianClients(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v\n%s", tt.name, err, out)
 			}
-			mac := hwaddr(t, l.cli, l.cliIf)
-			stored, ok := s.cfg.Leases.Get(mac)
+			mac := ifaceMAC(t, l.cli, l.cliIf)
+			stored, ok := s.cfg.Leases.Get(hwaddr.MAC(mac))
 			if !ok || !stored.Active(time.Now()) {
 				t.Fatalf("no lease stored for %v; client said:\n%s", mac, out)
 			}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 const (
@@ -29,7 +31,7 @@ func precheck(b []byte) string {
 		return dropShort
 	case b[0] != byte(dhcpv4.OpcodeBootRequest):
 		return dropNotRequest
-	case b[2] == 0 || b[2] > 16:
+	case b[2] != 6: // a 48-bit MAC: Ethernet, the only link pxejoin boots over
 		return dropBadHlen
 	case [4]byte(b[bootpHeaderLen:bootpHeaderLen+4]) != magicCookie:
 		return dropBadCookie
@@ -38,9 +40,9 @@ func precheck(b []byte) string {
 }
 
 // factsOf gathers what the request tells about its client.
-func factsOf(req *dhcpv4.DHCPv4, proxy bool) ClientFacts {
+func factsOf(req *dhcpv4.DHCPv4, mac hwaddr.MAC, proxy bool) ClientFacts {
 	f := ClientFacts{
-		MAC:         req.ClientHWAddr,
+		MAC:         mac,
 		VendorClass: req.ClassIdentifier(),
 		Relayed:     !isZero(req.GatewayIPAddr),
 		Proxy:       proxy,

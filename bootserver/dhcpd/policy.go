@@ -1,9 +1,10 @@
 package dhcpd
 
 import (
-	"net"
 	"net/netip"
 	"strings"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Client architectures (option 93, RFC 4578 and the IANA registry) the default policy knows.
@@ -25,7 +26,7 @@ const (
 
 // ClientFacts is what a request says about the client.
 type ClientFacts struct {
-	MAC         net.HardwareAddr
+	MAC         hwaddr.MAC
 	Arch        uint16 // option 93 (first entry); meaningful only if HasArch
 	HasArch     bool
 	VendorClass string   // option 60
@@ -107,7 +108,7 @@ type DefaultPolicy struct {
 	UseSNPOnly bool
 	// Known, if set, is asked first: a machine it does not know gets no boot information (the
 	// caller's inventory decides who boots).
-	Known func(mac net.HardwareAddr) bool
+	Known func(mac hwaddr.MAC) bool
 }
 
 var defaultFiles = map[uint16]string{
@@ -137,7 +138,7 @@ func (p DefaultPolicy) File(arch uint16) string {
 }
 
 // ScriptURL is the iPXE script URL for mac.
-func (p DefaultPolicy) ScriptURL(mac net.HardwareAddr) string {
+func (p DefaultPolicy) ScriptURL(mac hwaddr.MAC) string {
 	path := p.ScriptPath
 	if path == "" {
 		path = "/boot/{mac}.ipxe"

@@ -1,13 +1,14 @@
 package dhcpd
 
 import (
-	"net"
 	"net/netip"
 	"testing"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 func TestDefaultPolicy(t *testing.T) {
-	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+	mac := hwaddr.MAC{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 	tftp := netip.MustParseAddr("10.78.0.1")
 	base := DefaultPolicy{TFTPServer: tftp, HTTPBase: "http://10.78.0.1:8080"}
 	pxe := func(arch uint16) ClientFacts {
@@ -43,8 +44,8 @@ func TestDefaultPolicy(t *testing.T) {
 			Boot{File: "http://10.78.0.1:8080/ipxe/ipxe-arm64.efi", VendorClass: "HTTPClient", Kind: "http-boot"}},
 		{"HTTP boot without HTTP base", DefaultPolicy{TFTPServer: tftp}, ClientFacts{MAC: mac, Arch: 16, HasArch: true, VendorClass: "HTTPClient"}, Boot{}},
 		{"plain DHCP client", base, ClientFacts{MAC: mac, VendorClass: "udhcp 1.35.0"}, Boot{}},
-		{"unknown machine", DefaultPolicy{TFTPServer: tftp, HTTPBase: "http://h", Known: func(net.HardwareAddr) bool { return false }}, pxe(0), Boot{}},
-		{"known machine", DefaultPolicy{TFTPServer: tftp, Known: func(m net.HardwareAddr) bool { return m.String() == mac.String() }}, pxe(0),
+		{"unknown machine", DefaultPolicy{TFTPServer: tftp, HTTPBase: "http://h", Known: func(hwaddr.MAC) bool { return false }}, pxe(0), Boot{}},
+		{"known machine", DefaultPolicy{TFTPServer: tftp, Known: func(m hwaddr.MAC) bool { return m == mac }}, pxe(0),
 			Boot{File: "undionly.kpxe", TFTPServer: tftp, Kind: "pxe"}},
 	}
 	for _, tt := range tests {

@@ -13,6 +13,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"golang.org/x/net/ipv4"
 
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -129,7 +130,7 @@ func TestRelay(t *testing.T) {
 	if !ack.GatewayIPAddr.Equal(giaddr.AsSlice()) {
 		t.Errorf("ACK giaddr %v", ack.GatewayIPAddr)
 	}
-	if l, ok := s.cfg.Leases.Get(mac); !ok || l.IP != addrOf(ack.YourIPAddr) {
+	if l, ok := s.cfg.Leases.Get(hwaddr.MAC(mac)); !ok || l.IP != addrOf(ack.YourIPAddr) {
 		t.Errorf("stored %v %v", l, ok)
 	}
 	r.mu.Lock()

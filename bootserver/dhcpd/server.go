@@ -17,6 +17,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
 	"github.com/pxejoin/pxejoin/bootserver/ratelog"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Server is a DHCPv4 server. Create it with New and run it with Serve.
@@ -144,7 +145,8 @@ func (s *Server) handler(pxePort bool) server4.Handler {
 		case s.inFlight <- struct{}{}:
 			defer func() { <-s.inFlight }()
 		default:
-			s.drop(dropBusy, m.ClientHWAddr, "")
+			mac, _ := hwaddr.FromHardwareAddr(m.ClientHWAddr)
+			s.drop(dropBusy, mac, "")
 			return
 		}
 		up, _ := peer.(*net.UDPAddr)
@@ -186,7 +188,7 @@ func (c *filterConn) ReadFrom(b []byte) (int, net.Addr, error) {
 			return n, addr, err
 		}
 		if reason := precheck(b[:n]); reason != "" {
-			c.s.drop(reason, nil, fmt.Sprint(addr))
+			c.s.drop(reason, hwaddr.MAC{}, fmt.Sprint(addr))
 			continue
 		}
 		return n, addr, nil
@@ -201,7 +203,7 @@ func (l parseLogger) PrintMessage(string, *dhcpv4.DHCPv4) {}
 
 func (l parseLogger) Printf(format string, v ...any) {
 	if strings.HasPrefix(format, "Error parsing") {
-		l.s.drop(dropParse, nil, fmt.Sprintf(format, v...))
+		l.s.drop(dropParse, hwaddr.MAC{}, fmt.Sprintf(format, v...))
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 )
 
@@ -27,7 +28,7 @@ type stubTokens struct {
 	revoked []string
 }
 
-func (s *stubTokens) Token(_ context.Context, mac, node string, boot int, known bool) (string, error) {
+func (s *stubTokens) Token(_ context.Context, mac hwaddr.MAC, node string, boot int, known bool) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.issued == nil {
@@ -42,11 +43,19 @@ func (s *stubTokens) Token(_ context.Context, mac, node string, boot int, known 
 	return t, nil
 }
 
-func (s *stubTokens) RevokeMAC(_ context.Context, mac, reason string) error {
+func (s *stubTokens) RevokeMAC(_ context.Context, mac hwaddr.MAC, reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.revoked = append(s.revoked, mac+" "+reason)
+	s.revoked = append(s.revoked, mac.String()+" "+reason)
 	return nil
+}
+
+func mustMAC(s string) hwaddr.MAC {
+	m, err := hwaddr.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
 }
 
 type fixture struct {

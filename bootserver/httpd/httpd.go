@@ -32,6 +32,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Tokens mints and revokes machine tokens (bootserver/tokens.Manager).
@@ -39,9 +40,9 @@ type Tokens interface {
 	// Token returns mac's token for its boot, minting one if needed; known says the machine is in the
 	// inventory. An error with a RetryAfter() time.Duration method is a refusal to mint now (a limit
 	// on unknown machines): its message is the reason, for the client.
-	Token(ctx context.Context, mac, node string, boot int, known bool) (string, error)
+	Token(ctx context.Context, mac hwaddr.MAC, node string, boot int, known bool) (string, error)
 	// RevokeMAC deletes mac's tokens.
-	RevokeMAC(ctx context.Context, mac, reason string) error
+	RevokeMAC(ctx context.Context, mac hwaddr.MAC, reason string) error
 }
 
 // DefaultMaxStatusBody bounds a POST /status body.
@@ -73,7 +74,7 @@ type Config struct {
 	// budget, spent only on a join file's request.
 	MintAhead bool
 	// UUIDOf, if set, gives the SMBIOS UUID a MAC sent in DHCP, for inventory lookups by UUID.
-	UUIDOf func(mac string) string
+	UUIDOf func(mac hwaddr.MAC) string
 	// MaxStatusBody bounds a POST /status body; default DefaultMaxStatusBody.
 	MaxStatusBody int64
 	// Limits bound what clients may hold of the server that Serve runs; zero fields take

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 )
 
@@ -54,7 +55,7 @@ func golden(t *testing.T, name string, got []byte) {
 }
 
 func TestScripts(t *testing.T) {
-	known := config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker"}
+	known := config.Machine{MAC: mustMAC("52:54:00:00:00:01"), Name: "worker-1", Profile: "worker"}
 	tests := []struct {
 		name, path, golden string
 		unknown            bool
@@ -81,7 +82,7 @@ func TestScripts(t *testing.T) {
 }
 
 func TestJoinFile(t *testing.T) {
-	known := config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker", Labels: map[string]string{"rack": "r1", "zone": "a"}}
+	known := config.Machine{MAC: mustMAC("52:54:00:00:00:01"), Name: "worker-1", Profile: "worker", Labels: map[string]string{"rack": "r1", "zone": "a"}}
 	f := newFixture(t, "http://10.80.0.1:8080", 1024, false, known)
 	w := get(t, f.h, "GET", "/join/52:54:00:00:00:01", nil)
 	if w.Code != 200 {
@@ -166,7 +167,7 @@ func grep(s, sub string) string {
 // TestNoSecretsAnywhere boots a machine through every endpoint, with agent events quoting the
 // token, and then looks for the token's secret in every log line, /machines, / and /metrics.
 func TestNoSecretsAnywhere(t *testing.T) {
-	f := newFixture(t, "http://10.80.0.1:8080", 1024, false, config.Machine{MAC: "52:54:00:00:00:01", Profile: "worker"})
+	f := newFixture(t, "http://10.80.0.1:8080", 1024, false, config.Machine{MAC: mustMAC("52:54:00:00:00:01"), Profile: "worker"})
 	get(t, f.h, "GET", "/boot/52:54:00:00:00:01.ipxe", nil)
 	get(t, f.h, "GET", "/files/52:54:00:00:00:01/worker/vmlinuz", nil)
 	jc, err := joinconfig.Parse(get(t, f.h, "GET", "/join/52:54:00:00:00:01", nil).Body.Bytes())
@@ -208,7 +209,7 @@ func TestFilesAndRange(t *testing.T) {
 			t.Errorf("%s served", p)
 		}
 	}
-	m, _ := f.store.Get("52:54:00:00:00:01")
+	m, _ := f.store.Get(mustMAC("52:54:00:00:00:01"))
 	if len(m.Phases) != 1 || m.Phases[0].Phase != "kernel" || m.Phases[0].State != "done" {
 		t.Errorf("timeline: %+v", m.Phases)
 	}
@@ -234,7 +235,7 @@ func FuzzStatus(f *testing.F) {
 		default:
 			t.Fatalf("code %d for %q", w.Code, body)
 		}
-		if m, ok := fx.store.Get("52:54:00:00:00:09"); ok && len(m.Phases) > 64 {
+		if m, ok := fx.store.Get(mustMAC("52:54:00:00:00:09")); ok && len(m.Phases) > 64 {
 			t.Fatalf("%d phases kept", len(m.Phases))
 		}
 	})
@@ -244,7 +245,7 @@ func FuzzStatus(f *testing.F) {
 // background, and the join file then hands out that very token; without it, or for an unknown
 // machine, a script fetch mints nothing.
 func TestMintAhead(t *testing.T) {
-	known := config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker"}
+	known := config.Machine{MAC: mustMAC("52:54:00:00:00:01"), Name: "worker-1", Profile: "worker"}
 	for _, tc := range []struct {
 		name      string
 		mintAhead bool
@@ -338,7 +339,7 @@ func TestIPXELinks(t *testing.T) {
 // TestNoCluster: without Tokens (no kubeconfig), join files are refused with the reason, scripts
 // still boot and mint nothing, and the page says why join files are not served.
 func TestNoCluster(t *testing.T) {
-	f := newFixture(t, "http://10.80.0.1:8080", 16, true, config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker"})
+	f := newFixture(t, "http://10.80.0.1:8080", 16, true, config.Machine{MAC: mustMAC("52:54:00:00:00:01"), Name: "worker-1", Profile: "worker"})
 	cfg := f.h.cfg
 	cfg.Tokens, cfg.APIServerEndpoint, cfg.CACertHashes, cfg.MintAhead = nil, "", nil, true
 	cfg.Registerer, cfg.Gatherer, cfg.IPXEDir = nil, nil, ""
@@ -377,7 +378,7 @@ func TestUnknownJoinRefused(t *testing.T) {
 	if w.Code != 503 || w.Header().Get("Retry-After") != "8" || !strings.Contains(w.Body.String(), "too many strangers") {
 		t.Errorf("%d Retry-After %q %q", w.Code, w.Header().Get("Retry-After"), w.Body)
 	}
-	if m, _ := f.store.Get("52:54:00:00:00:99"); len(m.Phases) == 0 || m.Phases[len(m.Phases)-1].Error != "tokens: too many strangers" {
+	if m, _ := f.store.Get(mustMAC("52:54:00:00:00:99")); len(m.Phases) == 0 || m.Phases[len(m.Phases)-1].Error != "tokens: too many strangers" {
 		t.Errorf("timeline: %+v", m.Phases)
 	}
 }
@@ -388,6 +389,6 @@ type limitErr struct{}
 
 func (limitErr) Error() string             { return "too many strangers" }
 func (limitErr) RetryAfter() time.Duration { return 7500 * time.Millisecond }
-func (*refusingTokens) Token(context.Context, string, string, int, bool) (string, error) {
+func (*refusingTokens) Token(context.Context, hwaddr.MAC, string, int, bool) (string, error) {
 	return "", fmt.Errorf("tokens: %w", limitErr{})
 }

@@ -21,7 +21,7 @@ func newLimitsLab(t *testing.T, lim config.HTTP) (*lab, *fixture, string) {
 	t.Helper()
 	l := newLab(t)
 	addr := l.serverIP + ":8080"
-	f := newFixture(t, "http://"+addr, 1024, false, config.Machine{MAC: limitsMAC, Name: "worker-1", Profile: "worker"})
+	f := newFixture(t, "http://"+addr, 1024, false, config.Machine{MAC: mustMAC(limitsMAC), Name: "worker-1", Profile: "worker"})
 	f.h.cfg.Limits = lim
 	l.serve(t, f.h, "8080")
 	return l, f, addr

@@ -59,7 +59,7 @@ func (l *lab) serve(t testing.TB, h *Handler, port string) {
 func TestCurlFromClientNamespace(t *testing.T) {
 	l := newLab(t)
 	url := "http://" + l.serverIP + ":8080"
-	f := newFixture(t, url, 3<<20+17, false, config.Machine{MAC: "52:54:00:00:00:01", Name: "worker-1", Profile: "worker"})
+	f := newFixture(t, url, 3<<20+17, false, config.Machine{MAC: mustMAC("52:54:00:00:00:01"), Name: "worker-1", Profile: "worker"})
 	l.serve(t, f.h, "8080")
 
 	script := string(l.client.MustExec(t, "curl", "-sS", "--fail", "--retry", "3", "--retry-connrefused", url+"/boot/52:54:00:00:00:01.ipxe"))
@@ -81,7 +81,7 @@ func TestCurlFromClientNamespace(t *testing.T) {
 	if !strings.Contains(head, "Content-Length: 3145745") || !strings.Contains(head, "Accept-Ranges: bytes") {
 		t.Errorf("HEAD:\n%s", head)
 	}
-	m, _ := f.store.Get("52:54:00:00:00:01")
+	m, _ := f.store.Get(mustMAC("52:54:00:00:00:01"))
 	var phases []string
 	for _, p := range m.Phases {
 		phases = append(phases, p.Phase+"/"+p.State)

@@ -1,6 +1,7 @@
 package httpd
 
 import (
+	"bytes"
 	"encoding/json"
 	"html/template"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // MachinesResponse is the body of GET /machines.
@@ -18,18 +20,18 @@ type MachinesResponse struct {
 // machines merges the timelines with inventory machines never seen yet.
 func (h *Handler) machines() []status.Machine {
 	all := h.cfg.Status.All()
-	seen := make(map[string]bool, len(all))
+	seen := make(map[hwaddr.MAC]bool, len(all))
 	for _, m := range all {
 		seen[m.MAC] = true
 	}
 	for _, im := range h.cfg.Inventory.Machines() {
-		if im.MAC == "" || seen[im.MAC] {
+		if im.MAC.IsZero() || seen[im.MAC] {
 			continue
 		}
 		a, _ := h.cfg.Inventory.Lookup(im.MAC, im.UUID)
 		all = append(all, status.Machine{MAC: im.MAC, NodeName: a.NodeName, Profile: im.Profile, Known: true, Phases: []status.Phase{}})
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].MAC < all[j].MAC })
+	sort.Slice(all, func(i, j int) bool { return bytes.Compare(all[i].MAC[:], all[j].MAC[:]) < 0 })
 	return all
 }
 

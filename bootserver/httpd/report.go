@@ -9,10 +9,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // postStatus serves POST /status/<mac>: a JSON array of bootstatus.Event within the protocol's limits
@@ -20,7 +20,7 @@ import (
 // validated (all or nothing), and the events are on disk before 204 is answered. A node-ready done
 // event deletes the machine's token.
 func (h *Handler) postStatus(w http.ResponseWriter, r *http.Request) {
-	mac, err := config.CanonicalMAC(r.PathValue("mac"))
+	mac, err := hwaddr.Parse(r.PathValue("mac"))
 	if err != nil {
 		h.reject(w, "bad-mac", err.Error(), http.StatusBadRequest)
 		return

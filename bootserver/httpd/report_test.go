@@ -59,7 +59,7 @@ func TestStatusBacklog(t *testing.T) {
 	if accepted != 600 || posts != 3 {
 		t.Fatalf("%d events accepted in %d POSTs, want 600 in 3", accepted, posts)
 	}
-	m, _ := f.store.Get(mac)
+	m, _ := f.store.Get(mustMAC(mac))
 	if m.LastPhase != bootstatus.PhaseNetwork || m.Phases[0].Detail != "try 599" {
 		t.Fatalf("timeline: %+v", m)
 	}
@@ -69,7 +69,7 @@ func TestStatusBacklog(t *testing.T) {
 	if n, err := c.Send(context.Background(), bad); err != nil || n != 1 {
 		t.Fatalf("sent %d: %v", n, err)
 	}
-	m, _ = f.store.Get(mac)
+	m, _ = f.store.Get(mustMAC(mac))
 	if m.LastPhase != bootstatus.PhaseStatusDropped || m.LastState != bootstatus.StateError {
 		t.Fatalf("timeline after the refusal: %+v", m)
 	}
@@ -95,7 +95,7 @@ func TestStatusFloodOverLink(t *testing.T) {
 		t.Skip("needs root for network namespaces; run make test as root")
 	}
 	const inv = "52:54:00:00:00:01"
-	f := newFixture(t, "http://10.89.0.1:8080", 1024, false, config.Machine{MAC: inv, Profile: "worker"})
+	f := newFixture(t, "http://10.89.0.1:8080", 1024, false, config.Machine{MAC: mustMAC(inv), Profile: "worker"})
 	srvNS, cliNS := netlab.New(t, "bsst"), netlab.New(t, "bsct")
 	netlab.Veth(t, srvNS, "eth0", "10.89.0.1/24", cliNS, "eth0", "10.89.0.2/24")
 	var ln net.Listener
@@ -131,7 +131,7 @@ func TestStatusFloodOverLink(t *testing.T) {
 		}
 	}
 	post(inv, bootstatus.Event{Phase: bootstatus.PhaseSwitchRoot, State: bootstatus.StateStart})
-	m, ok := f.store.Get(inv)
+	m, ok := f.store.Get(mustMAC(inv))
 	if !ok || !m.Known || len(m.Phases) != 4 || m.LastPhase != bootstatus.PhaseSwitchRoot {
 		t.Fatalf("inventory machine's timeline after the flood: %+v", m)
 	}

@@ -14,14 +14,15 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // machineOf parses a MAC from a request path segment and looks the machine up (by MAC, then by the
 // UUID in ?uuid= or the one seen in DHCP).
-func (h *Handler) machineOf(r *http.Request, raw string) (mac string, a inventory.Assignment, boots bool, err error) {
-	mac, err = config.CanonicalMAC(raw)
+func (h *Handler) machineOf(r *http.Request, raw string) (mac hwaddr.MAC, a inventory.Assignment, boots bool, err error) {
+	mac, err = hwaddr.Parse(raw)
 	if err != nil {
-		return "", a, false, err
+		return mac, a, false, err
 	}
 	a, boots = h.cfg.Inventory.Lookup(mac, h.uuidOf(r, mac))
 	return mac, a, boots, nil
@@ -61,24 +62,24 @@ func Script(d ScriptData) string {
 
 // UnknownScript is served to a machine that is not in the inventory when there is no profile for
 // unknown machines: it says so and exits, so the firmware goes on to its next boot device.
-func UnknownScript(mac string) string {
-	return "#!ipxe\n# pxejoin: machine " + mac + " is not in the inventory and unknown machines get no profile\n" +
-		"echo pxejoin: this machine (" + mac + ") is not in the boot server's inventory; add it to the configuration\n" +
+func UnknownScript(mac hwaddr.MAC) string {
+	return "#!ipxe\n# pxejoin: machine " + mac.String() + " is not in the inventory and unknown machines get no profile\n" +
+		"echo pxejoin: this machine (" + mac.String() + ") is not in the boot server's inventory; add it to the configuration\n" +
 		"echo pxejoin: going on with the next boot device in 10 s\nsleep 10\nexit 1\n"
 }
 
 // fileURL is the per-machine URL of a profile file: the last segment is the file's name, which iPXE
 // takes as the image name.
-func (h *Handler) fileURL(mac string, p *inventory.Profile, local string) string {
-	return h.cfg.ServerURL + "/files/" + mac + "/" + p.Name + "/" + url.PathEscape(path.Base(local))
+func (h *Handler) fileURL(mac hwaddr.MAC, p *inventory.Profile, local string) string {
+	return h.cfg.ServerURL + "/files/" + mac.String() + "/" + p.Name + "/" + url.PathEscape(path.Base(local))
 }
 
 // CmdlineFields are the template fields of mac's cmdline.
-func (h *Handler) cmdlineFields(mac string, a inventory.Assignment) config.CmdlineFields {
+func (h *Handler) cmdlineFields(mac hwaddr.MAC, a inventory.Assignment) config.CmdlineFields {
 	f := config.CmdlineFields{
-		JoinURL:   h.cfg.ServerURL + "/join/" + mac,
-		StatusURL: h.cfg.ServerURL + "/status/" + mac,
-		MAC:       mac,
+		JoinURL:   h.cfg.ServerURL + "/join/" + mac.String(),
+		StatusURL: h.cfg.ServerURL + "/status/" + mac.String(),
+		MAC:       mac.String(),
 		NodeName:  a.NodeName,
 		ServerURL: h.cfg.ServerURL,
 		Profile:   a.Profile.Name,
@@ -134,7 +135,7 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 
 // mintAhead mints mac's token for this boot in the background, unless maxMintAhead mints are under
 // way already.
-func (h *Handler) mintAhead(mac, node string, boot int) {
+func (h *Handler) mintAhead(mac hwaddr.MAC, node string, boot int) {
 	select {
 	case h.minting <- struct{}{}:
 	default:
@@ -152,7 +153,7 @@ func (h *Handler) mintAhead(mac, node string, boot int) {
 }
 
 // uuidOf is the SMBIOS UUID a lookup of mac uses: ?uuid= or the one seen in DHCP.
-func (h *Handler) uuidOf(r *http.Request, mac string) string {
+func (h *Handler) uuidOf(r *http.Request, mac hwaddr.MAC) string {
 	uuid := r.URL.Query().Get("uuid")
 	if uuid == "" && h.cfg.UUIDOf != nil {
 		uuid = h.cfg.UUIDOf(mac)
@@ -161,12 +162,12 @@ func (h *Handler) uuidOf(r *http.Request, mac string) string {
 }
 
 // renderScript renders the script of machine mac, assigned a.
-func (h *Handler) renderScript(mac string, a inventory.Assignment) (string, error) {
+func (h *Handler) renderScript(mac hwaddr.MAC, a inventory.Assignment) (string, error) {
 	cmdline, err := a.Profile.Cmdline(h.cmdlineFields(mac, a))
 	if err != nil {
 		return "", err
 	}
-	d := ScriptData{MAC: mac, NodeName: a.NodeName, Profile: a.Profile.Name, KernelURL: h.fileURL(mac, a.Profile, a.Profile.Kernel), Cmdline: cmdline}
+	d := ScriptData{MAC: mac.String(), NodeName: a.NodeName, Profile: a.Profile.Name, KernelURL: h.fileURL(mac, a.Profile, a.Profile.Kernel), Cmdline: cmdline}
 	for _, f := range a.Profile.Initrds {
 		d.InitrdURLs = append(d.InitrdURLs, h.fileURL(mac, a.Profile, f))
 		d.InitrdNames = append(d.InitrdNames, path.Base(f))

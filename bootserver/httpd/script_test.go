@@ -9,10 +9,11 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // handlerWith is f's handler rebuilt with another inventory, UUIDOf and metrics registry (nil: none).
-func handlerWith(t *testing.T, f *fixture, inv *inventory.Inventory, uuidOf func(string) string, reg *prometheus.Registry) *Handler {
+func handlerWith(t *testing.T, f *fixture, inv *inventory.Inventory, uuidOf func(hwaddr.MAC) string, reg *prometheus.Registry) *Handler {
 	t.Helper()
 	cfg := f.h.cfg
 	cfg.Registerer, cfg.Gatherer, cfg.UUIDOf, cfg.IPXEDir = nil, nil, uuidOf, ""
@@ -35,21 +36,21 @@ func handlerWith(t *testing.T, f *fixture, inv *inventory.Inventory, uuidOf func
 func TestScriptLookup(t *testing.T) {
 	const mac = "52:54:00:00:00:01"
 	byUUID := config.Machine{UUID: "4c4c4544-0000-0000-0000-000000000001", Name: "by-uuid", Profile: "worker"}
-	f := newFixture(t, "http://10.80.0.1:8080", 16, true, config.Machine{MAC: mac, Name: "worker-1", Profile: "worker"}, byUUID)
+	f := newFixture(t, "http://10.80.0.1:8080", 16, true, config.Machine{MAC: mustMAC(mac), Name: "worker-1", Profile: "worker"}, byUUID)
 	dhcpUUID := ""
 	reg := prometheus.NewRegistry()
-	first := handlerWith(t, f, nil, func(string) string { return dhcpUUID }, reg)
+	first := handlerWith(t, f, nil, func(hwaddr.MAC) string { return dhcpUUID }, reg)
 
 	// Another inventory: the same machines, the profile's template changed.
 	c := &config.Config{Profiles: map[string]config.Profile{"worker": {
 		Kernel: f.dir + "/vmlinuz", Initrds: []string{f.dir + "/initramfs.cpio.gz"}, Cmdline: "changed={{.NodeName}}",
-	}}, Machines: []config.Machine{{MAC: mac, Name: "worker-1", Profile: "worker"}, byUUID}}
+	}}, Machines: []config.Machine{{MAC: mustMAC(mac), Name: "worker-1", Profile: "worker"}, byUUID}}
 	c.Unknown.Profile = "worker"
 	inv2, err := inventory.New(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reloaded := handlerWith(t, f, inv2, func(string) string { return dhcpUUID }, nil)
+	reloaded := handlerWith(t, f, inv2, func(hwaddr.MAC) string { return dhcpUUID }, nil)
 
 	tests := []struct {
 		name, path, dhcpUUID string
@@ -83,7 +84,7 @@ func TestScriptLookup(t *testing.T) {
 			if ct, cc := w.Header().Get("Content-Type"), w.Header().Get("Cache-Control"); ct != "text/plain; charset=utf-8" || cc != "no-store" {
 				t.Errorf("Content-Type %q, Cache-Control %q", ct, cc)
 			}
-			m, _ := f.store.Get(tt.mac)
+			m, _ := f.store.Get(mustMAC(tt.mac))
 			if m.Boot != tt.boot || len(m.Phases) != 1 || m.Phases[0].Phase != "script" || m.Phases[0].State != "done" {
 				t.Errorf("timeline: boot %d, want %d, %+v", m.Boot, tt.boot, m.Phases)
 			}

@@ -4,6 +4,7 @@
 package inventory
 
 import (
+	"bytes"
 	"fmt"
 	"path"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"text/template"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Profile is a boot profile with its cmdline template parsed.
@@ -66,16 +68,16 @@ func (p *Profile) Cmdline(f config.CmdlineFields) (string, error) {
 
 // Machine is an inventory entry.
 type Machine struct {
-	MAC     string // aa:bb:cc:dd:ee:ff or ""
-	UUID    string // lower-case or ""
-	Name    string // node name; may be empty (derived from the MAC)
+	MAC     hwaddr.MAC // zero for a machine known by UUID only
+	UUID    string     // lower-case or ""
+	Name    string     // node name; may be empty (derived from the MAC)
 	Profile string
 	Labels  map[string]string
 }
 
 // Assignment is what one machine gets.
 type Assignment struct {
-	MAC      string
+	MAC      hwaddr.MAC
 	NodeName string
 	Profile  *Profile
 	Labels   map[string]string
@@ -86,7 +88,7 @@ type Assignment struct {
 // Inventory looks machines up. It is immutable and safe for concurrent use.
 type Inventory struct {
 	profiles map[string]*Profile
-	byMAC    map[string]*Machine
+	byMAC    map[hwaddr.MAC]*Machine
 	byUUID   map[string]*Machine
 	unknown  *Profile
 	files    map[string]File
@@ -96,7 +98,7 @@ type Inventory struct {
 func New(c *config.Config) (*Inventory, error) {
 	inv := &Inventory{
 		profiles: map[string]*Profile{},
-		byMAC:    map[string]*Machine{},
+		byMAC:    map[hwaddr.MAC]*Machine{},
 		byUUID:   map[string]*Machine{},
 		files:    map[string]File{},
 	}
@@ -120,9 +122,9 @@ func New(c *config.Config) (*Inventory, error) {
 	for _, m := range c.Machines {
 		m := &Machine{MAC: m.MAC, UUID: m.UUID, Name: m.Name, Profile: m.Profile, Labels: m.Labels}
 		if inv.profiles[m.Profile] == nil {
-			return nil, fmt.Errorf("machine %s%s: profile %q is not defined", m.MAC, m.UUID, m.Profile)
+			return nil, fmt.Errorf("machine %s %s: profile %q is not defined", m.MAC, m.UUID, m.Profile)
 		}
-		if m.MAC != "" {
+		if !m.MAC.IsZero() {
 			inv.byMAC[m.MAC] = m
 		}
 		if m.UUID != "" {
@@ -132,15 +134,11 @@ func New(c *config.Config) (*Inventory, error) {
 	return inv, nil
 }
 
-// Lookup finds the machine with hardware address mac (any form net.ParseMAC takes) or, failing that,
-// with SMBIOS UUID uuid (may be empty). A machine not in the inventory gets the unknown-machines
-// profile if there is one; ok is false when the machine gets nothing.
-func (inv *Inventory) Lookup(mac, uuid string) (a Assignment, ok bool) {
-	canon, err := config.CanonicalMAC(mac)
-	if err != nil {
-		return Assignment{}, false
-	}
-	m := inv.byMAC[canon]
+// Lookup finds the machine with MAC mac or, failing that, with SMBIOS UUID uuid (may be empty). A
+// machine not in the inventory gets the unknown-machines profile if there is one; ok is false when
+// the machine gets nothing.
+func (inv *Inventory) Lookup(mac hwaddr.MAC, uuid string) (a Assignment, ok bool) {
+	m := inv.byMAC[mac]
 	if m == nil && uuid != "" {
 		if u, valid := config.CanonicalUUID(uuid); valid {
 			m = inv.byUUID[u]
@@ -149,24 +147,24 @@ func (inv *Inventory) Lookup(mac, uuid string) (a Assignment, ok bool) {
 	if m != nil {
 		name := m.Name
 		if name == "" {
-			name = NodeName(canon)
+			name = NodeName(mac)
 		}
-		return Assignment{MAC: canon, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Known: true}, true
+		return Assignment{MAC: mac, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Known: true}, true
 	}
 	if inv.unknown != nil {
-		return Assignment{MAC: canon, NodeName: NodeName(canon), Profile: inv.unknown}, true
+		return Assignment{MAC: mac, NodeName: NodeName(mac), Profile: inv.unknown}, true
 	}
-	return Assignment{MAC: canon}, false
+	return Assignment{MAC: mac}, false
 }
 
 // Known reports whether a machine is in the inventory by MAC or UUID.
-func (inv *Inventory) Known(mac, uuid string) bool {
+func (inv *Inventory) Known(mac hwaddr.MAC, uuid string) bool {
 	a, ok := inv.Lookup(mac, uuid)
 	return ok && a.Known
 }
 
 // Boots reports whether a machine gets a profile (known, or unknown with a default profile).
-func (inv *Inventory) Boots(mac, uuid string) bool {
+func (inv *Inventory) Boots(mac hwaddr.MAC, uuid string) bool {
 	_, ok := inv.Lookup(mac, uuid)
 	return ok
 }
@@ -191,17 +189,19 @@ func (inv *Inventory) Profiles() []*Profile {
 func (inv *Inventory) Machines() []Machine {
 	seen := map[*Machine]bool{}
 	var out []Machine
-	for _, idx := range []map[string]*Machine{inv.byMAC, inv.byUUID} {
-		for _, m := range idx {
-			if !seen[m] {
-				seen[m] = true
-				out = append(out, *m)
-			}
+	for _, m := range inv.byMAC {
+		seen[m] = true
+		out = append(out, *m)
+	}
+	for _, m := range inv.byUUID {
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, *m)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].MAC != out[j].MAC {
-			return out[i].MAC < out[j].MAC
+		if c := bytes.Compare(out[i].MAC[:], out[j].MAC[:]); c != 0 {
+			return c < 0
 		}
 		return out[i].UUID < out[j].UUID
 	})
@@ -209,8 +209,8 @@ func (inv *Inventory) Machines() []Machine {
 }
 
 // NodeName is the node name of a machine the inventory names not: "node-" and the MAC's hex digits.
-func NodeName(mac string) string {
-	return "node-" + strings.ReplaceAll(strings.ToLower(mac), ":", "")
+func NodeName(mac hwaddr.MAC) string {
+	return "node-" + mac.Hex()
 }
 
 // SMBIOSUUID formats the 16 bytes of a DHCP client machine identifier (option 97, type 0 stripped)

@@ -4,14 +4,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Lease binds an IPv4 address to a client's hardware address until Expiry.
 type Lease struct {
-	MAC      net.HardwareAddr
+	MAC      hwaddr.MAC
 	IP       netip.Addr
 	Expiry   time.Time
 	Hostname string
@@ -25,13 +26,8 @@ func (l Lease) String() string {
 	return fmt.Sprintf("%s %s until %s %q", l.MAC, l.IP, l.Expiry.UTC().Format(time.RFC3339), l.Hostname)
 }
 
-func (l Lease) clone() Lease {
-	l.MAC = append(net.HardwareAddr(nil), l.MAC...)
-	return l
-}
-
 // The on-disk record: version byte, 4-byte address, 8-byte expiry (Unix nanoseconds, big endian),
-// then the hostname bytes. The key is the hardware address.
+// then the hostname bytes. The key is the 6-byte MAC.
 const recordVersion = 1
 
 func encode(l Lease) []byte {
@@ -47,11 +43,11 @@ func decode(key, val []byte) (Lease, error) {
 	if len(val) < 13 || val[0] != recordVersion {
 		return Lease{}, errors.New("leases: bad record")
 	}
-	if len(key) == 0 || len(key) > 16 {
+	if len(key) != len(hwaddr.MAC{}) {
 		return Lease{}, errors.New("leases: bad key")
 	}
 	return Lease{
-		MAC:      append(net.HardwareAddr(nil), key...),
+		MAC:      hwaddr.MAC(key),
 		IP:       netip.AddrFrom4([4]byte(val[1:5])),
 		Expiry:   time.Unix(0, int64(binary.BigEndian.Uint64(val[5:13]))),
 		Hostname: string(val[13:]),
@@ -59,8 +55,8 @@ func decode(key, val []byte) (Lease, error) {
 }
 
 func (l Lease) validate() error {
-	if len(l.MAC) == 0 || len(l.MAC) > 16 {
-		return fmt.Errorf("leases: hardware address %q has a bad length", l.MAC)
+	if l.MAC.IsZero() {
+		return errors.New("leases: no MAC")
 	}
 	if !l.IP.Is4() {
 		return fmt.Errorf("leases: %v is not an IPv4 address", l.IP)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -12,11 +11,13 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 var (
-	macBucket = []byte("leases")    // hardware address → lease record
-	ipBucket  = []byte("addresses") // IPv4 address (4 bytes) → hardware address
+	macBucket = []byte("leases")    // MAC (6 bytes) → lease record
+	ipBucket  = []byte("addresses") // IPv4 address (4 bytes) → MAC
 )
 
 // batchDelay is how long a write waits for others to share its transaction. bbolt's default, 10 ms,
@@ -34,11 +35,11 @@ type Store struct {
 	db *bolt.DB
 
 	mu      sync.RWMutex
-	byMAC   map[string]Lease
-	byIP    map[netip.Addr]string // address → key of byMAC
-	applied uint64                // the last transaction the index holds
-	failed  error                 // set once a commit failed: the store takes no more writes
-	order   *sync.Cond            // on mu: applied or failed changed
+	byMAC   map[hwaddr.MAC]Lease
+	byIP    map[netip.Addr]hwaddr.MAC // address → its holder in byMAC
+	applied uint64                    // the last transaction the index holds
+	failed  error                     // set once a commit failed: the store takes no more writes
+	order   *sync.Cond                // on mu: applied or failed changed
 
 	txn *txn // what the transaction being written holds; only touched under bbolt's writer lock
 
@@ -59,7 +60,7 @@ type txn struct {
 // op is one write: a lease to record, or (put nil) the hardware address to forget.
 type op struct {
 	put *Lease
-	mac string
+	mac hwaddr.MAC
 }
 
 // Open opens (or creates) the lease file at path and loads its leases.
@@ -74,7 +75,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("leases: open %s: %w", path, err)
 	}
 	db.MaxBatchDelay = batchDelay
-	s := &Store{db: db, byMAC: map[string]Lease{}, byIP: map[netip.Addr]string{}}
+	s := &Store{db: db, byMAC: map[hwaddr.MAC]Lease{}, byIP: map[netip.Addr]hwaddr.MAC{}}
 	s.order = sync.NewCond(&s.mu)
 	err = db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(ipBucket); err != nil {
@@ -117,11 +118,11 @@ func (s *Store) Close() error {
 }
 
 // Get returns the lease recorded for mac, expired or not.
-func (s *Store) Get(mac net.HardwareAddr) (Lease, bool) {
+func (s *Store) Get(mac hwaddr.MAC) (Lease, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	l, ok := s.byMAC[string(mac)]
-	return l.clone(), ok
+	l, ok := s.byMAC[mac]
+	return l, ok
 }
 
 // ByIP returns the lease recorded for ip, expired or not.
@@ -132,18 +133,18 @@ func (s *Store) ByIP(ip netip.Addr) (Lease, bool) {
 	if !ok {
 		return Lease{}, false
 	}
-	return s.byMAC[k].clone(), true
+	return s.byMAC[k], true
 }
 
-// HolderOf returns the hardware address holding an unexpired lease on ip at now.
-func (s *Store) HolderOf(ip netip.Addr, now time.Time) (net.HardwareAddr, bool) {
+// HolderOf returns the MAC holding an unexpired lease on ip at now.
+func (s *Store) HolderOf(ip netip.Addr, now time.Time) (hwaddr.MAC, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	k, ok := s.byIP[ip]
 	if !ok || !s.byMAC[k].Active(now) {
-		return nil, false
+		return hwaddr.MAC{}, false
 	}
-	return net.HardwareAddr(k), true
+	return k, true
 }
 
 // All returns every recorded lease, ordered by address.
@@ -151,7 +152,7 @@ func (s *Store) All() []Lease {
 	s.mu.RLock()
 	out := make([]Lease, 0, len(s.byMAC))
 	for _, l := range s.byMAC {
-		out = append(out, l.clone())
+		out = append(out, l)
 	}
 	s.mu.RUnlock()
 	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
@@ -177,13 +178,12 @@ func (s *Store) Commit(l Lease) error {
 	if err := l.validate(); err != nil {
 		return err
 	}
-	l = l.clone()
-	return s.write(op{put: &l, mac: string(l.MAC)})
+	return s.write(op{put: &l, mac: l.MAC})
 }
 
 // Release ends mac's lease now but keeps the record, so the client is offered the same address
 // again while nobody else took it. It is durable when Release returns.
-func (s *Store) Release(mac net.HardwareAddr) error {
+func (s *Store) Release(mac hwaddr.MAC) error {
 	l, ok := s.Get(mac)
 	if !ok {
 		return nil
@@ -191,15 +191,12 @@ func (s *Store) Release(mac net.HardwareAddr) error {
 	if now := time.Now(); l.Expiry.After(now) {
 		l.Expiry = now
 	}
-	return s.write(op{put: &l, mac: string(l.MAC)})
+	return s.write(op{put: &l, mac: l.MAC})
 }
 
 // Delete forgets mac's lease durably.
-func (s *Store) Delete(mac net.HardwareAddr) error {
-	if len(mac) == 0 || len(mac) > 16 {
-		return nil // never stored
-	}
-	return s.write(op{mac: string(mac)})
+func (s *Store) Delete(mac hwaddr.MAC) error {
+	return s.write(op{mac: mac})
 }
 
 // write commits o in a bbolt batch and returns once its transaction is synced and in the index.
@@ -275,7 +272,7 @@ func (s *Store) apply(t *txn) {
 // removing the holder's previous address and any other holder of the new one.
 func put(tx *bolt.Tx, o op) error {
 	macs, ips := tx.Bucket(macBucket), tx.Bucket(ipBucket)
-	key := []byte(o.mac)
+	key := o.mac[:]
 	if v := macs.Get(key); v != nil {
 		if l, err := decode(key, v); err == nil {
 			old := l.IP.As4()
@@ -304,7 +301,7 @@ func put(tx *bolt.Tx, o op) error {
 // index records l, replacing mac's previous lease and any other holder of l.IP. Callers hold mu (or
 // own s during Open).
 func (s *Store) index(l Lease) {
-	k := string(l.MAC)
+	k := l.MAC
 	s.unindex(k)
 	if other, ok := s.byIP[l.IP]; ok {
 		delete(s.byMAC, other)
@@ -313,7 +310,7 @@ func (s *Store) index(l Lease) {
 	s.byIP[l.IP] = k
 }
 
-func (s *Store) unindex(k string) {
+func (s *Store) unindex(k hwaddr.MAC) {
 	if old, ok := s.byMAC[k]; ok {
 		if s.byIP[old.IP] == k {
 			delete(s.byIP, old.IP)

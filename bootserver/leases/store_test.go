@@ -3,7 +3,6 @@ package leases
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,10 +13,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
-func mac(i int) net.HardwareAddr {
-	return net.HardwareAddr{0x02, 0x00, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}
+func mac(i int) hwaddr.MAC {
+	return hwaddr.MAC{0x02, 0x00, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}
 }
 
 func ip(i int) netip.Addr {
@@ -43,14 +44,13 @@ func TestCommitGetReopen(t *testing.T) {
 	}{
 		{"plain", Lease{MAC: mac(1), IP: ip(10), Expiry: exp}},
 		{"hostname", Lease{MAC: mac(2), IP: ip(11), Expiry: exp, Hostname: "node-2"}},
-		{"infiniband-length hwaddr", Lease{MAC: make(net.HardwareAddr, 16), IP: ip(12), Expiry: exp}},
 	}
 	for _, tt := range tests {
 		if err := s.Commit(tt.l); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
 	}
-	if err := s.Commit(Lease{MAC: nil, IP: ip(1)}); err == nil {
+	if err := s.Commit(Lease{IP: ip(1)}); err == nil {
 		t.Error("Commit with no hardware address succeeded")
 	}
 	if err := s.Commit(Lease{MAC: mac(9), IP: netip.MustParseAddr("::1")}); err == nil {
@@ -63,7 +63,7 @@ func TestCommitGetReopen(t *testing.T) {
 			if !ok || got.IP != tt.l.IP || !got.Expiry.Equal(tt.l.Expiry) || got.Hostname != tt.l.Hostname {
 				t.Errorf("%s: Get = %v %v, want %v", tt.name, got, ok, tt.l)
 			}
-			if h, ok := s.HolderOf(tt.l.IP, time.Now()); !ok || h.String() != tt.l.MAC.String() {
+			if h, ok := s.HolderOf(tt.l.IP, time.Now()); !ok || h != tt.l.MAC {
 				t.Errorf("%s: HolderOf(%v) = %v %v", tt.name, tt.l.IP, h, ok)
 			}
 		}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // dhcpPhases are the phases a DHCP exchange can be part of, newest last.
@@ -23,7 +23,7 @@ var dhcpPhases = []string{status.PhaseDHCP, status.PhaseIPXEDHCP, status.PhaseAg
 // starts "dhcp" (and a new boot if the machine already got its script), iPXE's own DISCOVER after
 // the NBP starts "ipxe-dhcp", anything else "agent-dhcp"; an ACK ends the phase under way.
 func (s *Server) onDHCP(e dhcpd.Event) {
-	mac := e.MAC.String()
+	mac := e.MAC
 	switch e.Kind {
 	case dhcpd.EventDiscover:
 		m, _ := s.status.Get(mac)
@@ -56,8 +56,8 @@ func (s *Server) onDHCP(e dhcpd.Event) {
 // kernel's ARP table).
 func (s *Server) onTFTP(e tftpd.Event) {
 	ip := e.Remote.Addr().Unmap()
-	mac := s.macOf(ip)
-	if mac == "" {
+	mac, ok := s.macOf(ip)
+	if !ok {
 		s.log.Debug("tftp transfer from an address with no known MAC", "remote", ip, "file", e.File)
 		return
 	}
@@ -72,32 +72,32 @@ func (s *Server) onTFTP(e tftpd.Event) {
 	s.status.Record(mac, ev)
 }
 
-func (s *Server) macOf(ip netip.Addr) string {
+func (s *Server) macOf(ip netip.Addr) (hwaddr.MAC, bool) {
 	if s.leases != nil {
 		if l, ok := s.leases.ByIP(ip); ok {
-			return l.MAC.String()
+			return l.MAC, true
 		}
 	}
 	return arpLookup("/proc/net/arp", ip)
 }
 
-// arpLookup finds ip's hardware address in a /proc/net/arp table.
-func arpLookup(path string, ip netip.Addr) string {
+// arpLookup finds ip's MAC in a /proc/net/arp table.
+func arpLookup(path string, ip netip.Addr) (hwaddr.MAC, bool) {
 	f, err := os.Open(path)
 	if err != nil {
-		return ""
+		return hwaddr.MAC{}, false
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 4 && fields[0] == ip.String() && fields[3] != "00:00:00:00:00:00" {
-			if hw, err := net.ParseMAC(fields[3]); err == nil {
-				return hw.String()
+		if len(fields) >= 4 && fields[0] == ip.String() {
+			if mac, err := hwaddr.Parse(fields[3]); err == nil && !mac.IsZero() {
+				return mac, true
 			}
 		}
 	}
-	return ""
+	return hwaddr.MAC{}, false
 }
 
 func hasPhase(m status.Machine, phase string) bool { return lastPhase(m, phase) != nil }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // TestBootEvents feeds DHCP and TFTP events of a whole PXE chain (firmware DHCP, NBP, iPXE DHCP,
@@ -33,8 +33,7 @@ func TestBootEvents(t *testing.T) {
 	}
 	defer ls.Close()
 	s := &Server{status: st, leases: ls, log: nopLogger()}
-	hw, _ := net.ParseMAC("52:54:00:00:00:01")
-	mac := hw.String()
+	hw, _ := hwaddr.Parse("52:54:00:00:00:01")
 	// The lease behind the ACKs below: dhcpd commits it before it reports an ACK; TFTP finds the MAC by it.
 	if err := ls.Commit(leases.Lease{MAC: hw, IP: netip.MustParseAddr("10.0.0.100"), Expiry: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
@@ -62,7 +61,7 @@ func TestBootEvents(t *testing.T) {
 		{func() { s.onDHCP(discover("PXEClient:Arch:00000:UNDI:002001")) }, "dhcp/done nbp/done ipxe-dhcp/start", 1},
 		{func() { s.onDHCP(ack("http://x/boot/52:54:00:00:00:01.ipxe")) }, "dhcp/done nbp/done ipxe-dhcp/done", 1},
 		{func() {
-			st.Record(mac, status.Event{Event: evt(status.PhaseScript, "done"), Source: status.SourceHTTP, StartsBoot: true})
+			st.Record(hw, status.Event{Event: evt(status.PhaseScript, "done"), Source: status.SourceHTTP, StartsBoot: true})
 		}, "dhcp/done nbp/done ipxe-dhcp/done script/done", 1},
 		{func() { s.onDHCP(discover("")) }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/start", 1},
 		{func() { s.onDHCP(ack("")) }, "dhcp/done nbp/done ipxe-dhcp/done script/done agent-dhcp/done", 1},
@@ -70,7 +69,7 @@ func TestBootEvents(t *testing.T) {
 	}
 	for i, st2 := range steps {
 		st2.do()
-		m, _ := st.Get(mac)
+		m, _ := st.Get(hw)
 		var got []string
 		for _, p := range m.Phases {
 			got = append(got, p.Phase+"/"+p.State)
@@ -88,8 +87,8 @@ func TestARPLookup(t *testing.T) {
 10.0.0.6         0x1         0x0         00:00:00:00:00:00     *        eth1
 `), 0o644)
 	for ip, want := range map[string]string{"10.0.0.5": "52:54:00:aa:bb:cc", "10.0.0.6": "", "10.0.0.7": ""} {
-		if got := arpLookup(p, netip.MustParseAddr(ip)); got != want {
-			t.Errorf("%s: %q want %q", ip, got, want)
+		if got, ok := arpLookup(p, netip.MustParseAddr(ip)); ok != (want != "") || ok && got.String() != want {
+			t.Errorf("%s: %v %v, want %q", ip, got, ok, want)
 		}
 	}
 }

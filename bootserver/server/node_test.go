@@ -11,6 +11,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // TestOnNode: a Node seen after the machine's boot began marks node-registered, then node-ready once
@@ -27,7 +28,7 @@ func TestOnNode(t *testing.T) {
 	}
 	defer st.Close()
 	s := &Server{status: st}
-	const mac = "52:54:00:00:00:01"
+	mac := hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}
 	st.SetIdentity(mac, "worker-1", "worker", true)
 	st.Record(mac, status.Event{Event: bootstatus.Event{Phase: status.PhaseDHCP, State: bootstatus.StateStart}, StartsBoot: true})
 	boot := time.Now()

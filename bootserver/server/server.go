@@ -31,6 +31,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Options configure a Server.
@@ -110,7 +111,7 @@ func New(opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("state store %s: %w: make the state directory writable by the boot server, or set another stateDir (--state-dir)", dbPath, err)
 	}
 	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg, MaxUnknown: c.Unknown.MaxTimelines,
-		Known: func(mac string) bool { return s.inv.Known(mac, "") }}); err != nil {
+		Known: func(mac hwaddr.MAC) bool { return s.inv.Known(mac, "") }}); err != nil {
 		return nil, err
 	}
 	// The handler's Tokens stays a nil interface without a cluster (not a nil *tokens.Manager).
@@ -203,7 +204,7 @@ func (s *Server) newDHCP() (err error) {
 		Mode:       dhcpd.ModeProxy,
 		ServerIP:   s.serverIP,
 		BootPolicy: dhcpd.BootPolicyFunc(func(f dhcpd.ClientFacts) dhcpd.Boot {
-			mac, uuid := f.MAC.String(), inventory.SMBIOSUUID(f.UUID)
+			mac, uuid := f.MAC, inventory.SMBIOSUUID(f.UUID)
 			s.noteUUID(mac, uuid)
 			if !s.inv.Boots(mac, uuid) {
 				return dhcpd.Boot{}
@@ -211,8 +212,8 @@ func (s *Server) newDHCP() (err error) {
 			return policy.Boot(f)
 		}),
 		OnEvent: s.onDHCP,
-		Known: func(mac net.HardwareAddr, uuid []byte) bool {
-			return s.inv.Known(mac.String(), inventory.SMBIOSUUID(uuid))
+		Known: func(mac hwaddr.MAC, uuid []byte) bool {
+			return s.inv.Known(mac, inventory.SMBIOSUUID(uuid))
 		},
 		Inventory:   len(s.inv.Machines()),
 		MaxUnknown:  c.DHCP.MaxUnknownLeases,
@@ -245,7 +246,7 @@ func (s *Server) newDHCP() (err error) {
 // noteUUID remembers the SMBIOS UUID a MAC sent in DHCP when that UUID, not the MAC, is how the
 // inventory knows the machine: script and join requests carry only the MAC. Other UUIDs are not
 // kept, so packets from ever new MACs cannot grow the index past the inventory.
-func (s *Server) noteUUID(mac, uuid string) {
+func (s *Server) noteUUID(mac hwaddr.MAC, uuid string) {
 	if uuid != "" && !s.inv.Known(mac, "") && s.inv.Known(mac, uuid) {
 		s.uuids.remember(mac, uuid)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -29,23 +30,23 @@ func TestUUIDIndexBounded(t *testing.T) {
 	inv, err := inventory.New(&config.Config{
 		Profiles: map[string]config.Profile{"worker": {Kernel: "k", Initrds: []string{"i"}}},
 		Unknown:  config.Unknown{Profile: "worker"},
-		Machines: []config.Machine{{UUID: known, Profile: "worker"}, {MAC: "52:54:00:00:00:02", Profile: "worker"}},
+		Machines: []config.Machine{{UUID: known, Profile: "worker"}, {MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 2}, Profile: "worker"}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &Server{inv: inv}
-	const real = "52:54:00:00:00:01"
+	real := hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}
 	s.noteUUID(real, known)
 	for i := range 10000 {
-		s.noteUUID(fmt.Sprintf("02:00:00:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff), fmt.Sprintf("00000000-0000-0000-0000-%012x", i))
-		s.noteUUID("52:54:00:00:00:02", fmt.Sprintf("00000000-0000-0000-0001-%012x", i)) // an inventory MAC with any UUID
+		s.noteUUID(hwaddr.MAC{2, 0, 0, byte(i >> 16), byte(i >> 8), byte(i)}, fmt.Sprintf("00000000-0000-0000-0000-%012x", i))
+		s.noteUUID(hwaddr.MAC{0x52, 0x54, 0, 0, 0, 2}, fmt.Sprintf("00000000-0000-0000-0001-%012x", i)) // an inventory MAC with any UUID
 	}
 	if got := s.uuids.of(real); got != known {
 		t.Errorf("the inventory machine's UUID: %q, want %s", got, known)
 	}
 	for i := range 10000 { // strangers copy the inventory machine's UUID
-		s.noteUUID(fmt.Sprintf("02:01:00:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff), known)
+		s.noteUUID(hwaddr.MAC{2, 1, 0, byte(i >> 16), byte(i >> 8), byte(i)}, known)
 	}
 	s.noteUUID(real, known) // the machine's next DHCP packet takes its UUID back
 	if n := s.uuids.len(); n > 1 {

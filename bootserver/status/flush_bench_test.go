@@ -1,10 +1,11 @@
 package status
 
 import (
-	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // BenchmarkFlush records a script phase for 10,000 machines and writes their timelines: what the
@@ -17,9 +18,9 @@ func BenchmarkFlush(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	macs := make([]string, 10000)
+	macs := make([]hwaddr.MAC, 10000)
 	for i := range macs {
-		macs[i] = fmt.Sprintf("52:54:01:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff)
+		macs[i] = hwaddr.MAC{0x52, 0x54, 0x01, byte(i >> 16), byte(i >> 8), byte(i)}
 	}
 	id := &Identity{NodeName: "node", Profile: "worker", Known: true}
 	b.ReportAllocs()

@@ -1,11 +1,14 @@
 package status
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // On disk, each timeline is one key of a bbolt bucket: the MAC, and the Machine as JSON. The
@@ -26,8 +29,12 @@ func (s *Store) load() error {
 			if err := json.Unmarshal(v, &e.Machine); err != nil {
 				return fmt.Errorf("timeline of %s: %w", k, err)
 			}
-			e.MAC = string(k)
-			s.m[e.MAC] = e
+			mac, err := hwaddr.Parse(string(k))
+			if err != nil {
+				return fmt.Errorf("timeline key: %w", err)
+			}
+			e.MAC = mac
+			s.m[mac] = e
 			all = append(all, e)
 			return nil
 		})
@@ -50,10 +57,10 @@ func (s *Store) encode(e *entry) ([]byte, error) {
 }
 
 // write puts the values recs of macs (nil: none) and deletes the timelines of gone.
-func write(tx *bolt.Tx, macs []string, recs [][]byte, gone []string) error {
+func write(tx *bolt.Tx, macs []hwaddr.MAC, recs [][]byte, gone []hwaddr.MAC) error {
 	b := tx.Bucket(bucket)
 	for _, mac := range gone {
-		if err := b.Delete([]byte(mac)); err != nil {
+		if err := b.Delete(key(mac)); err != nil {
 			return err
 		}
 	}
@@ -61,9 +68,15 @@ func write(tx *bolt.Tx, macs []string, recs [][]byte, gone []string) error {
 		if recs[i] == nil {
 			continue
 		}
-		if err := b.Put([]byte(mac), recs[i]); err != nil {
+		if err := b.Put(key(mac), recs[i]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// key is mac's key on disk: its canonical text, aa:bb:cc:dd:ee:ff.
+func key(mac hwaddr.MAC) []byte { return []byte(mac.String()) }
+
+// compareMACs orders MACs as their keys on disk sort.
+func compareMACs(a, b hwaddr.MAC) int { return bytes.Compare(a[:], b[:]) }

@@ -2,18 +2,30 @@ package status
 
 import (
 	"encoding/json"
-	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
-func macN(i int) string { return fmt.Sprintf("52:54:02:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff) }
+func macN(i int) hwaddr.MAC {
+	return hwaddr.MAC{0x52, 0x54, 0x02, byte(i >> 16), byte(i >> 8), byte(i)}
+}
 
-func allKnown(string) bool { return true }
+func allKnown(hwaddr.MAC) bool { return true }
+
+func mustMAC(s string) hwaddr.MAC {
+	m, err := hwaddr.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
 
 // TestReopen writes timelines through every path that reaches the disk (background flushes of a few
 // or many machines, RecordSync) and checks after each round that a reopened store holds exactly what
@@ -105,6 +117,32 @@ func TestCorrupt(t *testing.T) {
 	}
 }
 
+// TestDiskFormat: a timeline's key on disk is the MAC's text and its value JSON with the same text,
+// as before MACs had a type of their own.
+func TestDiskFormat(t *testing.T) {
+	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	s, err := Open(db, Options{FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.RecordSync(mustMAC("52:54:00:AB:CD:01"), ev(PhaseDHCP, "start", time.Unix(1700000000, 0), true)); err != nil {
+		t.Fatal(err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			if string(k) != "52:54:00:ab:cd:01" || !strings.Contains(string(v), `"mac":"52:54:00:ab:cd:01"`) {
+				t.Errorf("on disk: %q = %s", k, v)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // storedMACs counts the timelines on disk.
 func storedMACs(t *testing.T, s *Store) int {
 	t.Helper()
@@ -122,12 +160,12 @@ func storedMACs(t *testing.T, s *Store) int {
 // inventory says), or by an Identity with Known set (a machine found by its SMBIOS UUID).
 func TestUnknownFlood(t *testing.T) {
 	const flood, budget = 50000, DefaultMaxUnknown
-	inventory := map[string]bool{}
+	inventory := map[hwaddr.MAC]bool{}
 	for i := range 5 {
-		inventory[fmt.Sprintf("52:54:00:aa:00:%02x", i)] = true
+		inventory[hwaddr.MAC{0x52, 0x54, 0, 0xaa, 0, byte(i)}] = true
 	}
-	const byUUID = "52:54:00:bb:00:01"
-	opts := Options{FlushInterval: time.Hour, Known: func(mac string) bool { return inventory[mac] }}
+	byUUID := mustMAC("52:54:00:bb:00:01")
+	opts := Options{FlushInterval: time.Hour, Known: func(mac hwaddr.MAC) bool { return inventory[mac] }}
 	path := filepath.Join(t.TempDir(), "state.db")
 	db := openDB(t, path)
 	s, err := Open(db, opts)

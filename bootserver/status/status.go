@@ -9,6 +9,7 @@
 package status
 
 import (
+	"bytes"
 	"container/list"
 	"fmt"
 	"maps"
@@ -22,6 +23,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Phases the boot server records itself (their names are the protocol's: bootstatus).
@@ -78,10 +80,10 @@ type Phase struct {
 
 // Machine is a machine's state as the status pages show it.
 type Machine struct {
-	MAC      string `json:"mac"`
-	NodeName string `json:"nodeName,omitempty"`
-	Profile  string `json:"profile,omitempty"`
-	Known    bool   `json:"known"`
+	MAC      hwaddr.MAC `json:"mac"`
+	NodeName string     `json:"nodeName,omitempty"`
+	Profile  string     `json:"profile,omitempty"`
+	Known    bool       `json:"known"`
 	// Boot counts the boots seen (1 for the first).
 	Boot        int       `json:"boot"`
 	BootStarted time.Time `json:"bootStarted,omitzero"`
@@ -98,7 +100,7 @@ type Options struct {
 	MaxUnknown int
 	// Known says whether a MAC is in the inventory. A machine is also known once an Identity with
 	// Known set was recorded for it (RecordAs, SetIdentity). Nil: only that.
-	Known func(mac string) bool
+	Known func(mac hwaddr.MAC) bool
 	// Registerer gets the boot-phase histogram and the machines-by-last-phase gauge.
 	Registerer prometheus.Registerer
 	// FlushInterval is how often events recorded without RecordSync are written; default 1s.
@@ -112,11 +114,11 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 	mu   sync.Mutex
-	m    map[string]*entry
+	m    map[hwaddr.MAC]*entry
 	// unknown holds the entries of machines not in the inventory, most recently seen first.
 	unknown *list.List
-	dirty   map[string]bool // changed since the last write
-	gone    map[string]bool // evicted, to delete from disk
+	dirty   map[hwaddr.MAC]bool // changed since the last write
+	gone    map[hwaddr.MAC]bool // evicted, to delete from disk
 	phase   *prometheus.HistogramVec
 	// observers caches phase's series by label values (a bounded set: PhaseLabel × done/error).
 	observers map[[2]string]prometheus.Observer
@@ -147,8 +149,8 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Store{db: db, opts: opts, m: map[string]*entry{}, unknown: list.New(), dirty: map[string]bool{},
-		gone: map[string]bool{}, observers: map[[2]string]prometheus.Observer{},
+	s := &Store{db: db, opts: opts, m: map[hwaddr.MAC]*entry{}, unknown: list.New(), dirty: map[hwaddr.MAC]bool{},
+		gone: map[hwaddr.MAC]bool{}, observers: map[[2]string]prometheus.Observer{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	s.phase = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pxejoin_boot_phase_duration_seconds",
@@ -192,13 +194,13 @@ func (s *Store) Close() error {
 	return s.flush()
 }
 
-// Record adds an event to mac's timeline (mac canonical). It returns the machine's boot number.
-func (s *Store) Record(mac string, ev Event) int {
+// Record adds an event to mac's timeline. It returns the machine's boot number.
+func (s *Store) Record(mac hwaddr.MAC, ev Event) int {
 	return s.RecordAs(mac, nil, ev)
 }
 
 // RecordSync is Record of each event and then a write to disk of mac's timeline before returning.
-func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
+func (s *Store) RecordSync(mac hwaddr.MAC, evs ...Event) (int, error) {
 	s.flushMu.Lock() // after a running flush, which may hold mac as it was before evs
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
@@ -209,7 +211,7 @@ func (s *Store) RecordSync(mac string, evs ...Event) (int, error) {
 	if err != nil {
 		return e.Boot, err
 	}
-	return e.Boot, s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(mac), data) })
+	return e.Boot, s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put(key(mac), data) })
 }
 
 // Identity is what the inventory says of a machine.
@@ -219,13 +221,13 @@ type Identity struct {
 }
 
 // SetIdentity records what the inventory says of mac (node name, profile, known).
-func (s *Store) SetIdentity(mac, node, profile string, known bool) {
+func (s *Store) SetIdentity(mac hwaddr.MAC, node, profile string, known bool) {
 	s.RecordAs(mac, &Identity{NodeName: node, Profile: profile, Known: known})
 }
 
 // RecordAs records evs in order and then, unless id is nil, mac's identity (as SetIdentity), all
 // under one lock: the events of one request. It returns the machine's boot number.
-func (s *Store) RecordAs(mac string, id *Identity, evs ...Event) int {
+func (s *Store) RecordAs(mac hwaddr.MAC, id *Identity, evs ...Event) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.update(mac, id, evs).Boot
@@ -233,7 +235,7 @@ func (s *Store) RecordAs(mac string, id *Identity, evs ...Event) int {
 
 // update applies evs and id to mac's entry, creating it if need be, and makes room for it among the
 // unknown machines if it is one. Called with s.mu held.
-func (s *Store) update(mac string, id *Identity, evs []Event) *entry {
+func (s *Store) update(mac hwaddr.MAC, id *Identity, evs []Event) *entry {
 	e := s.m[mac]
 	if e == nil {
 		e = &entry{Machine: Machine{MAC: mac}}
@@ -284,7 +286,7 @@ func (s *Store) place(e *entry) {
 }
 
 // Boot returns mac's current boot number (0 if never seen).
-func (s *Store) Boot(mac string) int {
+func (s *Store) Boot(mac hwaddr.MAC) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e := s.m[mac]; e != nil {
@@ -294,7 +296,7 @@ func (s *Store) Boot(mac string) int {
 }
 
 // Get returns a copy of mac's state.
-func (s *Store) Get(mac string) (Machine, bool) {
+func (s *Store) Get(mac hwaddr.MAC) (Machine, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.m[mac]
@@ -312,7 +314,7 @@ func (s *Store) All() []Machine {
 		out = append(out, copyMachine(&e.Machine))
 	}
 	s.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].MAC < out[j].MAC })
+	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].MAC[:], out[j].MAC[:]) < 0 })
 	return out
 }
 
@@ -414,8 +416,8 @@ func (s *Store) flush() error {
 		s.mu.Unlock()
 		return nil
 	}
-	macs := slices.Sorted(maps.Keys(s.dirty)) // in key order: bbolt's cheapest inserts
-	gone := slices.Sorted(maps.Keys(s.gone))
+	macs := slices.SortedFunc(maps.Keys(s.dirty), compareMACs) // in key order: bbolt's cheapest inserts
+	gone := slices.SortedFunc(maps.Keys(s.gone), compareMACs)
 	clear(s.dirty)
 	clear(s.gone)
 	s.mu.Unlock()

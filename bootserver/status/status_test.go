@@ -10,6 +10,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 func openDB(t testing.TB, path string) *bolt.DB {
@@ -50,7 +51,7 @@ func TestTimeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const mac = "52:54:00:00:00:01"
+	mac := mustMAC("52:54:00:00:00:01")
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	steps := []struct {
 		ev       Event
@@ -88,9 +89,9 @@ func TestDurations(t *testing.T) {
 	s, _ := Open(db, Options{})
 	defer s.Close()
 	t0 := time.Now()
-	s.Record("aa:00:00:00:00:01", ev(PhaseKernel, "start", t0, false))
-	s.Record("aa:00:00:00:00:01", ev(PhaseKernel, "done", t0.Add(1500*time.Millisecond), false))
-	m, _ := s.Get("aa:00:00:00:00:01")
+	s.Record(mustMAC("aa:00:00:00:00:01"), ev(PhaseKernel, "start", t0, false))
+	s.Record(mustMAC("aa:00:00:00:00:01"), ev(PhaseKernel, "done", t0.Add(1500*time.Millisecond), false))
+	m, _ := s.Get(mustMAC("aa:00:00:00:00:01"))
 	if m.Phases[0].Seconds != 1.5 {
 		t.Errorf("seconds %v", m.Phases[0].Seconds)
 	}
@@ -119,10 +120,10 @@ func TestFlushDuringRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	macs := []string{"52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"}
+	macs := []hwaddr.MAC{mustMAC("52:54:00:00:00:01"), mustMAC("52:54:00:00:00:02"), mustMAC("52:54:00:00:00:03")}
 	for i := 0; i < 3000; i++ {
 		mac := macs[i%len(macs)]
-		s.RecordAs(mac, &Identity{NodeName: "n" + mac, Profile: "worker"},
+		s.RecordAs(mac, &Identity{NodeName: "n" + mac.String(), Profile: "worker"},
 			ev(PhaseScript, "start", t0.Add(time.Duration(i)*time.Second), true),
 			ev(PhaseScript, "done", t0.Add(time.Duration(i)*time.Second+time.Millisecond), false))
 	}
@@ -134,7 +135,7 @@ func TestFlushDuringRecords(t *testing.T) {
 	if !bytes.Equal(gj, wj) {
 		t.Errorf("reloaded:\n%s\nwant:\n%s", gj, wj)
 	}
-	if m, _ := s2.Get(macs[0]); m.Boot != 1000 || len(m.Phases) != 1 || m.NodeName != "n"+macs[0] || m.Phases[0].Seconds != 0.001 {
+	if m, _ := s2.Get(macs[0]); m.Boot != 1000 || len(m.Phases) != 1 || m.NodeName != "n"+macs[0].String() || m.Phases[0].Seconds != 0.001 {
 		t.Errorf("machine: %+v", m)
 	}
 }
@@ -154,15 +155,15 @@ func TestRecordAs(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	id := &Identity{NodeName: "n", Profile: "worker", Known: true}
 	steps := []struct {
-		mac string
+		mac hwaddr.MAC
 		id  *Identity
 		evs []Event
 	}{
-		{"52:54:00:00:00:01", id, []Event{ev(PhaseScript, "start", t0, true), ev(PhaseScript, "done", t0, false)}},
-		{"52:54:00:00:00:01", id, []Event{ev(PhaseScript, "start", t0.Add(time.Second), true), ev(PhaseScript, "done", t0.Add(2*time.Second), false)}},
-		{"52:54:00:00:00:01", nil, []Event{ev(PhaseKernel, "start", t0.Add(3*time.Second), false)}},
-		{"52:54:00:00:00:02", &Identity{NodeName: "m"}, []Event{ev(PhaseScript, "error", t0, true)}},
-		{"52:54:00:00:00:03", id, []Event{ev(PhaseScript, "start", t0, true)}},
+		{mustMAC("52:54:00:00:00:01"), id, []Event{ev(PhaseScript, "start", t0, true), ev(PhaseScript, "done", t0, false)}},
+		{mustMAC("52:54:00:00:00:01"), id, []Event{ev(PhaseScript, "start", t0.Add(time.Second), true), ev(PhaseScript, "done", t0.Add(2*time.Second), false)}},
+		{mustMAC("52:54:00:00:00:01"), nil, []Event{ev(PhaseKernel, "start", t0.Add(3*time.Second), false)}},
+		{mustMAC("52:54:00:00:00:02"), &Identity{NodeName: "m"}, []Event{ev(PhaseScript, "error", t0, true)}},
+		{mustMAC("52:54:00:00:00:03"), id, []Event{ev(PhaseScript, "start", t0, true)}},
 	}
 	for _, st := range steps {
 		gotBoot := a.RecordAs(st.mac, st.id, st.evs...)

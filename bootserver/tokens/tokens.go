@@ -19,6 +19,7 @@
 package tokens
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -37,6 +38,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Reasons a token is deleted (label of pxejoin_tokens_deleted_total).
@@ -56,12 +58,12 @@ var bucket = []byte("tokens")
 
 // Record is what is kept of a token: never its secret.
 type Record struct {
-	ID      string    `json:"id"`
-	MAC     string    `json:"mac"`
-	Node    string    `json:"node"`
-	Boot    int       `json:"boot"`
-	Created time.Time `json:"created"`
-	Expires time.Time `json:"expires"`
+	ID      string     `json:"id"`
+	MAC     hwaddr.MAC `json:"mac"`
+	Node    string     `json:"node"`
+	Boot    int        `json:"boot"`
+	Created time.Time  `json:"created"`
+	Expires time.Time  `json:"expires"`
 	// Unknown: minted for a machine not in the inventory, from the unknown machines' budget.
 	Unknown bool `json:"unknown,omitempty"`
 }
@@ -116,8 +118,8 @@ type Manager struct {
 	log     *slog.Logger
 	mu      sync.Mutex
 	byID    map[string]*Record
-	secrets map[string]string   // id → secret, memory only
-	macLock map[string]*lockRef // only MACs with a Token call under way
+	secrets map[string]string       // id → secret, memory only
+	macLock map[hwaddr.MAC]*lockRef // only MACs with a Token call under way
 	minted  prometheus.Counter
 	deleted *prometheus.CounterVec
 	refused *prometheus.CounterVec
@@ -152,7 +154,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.UnknownPerMinute <= 0 {
 		opts.UnknownPerMinute = config.DefaultUnknownTokensPerMinute
 	}
-	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[string]*lockRef{},
+	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[hwaddr.MAC]*lockRef{},
 		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6))}
 	err := opts.DB.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
@@ -190,7 +192,7 @@ func New(opts Options) (*Manager, error) {
 // Token returns the token of mac's boot, minting one if it has none that is live. node names the
 // machine in the Secret's description; known says it is in the inventory. An unknown machine's
 // mint may be refused with a *LimitError (see the package's doc).
-func (m *Manager) Token(ctx context.Context, mac, node string, boot int, known bool) (string, error) {
+func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot int, known bool) (string, error) {
 	defer m.lockMAC(mac)()
 
 	now := m.opts.Now()
@@ -228,7 +230,7 @@ func (m *Manager) Token(ctx context.Context, mac, node string, boot int, known b
 		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
 		Labels: map[string]string{
 			LabelManagedBy:    "pxejoin-bootserver",
-			"pxejoin.io/mac":  strings.ReplaceAll(mac, ":", ""),
+			"pxejoin.io/mac":  mac.Hex(),
 			"pxejoin.io/boot": fmt.Sprint(boot),
 		},
 	})
@@ -261,7 +263,7 @@ func (m *Manager) margin() time.Duration {
 
 // lockMAC locks mac's Token calls and returns the unlock; the lock is forgotten when no call holds
 // or awaits it, so that the MACs the network sends do not pile up.
-func (m *Manager) lockMAC(mac string) (unlock func()) {
+func (m *Manager) lockMAC(mac hwaddr.MAC) (unlock func()) {
 	m.mu.Lock()
 	l := m.macLock[mac]
 	if l == nil {
@@ -285,7 +287,7 @@ func (m *Manager) lockMAC(mac string) (unlock func()) {
 // have more than one request ahead of an inventory machine's on the API client; under MaxUnknown
 // live tokens (mac's own, about to be replaced, not counted); within the rate. It returns the end
 // of the turn, or a *LimitError.
-func (m *Manager) admitUnknown(mac string, now time.Time) (release func(), err error) {
+func (m *Manager) admitUnknown(mac hwaddr.MAC, now time.Time) (release func(), err error) {
 	m.unknownTurn.Lock()
 	defer func() {
 		if err != nil {
@@ -326,7 +328,7 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // RevokeMAC deletes every token of mac (e.g. when its agent reports node-ready).
-func (m *Manager) RevokeMAC(ctx context.Context, mac, reason string) error {
+func (m *Manager) RevokeMAC(ctx context.Context, mac hwaddr.MAC, reason string) error {
 	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.MAC == mac })
 }
 
@@ -396,7 +398,10 @@ func (m *Manager) Records() []Record {
 	}
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {
-		return out[i].MAC < out[j].MAC || (out[i].MAC == out[j].MAC && out[i].Created.Before(out[j].Created))
+		if c := bytes.Compare(out[i].MAC[:], out[j].MAC[:]); c != 0 {
+			return c < 0
+		}
+		return out[i].Created.Before(out[j].Created)
 	})
 	return out
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,8 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // The fake clientset only checks the manager's bookkeeping; the real control plane tests are in
@@ -47,7 +48,7 @@ func secrets(t *testing.T, c *fake.Clientset) int {
 func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	m, c, path := newManager(t)
-	const mac = "52:54:00:00:00:01"
+	mac := hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}
 	tok1, err := m.Token(ctx, mac, "worker-1", 1, true)
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +61,7 @@ func TestLifecycle(t *testing.T) {
 	if tok2 == tok1 || secrets(t, c) != 1 {
 		t.Fatalf("a new boot must replace the token (%d secrets)", secrets(t, c))
 	}
-	other, _ := m.Token(ctx, "52:54:00:00:00:02", "worker-2", 1, true)
+	other, _ := m.Token(ctx, hwaddr.MAC{0x52, 0x54, 0, 0, 0, 2}, "worker-2", 1, true)
 	if secrets(t, c) != 2 {
 		t.Fatal("each machine has its own token")
 	}
@@ -92,7 +93,7 @@ func TestLifecycle(t *testing.T) {
 func TestRevokeNodeOnlyOlderTokens(t *testing.T) {
 	ctx := context.Background()
 	m, c, _ := newManager(t)
-	if _, err := m.Token(ctx, "52:54:00:00:00:01", "worker-1", 1, true); err != nil {
+	if _, err := m.Token(ctx, hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}, "worker-1", 1, true); err != nil {
 		t.Fatal(err)
 	}
 	// A Node of that name that existed before the token (a reinstall) must not delete it.
@@ -112,7 +113,7 @@ func TestMACLocksForgotten(t *testing.T) {
 	ctx := context.Background()
 	m, _, _ := newManager(t)
 	for i := 0; i < 100; i++ {
-		if _, err := m.Token(ctx, fmt.Sprintf("52:54:00:00:01:%02x", i), "n", 1, true); err != nil {
+		if _, err := m.Token(ctx, hwaddr.MAC{0x52, 0x54, 0, 0, 1, byte(i)}, "n", 1, true); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -141,10 +142,10 @@ func TestUnknownBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknown := func(i int) string { return fmt.Sprintf("52:54:00:00:02:%02x", i) }
+	unknown := func(i int) hwaddr.MAC { return hwaddr.MAC{0x52, 0x54, 0, 0, 2, byte(i)} }
 	type step struct {
 		name    string
-		mac     string
+		mac     hwaddr.MAC
 		boot    int
 		known   bool
 		advance time.Duration // before the call
@@ -154,12 +155,12 @@ func TestUnknownBudget(t *testing.T) {
 		{"first stranger", unknown(1), 1, false, 0, ""},
 		{"second stranger", unknown(2), 1, false, 0, ""},
 		{"third stranger: burst spent", unknown(3), 1, false, 0, RefusedUnknownRate},
-		{"an inventory machine meanwhile", "52:54:00:00:00:01", 1, true, 0, ""},
+		{"an inventory machine meanwhile", hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}, 1, true, 0, ""},
 		{"the same stranger's same boot: its live token", unknown(1), 1, false, 0, ""},
 		{"third stranger, 5 s later", unknown(3), 1, false, 5 * time.Second, ""},
 		{"fourth stranger: cap", unknown(4), 1, false, time.Minute, RefusedUnknownCap},
 		{"a stranger's new boot replaces its own token", unknown(1), 2, false, 0, ""},
-		{"more inventory machines", "52:54:00:00:00:02", 1, true, 0, ""},
+		{"more inventory machines", hwaddr.MAC{0x52, 0x54, 0, 0, 0, 2}, 1, true, 0, ""},
 	} {
 		now = now.Add(s.advance)
 		tok, err := m.Token(ctx, s.mac, "n", s.boot, s.known)

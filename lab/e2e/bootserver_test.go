@@ -93,7 +93,7 @@ func (r real) machine(mac string) (labenv.Machine, bool) {
 		return labenv.Machine{}, false
 	}
 	for _, m := range ms {
-		if strings.EqualFold(m.MAC, mac) {
+		if strings.EqualFold(m.MAC.String(), mac) {
 			return m, true
 		}
 	}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/testenv"
@@ -89,7 +89,7 @@ func labNet(t testing.TB) *labenv.Net {
 }
 
 // startVM boots a VM and stops it at the test's end, keeping its console on failure.
-func startVM(t testing.TB, n *labenv.Net, name string, mac net.HardwareAddr, fw vm.Firmware, memMB int) *vm.VM {
+func startVM(t testing.TB, n *labenv.Net, name string, mac hwaddr.MAC, fw vm.Firmware, memMB int) *vm.VM {
 	t.Helper()
 	dir := t.TempDir()
 	v, err := vm.Start(vm.Options{Name: name, NetNS: n.NS.Name, Bridge: n.Bridge, MAC: mac, Firmware: fw, Dir: dir, MemoryMB: memMB})

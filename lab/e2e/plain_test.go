@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -26,7 +27,7 @@ type Plain struct {
 	Kernel  string
 	Initrd  string
 	Image   string
-	MAC     net.HardwareAddr
+	MAC     hwaddr.MAC
 	Join    []byte // the JoinConfiguration served to MAC
 	Cmdline string // extra kernel arguments
 

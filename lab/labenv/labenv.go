@@ -7,12 +7,12 @@ package labenv
 import (
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -99,8 +99,8 @@ func (n *Net) Close() {
 }
 
 // MAC returns a locally administered MAC for VM number i of this lab.
-func (n *Net) MAC(i int) net.HardwareAddr {
-	return net.HardwareAddr{0x52, 0x54, 0x00, 0x77, byte(n.Subnet), byte(i)}
+func (n *Net) MAC(i int) hwaddr.MAC {
+	return hwaddr.MAC{0x52, 0x54, 0x00, 0x77, byte(n.Subnet), byte(i)}
 }
 
 // Image is a built node image profile.

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 func TestBootServerConfig(t *testing.T) {
@@ -48,11 +50,11 @@ func TestBootServerConfig(t *testing.T) {
 
 func TestFormatTimeline(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	got := FormatTimeline(t0, Machine{MAC: "m", NodeName: "n", Boot: 1, Phases: []MachinePhase{
+	got := FormatTimeline(t0, Machine{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}, NodeName: "n", Boot: 1, Phases: []MachinePhase{
 		{Phase: "dhcp", State: "done", Source: "dhcp", End: t0.Add(2500 * time.Millisecond)},
 		{Phase: "join", State: "error", Source: "agent", Start: t0.Add(10 * time.Second), Error: "pin mismatch"},
 	}})
-	for _, w := range []string{"m (n), boot 1", "2.50s dhcp", "10.00s join", "error: pin mismatch"} {
+	for _, w := range []string{"52:54:00:00:00:01 (n), boot 1", "2.50s dhcp", "10.00s join", "error: pin mismatch"} {
 		if !strings.Contains(got, w) {
 			t.Errorf("missing %q in\n%s", w, got)
 		}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Firmware is how a VM boots.
@@ -54,7 +55,7 @@ type Options struct {
 	// Tap is the tap device name (default "tap-" + Name, at most 15 characters).
 	Tap string
 	// MAC of the NIC.
-	MAC net.HardwareAddr
+	MAC hwaddr.MAC
 	// Firmware: BIOS (default), UEFI, UEFIPXE or UEFIHTTP.
 	Firmware Firmware
 	// NIC is the qemu device model: virtio-net-pci (default), e1000, e1000e.
@@ -84,7 +85,7 @@ type VM struct {
 
 // Start creates the tap and starts qemu. The caller must Stop the VM.
 func Start(o Options) (*VM, error) {
-	if o.Name == "" || o.MAC == nil || o.Dir == "" {
+	if o.Name == "" || o.MAC.IsZero() || o.Dir == "" {
 		return nil, errors.New("vm: Name, MAC and Dir are required")
 	}
 	if o.Firmware == "" {

@@ -2,16 +2,17 @@ package vm
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 func TestQemuArgs(t *testing.T) {
-	mac, _ := net.ParseMAC("52:54:00:77:00:01")
+	mac, _ := hwaddr.Parse("52:54:00:77:00:01")
 	vars := filepath.Join(t.TempDir(), "vars.fd")
 	if err := os.WriteFile(vars, []byte("vars"), 0o644); err != nil {
 		t.Fatal(err)

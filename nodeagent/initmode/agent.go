@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	certutil "k8s.io/client-go/util/cert"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
@@ -35,7 +35,7 @@ type JoinFunc func(ctx context.Context, cfg *joinconfig.JoinConfiguration, rootf
 type System interface {
 	// Network brings up the boot interface (mac, or any if nil) with DHCP and returns a short
 	// description ("eth0 10.77.0.50/24 via 10.77.0.1").
-	Network(ctx context.Context, mac net.HardwareAddr) (string, error)
+	Network(ctx context.Context, mac hwaddr.MAC) (string, error)
 	// MountRoot mounts the squashfs image file under a tmpfs overlay at newroot.
 	MountRoot(image, newroot string) error
 	// SetHostname sets the kernel's host name.
@@ -109,7 +109,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.Logf = func(string, ...any) {}
 	}
 	a.attempt = 1
-	a.report(ctx, bootstatus.PhaseAgentStart, bootstatus.StateDone, "mac "+a.Cmdline.MAC.String(), nil)
+	start := "mac " + a.Cmdline.MAC.String()
+	if a.Cmdline.MAC.IsZero() {
+		start = "no boot MAC given: the first interface with a DHCP lease"
+	}
+	a.report(ctx, bootstatus.PhaseAgentStart, bootstatus.StateDone, start, nil)
 	phases := a.Phases()
 	for i := 0; i < len(phases); {
 		p := phases[i]

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,11 +22,12 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 )
 
-func mac(s string) net.HardwareAddr {
-	m, err := net.ParseMAC(s)
+func mac(s string) hwaddr.MAC {
+	m, err := hwaddr.Parse(s)
 	if err != nil {
 		panic(err)
 	}
@@ -107,7 +107,7 @@ type fakeSystem struct {
 	cancel     context.CancelFunc
 }
 
-func (f *fakeSystem) Network(ctx context.Context, m net.HardwareAddr) (string, error) {
+func (f *fakeSystem) Network(ctx context.Context, m hwaddr.MAC) (string, error) {
 	if f.netFails > 0 {
 		f.netFails--
 		return "", errors.New("DHCP: no offer")

@@ -2,16 +2,17 @@ package initmode
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"strings"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Cmdline is what the agent reads from the kernel command line (/proc/cmdline).
 type Cmdline struct {
 	// MAC is the boot interface: pxejoin.mac=aa:bb:… or BOOTIF=01-aa-bb-… (as iPXE's ${netX/mac} and
-	// pxelinux's IPAPPEND 2 pass it). Nil means "the first interface that gets a DHCP lease".
-	MAC net.HardwareAddr
+	// pxelinux's IPAPPEND 2 pass it). Zero means "the first interface that gets a DHCP lease".
+	MAC hwaddr.MAC
 	// JoinURL (pxejoin.url=) serves this machine's JoinConfiguration.
 	JoinURL string
 	// StatusURL (pxejoin.status=) receives bootstatus events. Default: JoinURL with its last "/join/"
@@ -41,13 +42,12 @@ func ParseCmdline(s string) (Cmdline, error) {
 		switch k {
 		case "BOOTIF":
 			// pxelinux/iPXE form: ARP hardware type "01-" then the MAC with dashes.
-			v = strings.TrimPrefix(strings.ToLower(v), "01-")
-			if c.MAC != nil { // pxejoin.mac wins
+			if !c.MAC.IsZero() { // pxejoin.mac wins
 				continue
 			}
-			c.MAC, err = net.ParseMAC(strings.ReplaceAll(v, "-", ":"))
+			c.MAC, err = hwaddr.Parse(strings.TrimPrefix(strings.ToLower(v), "01-"))
 		case "pxejoin.mac":
-			c.MAC, err = net.ParseMAC(strings.ReplaceAll(v, "-", ":"))
+			c.MAC, err = hwaddr.Parse(v)
 		case "pxejoin.url":
 			c.JoinURL, err = checkURL(v)
 		case "pxejoin.status":

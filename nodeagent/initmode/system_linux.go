@@ -16,6 +16,8 @@ import (
 	"github.com/u-root/u-root/pkg/mount/loop"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // Linux is the real System: netlink, u-root's dhclient, loop + squashfs + overlayfs, switch_root.
@@ -27,7 +29,7 @@ type Linux struct {
 
 // Network waits for the boot interface, brings it up and configures it with DHCPv4. Without a router
 // in the lease it adds an on-link default route: kubelet picks the node IP from the default route.
-func (l *Linux) Network(ctx context.Context, mac net.HardwareAddr) (string, error) {
+func (l *Linux) Network(ctx context.Context, mac hwaddr.MAC) (string, error) {
 	links, err := waitLinks(ctx, mac)
 	if err != nil {
 		return "", err
@@ -122,7 +124,7 @@ func linksUp(ctx context.Context, links []netlink.Link, timeout time.Duration) e
 
 // waitLinks waits up to 30 s for the interface with mac (or any ethernet interface) to appear: drivers
 // probe asynchronously after their module loads.
-func waitLinks(ctx context.Context, mac net.HardwareAddr) ([]netlink.Link, error) {
+func waitLinks(ctx context.Context, mac hwaddr.MAC) ([]netlink.Link, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		all, err := netlink.LinkList()
@@ -133,11 +135,12 @@ func waitLinks(ctx context.Context, mac net.HardwareAddr) ([]netlink.Link, error
 		var seen []string
 		for _, l := range all {
 			a := l.Attrs()
-			if a.Flags&net.FlagLoopback != 0 || len(a.HardwareAddr) != 6 {
+			hw, ok := hwaddr.FromHardwareAddr(a.HardwareAddr)
+			if a.Flags&net.FlagLoopback != 0 || !ok {
 				continue
 			}
-			seen = append(seen, a.Name+"="+a.HardwareAddr.String())
-			if mac == nil || strings.EqualFold(a.HardwareAddr.String(), mac.String()) {
+			seen = append(seen, a.Name+"="+hw.String())
+			if mac.IsZero() || hw == mac {
 				out = append(out, l)
 			}
 		}
@@ -145,7 +148,7 @@ func waitLinks(ctx context.Context, mac net.HardwareAddr) ([]netlink.Link, error
 			return out, nil
 		}
 		if time.Now().After(deadline) {
-			if mac != nil {
+			if !mac.IsZero() {
 				return nil, fmt.Errorf("no interface with MAC %s (have %v): is its driver in the initramfs?", mac, seen)
 			}
 			return nil, fmt.Errorf("no ethernet interface: is its driver in the initramfs?")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 func TestMessage(t *testing.T) {
@@ -45,9 +46,7 @@ func waitLinkLocal(t *testing.T, ns *netlab.NS, dev string) {
 // TestSolicitedAdvertisement: a client on a veth sends a Router Solicitation and gets our
 // advertisement: hop limit 255, router lifetime 0, no M/O flags.
 func TestSolicitedAdvertisement(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs network namespaces; run make test")
-	}
+	testenv.RequireRoot(t)
 	srv, cli := netlab.New(t, "rasrv"), netlab.New(t, "racli")
 	netlab.Veth(t, srv, "eth0", "10.81.0.1/24", cli, "eth0", "10.81.0.2/24")
 	waitLinkLocal(t, srv, "eth0")
@@ -159,9 +158,7 @@ func TestAdvertiseRateLimit(t *testing.T) {
 // TestSolicitationFlood: over a veth, a flood of Router Solicitations is counted and answered by a
 // few advertisements, and a host that solicits after the flood still gets one.
 func TestSolicitationFlood(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs network namespaces; run make test")
-	}
+	testenv.RequireRoot(t)
 	srv, cli := netlab.New(t, "rasrv"), netlab.New(t, "racli")
 	netlab.Veth(t, srv, "eth0", "10.81.1.1/24", cli, "eth0", "10.81.1.2/24")
 	waitLinkLocal(t, srv, "eth0")

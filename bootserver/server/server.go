@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -371,18 +370,7 @@ func rootLinks(dir string) (map[string]tftpd.Opener, error) {
 	}
 	files := map[string]tftpd.Opener{}
 	for name, target := range links {
-		files[name] = func(ctx context.Context, remote net.Addr) (io.ReadCloser, int64, error) {
-			f, err := os.Open(target)
-			if err != nil {
-				return nil, 0, err
-			}
-			fi, err := f.Stat()
-			if err != nil {
-				f.Close()
-				return nil, 0, err
-			}
-			return f, fi.Size(), nil
-		}
+		files[name] = tftpd.File(target)
 	}
 	return files, nil
 }

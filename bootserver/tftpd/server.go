@@ -256,7 +256,12 @@ func openFile(fsys fs.FS, name string) (io.ReadCloser, int64, error) {
 	if fsys == nil {
 		return nil, 0, fs.ErrNotExist
 	}
-	f, err := fsys.Open(name)
+	return regular(fsys.Open(name))
+}
+
+// regular returns an opened file and its size. It closes and refuses (fs.ErrPermission) what is not
+// a regular file.
+func regular(f fs.File, err error) (io.ReadCloser, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
@@ -267,7 +272,7 @@ func openFile(fsys fs.FS, name string) (io.ReadCloser, int64, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, 0, fmt.Errorf("%s: not a regular file: %w", name, fs.ErrPermission)
+		return nil, 0, fmt.Errorf("%s: not a regular file: %w", fi.Name(), fs.ErrPermission)
 	}
 	return f, fi.Size(), nil
 }

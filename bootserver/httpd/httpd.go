@@ -44,12 +44,6 @@ type Tokens interface {
 	RevokeMAC(ctx context.Context, mac, reason string) error
 }
 
-// DefaultMaxStatusBody bounds a POST /status body.
-const DefaultMaxStatusBody = 64 << 10
-
-// MaxStatusEvents bounds the events of one POST /status.
-const MaxStatusEvents = 256
-
 // Config configures the handler.
 type Config struct {
 	Inventory *inventory.Inventory
@@ -74,8 +68,6 @@ type Config struct {
 	MintAhead bool
 	// UUIDOf, if set, gives the SMBIOS UUID a MAC sent in DHCP, for inventory lookups by UUID.
 	UUIDOf func(mac string) string
-	// MaxStatusBody bounds a POST /status body; default DefaultMaxStatusBody.
-	MaxStatusBody int64
 	// Limits bound what clients may hold of the server that Serve runs; zero fields take
 	// bootserver/config's defaults.
 	Limits config.HTTP
@@ -125,9 +117,6 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Tokens != nil && (cfg.APIServerEndpoint == "" || len(cfg.CACertHashes) == 0) {
 		return nil, errors.New("httpd: APIServerEndpoint and CACertHashes are required with Tokens")
-	}
-	if cfg.MaxStatusBody <= 0 {
-		cfg.MaxStatusBody = DefaultMaxStatusBody
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

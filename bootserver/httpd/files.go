@@ -3,6 +3,7 @@ package httpd
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -110,7 +111,28 @@ func (h *Handler) serveIPXE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/efi")
+	mac := h.ipxeMAC(r)
+	if mac == "" {
+		http.ServeContent(w, r, name, fi.ModTime(), fh)
+		return
+	}
+	h.cfg.Status.Record(mac, phaseEvent(status.PhaseNBP, bootstatus.StateStart, name, ""))
+	rec, _ := w.(*recorder)
 	http.ServeContent(w, r, name, fi.ModTime(), fh)
+	if rec != nil && rec.code >= 400 {
+		h.cfg.Status.Record(mac, phaseEvent(status.PhaseNBP, bootstatus.StateError, name, fmt.Sprintf("HTTP %d", rec.code)))
+		return
+	}
+	h.cfg.Status.Record(mac, phaseEvent(status.PhaseNBP, bootstatus.StateDone, name, ""))
+}
+
+// ipxeMAC is the MAC of the machine that asks for an iPXE binary (Config.MACOf), or "".
+func (h *Handler) ipxeMAC(r *http.Request) string {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if h.cfg.MACOf == nil || err != nil {
+		return ""
+	}
+	return h.cfg.MACOf(ap.Addr().Unmap())
 }
 
 // RootLinks returns dir's top-level symlinks to regular files, by name, each resolved to the file it

@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -68,6 +69,9 @@ type Config struct {
 	MintAhead bool
 	// UUIDOf, if set, gives the SMBIOS UUID a MAC sent in DHCP, for inventory lookups by UUID.
 	UUIDOf func(mac string) string
+	// MACOf, if set, gives the MAC of the machine at an address (its DHCP lease), so that a download
+	// from /ipxe/ (UEFI HTTP boot's NBP) is recorded as its nbp phase; "" records nothing.
+	MACOf func(ip netip.Addr) string
 	// Limits bound what clients may hold of the server that Serve runs; zero fields take
 	// bootserver/config's defaults.
 	Limits config.HTTP

@@ -129,7 +129,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	if s.http, err = httpd.New(httpd.Config{
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
-		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of,
+		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
 	}); err != nil {
 		return nil, err

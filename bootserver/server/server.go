@@ -142,7 +142,7 @@ func New(opts Options) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP,
+		if s.tftp, err = tftpd.New(tftpd.Config{Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP,
 			MaxTransfers: c.TFTP.MaxTransfers, MaxTransfersPerClient: c.TFTP.MaxTransfersPerClient}); err != nil {
 			return nil, err
 		}

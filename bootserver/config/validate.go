@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -86,7 +87,7 @@ func (c *Config) validate(file string, loc locator) error {
 		}
 	}
 	c.validateCluster(ck)
-	for _, name := range sortedKeys(c.Profiles) {
+	for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
 		c.validateProfile(ck, name)
 	}
 	if c.Unknown.Profile != "" {
@@ -321,11 +322,11 @@ func (c *Config) validateMachines(ck *checker) {
 		case c.Unknown.Profile != "":
 			m.Profile = c.Unknown.Profile
 		case len(c.Profiles) == 1:
-			m.Profile = sortedKeys(c.Profiles)[0]
+			m.Profile = slices.Sorted(maps.Keys(c.Profiles))[0]
 		default:
 			ck.fail(at(), "no profile: name one (there are %d profiles and no unknownMachines.profile)", len(c.Profiles))
 		}
-		for _, k := range sortedKeys(m.Labels) {
+		for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
 			if errs := validation.IsQualifiedName(k); len(errs) > 0 {
 				ck.fail(at("labels", k), "label key %q: %s", k, strings.Join(errs, "; "))
 			}
@@ -341,13 +342,4 @@ func baseName(p string) string {
 		return p[i+1:]
 	}
 	return p
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

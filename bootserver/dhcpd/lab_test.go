@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -20,16 +19,12 @@ import (
 
 	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 func needNetns(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs network namespaces (root); run make test")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root for network namespaces: run make test as root, or go test -short")
-	}
+	testenv.RequireRoot(t)
 }
 
 // link is a server namespace and a client namespace joined by one veth pair.

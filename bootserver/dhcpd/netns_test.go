@@ -17,6 +17,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/eventually"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // fullServer is a full-mode server for subnet 10.78.<n>.0/24 at .1, pool .100-.199.
@@ -147,9 +148,7 @@ func TestDORAWithDebianClients(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := exec.LookPath(tt.bin); err != nil {
-				t.Fatalf("%s is not installed (lab/install-deps.sh installs it): %v", tt.bin, err)
-			}
+			testenv.RequireTool(t, tt.bin)
 			n := byte(11 + i)
 			l := newLink(t, netip.AddrFrom4([4]byte{10, 78, n, 1}).String()+"/24")
 			s := fullServer(t, n, nil)

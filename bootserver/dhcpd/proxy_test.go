@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,15 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // startDnsmasq runs dnsmasq (DHCP only: --port=0) in ns on ifname with the given extra arguments,
 // a lease file of its own and no configuration from the host. It is killed at the end of the test.
 func startDnsmasq(t testing.TB, ns *netlab.NS, ifname string, args ...string) {
 	t.Helper()
-	if _, err := exec.LookPath("dnsmasq"); err != nil {
-		t.Fatalf("dnsmasq is not installed (Debian package dnsmasq-base, lab/install-deps.sh): %v", err)
-	}
+	testenv.RequireTool(t, "dnsmasq")
 	dir := t.TempDir()
 	base := []string{"--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--port=0",
 		"--interface=" + ifname, "--bind-interfaces", "--user=root", "--group=root", "--no-ping",

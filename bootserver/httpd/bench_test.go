@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 const (
@@ -33,9 +34,7 @@ const (
 // dir, serving root at addr, and returns its master's pid. It never touches the host's nginx.
 func startNginx(b *testing.B, ns *netlab.NS, dir, root, addr string) int {
 	b.Helper()
-	if _, err := exec.LookPath("nginx"); err != nil {
-		b.Skip("nginx is not installed (apt-get install nginx-light)")
-	}
+	testenv.RequireTool(b, "nginx")
 	for _, d := range []string{"tmp", "logs"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			b.Fatal(err)

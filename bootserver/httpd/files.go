@@ -3,6 +3,7 @@ package httpd
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 var fileKinds = map[string]string{"kernel": KindKernel, "initrd": KindInitrd, "root-image": KindImage}
@@ -110,7 +112,28 @@ func (h *Handler) serveIPXE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/efi")
+	mac, ok := h.ipxeMAC(r)
+	if !ok {
+		http.ServeContent(w, r, name, fi.ModTime(), fh)
+		return
+	}
+	h.cfg.Status.Record(mac, phaseEvent(status.PhaseNBP, bootstatus.StateStart, name, ""))
+	rec, _ := w.(*recorder)
 	http.ServeContent(w, r, name, fi.ModTime(), fh)
+	if rec != nil && rec.code >= 400 {
+		h.cfg.Status.Record(mac, phaseEvent(status.PhaseNBP, bootstatus.StateError, name, fmt.Sprintf("HTTP %d", rec.code)))
+		return
+	}
+	h.cfg.Status.Record(mac, phaseEvent(status.PhaseNBP, bootstatus.StateDone, name, ""))
+}
+
+// ipxeMAC is the MAC of the machine that asks for an iPXE binary (Config.MACOf), if one is known.
+func (h *Handler) ipxeMAC(r *http.Request) (hwaddr.MAC, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if h.cfg.MACOf == nil || err != nil {
+		return hwaddr.MAC{}, false
+	}
+	return h.cfg.MACOf(ap.Addr().Unmap())
 }
 
 // RootLinks returns dir's top-level symlinks to regular files, by name, each resolved to the file it

@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -44,12 +45,6 @@ type Tokens interface {
 	// RevokeMAC deletes mac's tokens.
 	RevokeMAC(ctx context.Context, mac hwaddr.MAC, reason string) error
 }
-
-// DefaultMaxStatusBody bounds a POST /status body.
-const DefaultMaxStatusBody = 64 << 10
-
-// MaxStatusEvents bounds the events of one POST /status.
-const MaxStatusEvents = 256
 
 // Config configures the handler.
 type Config struct {
@@ -75,8 +70,9 @@ type Config struct {
 	MintAhead bool
 	// UUIDOf, if set, gives the SMBIOS UUID a MAC sent in DHCP, for inventory lookups by UUID.
 	UUIDOf func(mac hwaddr.MAC) string
-	// MaxStatusBody bounds a POST /status body; default DefaultMaxStatusBody.
-	MaxStatusBody int64
+	// MACOf, if set, gives the MAC of the machine at an address (its DHCP lease), so that a download
+	// from /ipxe/ (UEFI HTTP boot's NBP) is recorded as its nbp phase; false records nothing.
+	MACOf func(ip netip.Addr) (hwaddr.MAC, bool)
 	// Limits bound what clients may hold of the server that Serve runs; zero fields take
 	// bootserver/config's defaults.
 	Limits config.HTTP
@@ -126,9 +122,6 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Tokens != nil && (cfg.APIServerEndpoint == "" || len(cfg.CACertHashes) == 0) {
 		return nil, errors.New("httpd: APIServerEndpoint and CACertHashes are required with Tokens")
-	}
-	if cfg.MaxStatusBody <= 0 {
-		cfg.MaxStatusBody = DefaultMaxStatusBody
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

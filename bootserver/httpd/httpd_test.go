@@ -128,7 +128,7 @@ func TestStatusPost(t *testing.T) {
 		{"empty array", "52:54:00:00:00:05", `[]`, 400},
 		{"trailing data", "52:54:00:00:00:05", `[{"phase":"x","state":"start"}] []`, 400},
 		{"bad MAC", "zz", `[{"phase":"x","state":"start"}]`, 400},
-		{"too large", "52:54:00:00:00:05", `[{"phase":"x","state":"start","detail":"` + strings.Repeat("a", DefaultMaxStatusBody) + `"}]`, 413},
+		{"too large", "52:54:00:00:00:05", `[{"phase":"x","state":"start","detail":"` + strings.Repeat("a", bootstatus.MaxBody) + `"}]`, 413},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,9 +2,10 @@ package httpd
 
 import (
 	"errors"
+	"maps"
 	"math"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -35,13 +36,8 @@ func JoinConfig(a inventory.Assignment, token, endpoint string, pins []string) *
 		},
 	}
 	if len(a.Labels) > 0 {
-		keys := make([]string, 0, len(a.Labels))
-		for k := range a.Labels {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
 		var kv []string
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
 			kv = append(kv, k+"="+a.Labels[k])
 		}
 		jc.NodeRegistration.KubeletExtraArgs = []joinconfig.Arg{{Name: "node-labels", Value: strings.Join(kv, ",")}}

@@ -5,12 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // lab is a server namespace and a client namespace joined by a veth pair.
@@ -23,12 +23,7 @@ var labNet = 0
 
 func newLab(t testing.TB) *lab {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs root/namespaces/control plane; run make test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces; run make test as root")
-	}
+	testenv.RequireRoot(t)
 	labNet++
 	subnet := "10.80." + itoa(labNet) + "."
 	l := &lab{server: netlab.New(t, "bshs"), client: netlab.New(t, "bshc"), serverIP: subnet + "1"}

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // TestStatusBacklog sends an agent's backlog of 600 events, then a batch the server refuses, through the
@@ -88,12 +88,7 @@ func TestStatusBacklog(t *testing.T) {
 // its timeline and its reports are accepted, and unknown timelines stay within the budget (evictions
 // counted in /metrics).
 func TestStatusFloodOverLink(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs root for network namespaces; run make test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces; run make test as root")
-	}
+	testenv.RequireRoot(t)
 	const inv = "52:54:00:00:00:01"
 	f := newFixture(t, "http://10.89.0.1:8080", 1024, false, config.Machine{MAC: mustMAC(inv), Profile: "worker"})
 	srvNS, cliNS := netlab.New(t, "bsst"), netlab.New(t, "bsct")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 func TestMessage(t *testing.T) {
@@ -42,14 +43,12 @@ func waitLinkLocal(t *testing.T, ns *netlab.NS, dev string) {
 	t.Fatalf("no link-local address on %s", dev)
 }
 
-// TestSolicitedAdvertisement: a client on a veth sends a Router Solicitation and gets our
-// advertisement: hop limit 255, router lifetime 0, no M/O flags.
-func TestSolicitedAdvertisement(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs network namespaces; run make test")
-	}
+// serveOnVeth serves advertisements on eth0 of a server namespace joined by a veth on subnet/24
+// (".1" the server, ".2" the client) to a client namespace, which it returns, until the test ends.
+func serveOnVeth(t *testing.T, subnet string) (*Server, *netlab.NS) {
+	testenv.RequireRoot(t)
 	srv, cli := netlab.New(t, "rasrv"), netlab.New(t, "racli")
-	netlab.Veth(t, srv, "eth0", "10.81.0.1/24", cli, "eth0", "10.81.0.2/24")
+	netlab.Veth(t, srv, "eth0", subnet+".1/24", cli, "eth0", subnet+".2/24")
 	waitLinkLocal(t, srv, "eth0")
 	waitLinkLocal(t, cli, "eth0")
 	s, err := New(Config{Interface: "eth0", Interval: time.Hour})
@@ -59,16 +58,23 @@ func TestSolicitedAdvertisement(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Do(func() error { return s.Serve(ctx) }) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
-	}()
+	})
+	return s, cli
+}
+
+// TestSolicitedAdvertisement: a client on a veth sends a Router Solicitation and gets our
+// advertisement: hop limit 255, router lifetime 0, no M/O flags.
+func TestSolicitedAdvertisement(t *testing.T) {
+	_, cli := serveOnVeth(t, "10.81.0")
 
 	var got []byte
 	var hop int
-	err = cli.Do(func() error {
+	err := cli.Do(func() error {
 		c, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
 		if err != nil {
 			return err
@@ -159,26 +165,7 @@ func TestAdvertiseRateLimit(t *testing.T) {
 // TestSolicitationFlood: over a veth, a flood of Router Solicitations is counted and answered by a
 // few advertisements, and a host that solicits after the flood still gets one.
 func TestSolicitationFlood(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs network namespaces; run make test")
-	}
-	srv, cli := netlab.New(t, "rasrv"), netlab.New(t, "racli")
-	netlab.Veth(t, srv, "eth0", "10.81.1.1/24", cli, "eth0", "10.81.1.2/24")
-	waitLinkLocal(t, srv, "eth0")
-	waitLinkLocal(t, cli, "eth0")
-	s, err := New(Config{Interface: "eth0", Interval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Do(func() error { return s.Serve(ctx) }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
+	s, cli := serveOnVeth(t, "10.81.1")
 	eventually.True(t, "the start advertisement goes out", func() bool {
 		return testutil.ToFloat64(s.m.sent.WithLabelValues("start")) == 1
 	})

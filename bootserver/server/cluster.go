@@ -1,8 +1,6 @@
 package server
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +10,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	certutil "k8s.io/client-go/util/cert"
 
 	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 )
@@ -77,24 +76,13 @@ func caPins(rc *rest.Config) ([]string, error) {
 		return nil, errors.New("the cluster has no certificate-authority-data: machines pin the cluster's CA and the pin is derived from it; " +
 			"use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)")
 	}
-	var pins []string
-	for {
-		var blk *pem.Block
-		blk, data = pem.Decode(data)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("cluster CA: %w: use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)", err)
-		}
-		pins = append(pins, pubkeypin.Hash(cert))
+	certs, err := certutil.ParseCertsPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA: %w: use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)", err)
 	}
-	if len(pins) == 0 {
-		return nil, errors.New("the cluster CA holds no PEM certificate: use a kubeconfig that holds the cluster's CA (kubeadm's admin.conf does)")
+	var pins []string
+	for _, cert := range certs {
+		pins = append(pins, pubkeypin.Hash(cert))
 	}
 	return pins, nil
 }

@@ -19,8 +19,8 @@ import (
 // dhcpPhases are the phases a DHCP exchange can be part of, newest last.
 var dhcpPhases = []string{status.PhaseDHCP, status.PhaseIPXEDHCP, status.PhaseAgentDHCP}
 
-// onDHCP turns dhcpd events into timeline phases: a firmware DISCOVER (vendor class PXEClient)
-// starts "dhcp" (and a new boot if the machine already got its script), iPXE's own DISCOVER after
+// onDHCP turns dhcpd events into timeline phases: a firmware DISCOVER (vendor class PXEClient, or
+// HTTPClient for UEFI HTTP boot) starts "dhcp" (and a new boot if the machine already got its script), iPXE's own DISCOVER after
 // the NBP starts "ipxe-dhcp", anything else "agent-dhcp"; an ACK ends the phase under way.
 func (s *Server) onDHCP(e dhcpd.Event) {
 	mac := e.MAC
@@ -28,7 +28,7 @@ func (s *Server) onDHCP(e dhcpd.Event) {
 	case dhcpd.EventDiscover:
 		m, _ := s.status.Get(mac)
 		phase := status.PhaseAgentDHCP
-		if strings.HasPrefix(e.VendorClass, "PXEClient") {
+		if strings.HasPrefix(e.VendorClass, "PXEClient") || strings.HasPrefix(e.VendorClass, "HTTPClient") {
 			phase = status.PhaseDHCP
 			if hasPhase(m, status.PhaseNBP) && !hasPhase(m, status.PhaseScript) {
 				phase = status.PhaseIPXEDHCP

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -90,5 +92,76 @@ func TestARPLookup(t *testing.T) {
 		if got, ok := arpLookup(p, netip.MustParseAddr(ip)); ok != (want != "") || ok && got.String() != want {
 			t.Errorf("%s: %v %v, want %q", ip, got, ok, want)
 		}
+	}
+}
+
+// TestHTTPBootEvents: a UEFI HTTP-boot firmware (vendor class HTTPClient) starts a boot, its
+// download of iPXE from /ipxe/ is the nbp phase of the machine whose lease holds the address, and
+// iPXE's own DISCOVER after it is ipxe-dhcp, not a new boot. A download from an address no lease
+// holds records nothing.
+func TestHTTPBootEvents(t *testing.T) {
+	dir, c := startFiles(t)
+	c.Cluster.Kubeconfig = ""
+	if err := os.WriteFile(filepath.Join(dir, "ipxe", "ipxe.efi"), []byte("iPXE"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: c, Logger: nopLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ls, err := leases.Open(filepath.Join(t.TempDir(), "leases.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	s.leases = ls // as in DHCP full mode
+	hw, _ := hwaddr.Parse("52:54:00:00:00:02")
+	mac := hw
+	ip := netip.MustParseAddr("10.0.0.101")
+	if err := ls.Commit(leases.Lease{MAC: hw, IP: ip, Expiry: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	get := func(from string) func() {
+		return func() {
+			req := httptest.NewRequest("GET", "/ipxe/ipxe.efi", nil)
+			req.RemoteAddr = from
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK || rec.Body.String() != "iPXE" {
+				t.Fatalf("GET /ipxe/ipxe.efi from %s: %d %q", from, rec.Code, rec.Body)
+			}
+		}
+	}
+	steps := []struct {
+		do       func()
+		want     string // phases of the current boot
+		wantBoot int
+	}{
+		{func() {
+			s.onDHCP(dhcpd.Event{Kind: dhcpd.EventDiscover, MAC: hw, VendorClass: "HTTPClient:Arch:00016:UNDI:003001"})
+		}, "dhcp/start", 1},
+		{func() {
+			s.onDHCP(dhcpd.Event{Kind: dhcpd.EventAck, MAC: hw, IP: ip, File: "http://10.0.0.1:8080/ipxe/ipxe.efi"})
+		}, "dhcp/done", 1},
+		{get("10.0.0.101:49152"), "dhcp/done nbp/done", 1},
+		{get("10.0.0.102:49152"), "dhcp/done nbp/done", 1}, // no lease: not this machine's
+		{func() {
+			s.onDHCP(dhcpd.Event{Kind: dhcpd.EventDiscover, MAC: hw, VendorClass: "PXEClient:Arch:00007:UNDI:003016"})
+		}, "dhcp/done nbp/done ipxe-dhcp/start", 1},
+	}
+	for i, st := range steps {
+		st.do()
+		m, _ := s.status.Get(mac)
+		var got []string
+		for _, p := range m.Phases {
+			got = append(got, p.Phase+"/"+p.State)
+		}
+		if strings.Join(got, " ") != st.want || m.Boot != st.wantBoot {
+			t.Fatalf("step %d: boot %d phases %v, want boot %d %s", i, m.Boot, got, st.wantBoot, st.want)
+		}
+	}
+	if n := len(s.status.All()); n != 1 {
+		t.Errorf("%d timelines, want only the leased machine's", n)
 	}
 }

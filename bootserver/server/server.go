@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -131,7 +130,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	if s.http, err = httpd.New(httpd.Config{
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
-		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of,
+		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
 	}); err != nil {
 		return nil, err
@@ -144,7 +143,7 @@ func New(opts Options) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if s.tftp, err = tftpd.New(tftpd.Config{ListenAddr: c.Listen.TFTP, Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP,
+		if s.tftp, err = tftpd.New(tftpd.Config{Dir: c.TFTP.Root, Files: links, Logger: s.log, Registerer: s.reg, OnEvent: s.onTFTP,
 			MaxTransfers: c.TFTP.MaxTransfers, MaxTransfersPerClient: c.TFTP.MaxTransfersPerClient}); err != nil {
 			return nil, err
 		}
@@ -372,18 +371,7 @@ func rootLinks(dir string) (map[string]tftpd.Opener, error) {
 	}
 	files := map[string]tftpd.Opener{}
 	for name, target := range links {
-		files[name] = func(ctx context.Context, remote net.Addr) (io.ReadCloser, int64, error) {
-			f, err := os.Open(target)
-			if err != nil {
-				return nil, 0, err
-			}
-			fi, err := f.Stat()
-			if err != nil {
-				f.Close()
-				return nil, 0, err
-			}
-			return f, fi.Size(), nil
-		}
+		files[name] = tftpd.File(target)
 	}
 	return files, nil
 }

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -30,51 +29,19 @@ import (
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
-// cp is the package's one control plane (started by TestMain unless -short).
-var (
-	cp    *controlplane.ControlPlane
-	cpErr error
-)
+// cp is the package's one control plane, started by TestMain unless -short (set by needControlPlane).
+var cp *controlplane.ControlPlane
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() || os.Geteuid() != 0 {
-		os.Exit(m.Run())
-	}
-	if os.Getenv("PXEJOIN_K8S_BIN") == "" {
-		if _, err := os.Stat("/var/cache/pxejoin/k8s/" + controlplane.Version + "/kube-apiserver"); err == nil {
-			os.Setenv("PXEJOIN_K8S_BIN", "/var/cache/pxejoin/k8s/"+controlplane.Version)
-		}
-	}
-	dir, err := os.MkdirTemp("", "bootserver-cp-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	cp, cpErr = controlplane.Start(ctx, controlplane.Options{StateDir: dir})
-	cancel()
-	code := m.Run()
-	if cp != nil {
-		cp.Stop()
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(controlplane.Run(m)) }
 
+// needControlPlane skips under -short and fails without root or the control plane.
 func needControlPlane(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs root/namespaces/control plane; run make test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root; run make test as root")
-	}
-	if cpErr != nil {
-		t.Fatalf("control plane: %v", cpErr)
-	}
+	testenv.RequireRoot(t)
+	cp = controlplane.Shared(t)
 }
 
 // TestEndToEnd runs the whole server (full DHCP, TFTP, HTTP, token watch) in a namespace against the

@@ -20,6 +20,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // TestUUIDIndexBounded: DHCP packets from 20,000 new MACs (random UUIDs, or the UUID of an inventory
@@ -61,9 +62,7 @@ func TestUUIDIndexBounded(t *testing.T) {
 // UUID of an inventory machine copied) reach a proxy-mode boot server; the index stays at the
 // inventory's size and the machine known by its UUID still gets its own script.
 func TestUUIDFloodOverLink(t *testing.T) {
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("needs root and network namespaces; run make test")
-	}
+	testenv.RequireRoot(t)
 	srvNS, cliNS := netlab.New(t, "bsus"), netlab.New(t, "bsuc")
 	netlab.Veth(t, srvNS, "eth0", "10.80.52.1/24", cliNS, "eth0", "10.80.52.2/24")
 	dir := t.TempDir()

@@ -13,7 +13,6 @@ import (
 	"container/list"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"sort"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -357,7 +357,7 @@ func (s *Store) recordIn(m *Machine, ev Event) bool {
 	}
 	p := &m.Phases[i]
 	p.Source, p.State = ev.Source, ev.State
-	p.Detail, p.Error, p.Attempt = Scrub(ev.Detail), Scrub(ev.Error), ev.Attempt
+	p.Detail, p.Error, p.Attempt = bootstraptoken.Scrub(ev.Detail), bootstraptoken.Scrub(ev.Error), ev.Attempt
 	switch ev.State {
 	case bootstatus.StateStart:
 		p.Start, p.End, p.Seconds = t, time.Time{}, 0
@@ -448,15 +448,4 @@ func (s *Store) flush() error {
 		s.mu.Unlock()
 	}
 	return err
-}
-
-var tokenRE = regexp.MustCompile(`[a-z0-9]{6}\.[a-z0-9]{16}`)
-
-// Scrub hides anything shaped like a bootstrap token (id.secret) in a text from the network, so a
-// careless error message cannot put a secret on a status page.
-func Scrub(s string) string {
-	if len(s) < 23 {
-		return s
-	}
-	return tokenRE.ReplaceAllStringFunc(s, func(t string) string { return t[:6] + ".<redacted>" })
 }

@@ -97,19 +97,6 @@ func TestDurations(t *testing.T) {
 	}
 }
 
-func TestScrub(t *testing.T) {
-	for in, want := range map[string]string{
-		"":                            "",
-		"plain":                       "plain",
-		"x abcdef.0123456789abcdef y": "x abcdef.<redacted> y",
-		"abcdef.0123456789abcdef,a1b2c3.0123456789abcdef": "abcdef.<redacted>,a1b2c3.<redacted>",
-	} {
-		if got := Scrub(in); got != want {
-			t.Errorf("Scrub(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestFlushDuringRecords writes timelines while events keep coming, then checks what a reopened
 // store loads is what the first one held.
 func TestFlushDuringRecords(t *testing.T) {

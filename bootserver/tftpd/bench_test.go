@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // BenchmarkDownloadVsDnsmasq downloads a 10 MB file at blksize 1468 from this server and from
@@ -22,10 +22,7 @@ import (
 // benchRuns times and its best time kept. Metrics: MB/s of each case and
 // ours_ws16/dnsmasq_best, the ratio of throughputs (target ≥ 2).
 func BenchmarkDownloadVsDnsmasq(b *testing.B) {
-	dnsmasq, err := exec.LookPath("dnsmasq")
-	if err != nil {
-		b.Skip("dnsmasq is not installed (make deps installs dnsmasq-base)")
-	}
+	dnsmasq := testenv.RequireTool(b, "dnsmasq")
 	const (
 		size      = 10 << 20
 		blksize   = 1468

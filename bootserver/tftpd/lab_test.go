@@ -188,23 +188,10 @@ func (e *eventLog) waitEvents(t *testing.T, n int) []string {
 	return e.get()
 }
 
-// send sends one datagram to the server port from a new socket and reads no answer.
+// send sends one datagram to the server port from a new socket and waits for no answer.
 func (l *lab) send(p []byte) {
 	l.t.Helper()
-	err := l.client(func() error {
-		to, err := net.ResolveUDPAddr("udp4", l.addr)
-		if err != nil {
-			return err
-		}
-		c, err := net.ListenUDP("udp4", nil)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.WriteToUDP(p, to)
-		return err
-	})
-	if err != nil {
+	if _, err := l.rawRequest(p, 0); err != nil {
 		l.t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"os"
 	"unicode/utf8"
 )
 
@@ -21,6 +22,12 @@ func Bytes(b []byte) Opener {
 	return func(context.Context, net.Addr) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
 	}
+}
+
+// File returns an Opener that serves the local file at path, opened at each request; it refuses
+// (fs.ErrPermission) what is not a regular file.
+func File(path string) Opener {
+	return func(context.Context, net.Addr) (io.ReadCloser, int64, error) { return regular(os.Open(path)) }
 }
 
 // Error kinds counted in pxejoin_tftp_errors_total and dropped-packet reasons.

@@ -57,7 +57,6 @@ type Event struct {
 
 // Defaults of Config's zero fields.
 const (
-	DefaultListenAddr    = ":69"
 	DefaultTimeout       = time.Second
 	DefaultRetries       = 5
 	DefaultMaxWindowSize = 64
@@ -70,8 +69,6 @@ const (
 // Config configures a Server. Exactly one of Dir and FS may be set; Files may come with either
 // or alone.
 type Config struct {
-	// ListenAddr is the UDP address Serve listens on. Default ":69".
-	ListenAddr string
 	// Dir is the directory served read-only. It is opened with os.Root: names that would leave
 	// it — "..", absolute paths, symlinks pointing outside — are refused with ERROR 2.
 	Dir string
@@ -144,9 +141,6 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("tftpd: Files: %q is not a valid name (relative, slash-separated, no . or ..)", name)
 		}
 	}
-	if cfg.ListenAddr == "" {
-		cfg.ListenAddr = DefaultListenAddr
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -178,26 +172,12 @@ func New(cfg Config) (*Server, error) {
 		slots: newSlots(cfg.MaxTransfers, cfg.MaxTransfersPerClient, m.inFlight)}, nil
 }
 
-// Serve listens on Config.ListenAddr and serves until ctx is cancelled; then it closes the
-// socket, ends the transfers under way and returns nil once they have ended. It returns an error
-// if it cannot listen or the socket fails. RFC 7440 transfers end at once (the client gets ERROR
-// 0); a pin/tftp transfer ends at its next block, so one whose client went silent can hold
-// Serve up to Timeout × (Retries+1) (6 s with the defaults): pin/tftp offers no way to cancel it.
-func (s *Server) Serve(ctx context.Context) error {
-	addr, err := net.ResolveUDPAddr("udp", s.cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("tftpd: %w", err)
-	}
-	conn, err := net.ListenUDP("udp", addr)
-	if err != nil {
-		return fmt.Errorf("tftpd: %w", err)
-	}
-	return s.ServeConn(ctx, conn)
-}
-
-// ServeConn is Serve on a socket the caller opened (socket activation, tests); it takes
-// ownership of conn and closes it. The transfer sockets are opened in conn's network namespace.
-// ServeConn asks the OS for each datagram's destination address and interface (IP_PKTINFO);
+// ServeConn serves on conn, a socket the caller opened, until ctx is cancelled; it takes ownership
+// of conn and closes it, ends the transfers under way and returns nil once they have ended. It
+// returns an error if the socket fails. RFC 7440 transfers end at once (the client gets ERROR 0); a
+// pin/tftp transfer ends at its next block, so one whose client went silent can hold ServeConn up to
+// Timeout × (Retries+1) (6 s with the defaults): pin/tftp offers no way to cancel it.
+// The transfer sockets are opened in conn's network namespace. ServeConn asks the OS for each datagram's destination address and interface (IP_PKTINFO);
 // datagrams already queued before that lack them, so their answers leave from the address the
 // kernel picks and their blksize is not lowered to the MTU. A caller that opens the socket early
 // can enable it at once: ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true).
@@ -256,7 +236,12 @@ func openFile(fsys fs.FS, name string) (io.ReadCloser, int64, error) {
 	if fsys == nil {
 		return nil, 0, fs.ErrNotExist
 	}
-	f, err := fsys.Open(name)
+	return regular(fsys.Open(name))
+}
+
+// regular returns an opened file and its size. It closes and refuses (fs.ErrPermission) what is not
+// a regular file.
+func regular(f fs.File, err error) (io.ReadCloser, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
@@ -267,7 +252,7 @@ func openFile(fsys fs.FS, name string) (io.ReadCloser, int64, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, 0, fmt.Errorf("%s: not a regular file: %w", name, fs.ErrPermission)
+		return nil, 0, fmt.Errorf("%s: not a regular file: %w", fi.Name(), fs.ErrPermission)
 	}
 	return f, fi.Size(), nil
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/pin/tftp/v3"
 
 	"github.com/pxejoin/pxejoin/lab/eventually"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
 // TestDownloadPinClient: pin/tftp's client, blksize 1468 and tsize, served by pin/tftp behind the
@@ -176,12 +176,7 @@ func TestBlockRollover(t *testing.T) {
 
 // TestAtftpWindowsize: a real client that speaks RFC 7440 (atftp 0.8).
 func TestAtftpWindowsize(t *testing.T) {
-	if _, err := exec.LookPath("atftp"); err != nil {
-		if testing.Short() {
-			t.Skip("atftp is not installed; -short skips the tests of real clients")
-		}
-		t.Fatal("atftp is not installed: run make deps")
-	}
+	testenv.RequireTool(t, "atftp")
 	dir := t.TempDir()
 	sum := randomFile(t, dir, "nbp.efi", 3<<20+99, 5)
 	l := newLab(t, Config{Dir: dir})

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -148,9 +149,21 @@ func (d *data) checkExistingNode(ctx context.Context, c kubernetes.Interface) er
 	return nil
 }
 
+// tokenPropagation is how long a 401 for the bootstrap token is taken for a token the API server has
+// not seen yet: its token authenticator reads Secrets through an informer, so a token created a moment
+// before the join (file discovery does not wait for cluster-info's signature) can be refused at first.
+const tokenPropagation = 10 * time.Second
+
 func (d *data) checkNode(ctx context.Context, c kubernetes.Interface) error {
-	n, err := c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{})
+	var n *corev1.Node
+	var err error
+	_ = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, tokenPropagation, true, func(ctx context.Context) (bool, error) {
+		n, err = c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{})
+		return !apierrors.IsUnauthorized(err), nil
+	})
 	switch {
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("the API server refuses the TLS bootstrap token (%v): check the token and that it has not expired or been deleted (kubeadm token list)", err)
 	case apierrors.IsNotFound(err):
 		return nil
 	case apierrors.IsForbidden(err):

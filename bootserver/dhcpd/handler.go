@@ -28,25 +28,6 @@ const (
 //     address rather than wait for a timeout (dnsmasq's --dhcp-authoritative does the same).
 //   - A malformed option 97 (client UUID) is not echoed and does not drop the request.
 
-// handlePacket is the whole path of one datagram without the socket: checks, parse, handle, encode.
-// It is what the fuzz target drives.
-func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte, *net.UDPAddr) {
-	if reason := precheck(b); reason != "" {
-		s.drop(reason, hwaddr.MAC{}, "")
-		return nil, nil
-	}
-	req, err := dhcpv4.FromBytes(b)
-	if err != nil {
-		s.drop(dropParse, hwaddr.MAC{}, err.Error())
-		return nil, nil
-	}
-	reply, dst := s.handle(req, peer, pxePort)
-	if reply == nil {
-		return nil, nil
-	}
-	return reply.ToBytes(), dst
-}
-
 // handle decides the reply to one parsed request and where it goes; nil means no reply.
 func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	mt := req.MessageType()

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // FuzzHandle feeds arbitrary datagrams through the whole packet path (checks, parse, handle,
@@ -50,4 +52,23 @@ func FuzzHandle(f *testing.F) {
 			}
 		}
 	})
+}
+
+// handlePacket is the whole path of one datagram without the socket (checks, parse, handle,
+// encode), as the fuzz target and the tests of raw datagrams drive it.
+func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte, *net.UDPAddr) {
+	if reason := precheck(b); reason != "" {
+		s.drop(reason, hwaddr.MAC{}, "")
+		return nil, nil
+	}
+	req, err := dhcpv4.FromBytes(b)
+	if err != nil {
+		s.drop(dropParse, hwaddr.MAC{}, err.Error())
+		return nil, nil
+	}
+	reply, dst := s.handle(req, peer, pxePort)
+	if reply == nil {
+		return nil, nil
+	}
+	return reply.ToBytes(), dst
 }

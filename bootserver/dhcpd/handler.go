@@ -1,9 +1,8 @@
 package dhcpd
 
 import (
-	"context"
-	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -28,25 +27,6 @@ const (
 //     is durable, so the case arises for clients that moved here; answering lets them keep their
 //     address rather than wait for a timeout (dnsmasq's --dhcp-authoritative does the same).
 //   - A malformed option 97 (client UUID) is not echoed and does not drop the request.
-
-// handlePacket is the whole path of one datagram without the socket: checks, parse, handle, encode.
-// It is what the fuzz target drives.
-func (s *Server) handlePacket(b []byte, peer *net.UDPAddr, pxePort bool) ([]byte, *net.UDPAddr) {
-	if reason := precheck(b); reason != "" {
-		s.drop(reason, hwaddr.MAC{}, "")
-		return nil, nil
-	}
-	req, err := dhcpv4.FromBytes(b)
-	if err != nil {
-		s.drop(dropParse, hwaddr.MAC{}, err.Error())
-		return nil, nil
-	}
-	reply, dst := s.handle(req, peer, pxePort)
-	if reply == nil {
-		return nil, nil
-	}
-	return reply.ToBytes(), dst
-}
 
 // handle decides the reply to one parsed request and where it goes; nil means no reply.
 func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
@@ -121,17 +101,7 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 		s.drop(dropUnknownCap, mac, p.Subnet.String())
 		return nil, nil
 	}
-	r := s.reply(req, dhcpv4.MessageTypeOffer)
-	r.YourIPAddr = ipOf(ip)
-	s.leaseOptions(r, p, mac)
-	boot := s.boot(f)
-	applyBoot(r, boot, f)
-	s.metrics.Offered.Inc()
-	if s.debugging() {
-		s.cfg.Logger.Debug("dhcp offer", "mac", mac.String(), "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
-	}
-	s.event(Event{Kind: EventOffer, MAC: mac, VendorClass: f.VendorClass, IP: ip, File: boot.File})
-	return r, s.dest(req, r, nil, false)
+	return s.grant(req, s.reply(req, dhcpv4.MessageTypeOffer), p, f, ip)
 }
 
 func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
@@ -159,9 +129,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	known := s.known(f)
 	if !s.alloc.claim(p, mac, known, want, now) {
 		s.metrics.Naked.Inc()
-		if s.debugging() {
-			s.cfg.Logger.Debug("dhcp nak", "mac", mac.String(), "ip", want)
-		}
+		s.cfg.Logger.Debug("dhcp nak", "mac", mac, "ip", want)
 		r := s.reply(req, dhcpv4.MessageTypeNak)
 		r.UpdateOption(dhcpv4.OptMessage("address not available"))
 		return r, s.dest(req, r, nil, false)
@@ -184,17 +152,30 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 		return nil, nil
 	}
 	r := s.reply(req, dhcpv4.MessageTypeAck)
-	r.YourIPAddr = ipOf(want)
 	r.ClientIPAddr = req.ClientIPAddr
-	s.leaseOptions(r, p, mac)
+	return s.grant(req, r, p, f, want)
+}
+
+// grant completes an OFFER or ACK of ip from p with the lease and boot options, counts it,
+// logs it and reports it as an event.
+func (s *Server) grant(req, r *dhcpv4.DHCPv4, p *Pool, f ClientFacts, ip netip.Addr) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	r.YourIPAddr = ipOf(ip)
+	s.leaseOptions(r, p, f.MAC)
 	boot := s.boot(f)
 	applyBoot(r, boot, f)
-	s.metrics.Acked.Inc()
-	if s.debugging() {
-		s.cfg.Logger.Debug("dhcp ack", "mac", mac.String(), "ip", want, "file", boot.File, "relay", req.GatewayIPAddr)
-	}
-	s.event(Event{Kind: EventAck, MAC: mac, VendorClass: f.VendorClass, IP: want, File: boot.File})
+	s.cfg.Logger.Debug(s.sent(r, f, ip, boot), "mac", f.MAC, "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
 	return r, s.dest(req, r, nil, false)
+}
+
+// sent counts an OFFER or ACK and reports it as an event; it returns the log message.
+func (s *Server) sent(r *dhcpv4.DHCPv4, f ClientFacts, ip netip.Addr, boot Boot) string {
+	kind, n, msg := EventOffer, s.metrics.Offered, "dhcp offer"
+	if r.MessageType() == dhcpv4.MessageTypeAck {
+		kind, n, msg = EventAck, s.metrics.Acked, "dhcp ack"
+	}
+	n.Inc()
+	s.event(Event{Kind: kind, MAC: f.MAC, VendorClass: f.VendorClass, IP: ip, File: boot.File})
+	return msg
 }
 
 func (s *Server) release(req *dhcpv4.DHCPv4, mac hwaddr.MAC, now time.Time) {
@@ -211,9 +192,7 @@ func (s *Server) release(req *dhcpv4.DHCPv4, mac hwaddr.MAC, now time.Time) {
 		return
 	}
 	s.alloc.forget(mac)
-	if s.debugging() {
-		s.cfg.Logger.Debug("dhcp release", "mac", mac.String(), "ip", l.IP)
-	}
+	s.cfg.Logger.Debug("dhcp release", "mac", mac, "ip", l.IP)
 }
 
 func (s *Server) decline(req *dhcpv4.DHCPv4, mac hwaddr.MAC, now time.Time) {
@@ -278,16 +257,7 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, f Client
 		r.ClientIPAddr = req.ClientIPAddr
 	}
 	applyBoot(r, boot, f)
-	if rt == dhcpv4.MessageTypeOffer {
-		s.metrics.Offered.Inc()
-		s.event(Event{Kind: EventOffer, MAC: mac, VendorClass: f.VendorClass, File: boot.File})
-	} else {
-		s.metrics.Acked.Inc()
-		s.event(Event{Kind: EventAck, MAC: mac, VendorClass: f.VendorClass, File: boot.File})
-	}
-	if s.debugging() {
-		s.cfg.Logger.Debug("dhcp proxy "+msgName(rt), "mac", mac.String(), "file", boot.File, "pxe_port", pxePort)
-	}
+	s.cfg.Logger.Debug(s.sent(r, f, netip.Addr{}, boot), "proxy", true, "mac", mac, "file", boot.File, "pxe_port", pxePort)
 	return r, s.dest(req, r, peer, pxePort)
 }
 
@@ -368,17 +338,10 @@ func (s *Server) boot(f ClientFacts) Boot {
 
 func (s *Server) drop(reason string, mac hwaddr.MAC, detail string) {
 	s.metrics.Dropped.WithLabelValues(reason).Inc()
-	if s.debugging() {
-		s.cfg.Logger.Debug("dhcp drop", "reason", reason, "mac", mac.String(), "detail", detail)
-	}
+	s.cfg.Logger.Debug("dhcp drop", "reason", reason, "mac", mac, "detail", detail)
 }
 
 // known reports whether the client is an inventory machine (Config.Known; all are without it).
 func (s *Server) known(f ClientFacts) bool {
 	return s.cfg.Known == nil || s.cfg.Known(f.MAC, f.UUID)
-}
-
-// debugging reports whether Debug lines are wanted, so the packet path builds them only then.
-func (s *Server) debugging() bool {
-	return s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 }

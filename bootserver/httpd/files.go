@@ -20,7 +20,8 @@ var fileKinds = map[string]string{"kernel": KindKernel, "initrd": KindInitrd, "r
 // image itself).
 var phaseOfKind = map[string]string{"kernel": status.PhaseKernel, "initrd": status.PhaseInitrd}
 
-// serveFile serves a profile's file by /images/<profile>/<file>.
+// serveFile serves a profile's file by /images/<profile>/<file>, or by
+// /files/<mac>/<profile>/<file> and then records the download in the machine's timeline.
 func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request) {
 	f, ok := h.cfg.Inventory.File("/images/" + r.PathValue("profile") + "/" + r.PathValue("file"))
 	if !ok {
@@ -28,18 +29,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	setKind(w, fileKinds[f.Kind])
-	h.sendFile(w, r, f)
-}
-
-// serveMachineFile serves a profile's file and records the download in the machine's timeline.
-func (h *Handler) serveMachineFile(w http.ResponseWriter, r *http.Request) {
-	f, ok := h.cfg.Inventory.File("/images/" + r.PathValue("profile") + "/" + r.PathValue("file"))
-	if !ok {
-		http.NotFound(w, r)
-		return
-	}
-	setKind(w, fileKinds[f.Kind])
-	mac, _, _, err := h.machineOf(r, r.PathValue("mac"))
+	mac, err := hwaddr.Parse(r.PathValue("mac"))
 	phase := phaseOfKind[f.Kind]
 	if err != nil || phase == "" {
 		h.sendFile(w, r, f)

@@ -156,7 +156,7 @@ func New(cfg Config) (*Handler, error) {
 		}
 	}
 	h.route("GET /boot/{script}", KindScript, h.serveScript)
-	h.route("GET /files/{mac}/{profile}/{file}", KindOther, h.serveMachineFile)
+	h.route("GET /files/{mac}/{profile}/{file}", KindOther, h.serveFile)
 	h.route("GET /images/{profile}/{file}", KindOther, h.serveFile)
 	h.route("GET /ipxe/{file}", KindIPXE, h.serveIPXE)
 	h.route("GET /join/{mac}", KindJoin, h.serveJoin)

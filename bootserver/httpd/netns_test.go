@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -25,7 +26,7 @@ func newLab(t testing.TB) *lab {
 	t.Helper()
 	testenv.RequireRoot(t)
 	labNet++
-	subnet := "10.80." + itoa(labNet) + "."
+	subnet := "10.80." + strconv.Itoa(labNet) + "."
 	l := &lab{server: netlab.New(t, "bshs"), client: netlab.New(t, "bshc"), serverIP: subnet + "1"}
 	netlab.Veth(t, l.server, "eth0", subnet+"1/24", l.client, "eth0", subnet+"2/24")
 	return l

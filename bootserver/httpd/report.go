@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
@@ -78,6 +77,3 @@ func (h *Handler) reject(w http.ResponseWriter, reason, msg string, code int) {
 	h.rejects.WithLabelValues(reason).Inc()
 	http.Error(w, msg, code)
 }
-
-// itoa is strconv.Itoa (netns_test.go uses it).
-func itoa(i int) string { return strconv.Itoa(i) }

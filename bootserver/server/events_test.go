@@ -127,7 +127,7 @@ func TestHTTPBootEvents(t *testing.T) {
 			req := httptest.NewRequest("GET", "/ipxe/ipxe.efi", nil)
 			req.RemoteAddr = from
 			rec := httptest.NewRecorder()
-			s.Handler().ServeHTTP(rec, req)
+			s.http.ServeHTTP(rec, req)
 			if rec.Code != http.StatusOK || rec.Body.String() != "iPXE" {
 				t.Fatalf("GET /ipxe/ipxe.efi from %s: %d %q", from, rec.Code, rec.Body)
 			}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -276,12 +275,6 @@ func pool(c *config.Config, ifSubnet netip.Prefix) (dhcpd.Pool, error) {
 
 // URL is the server's HTTP base URL.
 func (s *Server) URL() string { return s.url }
-
-// Handler is the HTTP handler (tests).
-func (s *Server) Handler() http.Handler { return s.http }
-
-// Tokens is the token manager (tests); nil without a cluster.
-func (s *Server) Tokens() *tokens.Manager { return s.tokens }
 
 // Serve runs DHCP, TFTP, HTTP and the token watch until ctx ends, then stops them all and returns.
 // The first part to fail stops the others and its error is returned.

@@ -178,7 +178,7 @@ func TestNewWithoutCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Tokens() != nil {
+	if s.tokens != nil {
 		t.Error("a token manager without a cluster")
 	}
 	if n := strings.Count(logs.String(), "no cluster configured"); n != 1 {
@@ -188,7 +188,7 @@ func TestNewWithoutCluster(t *testing.T) {
 	const mac = "52:54:00:00:00:01"
 	for path, want := range map[string]int{"/boot/" + mac + ".ipxe": http.StatusOK, "/join/" + mac: http.StatusServiceUnavailable} {
 		rec := httptest.NewRecorder()
-		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		s.http.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
 		if rec.Code != want {
 			t.Errorf("GET %s: %d %s, want %d", path, rec.Code, rec.Body, want)
 		}

@@ -38,10 +38,3 @@ func (x *uuidIndex) of(mac hwaddr.MAC) string {
 	defer x.mu.Unlock()
 	return x.byMAC[mac]
 }
-
-// len is the number of pairs held (tests).
-func (x *uuidIndex) len() int {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return len(x.byMAC)
-}

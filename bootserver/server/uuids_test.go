@@ -148,3 +148,10 @@ machines:
 		t.Errorf("the index holds %d MACs, want at most 1", n)
 	}
 }
+
+// len is the number of pairs held (tests).
+func (x *uuidIndex) len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.byMAC)
+}

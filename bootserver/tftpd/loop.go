@@ -113,19 +113,8 @@ func (sv *serving) window(d decision, conn *net.UDPConn, remote *net.UDPAddr) {
 		onForeign:    func() { s.m.errors.WithLabelValues(kindForeignTID).Inc() },
 	}
 	name := d.req.filename
-	var rc io.ReadCloser
-	var size int64
-	var err error
-	if d.opener != nil {
-		rc, size, err = d.opener(sv.ctx, remote)
-	} else {
-		rc, size, err = openFile(sv.fsys, name)
-	}
+	rc, size, code, msg, err := sv.open(d.opener, name, remote)
 	if err != nil {
-		code, msg, kind := openError(err)
-		s.m.errors.WithLabelValues(kind).Inc()
-		s.warn.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
-		s.event(remote, name, EventError)
 		w.sendError(code, msg)
 		return
 	}
@@ -144,6 +133,24 @@ func (sv *serving) window(d decision, conn *net.UDPConn, remote *net.UDPAddr) {
 	n, err := w.run(sv.ctx, r)
 	sv.finish("window", remote, name, n, err, time.Since(t0), started,
 		"blksize", w.blksize, "windowsize", w.window)
+}
+
+// open opens name for remote with op (a Config.Files entry), or from the root if op is nil. A
+// failure is counted, logged and reported as an event; code and msg are the TFTP error to send.
+func (sv *serving) open(op Opener, name string, remote *net.UDPAddr) (rc io.ReadCloser, size int64, code uint16, msg string, err error) {
+	if op != nil {
+		rc, size, err = op(sv.ctx, remote)
+	} else {
+		rc, size, err = openFile(sv.fsys, name)
+	}
+	if err != nil {
+		var kind string
+		code, msg, kind = openError(err)
+		sv.s.m.errors.WithLabelValues(kind).Inc()
+		sv.s.warn.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
+		sv.s.event(remote, name, EventError)
+	}
+	return rc, size, code, msg, err
 }
 
 // pinClientError matches the error pin/tftp v3.2.0's sender returns when the client sends ERROR.

@@ -90,21 +90,10 @@ func (sv *serving) pinRead(name string, rf io.ReaderFrom) error {
 	ra := ot.RemoteAddr()
 	remote := &ra
 	defer s.slots.give(ra.AddrPort().Addr().Unmap()) // taken by the request loop
-	var rc io.ReadCloser
-	var size int64
-	var err error
-	if op, ok := s.cfg.Files[name]; ok {
-		rc, size, err = op(sv.ctx, remote)
-	} else {
-		rc, size, err = openFile(sv.fsys, name)
-	}
+	rc, size, _, msg, err := sv.open(s.cfg.Files[name], name, remote)
 	if err != nil {
 		// The file went away since the loop found it. pin/tftp answers every handler error
 		// with ERROR 1 and this message.
-		_, msg, kind := openError(err)
-		s.m.errors.WithLabelValues(kind).Inc()
-		s.warn.Warn("tftp: open failed", "remote", remote.String(), "file", name, "err", err)
-		s.event(remote, name, EventError)
 		return errors.New(msg)
 	}
 	defer rc.Close()

@@ -1,7 +1,6 @@
 package tftpd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -16,13 +15,6 @@ import (
 // that wraps fs.ErrNotExist is answered with ERROR 1 (file not found), fs.ErrPermission with
 // ERROR 2, anything else with ERROR 0.
 type Opener func(ctx context.Context, remote net.Addr) (rc io.ReadCloser, size int64, err error)
-
-// Bytes returns an Opener that serves b (not copied: do not change b afterwards).
-func Bytes(b []byte) Opener {
-	return func(context.Context, net.Addr) (io.ReadCloser, int64, error) {
-		return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
-	}
-}
 
 // File returns an Opener that serves the local file at path, opened at each request; it refuses
 // (fs.ErrPermission) what is not a regular file.

@@ -63,11 +63,30 @@ type Config struct {
 	Unknown Unknown `yaml:"unknownMachines"`
 	// Profiles are boot profiles by name.
 	Profiles map[string]Profile `yaml:"profiles"`
-	// Machines is the inventory.
+	// Machines is the inventory (inventory.source file).
 	Machines []Machine `yaml:"machines"`
+	// Inventory says where the machines come from.
+	Inventory Inventory `yaml:"inventory"`
+	// Segment names the L2 segment this server answers: with inventory.source kubernetes it
+	// answers the Machines whose spec.segment is this one or empty. Empty: only Machines without
+	// a segment.
+	Segment string `yaml:"segment"`
 
 	// Parsed values, filled by Validate.
 	TokenTTL time.Duration `yaml:"-"`
+}
+
+// Inventory sources.
+const (
+	InventoryFile       = "file"       // the machines: list of this file (default)
+	InventoryKubernetes = "kubernetes" // Machine objects (machines.pxejoin.io) in the cluster
+)
+
+// Inventory says where the machines come from.
+type Inventory struct {
+	// Source is file (the machines: list, the default) or kubernetes (the cluster's Machine
+	// objects, read through an informer; needs cluster.kubeconfig and the CRD in deploy/crd).
+	Source string `yaml:"source"`
 }
 
 // Listen holds listening addresses (host:port; an empty host means every address).

@@ -99,7 +99,30 @@ func (c *Config) validate(file string, loc locator) error {
 		ck.fail([]any{"unknownMachines", "maxTimelines"}, "%d is negative: give a number of machines, or leave it out for the default (1024)", c.Unknown.MaxTimelines)
 	}
 	c.validateMachines(ck)
+	c.validateInventory(ck)
 	return errors.Join(ck.errs...)
+}
+
+func (c *Config) validateInventory(ck *checker) {
+	if c.Segment != "" {
+		if errs := validation.IsDNS1123Label(c.Segment); len(errs) > 0 {
+			ck.fail([]any{"segment"}, "%q is not a segment name (lower-case letters, digits and '-', as a Machine's spec.segment): %s", c.Segment, strings.Join(errs, "; "))
+		}
+	}
+	switch c.Inventory.Source {
+	case "":
+		c.Inventory.Source = InventoryFile
+	case InventoryFile:
+	case InventoryKubernetes:
+		if c.Cluster.Kubeconfig == "" {
+			ck.fail([]any{"inventory", "source"}, "kubernetes needs cluster.kubeconfig (--kubeconfig): the Machines are read from that cluster")
+		}
+		if len(c.Machines) > 0 {
+			ck.fail([]any{"machines"}, "the machines come from the cluster (inventory.source kubernetes): move them there with `bootserver import FILE`, then remove them here")
+		}
+	default:
+		ck.fail([]any{"inventory", "source"}, "%q is not one of file, kubernetes", c.Inventory.Source)
+	}
 }
 
 // validateLimits fills the defaults of the limits left out and refuses negative ones.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
@@ -25,11 +26,11 @@ type allocator struct {
 	strangeHold time.Duration
 	declineHold time.Duration
 	maxUnknown  int
-	inventory   int
-	resByMAC    map[hwaddr.MAC]Reservation
-	resByIP     map[netip.Addr]hwaddr.MAC
+	// res are the reservations, replaced whole when the inventory changes (setInventory).
+	res atomic.Pointer[reservations]
 
 	mu        sync.Mutex
+	inventory int // guarded by mu
 	held      map[netip.Addr]hold
 	heldBy    map[hwaddr.MAC]netip.Addr
 	declined  map[netip.Addr]time.Time
@@ -39,6 +40,29 @@ type allocator struct {
 	// inPool how many of them each pool has. Both stay within the pools' strangerCap.
 	strangers map[hwaddr.MAC]stranger
 	inPool    map[netip.Prefix]int
+}
+
+// reservations index Config.Reservations both ways.
+type reservations struct {
+	byMAC map[hwaddr.MAC]Reservation
+	byIP  map[netip.Addr]hwaddr.MAC
+}
+
+func newReservations(rs []Reservation) *reservations {
+	x := &reservations{byMAC: map[hwaddr.MAC]Reservation{}, byIP: map[netip.Addr]hwaddr.MAC{}}
+	for _, r := range rs {
+		x.byMAC[r.MAC] = r
+		x.byIP[r.IP] = r.MAC
+	}
+	return x
+}
+
+// setInventory replaces the inventory's size and the reservations.
+func (a *allocator) setInventory(n int, rs []Reservation) {
+	a.res.Store(newReservations(rs))
+	a.mu.Lock()
+	a.inventory = n
+	a.mu.Unlock()
 }
 
 type stranger struct {
@@ -60,8 +84,6 @@ func newAllocator(c *Config, serverIP func() netip.Addr) *allocator {
 		declineHold: c.DeclineHold,
 		maxUnknown:  c.MaxUnknown,
 		inventory:   c.Inventory,
-		resByMAC:    map[hwaddr.MAC]Reservation{},
-		resByIP:     map[netip.Addr]hwaddr.MAC{},
 		held:        map[netip.Addr]hold{},
 		heldBy:      map[hwaddr.MAC]netip.Addr{},
 		declined:    map[netip.Addr]time.Time{},
@@ -69,10 +91,7 @@ func newAllocator(c *Config, serverIP func() netip.Addr) *allocator {
 		strangers:   map[hwaddr.MAC]stranger{},
 		inPool:      map[netip.Prefix]int{},
 	}
-	for _, r := range c.Reservations {
-		a.resByMAC[r.MAC] = r
-		a.resByIP[r.IP] = r.MAC
-	}
+	a.res.Store(newReservations(c.Reservations))
 	if c.Known != nil && a.store != nil {
 		now := time.Now()
 		for _, l := range a.store.All() {
@@ -133,7 +152,7 @@ func addr32(u uint32) netip.Addr {
 
 // reservation returns mac's reservation if its address lies in p.
 func (a *allocator) reservation(p *Pool, mac hwaddr.MAC) (Reservation, bool) {
-	r, ok := a.resByMAC[mac]
+	r, ok := a.res.Load().byMAC[mac]
 	if !ok || !p.Subnet.Contains(r.IP) {
 		return Reservation{}, false
 	}
@@ -153,7 +172,7 @@ func (a *allocator) usable(p *Pool, ip netip.Addr, mac hwaddr.MAC, now time.Time
 			return false
 		}
 	}
-	if owner, ok := a.resByIP[ip]; ok {
+	if owner, ok := a.res.Load().byIP[ip]; ok {
 		if owner != mac {
 			return false
 		}

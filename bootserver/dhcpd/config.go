@@ -81,6 +81,9 @@ type Config struct {
 	// for known machines; past that they get no offer (counted as "unknown_cap"). Nil treats
 	// every client as known.
 	Known func(mac hwaddr.MAC, uuid []byte) bool
+	// Silent, if set, names clients that get no reply at all, not even an address (their
+	// inventory entry is disabled or in conflict); their requests are dropped as "silenced".
+	Silent func(mac hwaddr.MAC, uuid []byte) bool
 	// Inventory is how many machines Known accepts: each pool keeps that many addresses of its
 	// range out of strangers' reach.
 	Inventory int

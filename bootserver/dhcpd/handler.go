@@ -49,6 +49,10 @@ func (s *Server) handle(req *dhcpv4.DHCPv4, peer *net.UDPAddr, pxePort bool) (*d
 	}
 	now := time.Now()
 	facts := factsOf(req, mac, s.cfg.Mode == ModeProxy)
+	if s.cfg.Silent != nil && s.cfg.Silent(mac, facts.UUID) {
+		s.drop(dropSilenced, mac, "")
+		return nil, nil
+	}
 	if s.cfg.Mode == ModeProxy {
 		return s.handleProxy(req, mt, facts, peer, pxePort)
 	}

@@ -16,7 +16,8 @@ type Metrics struct {
 	Packets *prometheus.CounterVec
 	// Dropped counts requests dropped, by reason ("short", "not_request", "bad_cookie", "bad_hlen",
 	// "parse", "no_type", "no_pool", "pool_exhausted", "bad_uuid", "store_error", "not_for_us",
-	// "busy" (past Config.MaxInFlight), "unknown_cap" (past Config.MaxUnknown), …).
+	// "busy" (past Config.MaxInFlight), "unknown_cap" (past Config.MaxUnknown), "silenced"
+	// (Config.Silent), …).
 	Dropped *prometheus.CounterVec
 	// Replies counts replies sent, by DHCP message type.
 	Replies *prometheus.CounterVec
@@ -51,6 +52,7 @@ const (
 	dropRelayedLoop = "hops"
 	dropBusy        = "busy"
 	dropUnknownCap  = "unknown_cap"
+	dropSilenced    = "silenced"
 )
 
 func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 
@@ -50,6 +51,17 @@ func New(cfg Config) (*Server, error) {
 		s.events = make(chan Event, eventBuffer)
 	}
 	return s, nil
+}
+
+// SetInventory replaces Config.Inventory and Config.Reservations while the server runs (the
+// inventory changed); requests under way finish with either the old or the new ones.
+func (s *Server) SetInventory(n int, rs []Reservation) {
+	for _, r := range rs {
+		if !r.IP.Is4() {
+			s.cfg.Logger.Warn("dhcp: reservation without an IPv4 address ignored", "mac", r.MAC)
+		}
+	}
+	s.alloc.setInventory(n, slices.DeleteFunc(slices.Clone(rs), func(r Reservation) bool { return !r.IP.Is4() }))
 }
 
 // Metrics returns the server's metrics.

@@ -23,7 +23,7 @@ var phaseOfKind = map[string]string{"kernel": status.PhaseKernel, "initrd": stat
 // serveFile serves a profile's file by /images/<profile>/<file>, or by
 // /files/<mac>/<profile>/<file> and then records the download in the machine's timeline.
 func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request) {
-	f, ok := h.cfg.Inventory.File("/images/" + r.PathValue("profile") + "/" + r.PathValue("file"))
+	f, ok := h.cfg.Inventory.Current().File("/images/" + r.PathValue("profile") + "/" + r.PathValue("file"))
 	if !ok {
 		http.NotFound(w, r)
 		return

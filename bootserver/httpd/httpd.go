@@ -48,7 +48,8 @@ type Tokens interface {
 
 // Config configures the handler.
 type Config struct {
-	Inventory *inventory.Inventory
+	// Inventory gives the current inventory snapshot (a file's inventory is its own Source).
+	Inventory inventory.Source
 	Status    *status.Store
 	// Tokens mints the join files' tokens; nil means the boot server has no cluster: join files are
 	// then refused with the reason, and the page says so.

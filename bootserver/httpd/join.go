@@ -35,6 +35,9 @@ func JoinConfig(a inventory.Assignment, token, endpoint string, pins []string) *
 			TLSBootstrapToken: token,
 		},
 	}
+	if len(a.Taints) > 0 {
+		jc.NodeRegistration.Taints = slices.Clone(a.Taints)
+	}
 	if len(a.Labels) > 0 {
 		var kv []string
 		for _, k := range slices.Sorted(maps.Keys(a.Labels)) {

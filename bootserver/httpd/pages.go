@@ -24,11 +24,12 @@ func (h *Handler) machines() []status.Machine {
 	for _, m := range all {
 		seen[m.MAC] = true
 	}
-	for _, im := range h.cfg.Inventory.Machines() {
+	inv := h.cfg.Inventory.Current()
+	for _, im := range inv.Machines() {
 		if im.MAC.IsZero() || seen[im.MAC] {
 			continue
 		}
-		a, _ := h.cfg.Inventory.Lookup(im.MAC, im.UUID)
+		a, _ := inv.Lookup(im.MAC, im.UUID)
 		all = append(all, status.Machine{MAC: im.MAC, NodeName: a.NodeName, Profile: im.Profile, Known: true, Phases: []status.Phase{}})
 	}
 	sort.Slice(all, func(i, j int) bool { return bytes.Compare(all[i].MAC[:], all[j].MAC[:]) < 0 })

@@ -24,7 +24,7 @@ func (h *Handler) machineOf(r *http.Request, raw string) (mac hwaddr.MAC, a inve
 	if err != nil {
 		return mac, a, false, err
 	}
-	a, boots = h.cfg.Inventory.Lookup(mac, h.uuidOf(r, mac))
+	a, boots = h.cfg.Inventory.Current().Lookup(mac, h.uuidOf(r, mac))
 	return mac, a, boots, nil
 }
 

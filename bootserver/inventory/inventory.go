@@ -1,15 +1,23 @@
-// Package inventory answers "what does this machine boot, and as which node?" from the
-// configuration's machines (by MAC address and/or SMBIOS UUID), its profiles and the profile for
-// unknown machines.
+// Package inventory answers "what does this machine boot, and as which node?" from the machines
+// (by MAC address and/or SMBIOS UUID), the configuration's profiles and the profile for unknown
+// machines.
+//
+// An Inventory is an immutable snapshot. A Source hands out the current one: the configuration
+// file's inventory is its own Source (it never changes); the Kubernetes source (kubernetes.go)
+// builds a new snapshot from the Machine objects on every change and swaps it in atomically, so
+// the DHCP, TFTP and HTTP paths read memory and never call the API.
 package inventory
 
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"path"
 	"sort"
 	"strings"
 	"text/template"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -68,11 +76,16 @@ func (p *Profile) Cmdline(f config.CmdlineFields) (string, error) {
 
 // Machine is an inventory entry.
 type Machine struct {
-	MAC     hwaddr.MAC // zero for a machine known by UUID only
-	UUID    string     // lower-case or ""
-	Name    string     // node name; may be empty (derived from the MAC)
+	MAC     hwaddr.MAC // zero for a machine known by UUID only; the first of MACs
+	MACs    []hwaddr.MAC
+	UUID    string // lower-case or ""
+	Name    string // node name; may be empty (derived from the MAC)
 	Profile string
 	Labels  map[string]string
+	// Taints are the taints the Node registers with (the join file's registerWithTaints).
+	Taints []corev1.Taint
+	// IPv4 is the machine's reserved address (full DHCP mode); invalid when it has none.
+	IPv4 netip.Addr
 }
 
 // Assignment is what one machine gets.
@@ -81,8 +94,15 @@ type Assignment struct {
 	NodeName string
 	Profile  *Profile
 	Labels   map[string]string
+	Taints   []corev1.Taint
 	// Known is true for a machine in the inventory, false for one booting the default profile.
 	Known bool
+}
+
+// Source hands out the current inventory snapshot; callers look a machine up in what Current
+// returns and never keep it past the request at hand.
+type Source interface {
+	Current() *Inventory
 }
 
 // Inventory looks machines up. It is immutable and safe for concurrent use.
@@ -92,15 +112,43 @@ type Inventory struct {
 	byUUID   map[string]*Machine
 	unknown  *Profile
 	files    map[string]File
+	// silentMACs and silentUUIDs get no answer at all, not even the unknown machines' profile:
+	// their Machine is disabled, or they are claimed by two Machines.
+	silentMACs  map[hwaddr.MAC]bool
+	silentUUIDs map[string]bool
 }
+
+// Current returns inv: a file's inventory never changes, so it is its own Source.
+func (inv *Inventory) Current() *Inventory { return inv }
 
 // New builds the inventory of a validated configuration.
 func New(c *config.Config) (*Inventory, error) {
+	inv, err := withProfiles(c)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range c.Machines {
+		m := &Machine{MAC: m.MAC, UUID: m.UUID, Name: m.Name, Profile: m.Profile, Labels: m.Labels}
+		if inv.profiles[m.Profile] == nil {
+			return nil, fmt.Errorf("machine %s %s: profile %q is not defined", m.MAC, m.UUID, m.Profile)
+		}
+		if !m.MAC.IsZero() {
+			m.MACs = []hwaddr.MAC{m.MAC}
+		}
+		inv.add(m)
+	}
+	return inv, nil
+}
+
+// withProfiles starts an inventory with the configuration's profiles and no machines.
+func withProfiles(c *config.Config) (*Inventory, error) {
 	inv := &Inventory{
-		profiles: map[string]*Profile{},
-		byMAC:    map[hwaddr.MAC]*Machine{},
-		byUUID:   map[string]*Machine{},
-		files:    map[string]File{},
+		profiles:    map[string]*Profile{},
+		byMAC:       map[hwaddr.MAC]*Machine{},
+		byUUID:      map[string]*Machine{},
+		files:       map[string]File{},
+		silentMACs:  map[hwaddr.MAC]bool{},
+		silentUUIDs: map[string]bool{},
 	}
 	for name, p := range c.Profiles {
 		t, err := template.New(name).Option("missingkey=error").Parse(p.Cmdline)
@@ -119,25 +167,39 @@ func New(c *config.Config) (*Inventory, error) {
 			return nil, fmt.Errorf("unknownMachines.profile %q is not defined", c.Unknown.Profile)
 		}
 	}
-	for _, m := range c.Machines {
-		m := &Machine{MAC: m.MAC, UUID: m.UUID, Name: m.Name, Profile: m.Profile, Labels: m.Labels}
-		if inv.profiles[m.Profile] == nil {
-			return nil, fmt.Errorf("machine %s %s: profile %q is not defined", m.MAC, m.UUID, m.Profile)
-		}
-		if !m.MAC.IsZero() {
-			inv.byMAC[m.MAC] = m
-		}
-		if m.UUID != "" {
-			inv.byUUID[m.UUID] = m
-		}
-	}
 	return inv, nil
+}
+
+// add indexes m by its MACs and UUID.
+func (inv *Inventory) add(m *Machine) {
+	for _, mac := range m.MACs {
+		inv.byMAC[mac] = m
+	}
+	if m.UUID != "" {
+		inv.byUUID[m.UUID] = m
+	}
+}
+
+// Silent reports whether the machine must get no answer at all: its Machine is disabled, or its
+// MAC or UUID is claimed by two Machines.
+func (inv *Inventory) Silent(mac hwaddr.MAC, uuid string) bool {
+	if inv.silentMACs[mac] {
+		return true
+	}
+	if uuid == "" || inv.byMAC[mac] != nil {
+		return false
+	}
+	u, _ := config.CanonicalUUID(uuid)
+	return inv.silentUUIDs[u]
 }
 
 // Lookup finds the machine with MAC mac or, failing that, with SMBIOS UUID uuid (may be empty). A
 // machine not in the inventory gets the unknown-machines profile if there is one; ok is false when
 // the machine gets nothing.
 func (inv *Inventory) Lookup(mac hwaddr.MAC, uuid string) (a Assignment, ok bool) {
+	if inv.Silent(mac, uuid) {
+		return Assignment{MAC: mac}, false
+	}
 	m := inv.byMAC[mac]
 	if m == nil && uuid != "" {
 		if u, valid := config.CanonicalUUID(uuid); valid {
@@ -149,7 +211,7 @@ func (inv *Inventory) Lookup(mac hwaddr.MAC, uuid string) (a Assignment, ok bool
 		if name == "" {
 			name = NodeName(mac)
 		}
-		return Assignment{MAC: mac, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Known: true}, true
+		return Assignment{MAC: mac, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Taints: m.Taints, Known: true}, true
 	}
 	if inv.unknown != nil {
 		return Assignment{MAC: mac, NodeName: NodeName(mac), Profile: inv.unknown}, true

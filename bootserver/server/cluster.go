@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -18,7 +19,9 @@ import (
 // Cluster is what the boot server needs of the cluster: a client, the endpoint machines dial and
 // the CA pins they check.
 type Cluster struct {
-	Client   kubernetes.Interface
+	Client kubernetes.Interface
+	// Dynamic reads and writes custom resources (Machines); may be nil when inventory.source is file.
+	Dynamic  dynamic.Interface
 	Endpoint string
 	CAPins   []string
 }
@@ -60,7 +63,11 @@ func LoadCluster(kubeconfig, endpoint string) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
-	return &Cluster{Client: c, Endpoint: endpoint, CAPins: pins}, nil
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return &Cluster{Client: c, Dynamic: dyn, Endpoint: endpoint, CAPins: pins}, nil
 }
 
 func caPins(rc *rest.Config) ([]string, error) {

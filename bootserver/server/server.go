@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,7 +56,9 @@ type Server struct {
 	leases   *leases.Store
 	status   *status.Store
 	tokens   *tokens.Manager // nil without a cluster
-	inv      *inventory.Inventory
+	inv      inventory.Source
+	kube     *inventory.Kubernetes // nil unless inventory.source is kubernetes
+	dhcpMu   sync.Mutex            // orders s.dhcp's creation with inventory changes
 	http     *httpd.Handler
 	dhcp     *dhcpd.Server
 	tftp     *tftpd.Server
@@ -95,7 +98,7 @@ func New(opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	if s.inv, err = inventory.New(c); err != nil {
+	if err := s.openInventory(cl); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
@@ -109,7 +112,7 @@ func New(opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("state store %s: %w: make the state directory writable by the boot server, or set another stateDir (--state-dir)", dbPath, err)
 	}
 	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg, MaxUnknown: c.Unknown.MaxTimelines,
-		Known: func(mac hwaddr.MAC) bool { return s.inv.Known(mac, "") }}); err != nil {
+		Known: func(mac hwaddr.MAC) bool { return s.inv.Current().Known(mac, "") }}); err != nil {
 		return nil, err
 	}
 	// The handler's Tokens stays a nil interface without a cluster (not a nil *tokens.Manager).
@@ -147,7 +150,9 @@ func New(opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	attrs := []any{"url", s.url, "dhcp", c.DHCP.Mode, "profiles", len(s.inv.Profiles()), "machines", len(s.inv.Machines()), "unknown_profile", c.Unknown.Profile}
+	inv := s.inv.Current()
+	attrs := []any{"url", s.url, "dhcp", c.DHCP.Mode, "profiles", len(inv.Profiles()), "machines", len(inv.Machines()), "unknown_profile", c.Unknown.Profile,
+		"inventory", c.Inventory.Source}
 	if c.SendRouterAdvertisements() && c.Interface != "" {
 		if s.ra, err = routeradv.New(routeradv.Config{Interface: c.Interface, Logger: s.log, Registerer: s.reg}); err != nil {
 			return nil, err
@@ -161,6 +166,41 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	s.log.Info("boot server configured", attrs...)
 	return s, nil
+}
+
+// openInventory reads the configuration's machines, or starts the Kubernetes source.
+func (s *Server) openInventory(cl *Cluster) error {
+	c := s.cfg
+	if c.Inventory.Source != config.InventoryKubernetes {
+		inv, err := inventory.New(c)
+		s.inv = inv
+		return err
+	}
+	if cl == nil || cl.Dynamic == nil {
+		return errors.New("inventory.source kubernetes needs a cluster: set cluster.kubeconfig (--kubeconfig)")
+	}
+	k, err := inventory.StartKubernetes(inventory.KubernetesOptions{Config: c, Client: cl.Dynamic, Logger: s.log, Registerer: s.reg,
+		OnChange: s.inventoryChanged})
+	if err != nil {
+		return err
+	}
+	s.inv, s.kube = k, k
+	return nil
+}
+
+// inventoryChanged hands a new inventory snapshot's size and reservations to DHCP.
+func (s *Server) inventoryChanged(inv *inventory.Inventory) {
+	s.dhcpMu.Lock()
+	defer s.dhcpMu.Unlock()
+	if s.dhcp == nil {
+		return
+	}
+	var rs []dhcpd.Reservation
+	for mac, ip := range inv.Reservations() {
+		a, _ := inv.Lookup(mac, "")
+		rs = append(rs, dhcpd.Reservation{MAC: mac, IP: ip, Hostname: a.NodeName})
+	}
+	s.dhcp.SetInventory(len(inv.Machines()), rs)
 }
 
 // resolveURL settles the URL machines use and the server's IPv4 address.
@@ -204,16 +244,19 @@ func (s *Server) newDHCP() (err error) {
 		BootPolicy: dhcpd.BootPolicyFunc(func(f dhcpd.ClientFacts) dhcpd.Boot {
 			mac, uuid := f.MAC, inventory.SMBIOSUUID(f.UUID)
 			s.noteUUID(mac, uuid)
-			if !s.inv.Boots(mac, uuid) {
+			if !s.inv.Current().Boots(mac, uuid) {
 				return dhcpd.Boot{}
 			}
 			return policy.Boot(f)
 		}),
 		OnEvent: s.onDHCP,
 		Known: func(mac hwaddr.MAC, uuid []byte) bool {
-			return s.inv.Known(mac, inventory.SMBIOSUUID(uuid))
+			return s.inv.Current().Known(mac, inventory.SMBIOSUUID(uuid))
 		},
-		Inventory:   len(s.inv.Machines()),
+		Silent: func(mac hwaddr.MAC, uuid []byte) bool {
+			return s.inv.Current().Silent(mac, inventory.SMBIOSUUID(uuid))
+		},
+		Inventory:   len(s.inv.Current().Machines()),
 		MaxUnknown:  c.DHCP.MaxUnknownLeases,
 		MaxInFlight: c.DHCP.MaxInFlight,
 		Logger:      s.log,
@@ -237,15 +280,22 @@ func (s *Server) newDHCP() (err error) {
 		}
 		dc.Leases = s.leases
 	}
-	s.dhcp, err = dhcpd.New(dc)
-	return err
+	d, err := dhcpd.New(dc)
+	if err != nil {
+		return err
+	}
+	s.dhcpMu.Lock()
+	s.dhcp = d
+	s.dhcpMu.Unlock()
+	s.inventoryChanged(s.inv.Current())
+	return nil
 }
 
 // noteUUID remembers the SMBIOS UUID a MAC sent in DHCP when that UUID, not the MAC, is how the
 // inventory knows the machine: script and join requests carry only the MAC. Other UUIDs are not
 // kept, so packets from ever new MACs cannot grow the index past the inventory.
 func (s *Server) noteUUID(mac hwaddr.MAC, uuid string) {
-	if uuid != "" && !s.inv.Known(mac, "") && s.inv.Known(mac, uuid) {
+	if inv := s.inv.Current(); uuid != "" && !inv.Known(mac, "") && inv.Known(mac, uuid) {
 		s.uuids.remember(mac, uuid)
 	}
 }
@@ -341,6 +391,9 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // Close releases the stores; call it after Serve returned.
 func (s *Server) Close() {
+	if s.kube != nil {
+		s.kube.Stop()
+	}
 	if s.http != nil {
 		_ = s.http.Close()
 	}

@@ -194,6 +194,7 @@ func (k *Kubernetes) rebuild(ctx context.Context) (retry bool) {
 	b := FromMachines(k.base, k.opts.Config.Segment, ms)
 	k.cur.Store(b.Inventory)
 	k.builds.Inc()
+	k.opts.Logger.Debug("inventory snapshot", "machines", len(ms), "served", b.States[StateServed], "conflicts", len(b.Conflicts))
 	for _, s := range []string{StateServed, StateDisabled, StateConflict, StateInvalid, StateOtherSegment} {
 		k.machines.WithLabelValues(s).Set(float64(b.States[s]))
 	}

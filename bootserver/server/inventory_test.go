@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
@@ -286,4 +287,46 @@ func TestInventoryAPIOutage(t *testing.T) {
 	}
 	a.apply(t, "outage-new", map[string]any{"profile": "worker", "macs": []any{"52:54:00:56:01:00"}})
 	labeventually.True(t, "a Machine created after the outage is answered", func() bool { return bootFile(a.discover(t, "52:54:00:56:01:00")) != "" })
+}
+
+// TestInventoryWithoutCRD: a cluster without the Machine CRD stops the server at start with what
+// to run.
+func TestInventoryWithoutCRD(t *testing.T) {
+	needControlPlane(t)
+	dyn := dynamic.NewForConfigOrDie(cp.AdminConfig())
+	crds := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	ctx := context.Background()
+	if err := dyn.Resource(crds).Delete(ctx, "machines.pxejoin.io", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	labeventually.True(t, "the CRD is gone", func() bool {
+		_, err := dyn.Resource(machineapi.GVR).List(ctx, metav1.ListOptions{Limit: 1})
+		return apierrors.IsNotFound(err)
+	})
+	dir := t.TempDir()
+	for _, f := range []string{"vmlinuz", "initrd.img"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := config.Parse("nocrd.yaml", []byte(fmt.Sprintf(`serverURL: http://127.0.0.1:8080
+dhcp: {mode: "off"}
+tftp: {disabled: true}
+cluster: {kubeconfig: %[2]s}
+inventory: {source: kubernetes}
+stateDir: %[1]s/state
+profiles:
+  worker: {kernel: %[1]s/vmlinuz, initrds: [%[1]s/initrd.img]}
+`, dir, cp.AdminKubeconfig())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, Logger: nopLogger()})
+	if err == nil {
+		s.Close()
+		t.Fatal("the server started without the Machine CRD")
+	}
+	if !strings.Contains(err.Error(), "kubectl apply -f deploy/crd/") || !strings.Contains(err.Error(), "machines.pxejoin.io") {
+		t.Errorf("the error does not say what to do: %v", err)
+	}
 }

@@ -119,6 +119,17 @@ func TestParseErrors(t *testing.T) {
 			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: -1\nprofiles:", 1)
 		}, 17, "unknownMachines.maxTokens: -1 is negative"},
 		{"bad duration", func(s string) string { return strings.Replace(s, "stateDir:", "http: {idleTimeout: 2}\nstateDir:", 1) }, 14, "cannot unmarshal !!int `2` into time.Duration"},
+		{"unknown inventory source", func(s string) string {
+			return strings.Replace(s, "stateDir:", "inventory: {source: etcd}\nstateDir:", 1)
+		}, 14, `inventory.source: "etcd" is not one of file, kubernetes`},
+		{"kubernetes inventory and machines", func(s string) string {
+			return strings.Replace(s, "stateDir:", "inventory: {source: kubernetes}\nstateDir:", 1)
+		}, 24, "machines: the machines come from the cluster (inventory.source kubernetes): move them there with `bootserver import FILE`"},
+		{"kubernetes inventory without a cluster", func(s string) string {
+			s = strings.Replace(s, "cluster:\n  kubeconfig: $D/admin.conf\n  tokenTTL: 20m\n", "", 1)
+			return strings.Replace(s, "stateDir:", "inventory: {source: kubernetes}\nstateDir:", 1)
+		}, 11, "inventory.source: kubernetes needs cluster.kubeconfig"},
+		{"bad segment", func(s string) string { return strings.Replace(s, "stateDir:", "segment: Rack_1\nstateDir:", 1) }, 14, `segment: "Rack_1" is not a segment name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

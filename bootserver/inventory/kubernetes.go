@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -109,24 +110,40 @@ func StartKubernetes(opts KubernetesOptions) (*Kubernetes, error) {
 		if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
 			return nil, fmt.Errorf("inventory.source kubernetes: %s", CRDHint)
 		}
-		return nil, fmt.Errorf("inventory.source kubernetes: cannot list Machines: %w: let the kubeconfig list, watch and patch (status) machines.pxejoin.io", err)
+		return nil, fmt.Errorf("inventory.source kubernetes: cannot list Machines: %w: check that the API server is reachable and that the kubeconfig may list, watch and patch (status) machines.pxejoin.io", err)
 	}
 	k.informer = dynamicinformer.NewFilteredDynamicInformer(opts.Client, machineapi.GVR, "", 0, cache.Indexers{}, nil).Informer()
-	// managedFields are never read: do not keep them for every Machine.
+	// Only spec and the conditions are read: do not keep managedFields or the boot timeline
+	// (status.phases, up to 64 entries) for every Machine.
 	_ = k.informer.SetTransform(func(obj any) (any, error) {
 		if u, ok := obj.(*unstructured.Unstructured); ok {
 			u.SetManagedFields(nil)
+			conds, found, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+			delete(u.Object, "status")
+			if found {
+				u.Object["status"] = map[string]any{"conditions": conds}
+			}
 		}
 		return obj, nil
 	})
-	poke := func(any) {
+	poke := func() {
 		select {
 		case k.changed <- struct{}{}:
 		default:
 		}
 	}
+	// Status writes (the boot timeline, several per boot) change neither the spec (its
+	// generation) nor the conditions: they build no snapshot.
 	if _, err := k.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: poke, UpdateFunc: func(_, o any) { poke(o) }, DeleteFunc: poke,
+		AddFunc:    func(any) { poke() },
+		DeleteFunc: func(any) { poke() },
+		UpdateFunc: func(o, n any) {
+			ou, ok1 := o.(*unstructured.Unstructured)
+			nu, ok2 := n.(*unstructured.Unstructured)
+			if !ok1 || !ok2 || ou.GetGeneration() != nu.GetGeneration() || !equality.Semantic.DeepEqual(ou.Object["status"], nu.Object["status"]) {
+				poke()
+			}
+		},
 	}); err != nil {
 		return nil, err
 	}

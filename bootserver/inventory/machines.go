@@ -26,7 +26,8 @@ const (
 // Built is a snapshot made from Machine objects, with what the Kubernetes source reports about it.
 type Built struct {
 	Inventory *Inventory
-	// Conflicts maps the name of each Machine in conflict to the message of its Conflict condition.
+	// Conflicts maps the name of each Machine in conflict (of any segment) to the message of its
+	// Conflict condition.
 	Conflicts map[string]string
 	// Problems maps the name of each invalid Machine to what is wrong with it and what to do.
 	Problems map[string]string
@@ -40,9 +41,11 @@ type Built struct {
 // FromMachines builds the snapshot of the Machines this server answers: those of its segment
 // (config's segment) and those with none. base holds the configuration's profiles (withProfiles).
 //
-// A MAC, UUID or ipv4 reservation claimed by two Machines leaves both unanswered (silent, even
-// for the unknown machines' profile), because the server cannot tell which one is booting;
-// disabled Machines count as claimants too, so disabling one of two does not pick the other.
+// A MAC, UUID or ipv4 reservation claimed by two Machines that one server could both answer (the
+// same segment, or either without one) leaves both unanswered (silent, even for the unknown
+// machines' profile), because the server cannot tell which one is booting; disabled Machines
+// count as claimants too, so disabling one of two does not pick the other. Every server sees
+// every Machine, so all compute the same conflicts and write the same conditions.
 func FromMachines(base *Inventory, segment string, ms []*machineapi.Machine) Built {
 	inv := base.empty()
 	b := Built{Inventory: inv, Conflicts: map[string]string{}, Problems: map[string]string{}, States: map[string]int{}}
@@ -52,48 +55,57 @@ func FromMachines(base *Inventory, segment string, ms []*machineapi.Machine) Bui
 		src *machineapi.Machine
 		m   *Machine
 	}
-	var entries []entry
-	claims := map[string][]string{} // "MAC x" / "UUID y" / "ipv4 z" → Machine names
+	var entries []entry                          // this server's Machines
+	claims := map[string][]*machineapi.Machine{} // "MAC x" / "UUID y" / "ipv4 z" → every Machine claiming it
 	for _, src := range ms {
-		if src.Spec.Segment != "" && src.Spec.Segment != segment {
-			b.States[StateOtherSegment]++
-			continue
-		}
-		b.Considered = append(b.Considered, src.Name)
+		ours := src.Spec.Segment == "" || src.Spec.Segment == segment
 		m, err := convert(src)
-		if err == nil && inv.profiles[m.Profile] == nil {
-			err = fmt.Errorf("profile %q is not defined in this boot server's configuration: add it under profiles, or change spec.profile", m.Profile)
-		}
-		if err != nil {
-			b.Problems[src.Name] = err.Error()
+		if ours {
+			b.Considered = append(b.Considered, src.Name)
+			if err == nil && inv.profiles[m.Profile] == nil {
+				err = fmt.Errorf("profile %q is not defined in this boot server's configuration: add it under profiles, or change spec.profile", m.Profile)
+			}
+			if err != nil {
+				b.Problems[src.Name] = err.Error()
+			}
+		} else {
+			b.States[StateOtherSegment]++
 		}
 		if m == nil {
-			b.States[StateInvalid]++
+			if ours {
+				b.States[StateInvalid]++
+			}
 			continue
 		}
-		entries = append(entries, entry{src, m})
+		if ours {
+			entries = append(entries, entry{src, m})
+		}
 		for _, mac := range m.MACs {
-			claims["MAC "+mac.String()] = append(claims["MAC "+mac.String()], src.Name)
+			claims["MAC "+mac.String()] = append(claims["MAC "+mac.String()], src)
 		}
 		if m.UUID != "" {
-			claims["UUID "+m.UUID] = append(claims["UUID "+m.UUID], src.Name)
+			claims["UUID "+m.UUID] = append(claims["UUID "+m.UUID], src)
 		}
 		if m.IPv4.IsValid() {
-			claims["ipv4 "+m.IPv4.String()] = append(claims["ipv4 "+m.IPv4.String()], src.Name)
+			claims["ipv4 "+m.IPv4.String()] = append(claims["ipv4 "+m.IPv4.String()], src)
 		}
 	}
 	for _, what := range slices.Sorted(maps.Keys(claims)) {
-		names := claims[what]
-		if len(names) < 2 {
-			continue
-		}
-		for _, n := range names {
-			others := slices.DeleteFunc(slices.Clone(names), func(o string) bool { return o == n })
+		for _, x := range claims[what] {
+			var others []string
+			for _, y := range claims[what] {
+				if y != x && (x.Spec.Segment == y.Spec.Segment || x.Spec.Segment == "" || y.Spec.Segment == "") {
+					others = append(others, y.Name)
+				}
+			}
+			if len(others) == 0 {
+				continue
+			}
 			msg := fmt.Sprintf("%s is also claimed by Machine %s", what, strings.Join(others, ", "))
-			if prev, ok := b.Conflicts[n]; ok {
+			if prev, ok := b.Conflicts[x.Name]; ok {
 				msg = prev + "; " + msg
 			}
-			b.Conflicts[n] = msg
+			b.Conflicts[x.Name] = msg
 		}
 	}
 	for _, e := range entries {

@@ -82,6 +82,12 @@ func TestFromMachines(t *testing.T) {
 				machine("m1", machineapi.MachineSpec{MACs: []string{mac1}, Segment: "a"}),
 				machine("m2", machineapi.MachineSpec{MACs: []string{mac1}, Segment: "b"}),
 			}},
+		{name: "the same MAC without a segment conflicts with every segment", segment: "b", mac: mac1, states: map[string]int{StateConflict: 1, StateOtherSegment: 1},
+			machines: []*machineapi.Machine{
+				machine("m1", machineapi.MachineSpec{MACs: []string{mac1}, Segment: "a"}),
+				machine("m2", machineapi.MachineSpec{MACs: []string{mac1}}),
+			},
+			wantConf: map[string]string{"m1": "MAC " + mac1 + " is also claimed by Machine m2", "m2": "MAC " + mac1 + " is also claimed by Machine m1"}},
 		{name: "profile this server lacks: silent", unknown: "worker", mac: mac1, states: map[string]int{StateInvalid: 1},
 			machines: []*machineapi.Machine{machine("m1", machineapi.MachineSpec{MACs: []string{mac1}, Profile: "gpu"})}},
 		{name: "bad label: silent", mac: mac1, states: map[string]int{StateInvalid: 1},

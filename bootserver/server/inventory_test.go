@@ -330,3 +330,20 @@ profiles:
 		t.Errorf("the error does not say what to do: %v", err)
 	}
 }
+
+// TestInventoryTwoSegments: two servers on two segments share one inventory; each answers its own
+// segment's Machines and those without a segment, and not the other's.
+func TestInventoryTwoSegments(t *testing.T) {
+	a, b := startAPIInventory(t, config.DHCPProxy, 57), startAPIInventory(t, config.DHCPProxy, 58)
+	const macA, macB, macAny = "52:54:00:57:00:01", "52:54:00:58:00:01", "52:54:00:59:00:01"
+	a.apply(t, "seg-a", map[string]any{"profile": "worker", "macs": []any{macA}, "segment": "rack-57"})
+	a.apply(t, "seg-b", map[string]any{"profile": "worker", "macs": []any{macB}, "segment": "rack-58"})
+	a.apply(t, "seg-any", map[string]any{"profile": "worker", "macs": []any{macAny}})
+	answered := func(s *apiInventory, mac string) bool { return bootFile(s.discover(t, mac)) != "" }
+	labeventually.True(t, "each server answers its own segment's Machine and the one without a segment", func() bool {
+		return answered(a, macA) && answered(a, macAny) && answered(b, macB) && answered(b, macAny)
+	})
+	if answered(a, macB) || answered(b, macA) {
+		t.Error("a server answered the other segment's Machine")
+	}
+}

@@ -109,15 +109,16 @@ func yamlError(file string, err error) error {
 }
 
 var typeNames = map[string]string{
-	"config.Config":    "the top level",
-	"config.Listen":    "listen",
-	"config.DHCP":      "dhcp",
-	"config.Pool":      "dhcp.pool",
-	"config.TFTP":      "tftp",
-	"config.Cluster":   "cluster",
-	"config.Unknown":   "unknownMachines",
-	"config.Profile":   "a profile",
-	"config.Machine":   "a machine",
+	"config.Config":  "the top level",
+	"config.Listen":  "listen",
+	"config.DHCP":    "dhcp",
+	"config.Pool":    "dhcp.pool",
+	"config.TFTP":    "tftp",
+	"config.Cluster": "cluster",
+	"config.Unknown": "unknownMachines",
+	"config.Profile": "a profile",
+	"config.Machine": "a machine",
+
 	"config.Inventory": "inventory",
 }
 

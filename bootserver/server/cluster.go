@@ -19,11 +19,11 @@ import (
 // Cluster is what the boot server needs of the cluster: a client, the endpoint machines dial and
 // the CA pins they check.
 type Cluster struct {
-	Client kubernetes.Interface
-	// Dynamic reads and writes custom resources (Machines); may be nil when inventory.source is file.
-	Dynamic  dynamic.Interface
+	Client   kubernetes.Interface
 	Endpoint string
 	CAPins   []string
+	// Dynamic reads and writes custom resources (Machines); may be nil when inventory.source is file.
+	Dynamic dynamic.Interface
 }
 
 // kubeconfigHint ends every error about the kubeconfig: what to do next.

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -55,4 +56,19 @@ func Shared(t testing.TB) *ControlPlane {
 		t.Fatal("no control plane: the package's TestMain must run controlplane.Run")
 	}
 	return shared.cp
+}
+
+// RequireKubeadm is RequireRoot and RequireK8s for the Kubeadm mode (it binds to a bridge in a network
+// namespace), and fails when kubeadm, kube-scheduler, etcd or etcdctl is missing from the binaries'
+// directory, which it returns.
+func RequireKubeadm(t testing.TB) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	dir := testenv.RequireK8s(t)
+	for _, name := range []string{"kubeadm", "kube-scheduler", "etcd", "etcdctl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Fatalf("%s is not in %s: run make k8s (or make test), or set PXEJOIN_K8S_BIN", name, dir)
+		}
+	}
+	return dir
 }

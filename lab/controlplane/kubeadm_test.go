@@ -16,8 +16,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
-
-	"github.com/pxejoin/pxejoin/lab/labenv"
 )
 
 // TestKubeadm starts the kubeadm-shaped control plane on a bridge address and checks what a
@@ -26,18 +24,9 @@ import (
 // etcd Pod's annotation, and that the Secret expires and comes back.
 func TestKubeadm(t *testing.T) {
 	bin := RequireKubeadm(t)
-	n, err := labenv.NewNet("cpk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	cp, _ := StartKubeadm(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cp, err := Start(ctx, Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Kubeadm: true, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Stop()
 
 	if b, err := cp.Admin().Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil || string(b) != "ok" {
 		t.Fatalf("/readyz: %q, %v", b, err)
@@ -65,6 +54,7 @@ func TestKubeadm(t *testing.T) {
 	if len(members.Members) != 1 || members.Members[0].Name != "cp1" || !slices.Equal(members.Members[0].ClientURLs, cp.EtcdEndpoints()) {
 		t.Fatalf("members %+v, want one, cp1 at %v", members.Members, cp.EtcdEndpoints())
 	}
+	// etcd requires a client certificate (--client-cert-auth, and implied by --trusted-ca-file).
 	if out, err := etcdctl("--command-timeout=3s", "member", "list"); err == nil {
 		t.Fatalf("etcd answered a client without a certificate: %s", out)
 	}
@@ -111,6 +101,10 @@ func TestKubeadm(t *testing.T) {
 	if len(pods.Items) != 1 || pods.Items[0].Annotations[EtcdClientURLsAnnotation] != cp.EtcdEndpoints()[0] {
 		t.Fatalf("etcd pods: %+v", pods.Items)
 	}
+	api, err := admin.CoreV1().Pods("kube-system").Get(ctx, "kube-apiserver-cp1", metav1.GetOptions{})
+	if err != nil || api.Annotations[APIServerEndpointAnnotation] != cp.Endpoint() {
+		t.Fatalf("kube-apiserver-cp1: %v %v", api.Annotations, err)
+	}
 	if err := cp.SetControlPlaneEndpoint(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +130,17 @@ func TestKubeadm(t *testing.T) {
 	}
 	if _, err := admin.CoreV1().Secrets("kube-system").Get(ctx, CertsSecret, metav1.GetOptions{}); err != nil {
 		t.Fatalf("after UploadCerts: %v", err)
+	}
+
+	// The certificate key is in no daemon's or kubeadm's log.
+	logs, _ := filepath.Glob(filepath.Join(cp.opts.StateDir, "logs", "*.log"))
+	if len(logs) != 5 {
+		t.Errorf("logs %v, want etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm", logs)
+	}
+	for _, l := range logs {
+		if b, _ := os.ReadFile(l); strings.Contains(string(b), cp.CertificateKey()) {
+			t.Errorf("%s holds the certificate key", l)
+		}
 	}
 }
 

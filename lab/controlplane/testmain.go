@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
@@ -71,4 +72,26 @@ func RequireKubeadm(t testing.TB) string {
 		}
 	}
 	return dir
+}
+
+// StartKubeadm starts a kubeadm-shaped control plane for one test, bound to the bridge of a new lab
+// network (labenv.NewNet; nodes join by attaching to its Bridge in its NS), and stops both when the test
+// ends. A control-plane join changes etcd's membership (and a stopped second member costs the first its
+// quorum), so each joining test gets its own.
+func StartKubeadm(t testing.TB) (*ControlPlane, *labenv.Net) {
+	t.Helper()
+	RequireKubeadm(t)
+	n, err := labenv.NewNet("cpk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cp, err := Start(ctx, Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Kubeadm: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp.Stop)
+	return cp, n
 }

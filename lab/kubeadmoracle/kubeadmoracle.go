@@ -1,7 +1,9 @@
 // Package kubeadmoracle runs the real kubeadm (v1.37.2, built by lab/build-k8s.sh) to render the files
 // it would write on a control-plane node, so tests can compare what the agent writes with what kubeadm
-// writes for the same ClusterConfiguration. kubeadm runs chrooted (its --rootfs flag) into a temporary
-// directory: the host's /etc/kubernetes and /var/lib/etcd are never touched.
+// writes for the same ClusterConfiguration (Manifests, Kubeconfigs: `kubeadm init phase`), or for the
+// same join against a running cluster (JoinPhase: `kubeadm join phase`, e.g. control-plane-prepare).
+// kubeadm runs chrooted (its --rootfs flag) into a temporary directory: the host's /etc/kubernetes and
+// /var/lib/etcd are never touched.
 package kubeadmoracle
 
 import (
@@ -9,10 +11,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -119,15 +123,21 @@ nodeRegistration:
 
 // run runs `kubeadm --rootfs root init phase args... --config /kubeadm.yaml`.
 func run(ctx context.Context, kubeadm, root string, args ...string) error {
-	argv := append([]string{"--rootfs", root, "init", "phase"}, args...)
-	argv = append(argv, "--config", "/kubeadm.yaml")
+	_, err := runIn(ctx, kubeadm, root, "init", "/kubeadm.yaml", args...)
+	return err
+}
+
+// runIn runs `kubeadm --rootfs root <cmd> phase args... --config config` and returns its output.
+func runIn(ctx context.Context, kubeadm, root, cmdName, config string, args ...string) (string, error) {
+	argv := append([]string{"--rootfs", root, cmdName, "phase"}, args...)
+	argv = append(argv, "--config", config)
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, kubeadm, argv...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("kubeadm init phase %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
+		return out.String(), fmt.Errorf("kubeadm %s phase %s: %w\n%s", cmdName, strings.Join(args, " "), err, out.Bytes())
 	}
-	return nil
+	return out.String(), nil
 }
 
 // readDir returns the regular files directly in dir by name.
@@ -148,4 +158,80 @@ func readDir(dir string) (map[string][]byte, error) {
 		out[e.Name()] = b
 	}
 	return out, nil
+}
+
+// Join is a control-plane join of Node to a running cluster, as `kubeadm join --control-plane` is
+// given it.
+type Join struct {
+	// Endpoint is the apiserver's host:port (the join's apiServerEndpoint).
+	Endpoint string
+	// Token is the bootstrap token; CACertHash the CA pin ("sha256:…").
+	Token, CACertHash string
+	// CertificateKey is the hex key of the kubeadm-certs Secret.
+	CertificateKey string
+	Node           Node
+}
+
+// JoinPhase runs the real `kubeadm join phase <phase...>` for j, e.g. ("control-plane-prepare", "all")
+// or ("preflight"), with a JoinConfiguration (so the token and the certificate key stay off the command
+// line), chrooted into a temporary directory. It returns the files kubeadm wrote, by their path under
+// the root ("etc/kubernetes/pki/ca.crt", "etc/kubernetes/manifests/kube-apiserver.yaml"), and kubeadm's
+// output. A kubeadm failure is an error that carries its output: kubeadm's own words for a refusal.
+// preflight runs with --ignore-preflight-errors=all (the root holds no container runtime, kubelet or
+// tools), so only the refusals kubeadm cannot ignore remain, e.g. a cluster without controlPlaneEndpoint.
+// Phases that change the cluster (etcd-join, mark-control-plane) are not for this.
+func JoinPhase(ctx context.Context, kubeadm string, j Join, phase ...string) (map[string][]byte, string, error) {
+	if j.Node.Name == "" || net.ParseIP(j.Node.AdvertiseAddress) == nil {
+		return nil, "", errors.New("kubeadmoracle: Node needs a Name and an AdvertiseAddress that is an IP")
+	}
+	if j.Node.BindPort == 0 {
+		j.Node.BindPort = 6443
+	}
+	root, err := os.MkdirTemp("", "kubeadmoracle-")
+	if err != nil {
+		return nil, "", err
+	}
+	defer os.RemoveAll(root)
+	cfg := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: %q
+    token: %q
+    caCertHashes:
+    - %q
+nodeRegistration:
+  name: %q
+  criSocket: unix:///run/containerd/containerd.sock
+controlPlane:
+  localAPIEndpoint:
+    advertiseAddress: %q
+    bindPort: %d
+  certificateKey: %q
+`, j.Endpoint, j.Token, j.CACertHash, j.Node.Name, j.Node.AdvertiseAddress, j.Node.BindPort, j.CertificateKey)
+	const cfgName = "join.yaml"
+	if err := os.WriteFile(filepath.Join(root, cfgName), []byte(cfg), 0o600); err != nil {
+		return nil, "", err
+	}
+	args := phase
+	if len(phase) > 0 && phase[0] == "preflight" {
+		args = append(slices.Clone(phase), "--ignore-preflight-errors=all")
+	}
+	out, err := runIn(ctx, kubeadm, root, "join", "/"+cfgName, args...)
+	if err != nil {
+		return nil, out, err
+	}
+	files := map[string][]byte{}
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil || rel == cfgName {
+			return err
+		}
+		files[rel], err = os.ReadFile(p)
+		return err
+	})
+	return files, out, err
 }

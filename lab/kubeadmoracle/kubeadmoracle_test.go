@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	certutil "k8s.io/client-go/util/cert"
 	"k8s.io/client-go/util/keyutil"
 
+	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
@@ -125,4 +127,68 @@ func requireKubeadm(t *testing.T) string {
 		t.Fatalf("%v: run make k8s (or make test), or set PXEJOIN_K8S_BIN", err)
 	}
 	return p
+}
+
+// TestJoinPhase runs the real kubeadm's control-plane join phases against the kubeadm-shaped lab
+// control plane: control-plane-prepare writes the node's PKI (the shared CAs and keys downloaded from
+// kubeadm-certs), kubeconfigs and manifests; a wrong certificate key and a cluster without
+// controlPlaneEndpoint get kubeadm's refusals.
+func TestJoinPhase(t *testing.T) {
+	kubeadm := requireKubeadm(t)
+	cp, n := controlplane.StartKubeadm(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tok, err := cp.CreateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.WaitSigned(ctx, tok, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	node := Node{Name: "cp2", AdvertiseAddress: fmt.Sprintf("10.77.%d.2", n.Subnet)}
+	j := Join{Endpoint: cp.Endpoint(), Token: tok, CACertHash: cp.CAPin(), CertificateKey: cp.CertificateKey(), Node: node}
+
+	files, out, err := JoinPhase(ctx, kubeadm, j, "control-plane-prepare", "all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for name := range files {
+		names = append(names, name)
+	}
+	if len(files) != 28 {
+		t.Errorf("%d files, want 22 in pki, 3 kubeconfigs, 3 manifests: %v", len(files), names)
+	}
+	for _, shared := range []string{"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.key", "etcd/ca.key"} {
+		disk, err := os.ReadFile(filepath.Join(cp.CertificatesDir(), shared))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := files["etc/kubernetes/pki/"+shared]; string(got) != string(disk) {
+			t.Errorf("%s: not the cluster's", shared)
+		}
+	}
+	if m := string(files["etc/kubernetes/manifests/kube-apiserver.yaml"]); !strings.Contains(m, "--advertise-address="+node.AdvertiseAddress) {
+		t.Errorf("kube-apiserver.yaml:\n%s", m)
+	}
+	if strings.Contains(out, tok) || strings.Contains(out, cp.CertificateKey()) {
+		t.Error("kubeadm's output holds a secret")
+	}
+
+	bad := j
+	bad.CertificateKey = strings.Repeat("ab", 32)
+	if _, _, err := JoinPhase(ctx, kubeadm, bad, "control-plane-prepare", "download-certs"); err == nil || !strings.Contains(err.Error(), "message authentication failed") {
+		t.Errorf("wrong certificate key: %v", err)
+	}
+
+	if _, _, err := JoinPhase(ctx, kubeadm, j, "preflight"); err != nil {
+		t.Fatalf("preflight: %v", err)
+	}
+	if err := cp.SetControlPlaneEndpoint(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = JoinPhase(ctx, kubeadm, j, "preflight")
+	if err == nil || !strings.Contains(err.Error(), "doesn't have a stable controlPlaneEndpoint address") {
+		t.Errorf("preflight without controlPlaneEndpoint: %v", err)
+	}
 }

@@ -94,6 +94,13 @@ func New(opts Options) (_ *Server, err error) {
 		if cl, err = LoadCluster(c.Cluster.Kubeconfig, c.Cluster.APIServerEndpoint); err != nil {
 			return nil, err
 		}
+	} else if cl == nil && config.InCluster() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cl, err = LoadInCluster(ctx, c.Cluster.APIServerEndpoint)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if s.inv, err = inventory.New(c); err != nil {
 		return nil, err

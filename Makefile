@@ -8,7 +8,7 @@ export PXEJOIN_K8S_BIN := $(K8S_BIN)
 export PXEJOIN_CACHE := $(CACHE)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps k8s test test-short test-e2e bench bench-join fuzz lab lab-down images clean vet
+.PHONY: all build deps k8s test test-short test-e2e bench bench-join bench-fleet fuzz lab lab-down images bootserver-image clean vet
 
 all: build
 
@@ -40,6 +40,11 @@ test-e2e: deps k8s build
 # The node image (debootstrap + containerd + kubelet, squashfs), cached by inputs.
 images: deps k8s
 	images/build.sh images/out
+
+# The boot server's container image, an OCI archive for `ctr -n k8s.io images import` (deploy/).
+BOOTSERVER_IMAGE ?= pxejoin.io/bootserver:dev
+bootserver-image: deps
+	images/bootserver.sh bin/bootserver-image.tar $(BOOTSERVER_IMAGE)
 
 # The whole chain: control plane, boot server and LAB_NODES VMs (default 2) until the Nodes are Ready.
 lab: deps k8s build

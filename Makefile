@@ -64,6 +64,13 @@ bench: deps k8s build
 bench-join: deps k8s build
 	$(GO) test -run '^$$' -bench 'Join' -benchtime 1x -count=1 -timeout 30m ./nodeagent/...
 
+# The fleet: FLEET_N (default 1000) simulated machines DHCP, fetch script and join file from the real
+# boot server and run the agent's join against a real control plane at once, beside a reference of the
+# same joins with tokens made beforehand (lab/fleet).
+FLEET_N ?= 1000
+bench-fleet: deps k8s build
+	$(GO) run ./lab/cmd/fleet -n $(FLEET_N)
+
 fuzz:
 	lab/fuzz.sh $(or $(FUZZTIME),2m)
 

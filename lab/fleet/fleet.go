@@ -71,7 +71,7 @@ const (
 	httpPort   = 8080
 )
 
-// Run is one fleet run and, unless NoReference, its reference run.
+// Result is one fleet run and, unless NoReference, its reference run.
 type Result struct {
 	N         int
 	Fleet     Stats
@@ -243,7 +243,7 @@ func runFleet(ctx context.Context, opts Options) (Stats, uint64, error) {
 	var drained time.Duration
 	writes, cpu, err := measured(ctx, admin, pids, func() {
 		t0 = time.Now()
-		errs = runAll(opts, machines, func(m *machine) error { return l.boot(ctx, m) })
+		errs = runAll(opts, machines, func(_ int, m *machine) error { return l.boot(ctx, m) })
 		// The boot server deletes each token once its CSR is issued: count what is still live
 		// when the last machine has its credentials, and wait (within reason) for the rest, so the
 		// writes counted are all a machine costs.
@@ -333,9 +333,7 @@ func runReference(ctx context.Context, opts Options) (Stats, error) {
 	var errs []error
 	writes, cpu, err := measured(ctx, admin, cp.PIDs(), func() {
 		t0 = time.Now()
-		errs = runAll(opts, machines, func(m *machine) error {
-			i := 0
-			fmt.Sscanf(m.node, "ref-%d", &i)
+		errs = runAll(opts, machines, func(i int, m *machine) error {
 			jc := &joinconfig.JoinConfiguration{
 				Discovery: joinconfig.Discovery{
 					BootstrapToken:    &joinconfig.BootstrapTokenDiscovery{Token: tokens[i], APIServerEndpoint: cp.Endpoint(), CACertHashes: []string{cp.CAPin()}},
@@ -357,7 +355,7 @@ func runReference(ctx context.Context, opts Options) (Stats, error) {
 }
 
 // runAll runs f for every machine at once and returns the errors (nil entries for successes).
-func runAll(opts Options, machines []*machine, f func(*machine) error) []error {
+func runAll(opts Options, machines []*machine, f func(int, *machine) error) []error {
 	errs := make([]error, len(machines))
 	var wg sync.WaitGroup
 	var done sync.WaitGroup
@@ -384,7 +382,7 @@ func runAll(opts Options, machines []*machine, f func(*machine) error) []error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = f(m)
+			errs[i] = f(i, m)
 			mu.Lock()
 			finished++
 			mu.Unlock()

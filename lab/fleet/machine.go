@@ -46,6 +46,7 @@ type link struct {
 	mask  net.IPMask
 	dhcp  *dhcpClient
 	roots string // the machines' root directories
+	joins joinSlots
 }
 
 var (
@@ -91,7 +92,7 @@ func (l *link) boot(ctx context.Context, m *machine) error {
 		return fmt.Errorf("join file: %w", err)
 	}
 	var events []bootstatus.Event
-	if err := joinInto(ctx, jc, filepath.Join(l.roots, m.node), func(e join.Event) {
+	if err := l.joins.join(ctx, jc, filepath.Join(l.roots, m.node), func(e join.Event) {
 		ev := bootstatus.Event{Phase: e.Phase, State: e.State, Time: e.Time, Detail: e.Detail}
 		if e.Err != nil {
 			ev.Error = e.Err.Error()
@@ -108,9 +109,18 @@ func (l *link) boot(ctx context.Context, m *machine) error {
 	return nil
 }
 
-// joinInto runs the agent's join code into root, up to working credentials (kubelet.conf): as the
-// initramfs does, without starting a kubelet.
-func joinInto(ctx context.Context, jc *joinconfig.JoinConfiguration, root string, observe func(join.Event)) error {
+// joinSlots bounds the joins running at once (Options.MaxJoins).
+type joinSlots chan struct{}
+
+// join runs the agent's join code into root, up to working credentials (kubelet.conf): as the
+// initramfs does, without starting a kubelet. It waits for a slot first.
+func (s joinSlots) join(ctx context.Context, jc *joinconfig.JoinConfiguration, root string, observe func(join.Event)) error {
+	select {
+	case s <- struct{}{}:
+		defer func() { <-s }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	jc.SkipPhases = append(jc.SkipPhases, "kubelet-start/start")
 	if err := join.Run(ctx, jc, join.Options{Rootfs: root, Out: io.Discard, Observer: observe}); err != nil {
 		return fmt.Errorf("join %s: %w", jc.NodeRegistration.Name, err)

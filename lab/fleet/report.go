@@ -142,6 +142,9 @@ func (r *Result) String() string {
 			}
 		}
 		fmt.Fprintf(&b, "API writes per machine, %s: %.2f (%s)\n", run.name, total/float64(r.N), strings.Join(parts, ", "))
+		if run.st == &r.Fleet {
+			fmt.Fprintf(&b, "  of which the boot server's (token Secrets, Machines, events): %.2f\n", bootServerWrites(run.st.Writes)/float64(r.N))
+		}
 		var cpu []string
 		for _, k := range slices.Sorted(maps.Keys(run.st.CPU)) {
 			cpu = append(cpu, fmt.Sprintf("%s %.1f", k, run.st.CPU[k].Seconds()))
@@ -151,4 +154,17 @@ func (r *Result) String() string {
 	fmt.Fprintf(&b, "tokens live when the last machine had credentials: %d; all deleted %s later\n", r.Fleet.LiveTokens, secs(r.Fleet.TokensDrained))
 	fmt.Fprintf(&b, "boot server peak RSS: %.1f MiB\n", float64(r.BootServerPeakRSS)/(1<<20))
 	return b.String()
+}
+
+// bootServerWrites sums the writes only the boot server makes in a fleet run: token Secrets,
+// Machines and their status, events.
+func bootServerWrites(w map[string]float64) float64 {
+	var n float64
+	for k, v := range w {
+		_, r, _ := strings.Cut(k, " ")
+		if r == "secrets" || r == "events" || strings.HasPrefix(r, "machines") {
+			n += v
+		}
+	}
+	return n
 }

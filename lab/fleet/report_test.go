@@ -59,6 +59,13 @@ func TestParseLabels(t *testing.T) {
 	}
 }
 
+func TestBootServerWrites(t *testing.T) {
+	w := map[string]float64{"POST secrets": 3, "DELETE secrets": 3, "APPLY machines/status": 2, "POST events": 1, "POST certificatesigningrequests": 3, "PUT configmaps": 5}
+	if n := bootServerWrites(w); n != 9 {
+		t.Errorf("%v", n)
+	}
+}
+
 func TestWriteDelta(t *testing.T) {
 	d := writeDelta(map[string]float64{"POST secrets": 3, "PUT leases": 5}, map[string]float64{"POST secrets": 10, "PUT leases": 5, "DELETE secrets": 2})
 	if len(d) != 2 || d["POST secrets"] != 7 || d["DELETE secrets"] != 2 {

@@ -10,7 +10,7 @@ export PXEJOIN_K8S_BIN := $(K8S_BIN)
 export PXEJOIN_CACHE := $(CACHE)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps k8s test test-short test-e2e bench bench-join fuzz lab lab-down images clean vet
+.PHONY: all build deps k8s test test-short test-e2e bench bench-join bench-fleet fuzz lab lab-down images bootserver-image clean vet
 
 all: build
 
@@ -43,6 +43,11 @@ test-e2e: deps k8s build
 images: deps k8s
 	images/build.sh images/out
 
+# The boot server's container image, an OCI archive for `ctr -n k8s.io images import` (deploy/).
+BOOTSERVER_IMAGE ?= pxejoin.io/bootserver:dev
+bootserver-image: deps
+	images/bootserver.sh bin/bootserver-image.tar $(BOOTSERVER_IMAGE)
+
 # The whole chain: control plane, boot server and LAB_NODES VMs (default 2) until the Nodes are Ready.
 lab: deps k8s build
 	bin/lab up
@@ -60,6 +65,13 @@ bench: deps k8s build
 
 bench-join: deps k8s build
 	$(GO) test -run '^$$' -bench 'Join' -benchtime 1x -count=1 -timeout 30m ./nodeagent/...
+
+# The fleet: FLEET_N (default 1000) simulated machines DHCP, fetch script and join file from the real
+# boot server and run the agent's join against a real control plane at once, beside a reference of the
+# same joins with tokens made beforehand (lab/fleet).
+FLEET_N ?= 1000
+bench-fleet: deps k8s build
+	$(GO) run ./lab/cmd/fleet -n $(FLEET_N)
 
 fuzz:
 	lab/fuzz.sh $(or $(FUZZTIME),2m)

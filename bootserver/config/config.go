@@ -170,7 +170,8 @@ type TFTP struct {
 type Cluster struct {
 	// Kubeconfig is an admin-ish kubeconfig: it must allow creating and deleting Secrets in
 	// kube-system and watching CSRs and Nodes. The CA pin is derived from its cluster CA. Empty: no
-	// cluster.
+	// cluster, unless the boot server runs in a pod (InCluster): then it uses its ServiceAccount, and
+	// the endpoint and CA machines use come from kube-public/cluster-info.
 	Kubeconfig string `yaml:"kubeconfig"`
 	// APIServerEndpoint (host:port) overrides the endpoint taken from the kubeconfig's server, for
 	// when machines reach the API server at another address than the boot server does.

@@ -237,3 +237,22 @@ func TestExampleFile(t *testing.T) {
 		t.Errorf("cmdline %q", c.Profiles["worker"].Cmdline)
 	}
 }
+
+// TestInCluster: in a pod (KUBERNETES_SERVICE_HOST set) a file without cluster.kubeconfig connects
+// with the ServiceAccount, so cluster settings are valid there; outside a pod they are not.
+func TestInCluster(t *testing.T) {
+	_, expand := files(t)
+	file := []byte(expand(strings.Replace(valid, "  kubeconfig: $D/admin.conf\n", "", 1)))
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	if _, err := Parse("bootserver.yaml", file); err == nil || !strings.Contains(err.Error(), "has no effect without cluster.kubeconfig") {
+		t.Errorf("outside a pod: %v", err)
+	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+	c, err := Parse("bootserver.yaml", file)
+	if err != nil {
+		t.Fatalf("in a pod: %v", err)
+	}
+	if !c.UsesCluster() || c.TokenTTL != 20*time.Minute {
+		t.Errorf("in a pod: UsesCluster %v, TokenTTL %v", c.UsesCluster(), c.TokenTTL)
+	}
+}

@@ -229,15 +229,20 @@ func (c *Config) validateDHCP(ck *checker) {
 }
 
 func (c *Config) validateCluster(ck *checker) {
-	if c.Cluster.Kubeconfig == "" {
+	switch {
+	case !c.UsesCluster():
 		// No cluster: machines boot, join files answer 503.
 		for _, f := range []struct{ key, v string }{{"apiServerEndpoint", c.Cluster.APIServerEndpoint}, {"tokenTTL", c.Cluster.TokenTTL}} {
 			if f.v != "" {
 				ck.fail([]any{"cluster", f.key}, "has no effect without cluster.kubeconfig (--kubeconfig): set the kubeconfig too, or leave both out")
 			}
 		}
-	} else if fi, err := os.Stat(c.Cluster.Kubeconfig); err != nil || fi.IsDir() {
-		ck.fail([]any{"cluster", "kubeconfig"}, "cannot read %q: name a kubeconfig allowed to manage bootstrap tokens (e.g. /etc/kubernetes/admin.conf)", c.Cluster.Kubeconfig)
+	case c.Cluster.Kubeconfig == "":
+		// In a pod: the ServiceAccount's credentials (bootserver/server.LoadInCluster).
+	default:
+		if fi, err := os.Stat(c.Cluster.Kubeconfig); err != nil || fi.IsDir() {
+			ck.fail([]any{"cluster", "kubeconfig"}, "cannot read %q: name a kubeconfig allowed to manage bootstrap tokens (e.g. /etc/kubernetes/admin.conf)", c.Cluster.Kubeconfig)
+		}
 	}
 	if e := c.Cluster.APIServerEndpoint; e != "" {
 		if h, p, err := net.SplitHostPort(e); err != nil || h == "" || p == "" {

@@ -97,6 +97,13 @@ func New(opts Options) (_ *Server, err error) {
 		if cl, err = LoadCluster(c.Cluster.Kubeconfig, c.Cluster.APIServerEndpoint); err != nil {
 			return nil, err
 		}
+	} else if cl == nil && config.InCluster() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cl, err = LoadInCluster(ctx, c.Cluster.APIServerEndpoint)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := s.openInventory(cl); err != nil {
 		return nil, err

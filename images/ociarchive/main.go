@@ -1,7 +1,10 @@
-// Command ociarchive packs one static binary as a single-layer OCI image archive (an image layout in a
-// tar) that `ctr images import` reads: the pause image of the node root images.
+// Command ociarchive packs a static binary (and, optionally, a few more files) as a single-layer OCI
+// image archive (an image layout in a tar) that `ctr images import` reads: the pause image of the node
+// root images, and the boot server's image (images/bootserver.sh).
 //
 //	go run ./images/ociarchive -binary pause -name registry.k8s.io/pause:3.10 -o pause.tar
+//	go run ./images/ociarchive -binary bootserver -name pxejoin.io/bootserver:dev -user 0:0 \
+//	    -file /usr/lib/ipxe/undionly.kpxe=/usr/lib/ipxe/undionly.kpxe -o bootserver.tar
 //
 // The output is reproducible: fixed timestamps, owners and order.
 package main
@@ -18,20 +21,44 @@ import (
 	"io"
 	"os"
 	"path"
+	"sort"
 	"strings"
 	"time"
 )
 
+// fileFlags collects -file SRC=DEST.
+type fileFlags []File
+
+func (f *fileFlags) String() string { return fmt.Sprint(*f) }
+
+func (f *fileFlags) Set(v string) error {
+	src, dest, ok := strings.Cut(v, "=")
+	if !ok || src == "" || !path.IsAbs(dest) {
+		return fmt.Errorf("%q is not SRC=/absolute/dest", v)
+	}
+	b, err := os.ReadFile(src) // follows symlinks: the image holds the file itself
+	if err != nil {
+		return err
+	}
+	*f = append(*f, File{Path: dest, Mode: 0o644, Data: b})
+	return nil
+}
+
 func main() {
-	bin := flag.String("binary", "", "static binary to pack (the entrypoint)")
+	bin := flag.String("binary", "", "static binary to pack (the entrypoint, at /<its name>)")
 	name := flag.String("name", "", "image name, e.g. registry.k8s.io/pause:3.10")
+	user := flag.String("user", "65535:65535", "uid:gid the entrypoint runs as")
+	var files fileFlags
+	flag.Var(&files, "file", "SRC=DEST: also pack file SRC at DEST (mode 0644); repeatable")
 	out := flag.String("o", "image.tar", "output OCI archive")
 	flag.Parse()
 	b, err := os.ReadFile(*bin)
 	if err == nil {
 		var f *os.File
 		if f, err = os.Create(*out); err == nil {
-			err = Write(f, *name, "/"+path.Base(*bin), b)
+			entry := "/" + path.Base(*bin)
+			err = WriteImage(f, Image{Name: *name, Entrypoint: entry, User: *user,
+				Files: append([]File{{Path: entry, Mode: 0o755, Data: b}}, files...)})
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -64,21 +91,63 @@ func digest(b []byte) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
+// Image is what an archive holds: one image, one layer.
+type Image struct {
+	Name       string // with a tag, e.g. registry.k8s.io/pause:3.10
+	Entrypoint string // absolute path of the binary run
+	User       string // uid:gid
+	Files      []File // the layer's regular files; their directories are made 0755
+}
+
+// File is one regular file of the layer.
+type File struct {
+	Path string // absolute
+	Mode int64
+	Data []byte
+}
+
 // Write writes an OCI image-layout tar holding one image named name whose only file is entry (mode
-// 0755) with content bin, also its entrypoint.
+// 0755) with content bin, also its entrypoint, run as 65535:65535.
 func Write(w io.Writer, name, entry string, bin []byte) error {
+	return WriteImage(w, Image{Name: name, Entrypoint: entry, User: "65535:65535", Files: []File{{Path: entry, Mode: 0o755, Data: bin}}})
+}
+
+// WriteImage writes an OCI image-layout tar holding img.
+func WriteImage(w io.Writer, img Image) error {
+	name := img.Name
 	if name == "" || !strings.Contains(name, ":") {
 		return fmt.Errorf("image name %q needs a tag", name)
 	}
-	// The layer: a tar with the binary, gzip-compressed.
+	// The layer: a tar with the files (and their directories, parents first), gzip-compressed.
 	var layerTar bytes.Buffer
 	tw := tar.NewWriter(&layerTar)
-	if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(entry, "/"), Mode: 0o755, Size: int64(len(bin)),
-		ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
-		return err
+	dirs := map[string]bool{}
+	var names []string
+	for _, f := range img.Files {
+		for d := path.Dir(f.Path); d != "/"; d = path.Dir(d) {
+			dirs[d] = true
+		}
 	}
-	if _, err := tw.Write(bin); err != nil {
-		return err
+	for d := range dirs {
+		names = append(names, d)
+	}
+	sort.Strings(names)
+	for _, d := range names {
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: epoch,
+			Typeflag: tar.TypeDir, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+	}
+	files := append([]File(nil), img.Files...)
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(f.Path, "/"), Mode: f.Mode, Size: int64(len(f.Data)),
+			ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return err
@@ -96,7 +165,7 @@ func Write(w io.Writer, name, entry string, bin []byte) error {
 		"architecture": "amd64",
 		"os":           "linux",
 		"created":      epoch.Format(time.RFC3339),
-		"config":       map[string]any{"Entrypoint": []string{entry}, "User": "65535:65535"},
+		"config":       map[string]any{"Entrypoint": []string{img.Entrypoint}, "User": img.User},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar.Bytes())}},
 	})
 	if err != nil {

@@ -1,0 +1,59 @@
+// Command fleet is make bench-fleet: N simulated machines PXE-boot through the real boot server and
+// join a real control plane at once, beside a control-plane-only reference (lab/fleet).
+//
+//	fleet [-n 1000] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
+//
+// FLEET_N sets -n's default. Needs root (network namespaces) and make deps / make k8s.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/pxejoin/pxejoin/lab/fleet"
+)
+
+func main() {
+	n := 1000
+	if v := os.Getenv("FLEET_N"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil {
+			log.Fatalf("FLEET_N=%q is not a number", v)
+		}
+	}
+	flag.IntVar(&n, "n", n, "machines that boot at once (FLEET_N)")
+	bin := flag.String("bootserver", "bin/bootserver", "the boot server binary (make build)")
+	keep := flag.String("keep", "", "work in this directory and keep it (logs, configurations, the machines' roots)")
+	noRef := flag.Bool("no-reference", false, "skip the control-plane-only reference run")
+	maxJoins := flag.Int("max-joins", 100, "agent joins running at once in this process (both runs)")
+	flag.Parse()
+	dir := *keep
+	cleanup := func() {}
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "pxejoin-fleet-"); err != nil {
+			log.Fatal(err)
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+	}
+	defer cleanup()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := fleet.Run(ctx, fleet.Options{N: n, Bootserver: *bin, Dir: dir, NoReference: *noRef, MaxJoins: *maxJoins, Logf: log.Printf})
+	if err != nil {
+		log.Print(err)
+		cleanup()
+		os.Exit(1)
+	}
+	fmt.Print(res)
+	if res.Fleet.Failed > 0 || (res.Reference != nil && res.Reference.Failed > 0) {
+		cleanup()
+		os.Exit(1)
+	}
+}

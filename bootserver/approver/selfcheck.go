@@ -32,13 +32,21 @@ func (c *Controller) SelfCheck(ctx context.Context) error {
 		c.selfCheck.Set(0)
 		return nil
 	}
-	err = fmt.Errorf("approval self-check: %s", strings.Join(problems, "; "))
 	if !c.opts.Warn {
-		return fmt.Errorf("%w (or set approval.selfCheck: warn to start anyway)", err)
+		return &SelfCheckError{Problems: problems}
 	}
 	c.selfCheck.Set(1)
-	c.log.Error("machines' certificates are NOT bound to their node names: "+err.Error(), "metric", "pxejoin_approval_selfcheck_failed")
+	c.log.Error("machines' certificates are NOT bound to their node names: approval self-check: "+strings.Join(problems, "; "),
+		"metric", "pxejoin_approval_selfcheck_failed")
 	return nil
+}
+
+// SelfCheckError is the self-check's finding that another binding would approve pxejoin tokens'
+// CSRs, or that the boot server may not approve them; each problem says what to do.
+type SelfCheckError struct{ Problems []string }
+
+func (e *SelfCheckError) Error() string {
+	return "approval self-check: " + strings.Join(e.Problems, "; ") + " (or set approval.selfCheck: warn to start anyway)"
 }
 
 // check returns what is wrong, each with what to do; err when a question could not be asked.

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/pxejoin/pxejoin/bootserver/approver"
 	"github.com/pxejoin/pxejoin/bootserver/config"
@@ -34,16 +37,53 @@ func (s *Server) newApprover() (err error) {
 	return err
 }
 
-// startApproval puts the tokens' RBAC in place and runs the self-check: with approval.selfCheck
-// strict, a cluster where someone else would approve pxejoin tokens' CSRs stops the start.
-func (s *Server) startApproval(ctx context.Context) error {
-	if s.approver == nil {
-		return nil
-	}
+// prepareApproval puts the tokens' RBAC in place and runs the self-check: with approval.selfCheck
+// strict, a cluster where someone else would approve pxejoin tokens' CSRs fails it.
+func (s *Server) prepareApproval(ctx context.Context) error {
 	if err := EnsureBootstrapRBAC(ctx, s.cluster.Client, bootstraptoken.PxejoinGroup); err != nil {
 		return err
 	}
 	return s.approver.SelfCheck(ctx)
+}
+
+// startApproval runs prepareApproval before Serve listens: a definite failure (the self-check's
+// finding, a refusal by the API) stops the start. A cluster that cannot be reached does not: the
+// machines boot, and runApproval retries before it approves anything.
+func (s *Server) startApproval(ctx context.Context) (pending bool, err error) {
+	if s.approver == nil {
+		return false, nil
+	}
+	err = s.prepareApproval(ctx)
+	if err == nil || definite(err) {
+		return false, err
+	}
+	s.log.Warn("cannot prepare CSR approval now (the cluster is unreachable?): retrying; machines' CSRs wait until then", "err", err)
+	return true, nil
+}
+
+// runApproval retries prepareApproval while pending, then runs the approver until ctx ends.
+func (s *Server) runApproval(ctx context.Context, pending bool) error {
+	for wait := time.Second; pending; wait = min(2*wait, 30*time.Second) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		err := s.prepareApproval(ctx)
+		if err != nil && (definite(err) || ctx.Err() != nil) {
+			return err
+		}
+		pending = err != nil
+	}
+	return s.approver.Run(ctx)
+}
+
+// definite reports whether err is an answer rather than a failure to get one: the self-check's
+// finding, or the API refusing (4xx).
+func definite(err error) bool {
+	var sc *approver.SelfCheckError
+	var st apierrors.APIStatus
+	return errors.As(err, &sc) || (errors.As(err, &st) && st.Status().Code >= 400 && st.Status().Code < 500 && !apierrors.IsTooManyRequests(err))
 }
 
 // addressesOf gives the approver the addresses the boot server gave the machine named node: its

@@ -290,7 +290,8 @@ func (s *Server) URL() string { return s.url }
 // Serve runs DHCP, TFTP, HTTP and the token watch until ctx ends, then stops them all and returns.
 // The first part to fail stops the others and its error is returned.
 func (s *Server) Serve(ctx context.Context) error {
-	if err := s.startApproval(ctx); err != nil {
+	approvalPending, err := s.startApproval(ctx)
+	if err != nil {
 		return err
 	}
 	var ln net.Listener
@@ -338,7 +339,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.approver != nil {
 		g.Go(func() error {
-			if err := s.approver.Run(ctx); err != nil && ctx.Err() == nil {
+			if err := s.runApproval(ctx, approvalPending); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("approver: %w", err)
 			}
 			return nil

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -64,6 +65,11 @@ type Controller struct {
 	decisions *prometheus.CounterVec
 	selfCheck prometheus.Gauge
 	host      string
+
+	mu sync.Mutex
+	// firstSeen is the first CSR the informer delivered of each bootstrap requester: creation order
+	// where creation timestamps (1 s) tie. Entries leave with their CSR.
+	firstSeen map[string]string
 }
 
 // byRequester indexes CSRs by spec.username: the CSRs one token made.
@@ -88,6 +94,7 @@ func New(opts Options) (*Controller, error) {
 		selfCheck: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pxejoin_approval_selfcheck_failed",
 			Help: "1 when the start-up self-check found that another binding would approve pxejoin tokens' CSRs or that the boot server may not approve them (approval.selfCheck: warn)."}),
 	}
+	c.firstSeen = map[string]string{}
 	c.host, _ = os.Hostname()
 	if err := c.informer.AddIndexers(cache.Indexers{byRequester: func(obj any) ([]string, error) {
 		if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok {
@@ -103,8 +110,29 @@ func New(opts Options) (*Controller, error) {
 		}
 	}
 	if _, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    enqueue,
+		AddFunc: func(obj any) {
+			if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok && strings.HasPrefix(csr.Spec.Username, bootstrapapi.BootstrapUserPrefix) {
+				c.mu.Lock()
+				if _, ok := c.firstSeen[csr.Spec.Username]; !ok {
+					c.firstSeen[csr.Spec.Username] = csr.Name
+				}
+				c.mu.Unlock()
+			}
+			enqueue(obj)
+		},
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok {
+				c.mu.Lock()
+				if c.firstSeen[csr.Spec.Username] == csr.Name {
+					delete(c.firstSeen, csr.Spec.Username)
+				}
+				c.mu.Unlock()
+			}
+		},
 	}); err != nil {
 		return nil, fmt.Errorf("approver: %w", err)
 	}
@@ -244,19 +272,23 @@ func (c *Controller) Token(id string) (string, bool) {
 }
 
 // First implements Facts with the CSR cache: csr is first when its requester made no earlier CSR
-// (by creation time, then name) and none of its CSRs is approved.
+// (by creation time; within the same second, the one the informer delivered first) and none of its
+// CSRs is approved.
 func (c *Controller) First(csr *certificatesv1.CertificateSigningRequest) bool {
 	others, err := c.informer.GetIndexer().ByIndex(byRequester, csr.Spec.Username)
 	if err != nil {
 		return false
 	}
+	c.mu.Lock()
+	seen := c.firstSeen[csr.Spec.Username]
+	c.mu.Unlock()
 	for _, obj := range others {
 		o := obj.(*certificatesv1.CertificateSigningRequest)
 		if o.Name == csr.Name {
 			continue
 		}
 		if approved(o) || o.CreationTimestamp.Before(&csr.CreationTimestamp) ||
-			(o.CreationTimestamp.Equal(&csr.CreationTimestamp) && o.Name < csr.Name) {
+			(o.CreationTimestamp.Equal(&csr.CreationTimestamp) && seen != csr.Name) {
 			return false
 		}
 	}

@@ -55,7 +55,7 @@ type harness struct {
 // approverUser is bound to the documented ClusterRole only.
 const approverUser = "pxejoin-approver-test"
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	cp := controlplane.Shared(t)
 	ctx := context.Background()
@@ -70,7 +70,9 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(func() { db.Close() })
 	h := &harness{cp: cp, reg: prometheus.NewRegistry(), addrs: map[string][]netip.Addr{
 		"node-a": {netip.MustParseAddr("10.0.0.10")}, "node-b": {netip.MustParseAddr("10.0.0.11")}}}
-	h.tokens, err = tokens.New(tokens.Options{Client: cp.Admin(), DB: db, TTL: 15 * time.Minute, Groups: []string{bootstraptoken.PxejoinGroup}})
+	admin := cp.AdminConfig()
+	admin.QPS, admin.Burst = 50, 100
+	h.tokens, err = tokens.New(tokens.Options{Client: kubernetes.NewForConfigOrDie(admin), DB: db, TTL: 15 * time.Minute, Groups: []string{bootstraptoken.PxejoinGroup}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +94,7 @@ func newHarness(t *testing.T) *harness {
 }
 
 // documentedRole reads the ClusterRole of deploy/rbac/approver.yaml.
-func documentedRole(t *testing.T) *rbacv1.ClusterRole {
+func documentedRole(t testing.TB) *rbacv1.ClusterRole {
 	t.Helper()
 	b, err := os.ReadFile("../../deploy/rbac/approver.yaml")
 	if err != nil {
@@ -109,7 +111,7 @@ func documentedRole(t *testing.T) *rbacv1.ClusterRole {
 }
 
 // clientAs binds role (renamed after user) to user and returns an admin client impersonating user.
-func clientAs(t *testing.T, cp *controlplane.ControlPlane, user string, role *rbacv1.ClusterRole) kubernetes.Interface {
+func clientAs(t testing.TB, cp *controlplane.ControlPlane, user string, role *rbacv1.ClusterRole) kubernetes.Interface {
 	t.Helper()
 	ctx := context.Background()
 	role = role.DeepCopy()
@@ -127,6 +129,7 @@ func clientAs(t *testing.T, cp *controlplane.ControlPlane, user string, role *rb
 	}
 	rc := cp.AdminConfig()
 	rc.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	rc.QPS, rc.Burst = 50, 100 // as the boot server's (server.LoadCluster)
 	c := kubernetes.NewForConfigOrDie(rc)
 	// RBAC reads bindings through an informer: wait until the role applies.
 	eventually.True(t, user+"'s role applies", func() bool {
@@ -427,7 +430,7 @@ func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
 
-func pemKey(t *testing.T, key *ecdsa.PrivateKey) []byte {
+func pemKey(t testing.TB, key *ecdsa.PrivateKey) []byte {
 	der, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/approver"
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
 // tokenGroups are the machine tokens' extra groups: pxejoin's own unless approval.mode is kubeadm.
@@ -87,7 +88,8 @@ func definite(err error) bool {
 }
 
 // addressesOf gives the approver the addresses the boot server gave the machine named node: its
-// DHCP lease in full mode. known is false for a node no machine booted from this server has.
+// DHCP lease in full mode; in proxy and off modes, where another server hands out addresses, the
+// address its join file went to. known is false for a node no machine booted from this server has.
 func (s *Server) addressesOf(node string) (addrs []netip.Addr, known bool) {
 	for _, m := range s.status.All() {
 		if m.NodeName != node {
@@ -98,7 +100,25 @@ func (s *Server) addressesOf(node string) (addrs []netip.Addr, known bool) {
 			if l, ok := s.leases.Get(m.MAC); ok && l.Active(time.Now()) {
 				addrs = append(addrs, l.IP)
 			}
+		} else if a, ok := s.http.JoinAddr(m.MAC); ok {
+			addrs = append(addrs, a)
 		}
 	}
 	return addrs, known
+}
+
+// leaseHolder is httpd's LeaseHolder in full DHCP mode (a join file goes only to the address
+// holding the machine's lease; relayed machines reach the server from their leased address too),
+// nil in proxy and off modes (no lease to check: the join file goes once per boot to whoever asks
+// first) and with approval.mode kubeadm.
+func (s *Server) leaseHolder() func(netip.Addr) (hwaddr.MAC, bool) {
+	if s.cfg.DHCP.Mode != config.DHCPFull || s.cfg.Approval.Mode != config.ApprovalPxejoin {
+		return nil
+	}
+	return func(ip netip.Addr) (hwaddr.MAC, bool) {
+		if s.leases == nil { // opened after the handler
+			return hwaddr.MAC{}, false
+		}
+		return s.leases.HolderOf(ip, time.Now())
+	}
 }

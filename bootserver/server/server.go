@@ -141,7 +141,7 @@ func New(opts Options) (_ *Server, err error) {
 	if s.http, err = httpd.New(httpd.Config{
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
 		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
-		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
+		Logger: s.log, Registerer: s.reg, Gatherer: s.reg, LeaseHolder: s.leaseHolder(), OncePerBoot: c.Approval.Mode == config.ApprovalPxejoin,
 	}); err != nil {
 		return nil, err
 	}

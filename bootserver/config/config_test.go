@@ -60,6 +60,9 @@ func TestParseValid(t *testing.T) {
 	if c.TokenTTL != 20*time.Minute {
 		t.Errorf("TokenTTL = %s", c.TokenTTL)
 	}
+	if c.Approval != (Approval{Mode: ApprovalPxejoin, SelfCheck: SelfCheckStrict}) {
+		t.Errorf("approval defaults: %+v", c.Approval)
+	}
 	if c.Machines[1].UUID != "4c4c4544-0000-1000-8000-000000000001" || c.Machines[0].Profile != "worker" {
 		t.Errorf("machines not canonicalised: %+v", c.Machines)
 	}
@@ -119,6 +122,9 @@ func TestParseErrors(t *testing.T) {
 			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: -1\nprofiles:", 1)
 		}, 17, "unknownMachines.maxTokens: -1 is negative"},
 		{"bad duration", func(s string) string { return strings.Replace(s, "stateDir:", "http: {idleTimeout: 2}\nstateDir:", 1) }, 14, "cannot unmarshal !!int `2` into time.Duration"},
+		{"bad approval mode", func(s string) string { return strings.Replace(s, "stateDir:", "approval: {mode: kubadm}\nstateDir:", 1) }, 14, `approval.mode: "kubadm" is not pxejoin or kubeadm`},
+		{"bad self-check", func(s string) string { return strings.Replace(s, "stateDir:", "approval: {selfCheck: off}\nstateDir:", 1) }, 14, `approval.selfCheck: "off" is not strict or warn`},
+		{"bad domain", func(s string) string { return strings.Replace(s, "stateDir:", "approval: {domain: Rack_1}\nstateDir:", 1) }, 14, `approval.domain: "Rack_1" is not a DNS domain`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

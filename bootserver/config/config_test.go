@@ -122,9 +122,15 @@ func TestParseErrors(t *testing.T) {
 			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: -1\nprofiles:", 1)
 		}, 17, "unknownMachines.maxTokens: -1 is negative"},
 		{"bad duration", func(s string) string { return strings.Replace(s, "stateDir:", "http: {idleTimeout: 2}\nstateDir:", 1) }, 14, "cannot unmarshal !!int `2` into time.Duration"},
-		{"bad approval mode", func(s string) string { return strings.Replace(s, "stateDir:", "approval: {mode: kubadm}\nstateDir:", 1) }, 14, `approval.mode: "kubadm" is not pxejoin or kubeadm`},
-		{"bad self-check", func(s string) string { return strings.Replace(s, "stateDir:", "approval: {selfCheck: off}\nstateDir:", 1) }, 14, `approval.selfCheck: "off" is not strict or warn`},
-		{"bad domain", func(s string) string { return strings.Replace(s, "stateDir:", "approval: {domain: Rack_1}\nstateDir:", 1) }, 14, `approval.domain: "Rack_1" is not a DNS domain`},
+		{"bad approval mode", func(s string) string {
+			return strings.Replace(s, "stateDir:", "approval: {mode: kubadm}\nstateDir:", 1)
+		}, 14, `approval.mode: "kubadm" is not pxejoin or kubeadm`},
+		{"bad self-check", func(s string) string {
+			return strings.Replace(s, "stateDir:", "approval: {selfCheck: off}\nstateDir:", 1)
+		}, 14, `approval.selfCheck: "off" is not strict or warn`},
+		{"bad domain", func(s string) string {
+			return strings.Replace(s, "stateDir:", "approval: {domain: Rack_1}\nstateDir:", 1)
+		}, 14, `approval.domain: "Rack_1" is not a DNS domain`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

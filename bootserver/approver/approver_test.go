@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -93,21 +94,27 @@ func newHarness(t testing.TB) *harness {
 	return h
 }
 
-// documentedRole reads the ClusterRole of deploy/rbac/approver.yaml.
-func documentedRole(t testing.TB) *rbacv1.ClusterRole {
+// documentedRole reads the approver's ClusterRole from deploy/rbac/approver.yaml.
+func documentedRole(t testing.TB) *rbacv1.ClusterRole { return roleFromYAML(t, ClusterRole) }
+
+// roleFromYAML reads the ClusterRole named name from deploy/rbac/approver.yaml.
+func roleFromYAML(t testing.TB, name string) *rbacv1.ClusterRole {
 	t.Helper()
 	b, err := os.ReadFile("../../deploy/rbac/approver.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var role rbacv1.ClusterRole
-	if err := yaml.UnmarshalStrict(b, &role); err != nil {
-		t.Fatal(err)
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		var role rbacv1.ClusterRole
+		if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
+			t.Fatal(err)
+		}
+		if role.Name == name {
+			return &role
+		}
 	}
-	if role.Name != ClusterRole {
-		t.Fatalf("deploy/rbac/approver.yaml names %q, want %q", role.Name, ClusterRole)
-	}
-	return &role
+	t.Fatalf("deploy/rbac/approver.yaml has no ClusterRole %q", name)
+	return nil
 }
 
 // clientAs binds role (renamed after user) to user and returns an admin client impersonating user.
@@ -132,9 +139,15 @@ func clientAs(t testing.TB, cp *controlplane.ControlPlane, user string, role *rb
 	rc.QPS, rc.Burst = 50, 100 // as the boot server's (server.LoadCluster)
 	c := kubernetes.NewForConfigOrDie(rc)
 	// RBAC reads bindings through an informer: wait until the role applies.
+	r := role.Rules[0]
+	ra := &authorizationv1.ResourceAttributes{Group: r.APIGroups[0], Resource: r.Resources[0], Verb: r.Verbs[0]}
+	if len(r.ResourceNames) > 0 {
+		ra.Name = r.ResourceNames[0]
+	}
 	eventually.True(t, user+"'s role applies", func() bool {
-		_, err := c.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{Limit: 1})
-		return err == nil
+		got, err := cp.Admin().AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{User: user, Groups: []string{"system:authenticated"}, ResourceAttributes: ra}}, metav1.CreateOptions{})
+		return err == nil && got.Status.Allowed
 	})
 	return c
 }
@@ -442,4 +455,40 @@ func caPool(cp *controlplane.ControlPlane) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(cp.CA())
 	return p
+}
+
+// TestBootstrapRBACWithDocumentedRole: the boot server creates and puts back its tokens' RBAC
+// with exactly the ClusterRole pxejoin:token-rbac of deploy/rbac/approver.yaml, and a pxejoin
+// token can then send its CSR.
+func TestBootstrapRBACWithDocumentedRole(t *testing.T) {
+	h := newHarness(t)
+	cp, ctx := h.cp, context.Background()
+	rbac := cp.Admin().RbacV1()
+	_ = rbac.ClusterRoleBindings().Delete(ctx, NodeBootstrapperBinding, metav1.DeleteOptions{})
+	_ = rbac.ClusterRoleBindings().Delete(ctx, GetNodesRole, metav1.DeleteOptions{})
+	_ = rbac.ClusterRoles().Delete(ctx, GetNodesRole, metav1.DeleteOptions{})
+	_ = rbac.RoleBindings("kube-system").Delete(ctx, JoinConfigRole, metav1.DeleteOptions{})
+	_ = rbac.Roles("kube-system").Delete(ctx, JoinConfigRole, metav1.DeleteOptions{})
+	t.Cleanup(func() { _ = EnsureBootstrapRBAC(context.Background(), cp.Admin(), bootstraptoken.PxejoinGroup) })
+	c := clientAs(t, cp, "pxejoin-token-rbac-test", roleFromYAML(t, "pxejoin:token-rbac"))
+	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup); err != nil {
+		t.Fatalf("creating: %v", err)
+	}
+	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup); err != nil {
+		t.Fatalf("putting back: %v", err)
+	}
+	tok, err := h.tokens.Token(ctx, hwaddr.MAC{0x52, 0x54, 0, 0, 4, 0xa}, "node-e", 1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tokenClient(cp, tok)
+	eventually.True(t, "a pxejoin token may read kubelet-config and get Nodes", func() bool {
+		_, err1 := tc.CoreV1().ConfigMaps("kube-system").Get(ctx, "kubelet-config", metav1.GetOptions{})
+		_, err2 := tc.CoreV1().Nodes().Get(ctx, "node-e", metav1.GetOptions{})
+		return err1 == nil && apierrors.IsNotFound(err2)
+	})
+	name, _ := request(t, tc, clientSigner, nodeSubj("node-e"), nil, nil, clientUsagesEC...)
+	if cond := outcome(t, cp, name); cond.Type != certificatesv1.CertificateApproved {
+		t.Errorf("node-e: %s %s", cond.Type, cond.Reason)
+	}
 }

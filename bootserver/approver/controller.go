@@ -196,16 +196,8 @@ func (c *Controller) handle(ctx context.Context, name string) error {
 	}
 	csr := obj.(*certificatesv1.CertificateSigningRequest)
 	d := c.opts.Policy.Decide(csr, c)
-	switch d.Verdict {
-	case Ignore:
+	if d.Verdict == Ignore {
 		return nil
-	case Deny:
-		if id, ok := strings.CutPrefix(csr.Spec.Username, bootstrapapi.BootstrapUserPrefix); ok {
-			// The token first: whatever else fails, it makes no more requests.
-			if err := c.opts.Tokens.RevokeID(ctx, id, tokens.ReasonCSRDenied); err != nil {
-				return err
-			}
-		}
 	}
 	if err := c.write(ctx, csr, d); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -221,6 +213,14 @@ func (c *Controller) handle(ctx context.Context, name string) error {
 	}
 	c.log.Warn("CSR denied", attrs...)
 	c.event(ctx, csr, d)
+	// The token is revoked after the denial is written, so that a retry decides for the same
+	// reason. Should the revocation fail, the token still gets no certificate: its CSRs are no
+	// longer its first.
+	if id, ok := strings.CutPrefix(csr.Spec.Username, bootstrapapi.BootstrapUserPrefix); ok {
+		if err := c.opts.Tokens.RevokeID(ctx, id, tokens.ReasonCSRDenied); err != nil {
+			c.log.Error("cannot revoke the token of a denied CSR", "csr", csr.Name, "token_id", id, "err", err)
+		}
+	}
 	return nil
 }
 

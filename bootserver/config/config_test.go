@@ -60,6 +60,9 @@ func TestParseValid(t *testing.T) {
 	if c.TokenTTL != 20*time.Minute {
 		t.Errorf("TokenTTL = %s", c.TokenTTL)
 	}
+	if c.Approval != (Approval{Mode: ApprovalPxejoin, SelfCheck: SelfCheckStrict}) {
+		t.Errorf("approval defaults: %+v", c.Approval)
+	}
 	if c.Machines[1].UUID != "4c4c4544-0000-1000-8000-000000000001" || c.Machines[0].Profile != "worker" {
 		t.Errorf("machines not canonicalised: %+v", c.Machines)
 	}
@@ -130,6 +133,15 @@ func TestParseErrors(t *testing.T) {
 			return strings.Replace(s, "stateDir:", "inventory: {source: kubernetes}\nstateDir:", 1)
 		}, 11, "inventory.source: kubernetes needs cluster.kubeconfig"},
 		{"bad segment", func(s string) string { return strings.Replace(s, "stateDir:", "segment: Rack_1\nstateDir:", 1) }, 14, `segment: "Rack_1" is not a segment name`},
+		{"bad approval mode", func(s string) string {
+			return strings.Replace(s, "stateDir:", "approval: {mode: kubadm}\nstateDir:", 1)
+		}, 14, `approval.mode: "kubadm" is not pxejoin or kubeadm`},
+		{"bad self-check", func(s string) string {
+			return strings.Replace(s, "stateDir:", "approval: {selfCheck: off}\nstateDir:", 1)
+		}, 14, `approval.selfCheck: "off" is not strict or warn`},
+		{"bad domain", func(s string) string {
+			return strings.Replace(s, "stateDir:", "approval: {domain: Rack_1}\nstateDir:", 1)
+		}, 14, `approval.domain: "Rack_1" is not a DNS domain`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -74,6 +74,13 @@ type Config struct {
 	// MACOf, if set, gives the MAC of the machine at an address (its DHCP lease), so that a download
 	// from /ipxe/ (UEFI HTTP boot's NBP) is recorded as its nbp phase; false records nothing.
 	MACOf func(ip netip.Addr) (hwaddr.MAC, bool)
+	// LeaseHolder, if set (full DHCP mode), gives the MAC whose DHCP lease holds an address: a join
+	// file then goes only to the address holding that MAC's lease (403 otherwise, counted).
+	LeaseHolder func(ip netip.Addr) (hwaddr.MAC, bool)
+	// OncePerBoot hands a machine's join file out once per boot: a second fetch gets 409 with the
+	// reason (counted), unless the machine's agent reported a failed join since (it then fetches
+	// again). The memory of what was served does not survive a restart.
+	OncePerBoot bool
 	// Limits bound what clients may hold of the server that Serve runs; zero fields take
 	// bootserver/config's defaults.
 	Limits config.HTTP
@@ -95,6 +102,7 @@ type Handler struct {
 	rejects   *prometheus.CounterVec
 	refused   prometheus.Counter // connections over a client's cap
 	minting   chan struct{}      // bounds the background mints of MintAhead
+	gate      *joinGate          // who may have a join file, and where each went
 }
 
 // maxMintAhead bounds the tokens minted ahead at once; past it, join files mint on demand.
@@ -149,6 +157,10 @@ func New(cfg Config) (*Handler, error) {
 		Name: "pxejoin_http_connections_refused_total",
 		Help: "HTTP connections closed at once because their client address held http.maxConnsPerClient connections already.",
 	})
+	var err error
+	if h.gate, err = newJoinGate(&h.cfg); err != nil {
+		return nil, err
+	}
 	if r := cfg.Registerer; r != nil {
 		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused} {
 			if err := r.Register(c); err != nil {

@@ -71,7 +71,14 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, NoClusterReason, http.StatusServiceUnavailable)
 		return
 	}
-	boot, _ := h.cfg.Status.RecordSync(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateStart, "", ""))
+	boot := h.cfg.Status.Boot(mac)
+	if code, reason, msg := h.gate.check(r, mac, boot); code != 0 {
+		h.log.Warn("join file refused", "mac", mac, "remote", r.RemoteAddr, "reason", reason)
+		h.cfg.Status.Record(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateError, "", "refused to "+r.RemoteAddr+": "+reason))
+		http.Error(w, msg, code)
+		return
+	}
+	boot, _ = h.cfg.Status.RecordSync(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateStart, "", ""))
 	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
 	tok, err := h.cfg.Tokens.Token(r.Context(), mac, a.NodeName, boot, a.Known)
 	var limit interface{ RetryAfter() time.Duration }
@@ -98,6 +105,7 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/yaml")
+	h.gate.record(r, mac, boot)
 	_, _ = w.Write(body)
 	h.cfg.Status.Record(mac, status.Event{Event: bootstatus.Event{Phase: bootstatus.PhaseJoinFile, State: bootstatus.StateDone,
 		Detail: "node " + a.NodeName + ", token " + bootstraptoken.ID(tok)}, Source: status.SourceHTTP})

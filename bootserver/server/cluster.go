@@ -59,6 +59,10 @@ func LoadCluster(kubeconfig, endpoint string) (*Cluster, error) {
 		}
 	}
 	rc.UserAgent = "pxejoin-bootserver"
+	// client-go's default (5 requests/s, bursts of 10) would make a rack that boots at once wait on
+	// the boot server: a token minted, a CSR approved and a token deleted per machine.
+	// kube-controller-manager's own default is 20/s, bursts of 30.
+	rc.QPS, rc.Burst = 50, 100
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)

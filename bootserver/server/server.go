@@ -20,7 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/informers"
 
+	"github.com/pxejoin/pxejoin/bootserver/approver"
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
@@ -67,6 +69,11 @@ type Server struct {
 	url      string
 	serverIP netip.Addr
 	uuids    uuidIndex
+
+	// The cluster, and the informers the token manager and the approver share (nil without one).
+	cluster   *Cluster
+	informers informers.SharedInformerFactory
+	approver  *approver.Controller // nil without a cluster or with approval.mode kubeadm
 }
 
 // New opens the state store, connects to the cluster (if one is configured) and builds every part;
@@ -127,8 +134,12 @@ func New(opts Options) (_ *Server, err error) {
 	var endpoint string
 	var pins []string
 	if cl != nil {
-		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL,
+		s.cluster, s.informers = cl, informers.NewSharedInformerFactory(cl.Client, 10*time.Minute)
+		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Groups: tokenGroups(c), Informers: s.informers,
 			MaxUnknown: c.Unknown.MaxTokens, UnknownPerMinute: c.Unknown.TokensPerMinute, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
+			return nil, err
+		}
+		if err := s.newApprover(); err != nil {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
@@ -140,7 +151,7 @@ func New(opts Options) (_ *Server, err error) {
 	if s.http, err = httpd.New(httpd.Config{
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
 		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
-		Logger: s.log, Registerer: s.reg, Gatherer: s.reg,
+		Logger: s.log, Registerer: s.reg, Gatherer: s.reg, LeaseHolder: s.leaseHolder(), OncePerBoot: c.Approval.Mode == config.ApprovalPxejoin,
 	}); err != nil {
 		return nil, err
 	}
@@ -336,6 +347,10 @@ func (s *Server) URL() string { return s.url }
 // Serve runs DHCP, TFTP, HTTP and the token watch until ctx ends, then stops them all and returns.
 // The first part to fail stops the others and its error is returned.
 func (s *Server) Serve(ctx context.Context) error {
+	approvalPending, err := s.startApproval(ctx)
+	if err != nil {
+		return err
+	}
 	var ln net.Listener
 	if err := s.opts.InNetns(func() (err error) { ln, err = net.Listen("tcp", s.cfg.Listen.HTTP); return err }); err != nil {
 		return fmt.Errorf("http: %w", err)
@@ -375,6 +390,14 @@ func (s *Server) Serve(ctx context.Context) error {
 		g.Go(func() error {
 			if err := s.tokens.Run(ctx); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("token watch: %w", err)
+			}
+			return nil
+		})
+	}
+	if s.approver != nil {
+		g.Go(func() error {
+			if err := s.runApproval(ctx, approvalPending); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("approver: %w", err)
 			}
 			return nil
 		})

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +26,8 @@ import (
 	"k8s.io/client-go/util/certificate/csr"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
@@ -120,6 +123,15 @@ machines:
 		t.Errorf("TFTP download differs")
 	}
 
+	// A join file goes only to the address holding the machine's lease: the client's address is
+	// static here, so its lease is committed as DHCP would.
+	hw, _ := hwaddr.Parse(mac)
+	if code := strings.TrimSpace(string(cliNS.MustExec(t, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", srv.URL()+"/join/"+mac))); code != "403" {
+		t.Errorf("a join file without the lease: HTTP %s, want 403", code)
+	}
+	if err := srv.leases.Commit(leases.Lease{MAC: hw, IP: netip.MustParseAddr("10.80.50.2"), Expiry: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	join := curl(srv.URL() + "/join/" + mac)
 	jc, err := joinconfig.Parse([]byte(join))
 	if err != nil {
@@ -134,8 +146,8 @@ machines:
 	}
 	tok := bt.Token
 	id, secret, _ := strings.Cut(tok, ".")
-	if again, _ := joinconfig.Parse([]byte(curl(srv.URL() + "/join/" + mac))); again.Discovery.TLSBootstrapToken != tok {
-		t.Error("a second fetch within the boot must get the same token")
+	if code := strings.TrimSpace(string(cliNS.MustExec(t, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", srv.URL()+"/join/"+mac))); code != "409" {
+		t.Errorf("a second fetch within the boot: HTTP %s, want 409 (once per boot)", code)
 	}
 
 	// The token authenticates as system:bootstrap:<id>.
@@ -200,7 +212,9 @@ machines:
 			t.Errorf("the token secret appears in %s", what)
 		}
 	}
-	for _, m := range []string{`pxejoin_tokens_minted_total 1`, `pxejoin_tokens_deleted_total{reason="csr-issued"} 1`, `pxejoin_http_requests_total{code="200",kind="join"} 2`} {
+	for _, m := range []string{`pxejoin_tokens_minted_total 1`, `pxejoin_tokens_deleted_total{reason="csr-issued"} 1`, `pxejoin_http_requests_total{code="200",kind="join"} 1`,
+		`pxejoin_join_refused_total{reason="already-served"} 1`, `pxejoin_join_refused_total{reason="not-lease-holder"} 1`,
+		`pxejoin_csr_decisions_total{decision="approve",reason="machine-node",signer="kubernetes.io/kube-apiserver-client-kubelet"} 1`} {
 		if !strings.Contains(outputs["metrics"], m) {
 			t.Errorf("metrics lack %s", m)
 		}

@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
@@ -107,6 +108,12 @@ type Options struct {
 	UnknownPerMinute int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Groups are the tokens' extra groups (auth-extra-groups); empty means kubeadm's
+	// (bootstraptoken.DefaultGroup). The boot server gives bootstraptoken.PxejoinGroup.
+	Groups []string
+	// Informers, if set, is the informer factory Run takes its CSR and Node informers from (so
+	// that the approver shares them); default: Run makes its own.
+	Informers informers.SharedInformerFactory
 	// OnNode, if set, sees every Node the watch sees (added or updated), after token handling. It runs
 	// on the informer's goroutine: keep it quick.
 	OnNode func(*corev1.Node)
@@ -227,6 +234,7 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 	}
 	tok, err := bootstraptoken.Create(ctx, m.opts.Client, bootstraptoken.Options{
 		TTL:         m.opts.TTL,
+		Groups:      m.opts.Groups,
 		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
 		Labels: map[string]string{
 			LabelManagedBy:    "pxejoin-bootserver",

@@ -16,7 +16,10 @@ import (
 // Run watches CSRs and Nodes (client-go informers) and deletes a machine's token once its CSR is
 // issued or its Node registers; it also forgets expired records. It returns when ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
-	f := informers.NewSharedInformerFactory(m.opts.Client, 10*time.Minute)
+	f := m.opts.Informers
+	if f == nil {
+		f = informers.NewSharedInformerFactory(m.opts.Client, 10*time.Minute)
+	}
 	csrs := f.Certificates().V1().CertificateSigningRequests().Informer()
 	nodes := f.Core().V1().Nodes().Informer()
 	// Run returns without f.Shutdown, which waits for every informer goroutine: client-go's watch-list

@@ -21,6 +21,11 @@ import (
 // DefaultGroup is the extra group kubeadm gives node-join tokens; kubeadm's RBAC bindings name it.
 const DefaultGroup = "system:bootstrappers:kubeadm:default-node-token"
 
+// PxejoinGroup is the extra group of the boot server's machine tokens. No kubeadm binding names it
+// (kubeadm:node-autoapprove-bootstrap binds DefaultGroup), so the controller manager never approves
+// their CSRs: the boot server's approver does, for the node name each token was minted for.
+const PxejoinGroup = "system:bootstrappers:pxejoin"
+
 // Options describe a token to create.
 type Options struct {
 	// TTL is the token's lifetime; the token cleaner deletes it afterwards. Zero means 24h (kubeadm's default).

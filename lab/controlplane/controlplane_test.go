@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,5 +41,15 @@ func TestStart(t *testing.T) {
 		if _, err := cp.Admin().CoreV1().ConfigMaps("kube-system").Get(ctx, name, metav1.GetOptions{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := cp.SetServerTLSBootstrap(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := cp.Admin().CoreV1().ConfigMaps("kube-system").Get(ctx, "kubelet-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := kc.Data["kubelet"]; !strings.Contains(k, "serverTLSBootstrap: true") || !strings.Contains(k, "kind: KubeletConfiguration") || !strings.Contains(k, "cgroupDriver: cgroupfs") {
+		t.Errorf("kubelet-config after SetServerTLSBootstrap:\n%s", k)
 	}
 }

@@ -189,6 +189,29 @@ func (cp *ControlPlane) SetAutoApprove(ctx context.Context, on bool) error {
 	return err
 }
 
+// SetServerTLSBootstrap sets serverTLSBootstrap in the cluster's kubelet-config (kubelets joining
+// afterwards ask for a serving certificate with a kubernetes.io/kubelet-serving CSR, which only an
+// approver such as the boot server's approves: the controller manager does not).
+func (cp *ControlPlane) SetServerTLSBootstrap(ctx context.Context, on bool) error {
+	cms := cp.client.CoreV1().ConfigMaps(metav1.NamespaceSystem)
+	cm, err := cms.Get(ctx, "kubelet-config", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	var kc kubeletv1beta1.KubeletConfiguration
+	if err := yaml.Unmarshal([]byte(cm.Data["kubelet"]), &kc); err != nil {
+		return err
+	}
+	kc.ServerTLSBootstrap = on
+	b, err := yaml.Marshal(&kc)
+	if err != nil {
+		return err
+	}
+	cm.Data["kubelet"] = string(b)
+	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}
+
 // CreateToken creates a bootstrap token as `kubeadm token create` does.
 func (cp *ControlPlane) CreateToken(ctx context.Context, ttl time.Duration) (string, error) {
 	return bootstraptoken.Create(ctx, cp.client, bootstraptoken.Options{TTL: ttl, Description: "pxejoin test token"})

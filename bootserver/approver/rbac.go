@@ -1,0 +1,90 @@
+package approver
+
+import (
+	"context"
+	"fmt"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// The RBAC objects the boot server keeps for its machine tokens' group (approval.mode: pxejoin).
+// kubeadm binds the same roles to its own group; pxejoin's group gets them and nothing more: no
+// certificatesigningrequests/nodeclient, so the controller manager never approves these tokens' CSRs.
+const (
+	// NodeBootstrapperBinding binds system:node-bootstrapper (create, get, list, watch CSRs).
+	NodeBootstrapperBinding = "pxejoin:node-bootstrapper"
+	// GetNodesRole lets a joining machine check that no Node of its name exists (as kubeadm's join does).
+	GetNodesRole = "pxejoin:get-nodes"
+	// JoinConfigRole (a Role in kube-system) lets it read the kubelet-config and kubeadm-config ConfigMaps.
+	JoinConfigRole = "pxejoin:join-config"
+)
+
+// bootstrapRBAC is what the tokens of group need to join.
+func bootstrapRBAC(group string) ([]rbacv1.ClusterRole, []rbacv1.ClusterRoleBinding, rbacv1.Role, rbacv1.RoleBinding) {
+	subjects := []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: group}}
+	meta := func(name, ns string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "pxejoin-bootserver"}}
+	}
+	crs := []rbacv1.ClusterRole{{ObjectMeta: meta(GetNodesRole, ""),
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}}}}}
+	crbs := []rbacv1.ClusterRoleBinding{
+		{ObjectMeta: meta(NodeBootstrapperBinding, ""), Subjects: subjects,
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:node-bootstrapper"}},
+		{ObjectMeta: meta(GetNodesRole, ""), Subjects: subjects,
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: GetNodesRole}},
+	}
+	role := rbacv1.Role{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem),
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
+			ResourceNames: []string{"kubelet-config", "kubeadm-config"}, Verbs: []string{"get"}}}}
+	rb := rbacv1.RoleBinding{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem), Subjects: subjects,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinConfigRole}}
+	return crs, crbs, role, rb
+}
+
+// EnsureBootstrapRBAC creates (or puts back) the roles and bindings group's tokens need to join.
+// The boot server needs to hold what it grants (or the bind verb on those roles).
+func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group string) error {
+	crs, crbs, role, rb := bootstrapRBAC(group)
+	r := c.RbacV1()
+	for _, o := range crs {
+		if err := ensure(ctx, &o, r.ClusterRoles().Create, r.ClusterRoles().Get, r.ClusterRoles().Update,
+			func(have, want *rbacv1.ClusterRole) { have.Rules = want.Rules }); err != nil {
+			return err
+		}
+	}
+	for _, o := range crbs {
+		if err := ensure(ctx, &o, r.ClusterRoleBindings().Create, r.ClusterRoleBindings().Get, r.ClusterRoleBindings().Update,
+			func(have, want *rbacv1.ClusterRoleBinding) { have.Subjects = want.Subjects }); err != nil {
+			return err
+		}
+	}
+	roles, rbs := r.Roles(metav1.NamespaceSystem), r.RoleBindings(metav1.NamespaceSystem)
+	if err := ensure(ctx, &role, roles.Create, roles.Get, roles.Update, func(have, want *rbacv1.Role) { have.Rules = want.Rules }); err != nil {
+		return err
+	}
+	return ensure(ctx, &rb, rbs.Create, rbs.Get, rbs.Update, func(have, want *rbacv1.RoleBinding) { have.Subjects = want.Subjects })
+}
+
+// ensure creates want, or updates the existing object's content to want's with set.
+func ensure[T interface{ GetName() string }](ctx context.Context, want T,
+	create func(context.Context, T, metav1.CreateOptions) (T, error),
+	get func(context.Context, string, metav1.GetOptions) (T, error),
+	update func(context.Context, T, metav1.UpdateOptions) (T, error),
+	set func(have, want T)) error {
+	_, err := create(ctx, want, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		var have T
+		if have, err = get(ctx, want.GetName(), metav1.GetOptions{}); err == nil {
+			set(have, want)
+			_, err = update(ctx, have, metav1.UpdateOptions{})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("cannot create the RBAC that machine tokens need to join (%s): %w: give the boot server's kubeconfig "+
+			"the rights to manage roles and bindings, or create them yourself and set approval.mode: kubeadm", want.GetName(), err)
+	}
+	return nil
+}

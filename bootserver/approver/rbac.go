@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -51,40 +52,50 @@ func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group stri
 	r := c.RbacV1()
 	for _, o := range crs {
 		if err := ensure(ctx, &o, r.ClusterRoles().Create, r.ClusterRoles().Get, r.ClusterRoles().Update,
-			func(have, want *rbacv1.ClusterRole) { have.Rules = want.Rules }); err != nil {
+			func(have, want *rbacv1.ClusterRole) { have.Rules = want.Rules },
+			func(have, want *rbacv1.ClusterRole) bool { return equality.Semantic.DeepEqual(have.Rules, want.Rules) }); err != nil {
 			return err
 		}
 	}
 	for _, o := range crbs {
 		if err := ensure(ctx, &o, r.ClusterRoleBindings().Create, r.ClusterRoleBindings().Get, r.ClusterRoleBindings().Update,
-			func(have, want *rbacv1.ClusterRoleBinding) { have.Subjects = want.Subjects }); err != nil {
+			func(have, want *rbacv1.ClusterRoleBinding) { have.Subjects = want.Subjects },
+			func(have, want *rbacv1.ClusterRoleBinding) bool {
+				return equality.Semantic.DeepEqual(have.Subjects, want.Subjects)
+			}); err != nil {
 			return err
 		}
 	}
 	roles, rbs := r.Roles(metav1.NamespaceSystem), r.RoleBindings(metav1.NamespaceSystem)
-	if err := ensure(ctx, &role, roles.Create, roles.Get, roles.Update, func(have, want *rbacv1.Role) { have.Rules = want.Rules }); err != nil {
+	if err := ensure(ctx, &role, roles.Create, roles.Get, roles.Update, func(have, want *rbacv1.Role) { have.Rules = want.Rules },
+		func(have, want *rbacv1.Role) bool { return equality.Semantic.DeepEqual(have.Rules, want.Rules) }); err != nil {
 		return err
 	}
-	return ensure(ctx, &rb, rbs.Create, rbs.Get, rbs.Update, func(have, want *rbacv1.RoleBinding) { have.Subjects = want.Subjects })
+	return ensure(ctx, &rb, rbs.Create, rbs.Get, rbs.Update, func(have, want *rbacv1.RoleBinding) { have.Subjects = want.Subjects },
+		func(have, want *rbacv1.RoleBinding) bool {
+			return equality.Semantic.DeepEqual(have.Subjects, want.Subjects)
+		})
 }
 
-// ensure creates want, or updates the existing object's content to want's with set.
+// ensure creates want when it is missing, or puts the existing object's content back to want's
+// (set copies it; same says whether it already is). An object already as it should be is only read,
+// so a boot server whose RBAC was created for it (deploy/base) needs no more than get on it.
 func ensure[T interface{ GetName() string }](ctx context.Context, want T,
 	create func(context.Context, T, metav1.CreateOptions) (T, error),
 	get func(context.Context, string, metav1.GetOptions) (T, error),
 	update func(context.Context, T, metav1.UpdateOptions) (T, error),
-	set func(have, want T)) error {
-	_, err := create(ctx, want, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		var have T
-		if have, err = get(ctx, want.GetName(), metav1.GetOptions{}); err == nil {
-			set(have, want)
-			_, err = update(ctx, have, metav1.UpdateOptions{})
-		}
+	set func(have, want T), same func(have, want T) bool) error {
+	have, err := get(ctx, want.GetName(), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = create(ctx, want, metav1.CreateOptions{})
+	case err == nil && !same(have, want):
+		set(have, want)
+		_, err = update(ctx, have, metav1.UpdateOptions{})
 	}
 	if err != nil {
 		return fmt.Errorf("cannot create the RBAC that machine tokens need to join (%s): %w: give the boot server's kubeconfig "+
-			"the rights to manage roles and bindings, or create them yourself and set approval.mode: kubeadm", want.GetName(), err)
+			"the rights to manage roles and bindings, or create them yourself (deploy/base/token-rbac.yaml) or set approval.mode: kubeadm", want.GetName(), err)
 	}
 	return nil
 }

@@ -102,6 +102,14 @@ func runJoin(t *testing.T, c joinCase) {
 		if c.proxy {
 			mode = "proxy"
 		}
+		// Only the boot server's approver may approve this machine's certificates: kubeadm's
+		// auto-approval is off, and the kubelet asks for a serving certificate too.
+		if err := cp.SetAutoApprove(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := cp.SetServerTLSBootstrap(ctx, true); err != nil {
+			t.Fatal(err)
+		}
 		rb = startBootServer(ctx, t, n, cp, img, mac.String(), node, mode)
 		bs = real{rb}
 	} else {
@@ -176,6 +184,9 @@ func runJoin(t *testing.T, c joinCase) {
 	tl := bs.timeline(v.Started, mac.String())
 	t.Logf("%s: Node registered at %.1fs, Ready at %.1fs after qemu started; timeline:\n%s", node,
 		registered.Seconds(), ready.Seconds(), tl)
+	if rb != nil {
+		checkServingCert(ctx, t, cp, n, node)
+	}
 	// The CNI config of the image (images/rootfs/etc/cni/net.d) hands out 10.88.0.0/16.
 	if ip := runPod(ctx, t, cp, node); !podNet.Contains(ip) {
 		t.Errorf("the pod's IP %s is outside the image's CNI range %s", ip, podNet)

@@ -92,6 +92,14 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 		return fail(err)
 	}
 	cleanups = append(cleanups, cp.Stop)
+	// The lab's nodes are approved by the boot server alone (issue 13): no kubeadm auto-approval, and
+	// kubelets get serving certificates, so kubectl logs/exec can verify them.
+	if err := cp.SetAutoApprove(ctx, false); err != nil {
+		return fail(err)
+	}
+	if err := cp.SetServerTLSBootstrap(ctx, true); err != nil {
+		return fail(err)
+	}
 	recordNS(st, n)
 	_ = writeState(dir, st)
 	kc, _ := os.ReadFile(cp.AdminKubeconfig())

@@ -57,6 +57,8 @@ type Config struct {
 	// Cluster names the Kubernetes cluster machines join. Without it (no kubeconfig) machines boot but
 	// get no join file: /join answers 503 (e.g. to watch machines PXE-boot before a cluster exists).
 	Cluster Cluster `yaml:"cluster"`
+	// API bounds the boot server's requests to the cluster's API (api.go).
+	API API `yaml:"api"`
 	// StateDir holds the state store (timelines, token ids) and DHCP leases.
 	StateDir string `yaml:"stateDir"`
 	// Unknown says what machines missing from the inventory get.

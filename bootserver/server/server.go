@@ -117,7 +117,11 @@ func New(opts Options) (_ *Server, err error) {
 	var endpoint string
 	var pins []string
 	if cl != nil {
-		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL,
+		api, err := cl.clients(c.API)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		if s.tokens, err = tokens.New(tokens.Options{Client: api.read, Creates: api.tokenCreates, Deletes: api.tokenDeletes, DB: s.db, TTL: c.TokenTTL,
 			MaxUnknown: c.Unknown.MaxTokens, UnknownPerMinute: c.Unknown.TokensPerMinute, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
 			return nil, err
 		}

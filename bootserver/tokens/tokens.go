@@ -89,8 +89,12 @@ func (e *LimitError) RetryAfter() time.Duration { return e.Wait }
 
 // Options configure a Manager.
 type Options struct {
-	// Client manages Secrets in kube-system and watches CSRs and Nodes.
+	// Client watches CSRs and Nodes (and does what Creates and Deletes leave to it).
 	Client kubernetes.Interface
+	// Creates creates the token Secrets and Deletes deletes them; default Client. Give each a client
+	// of its own (client-go rate-limits per client) so that deletions never wait behind a burst of
+	// creations: live tokens then stay about the machines in flight.
+	Creates, Deletes kubernetes.Interface
 	// DB is the state store; the Manager uses bucket "tokens".
 	DB *bolt.DB
 	// TTL of each token; default 30m.
@@ -126,7 +130,16 @@ type Manager struct {
 
 	unknownTurn sync.Mutex    // one unknown machine's mint at a time
 	unknownRate *rate.Limiter // of unknown machines' mints
+
+	ahead        chan struct{} // one slot per mint ahead under way
+	aheadSkipped prometheus.Counter
+
+	deletions chan deletion   // for the deleters (Run)
+	deleting  map[string]bool // ids queued or being deleted
 }
+
+// deletion is a token to delete, and why.
+type deletion struct{ id, reason string }
 
 // lockRef is a MAC's lock with the number of Token calls holding or awaiting it.
 type lockRef struct {
@@ -138,6 +151,12 @@ type lockRef struct {
 func New(opts Options) (*Manager, error) {
 	if opts.Client == nil || opts.DB == nil {
 		return nil, fmt.Errorf("tokens: Client and DB are required")
+	}
+	if opts.Creates == nil {
+		opts.Creates = opts.Client
+	}
+	if opts.Deletes == nil {
+		opts.Deletes = opts.Client
 	}
 	if opts.TTL <= 0 {
 		opts.TTL = 30 * time.Minute
@@ -155,7 +174,9 @@ func New(opts Options) (*Manager, error) {
 		opts.UnknownPerMinute = config.DefaultUnknownTokensPerMinute
 	}
 	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[hwaddr.MAC]*lockRef{},
-		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6))}
+		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6)),
+		ahead:       make(chan struct{}, MaxMintAhead),
+		deletions:   make(chan deletion, deleteQueue), deleting: map[string]bool{}}
 	err := opts.DB.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -179,8 +200,10 @@ func New(opts Options) (*Manager, error) {
 		Help: "Join files refused a token for a machine not in the inventory, by limit (unknown-cap: unknownMachines.maxTokens live; unknown-rate: unknownMachines.tokensPerMinute)."}, []string{"reason"})
 	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pxejoin_tokens_live", Help: "Machine tokens minted and not yet deleted."},
 		func() float64 { m.mu.Lock(); defer m.mu.Unlock(); return float64(len(m.byID)) })
+	m.aheadSkipped = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_mint_ahead_skipped_total",
+		Help: "Tokens not minted ahead of a machine's join file because MaxMintAhead mints ahead were under way (the join file's request mints it)."})
 	if r := opts.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live} {
+		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live, m.aheadSkipped} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -225,7 +248,7 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 			m.log.Warn("cannot delete a machine's previous token", "mac", mac, "token_id", r.ID, "err", err)
 		}
 	}
-	tok, err := bootstraptoken.Create(ctx, m.opts.Client, bootstraptoken.Options{
+	tok, err := bootstraptoken.Create(ctx, m.opts.Creates, bootstraptoken.Options{
 		TTL:         m.opts.TTL,
 		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
 		Labels: map[string]string{
@@ -241,7 +264,7 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 	r := &Record{ID: id, MAC: mac, Node: node, Boot: boot, Created: now, Expires: now.Add(m.opts.TTL), Unknown: !known}
 	if err := m.put(r); err != nil {
 		// Without its record the token could outlive its use: take it back.
-		_ = bootstraptoken.Delete(ctx, m.opts.Client, id)
+		_ = bootstraptoken.Delete(ctx, m.opts.Deletes, id)
 		return "", fmt.Errorf("tokens: cannot record token %s: %w", id, err)
 	}
 	m.mu.Lock()
@@ -251,6 +274,32 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 	m.minted.Inc()
 	m.log.Info("bootstrap token minted", "mac", mac, "node", node, "boot", boot, "token_id", id, "expires", r.Expires.UTC().Format(time.RFC3339))
 	return tok, nil
+}
+
+// MaxMintAhead bounds the mints ahead under way at once: a burst of booting machines queues at most
+// that many creations ahead of a join file's request on the creations' client.
+const MaxMintAhead = 16
+
+// MintAhead mints the token of an inventory machine's boot in the background, so that its join file
+// is ready when the agent asks for it (the boot server calls it when DHCP or the iPXE script shows
+// the machine booting). It never blocks: with MaxMintAhead mints ahead under way it does nothing,
+// and the join file's request mints the token then.
+func (m *Manager) MintAhead(mac hwaddr.MAC, node string, boot int) {
+	select {
+	case m.ahead <- struct{}{}:
+	default:
+		m.aheadSkipped.Inc()
+		return
+	}
+	go func() {
+		defer func() { <-m.ahead }()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := m.Token(ctx, mac, node, boot, true); err != nil {
+			// err names the token id at most, never the secret.
+			m.log.Warn("cannot mint a bootstrap token ahead of the join file; it will be minted on request", "mac", mac, "err", err)
+		}
+	}()
 }
 
 // margin is how close to expiry a token stops being handed out again.
@@ -339,20 +388,18 @@ func (m *Manager) RevokeID(ctx context.Context, id, reason string) error {
 
 // RevokeNode deletes the tokens minted for node before registered (the Node's creation time).
 func (m *Manager) RevokeNode(ctx context.Context, node string, registered time.Time, reason string) error {
-	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.Node == node && !registered.Before(r.Created.Truncate(time.Second)) })
+	return m.revokeWhere(ctx, reason, mintedBefore(node, registered))
+}
+
+// mintedBefore matches the tokens minted for node before registered (the Node's creation time,
+// which the API gives to the second).
+func mintedBefore(node string, registered time.Time) func(*Record) bool {
+	return func(r *Record) bool { return r.Node == node && !registered.Before(r.Created.Truncate(time.Second)) }
 }
 
 func (m *Manager) revokeWhere(ctx context.Context, reason string, match func(*Record) bool) error {
-	m.mu.Lock()
-	var ids []string
-	for id, r := range m.byID {
-		if match(r) {
-			ids = append(ids, id)
-		}
-	}
-	m.mu.Unlock()
 	var firstErr error
-	for _, id := range ids {
+	for _, id := range m.idsWhere(match) {
 		if err := m.delete(ctx, id, reason); err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -360,10 +407,73 @@ func (m *Manager) revokeWhere(ctx context.Context, reason string, match func(*Re
 	return firstErr
 }
 
+// idsWhere returns the ids of the records that match.
+func (m *Manager) idsWhere(match func(*Record) bool) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for id, r := range m.byID {
+		if match(r) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Deleters is how many token deletions run at once. The CSR and Node watches hand their deletions
+// to them instead of making them one after the other: a deletion takes 10-300 ms while the
+// apiserver is busy with a burst of joins (measured), so one at a time falls behind the CSRs the
+// controller manager issues, and used tokens pile up (TestDeletionsKeepUp).
+const Deleters = 8
+
+// deleteQueue is how many deletions may wait for a deleter before the watch waits too.
+const deleteQueue = 1024
+
+// deleteLater queues the deletion of the tokens with ids (those this manager has a record of and
+// does not already delete) for the deleters; it waits while the queue is full, or until ctx ends.
+func (m *Manager) deleteLater(ctx context.Context, ids []string, reason string) {
+	for _, id := range ids {
+		m.mu.Lock()
+		_, ok := m.byID[id]
+		queue := ok && !m.deleting[id]
+		if queue {
+			m.deleting[id] = true
+		}
+		m.mu.Unlock()
+		if !queue {
+			continue
+		}
+		select {
+		case m.deletions <- deletion{id, reason}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// deleteLoop is a deleter: it deletes the queued tokens until ctx ends. A deletion that fails is
+// logged and dropped: the next event about the token queues it again, and the cluster's token
+// cleaner removes it at its expiry in any case.
+func (m *Manager) deleteLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case d := <-m.deletions:
+			if err := m.delete(ctx, d.id, d.reason); err != nil && ctx.Err() == nil {
+				m.log.Warn("cannot delete a used bootstrap token", "token_id", d.id, "reason", d.reason, "err", err)
+			}
+			m.mu.Lock()
+			delete(m.deleting, d.id)
+			m.mu.Unlock()
+		}
+	}
+}
+
 // delete removes the Secret, then the record.
 func (m *Manager) delete(ctx context.Context, id, reason string) error {
 	if reason != ReasonExpired {
-		if err := bootstraptoken.Delete(ctx, m.opts.Client, id); err != nil {
+		if err := bootstraptoken.Delete(ctx, m.opts.Deletes, id); err != nil {
 			return err
 		}
 	}

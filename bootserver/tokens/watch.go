@@ -14,7 +14,8 @@ import (
 )
 
 // Run watches CSRs and Nodes (client-go informers) and deletes a machine's token once its CSR is
-// issued or its Node registers; it also forgets expired records. It returns when ctx ends.
+// issued or its Node registers (Deleters at once); it also forgets expired records. It returns when
+// ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
 	f := informers.NewSharedInformerFactory(m.opts.Client, 10*time.Minute)
 	csrs := f.Certificates().V1().CertificateSigningRequests().Informer()
@@ -36,7 +37,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		handlers.RLock()
 		defer handlers.RUnlock()
 		if n, ok := obj.(*corev1.Node); ok && !stopped {
-			_ = m.RevokeNode(ctx, n.Name, n.CreationTimestamp.Time, ReasonNodeRegistered)
+			m.deleteLater(ctx, m.idsWhere(mintedBefore(n.Name, n.CreationTimestamp.Time)), ReasonNodeRegistered)
 			if m.opts.OnNode != nil {
 				m.opts.OnNode(n)
 			}
@@ -59,6 +60,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	for range Deleters {
+		go m.deleteLoop(ctx)
+	}
 	f.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced) {
 		return ctx.Err()
@@ -76,7 +80,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// csrSeen deletes the token a CSR was made with once the CSR has its certificate.
+// csrSeen queues the deletion of the token a CSR was made with once the CSR has its certificate.
 func (m *Manager) csrSeen(ctx context.Context, csr *certificatesv1.CertificateSigningRequest) {
 	if len(csr.Status.Certificate) == 0 {
 		return
@@ -85,7 +89,5 @@ func (m *Manager) csrSeen(ctx context.Context, csr *certificatesv1.CertificateSi
 	if !ok {
 		return
 	}
-	if err := m.RevokeID(ctx, id, ReasonCSRIssued); err != nil {
-		m.log.Warn("cannot delete a used bootstrap token", "token_id", id, "csr", csr.Name, "err", err)
-	}
+	m.deleteLater(ctx, []string{id}, ReasonCSRIssued)
 }

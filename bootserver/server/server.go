@@ -27,6 +27,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootserver/statussync"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -54,7 +55,8 @@ type Server struct {
 	db       *bolt.DB
 	leases   *leases.Store
 	status   *status.Store
-	tokens   *tokens.Manager // nil without a cluster
+	tokens   *tokens.Manager    // nil without a cluster
+	sync     *statussync.Writer // nil without a cluster
 	inv      *inventory.Inventory
 	http     *httpd.Handler
 	dhcp     *dhcpd.Server
@@ -109,7 +111,7 @@ func New(opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("state store %s: %w: make the state directory writable by the boot server, or set another stateDir (--state-dir)", dbPath, err)
 	}
 	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg, MaxUnknown: c.Unknown.MaxTimelines,
-		Known: func(mac hwaddr.MAC) bool { return s.inv.Known(mac, "") }}); err != nil {
+		Known: func(mac hwaddr.MAC) bool { return s.inv.Known(mac, "") }, OnChange: s.statusChanged}); err != nil {
 		return nil, err
 	}
 	// The handler's Tokens stays a nil interface without a cluster (not a nil *tokens.Manager).
@@ -126,6 +128,12 @@ func New(opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
+		if api.status != nil {
+			if s.sync, err = statussync.New(statussync.Options{Client: api.status, Timelines: s.status, NameOf: s.machineName,
+				ServerName: c.API.ServerName, MaxQueue: c.API.StatusQueue, Logger: s.log, Registerer: s.reg}); err != nil {
+				return nil, err
+			}
+		}
 	}
 	ipxeDir := c.TFTP.Root
 	if fi, err := os.Stat(ipxeDir); err != nil || !fi.IsDir() {
@@ -277,6 +285,19 @@ func pool(c *config.Config, ifSubnet netip.Prefix) (dhcpd.Pool, error) {
 	return p, nil
 }
 
+// statusChanged hands a timeline change to the Machine.status writer, once there is one.
+func (s *Server) statusChanged(c status.Change) {
+	if s.sync != nil {
+		s.sync.Changed(c)
+	}
+}
+
+// machineName is the Machine (node) name of an inventory machine.
+func (s *Server) machineName(mac hwaddr.MAC) (string, bool) {
+	a, ok := s.inv.Lookup(mac, s.uuids.of(mac))
+	return a.NodeName, ok && a.Known
+}
+
 // URL is the server's HTTP base URL.
 func (s *Server) URL() string { return s.url }
 
@@ -325,6 +346,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	if s.sync != nil {
+		g.Go(func() error { return s.sync.Run(ctx) })
 	}
 	g.Go(func() error {
 		if s.dhcp != nil {

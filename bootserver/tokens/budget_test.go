@@ -103,7 +103,7 @@ func TestDeletionsKeepUp(t *testing.T) {
 	defer func() { stop(); <-ran }()
 
 	// One machine first: the controller manager's CSR controllers are running once it is through.
-	if err := joinOnce(ctx, cp, m, reads, machines); err != nil {
+	if err := joinOnce(ctx, cp, m, reads, machines, fleetMAC(machines)); err != nil {
 		t.Fatalf("first machine: %v", err)
 	}
 	eventually.True(t, "the first machine's token is deleted once its CSR is issued", func() bool { return len(m.Records()) == 0 })
@@ -139,7 +139,7 @@ func TestDeletionsKeepUp(t *testing.T) {
 			defer wg.Done()
 			inFlight.Add(1)
 			defer inFlight.Add(-1)
-			if err := joinOnce(ctx, cp, m, reads, i); err != nil {
+			if err := joinOnce(ctx, cp, m, reads, i, fleetMAC(i)); err != nil {
 				errs <- fmt.Errorf("machine %d: %w", i, err)
 			}
 		}()
@@ -164,8 +164,7 @@ func TestDeletionsKeepUp(t *testing.T) {
 
 // joinOnce is one machine's use of its token: mint it, then make the kubelet's client CSR with it
 // and wait until it is issued.
-func joinOnce(ctx context.Context, cp *controlplane.ControlPlane, m *Manager, watcher kubernetes.Interface, i int) error {
-	mac := hwaddr.MAC{0x52, 0x54, 0x00, 0x77, byte(i >> 8), byte(i)}
+func joinOnce(ctx context.Context, cp *controlplane.ControlPlane, m *Manager, watcher kubernetes.Interface, i int, mac hwaddr.MAC) error {
 	node := fmt.Sprintf("budget-%d", i)
 	tok, err := m.Token(ctx, mac, node, 1, true)
 	if err != nil {
@@ -204,3 +203,5 @@ func joinOnce(ctx context.Context, cp *controlplane.ControlPlane, m *Manager, wa
 	_, err = csr.WaitForCertificate(ctx, watcher, name, uid)
 	return err
 }
+
+func fleetMAC(i int) hwaddr.MAC { return hwaddr.MAC{0x52, 0x54, 0x00, 0x77, byte(i >> 8), byte(i)} }

@@ -8,8 +8,10 @@
 //     file fetch gets the same credentials. A new boot of the machine deletes the old token and
 //     mints a new one.
 //   - Token ids, machines and expiry are kept in the state store (bbolt, bucket "tokens"); secrets
-//     only in memory. After a restart a machine asking again gets a new token (its old one is
-//     deleted); old tokens are still deleted by the CSR/Node watch or the cluster's token cleaner.
+//     only in memory. The token Secrets carry labels (shared.go) by which any server, or this one
+//     after a restart, finds a machine's live token and hands it out again, or deletes it.
+//   - Creations and deletions have clients (and API budgets) of their own; the CSR and Node watches
+//     hand deletions to Deleters goroutines, so used tokens go as fast as the CSRs are issued.
 //   - Machines not in the inventory ("unknown") get tokens from a budget of their own: at most
 //     Options.MaxUnknown live at once, minted one at a time at Options.UnknownPerMinute. Past it Token
 //     refuses with a *LimitError (counted in pxejoin_tokens_refused_total) instead of creating a
@@ -35,6 +37,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
@@ -51,7 +54,7 @@ const (
 	ReasonExpired        = "expired"
 )
 
-// LabelManagedBy marks the Secrets this package creates.
+// LabelManagedBy marks the Secrets this package creates (ManagedBy; shared.go lists the others).
 const LabelManagedBy = "app.kubernetes.io/managed-by"
 
 var bucket = []byte("tokens")
@@ -136,6 +139,11 @@ type Manager struct {
 
 	deletions chan deletion   // for the deleters (Run)
 	deleting  map[string]bool // ids queued or being deleted
+
+	shared  cache.SharedIndexInformer // every boot server's token Secrets (shared.go)
+	adopted prometheus.Counter
+	// gone holds the tokens deleted here in the last goneFor, which the informer may still show.
+	gone map[string]time.Time
 }
 
 // deletion is a token to delete, and why.
@@ -176,7 +184,7 @@ func New(opts Options) (*Manager, error) {
 	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[hwaddr.MAC]*lockRef{},
 		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6)),
 		ahead:       make(chan struct{}, MaxMintAhead),
-		deletions:   make(chan deletion, deleteQueue), deleting: map[string]bool{}}
+		deletions:   make(chan deletion, deleteQueue), deleting: map[string]bool{}, gone: map[string]time.Time{}}
 	err := opts.DB.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -200,10 +208,15 @@ func New(opts Options) (*Manager, error) {
 		Help: "Join files refused a token for a machine not in the inventory, by limit (unknown-cap: unknownMachines.maxTokens live; unknown-rate: unknownMachines.tokensPerMinute)."}, []string{"reason"})
 	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pxejoin_tokens_live", Help: "Machine tokens minted and not yet deleted."},
 		func() float64 { m.mu.Lock(); defer m.mu.Unlock(); return float64(len(m.byID)) })
+	if err := m.newShared(); err != nil {
+		return nil, err
+	}
+	m.adopted = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_adopted_total",
+		Help: "Live tokens of a machine's boot that another boot server (or this one before a restart) minted, taken over instead of minting."})
 	m.aheadSkipped = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_mint_ahead_skipped_total",
 		Help: "Tokens not minted ahead of a machine's join file because MaxMintAhead mints ahead were under way (the join file's request mints it)."})
 	if r := opts.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live, m.aheadSkipped} {
+		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live, m.aheadSkipped, m.adopted} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -232,7 +245,11 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 		stale = append(stale, r)
 	}
 	m.mu.Unlock()
-	if !known {
+	adopted, others, err := m.adopt(mac, node, boot, known, now)
+	if err != nil {
+		return "", err
+	}
+	if adopted == "" && !known {
 		release, err := m.admitUnknown(mac, now)
 		if err != nil {
 			return "", err
@@ -248,14 +265,18 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 			m.log.Warn("cannot delete a machine's previous token", "mac", mac, "token_id", r.ID, "err", err)
 		}
 	}
+	for _, id := range others {
+		if err := m.deleteShared(ctx, id, ReasonReplaced); err != nil {
+			m.log.Warn("cannot delete a machine's previous token", "mac", mac, "token_id", id, "err", err)
+		}
+	}
+	if adopted != "" {
+		return adopted, nil
+	}
 	tok, err := bootstraptoken.Create(ctx, m.opts.Creates, bootstraptoken.Options{
 		TTL:         m.opts.TTL,
 		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
-		Labels: map[string]string{
-			LabelManagedBy:    "pxejoin-bootserver",
-			"pxejoin.io/mac":  mac.Hex(),
-			"pxejoin.io/boot": fmt.Sprint(boot),
-		},
+		Labels:      labels(mac, node, boot),
 	})
 	if err != nil {
 		return "", err
@@ -435,7 +456,7 @@ func (m *Manager) deleteLater(ctx context.Context, ids []string, reason string) 
 	for _, id := range ids {
 		m.mu.Lock()
 		_, ok := m.byID[id]
-		queue := ok && !m.deleting[id]
+		queue := (ok || m.sharedHas(id)) && !m.deleting[id]
 		if queue {
 			m.deleting[id] = true
 		}
@@ -460,7 +481,14 @@ func (m *Manager) deleteLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case d := <-m.deletions:
-			if err := m.delete(ctx, d.id, d.reason); err != nil && ctx.Err() == nil {
+			m.mu.Lock()
+			_, mine := m.byID[d.id]
+			m.mu.Unlock()
+			del := m.delete
+			if !mine {
+				del = m.deleteShared
+			}
+			if err := del(ctx, d.id, d.reason); err != nil && ctx.Err() == nil {
 				m.log.Warn("cannot delete a used bootstrap token", "token_id", d.id, "reason", d.reason, "err", err)
 			}
 			m.mu.Lock()
@@ -481,6 +509,7 @@ func (m *Manager) delete(ctx context.Context, id, reason string) error {
 	r, ok := m.byID[id]
 	delete(m.byID, id)
 	delete(m.secrets, id)
+	m.gone[id] = m.opts.Now()
 	m.mu.Unlock()
 	if !ok {
 		return nil
@@ -524,6 +553,11 @@ func (m *Manager) sweep(ctx context.Context) {
 	for id, r := range m.byID {
 		if now.After(r.Expires) {
 			ids = append(ids, id)
+		}
+	}
+	for id, t := range m.gone {
+		if now.Sub(t) > goneFor {
+			delete(m.gone, id)
 		}
 	}
 	m.mu.Unlock()

@@ -37,7 +37,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		handlers.RLock()
 		defer handlers.RUnlock()
 		if n, ok := obj.(*corev1.Node); ok && !stopped {
-			m.deleteLater(ctx, m.idsWhere(mintedBefore(n.Name, n.CreationTimestamp.Time)), ReasonNodeRegistered)
+			ids := m.idsWhere(mintedBefore(n.Name, n.CreationTimestamp.Time))
+			m.deleteLater(ctx, append(ids, m.sharedMintedBefore(n.Name, n.CreationTimestamp.Time)...), ReasonNodeRegistered)
 			if m.opts.OnNode != nil {
 				m.opts.OnNode(n)
 			}
@@ -64,7 +65,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		go m.deleteLoop(ctx)
 	}
 	f.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced) {
+	go m.shared.Run(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced, m.shared.HasSynced) {
 		return ctx.Err()
 	}
 	m.log.Info("watching CSRs and Nodes to delete used bootstrap tokens")

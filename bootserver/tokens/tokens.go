@@ -134,7 +134,7 @@ type Manager struct {
 	unknownTurn sync.Mutex    // one unknown machine's mint at a time
 	unknownRate *rate.Limiter // of unknown machines' mints
 
-	ahead        chan struct{} // one slot per mint ahead under way
+	ahead        chan mintRequest // for the mint-ahead workers (Run)
 	aheadSkipped prometheus.Counter
 
 	deletions chan deletion   // for the deleters (Run)
@@ -183,7 +183,7 @@ func New(opts Options) (*Manager, error) {
 	}
 	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[hwaddr.MAC]*lockRef{},
 		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6)),
-		ahead:       make(chan struct{}, MaxMintAhead),
+		ahead:       make(chan mintRequest, MintAheadQueue),
 		deletions:   make(chan deletion, deleteQueue), deleting: map[string]bool{}, gone: map[string]time.Time{}}
 	err := opts.DB.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
@@ -214,7 +214,7 @@ func New(opts Options) (*Manager, error) {
 	m.adopted = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_adopted_total",
 		Help: "Live tokens of a machine's boot that another boot server (or this one before a restart) minted, taken over instead of minting."})
 	m.aheadSkipped = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_mint_ahead_skipped_total",
-		Help: "Tokens not minted ahead of a machine's join file because MaxMintAhead mints ahead were under way (the join file's request mints it)."})
+		Help: "Tokens not minted ahead of a machine's join file because MintAheadQueue machines waited for theirs (the join file's request mints it)."})
 	if r := opts.Registerer; r != nil {
 		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live, m.aheadSkipped, m.adopted} {
 			if err := r.Register(c); err != nil {
@@ -297,30 +297,52 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 	return tok, nil
 }
 
-// MaxMintAhead bounds the mints ahead under way at once: a burst of booting machines queues at most
+// MintAheadWorkers is how many mints ahead run at once: a burst of booting machines puts at most
 // that many creations ahead of a join file's request on the creations' client.
-const MaxMintAhead = 16
+const MintAheadWorkers = 16
 
-// MintAhead mints the token of an inventory machine's boot in the background, so that its join file
-// is ready when the agent asks for it (the boot server calls it when DHCP or the iPXE script shows
-// the machine booting). It never blocks: with MaxMintAhead mints ahead under way it does nothing,
-// and the join file's request mints the token then.
+// MintAheadQueue bounds the machines waiting for a mint ahead; past it MintAhead does nothing
+// (counted) and the join file's request mints the token.
+const MintAheadQueue = 4096
+
+// mintRequest is a boot whose token is to be minted ahead.
+type mintRequest struct {
+	mac  hwaddr.MAC
+	node string
+	boot int
+}
+
+// MintAhead queues the mint of an inventory machine's token for its boot, so that its join file is
+// ready when the agent asks for it (the boot server calls it when DHCP shows the machine booting).
+// It never blocks. A burst of booting machines is minted in the order it showed up, at the
+// creations' budget, by MintAheadWorkers (Run).
 func (m *Manager) MintAhead(mac hwaddr.MAC, node string, boot int) {
 	select {
-	case m.ahead <- struct{}{}:
+	case m.ahead <- mintRequest{mac, node, boot}:
 	default:
 		m.aheadSkipped.Inc()
-		return
 	}
-	go func() {
-		defer func() { <-m.ahead }()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := m.Token(ctx, mac, node, boot, true); err != nil {
-			// err names the token id at most, never the secret.
-			m.log.Warn("cannot mint a bootstrap token ahead of the join file; it will be minted on request", "mac", mac, "err", err)
+}
+
+// mintAheadLoop mints the queued tokens until ctx ends. A request that a newer boot of its machine
+// overtook is dropped (minting it would replace the newer boot's token).
+func (m *Manager) mintAheadLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-m.ahead:
+			if len(m.idsWhere(func(rec *Record) bool { return rec.MAC == r.mac && rec.Boot > r.boot })) > 0 {
+				continue
+			}
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if _, err := m.Token(tctx, r.mac, r.node, r.boot, true); err != nil && ctx.Err() == nil {
+				// err names the token id at most, never the secret.
+				m.log.Warn("cannot mint a bootstrap token ahead of the join file; it will be minted on request", "mac", r.mac, "err", err)
+			}
+			cancel()
 		}
-	}()
+	}
 }
 
 // margin is how close to expiry a token stops being handed out again.

@@ -64,6 +64,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	for range Deleters {
 		go m.deleteLoop(ctx)
 	}
+	for range MintAheadWorkers {
+		go m.mintAheadLoop(ctx)
+	}
 	f.Start(ctx.Done())
 	go m.shared.Run(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced, m.shared.HasSynced) {

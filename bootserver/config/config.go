@@ -59,6 +59,8 @@ type Config struct {
 	Cluster Cluster `yaml:"cluster"`
 	// Approval says who approves the machines' certificate signing requests.
 	Approval Approval `yaml:"approval"`
+	// API bounds the boot server's requests to the cluster's API (api.go).
+	API API `yaml:"api"`
 	// StateDir holds the state store (timelines, token ids) and DHCP leases.
 	StateDir string `yaml:"stateDir"`
 	// Unknown says what machines missing from the inventory get.

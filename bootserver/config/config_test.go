@@ -73,12 +73,21 @@ func TestParseValid(t *testing.T) {
 	if c.HTTP != wantHTTP || c.Unknown.MaxTokens != DefaultUnknownMaxTokens || c.Unknown.TokensPerMinute != DefaultUnknownTokensPerMinute {
 		t.Errorf("limit defaults not applied: %+v %+v", c.HTTP, c.Unknown)
 	}
-	limits := strings.Replace(valid, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: 5\nhttp: {readHeaderTimeout: 3s, maxConnsPerClient: 2}\nprofiles:", 1)
+	wantAPI := API{Budget: Budget{DefaultAPIQPS, DefaultAPIBurst}, TokenCreates: Budget{DefaultTokenCreateQPS, DefaultTokenCreateBurst},
+		TokenDeletes: Budget{DefaultTokenDeleteQPS, DefaultTokenDeleteBurst}, StatusWrites: Budget{DefaultStatusWriteQPS, DefaultStatusWriteBurst},
+		StatusQueue: DefaultStatusQueue, ServerName: c.API.ServerName}
+	if c.API != wantAPI || c.API.ServerName == "" {
+		t.Errorf("api defaults not applied: %+v", c.API)
+	}
+	limits := strings.Replace(valid, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: 5\nhttp: {readHeaderTimeout: 3s, maxConnsPerClient: 2}\napi: {qps: 50, tokenCreates: {qps: 30, burst: 5}}\nprofiles:", 1)
 	if c, err = Parse("bootserver.yaml", []byte(expand(limits))); err != nil {
 		t.Fatal(err)
 	}
 	if c.HTTP.ReadHeaderTimeout != 3*time.Second || c.HTTP.MaxConnsPerClient != 2 || c.HTTP.IdleTimeout != DefaultIdleTimeout || c.Unknown.MaxTokens != 5 {
 		t.Errorf("limits: %+v %+v", c.HTTP, c.Unknown)
+	}
+	if c.API.Budget != (Budget{50, 50}) || c.API.TokenCreates != (Budget{30, 5}) || c.API.TokenDeletes.QPS != DefaultTokenDeleteQPS {
+		t.Errorf("api budgets: %+v", c.API)
 	}
 }
 
@@ -121,6 +130,9 @@ func TestParseErrors(t *testing.T) {
 		{"negative limit", func(s string) string {
 			return strings.Replace(s, "  profile: worker\nprofiles:", "  profile: worker\n  maxTokens: -1\nprofiles:", 1)
 		}, 17, "unknownMachines.maxTokens: -1 is negative"},
+		{"negative api budget", func(s string) string {
+			return strings.Replace(s, "stateDir:", "api: {qps: 50, tokenDeletes: {qps: -1}}\nstateDir:", 1)
+		}, 14, "api.tokenDeletes.qps: -1 is not a rate between 0 and 10000"},
 		{"bad duration", func(s string) string { return strings.Replace(s, "stateDir:", "http: {idleTimeout: 2}\nstateDir:", 1) }, 14, "cannot unmarshal !!int `2` into time.Duration"},
 		{"unknown inventory source", func(s string) string {
 			return strings.Replace(s, "stateDir:", "inventory: {source: etcd}\nstateDir:", 1)

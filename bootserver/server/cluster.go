@@ -13,17 +13,56 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	certutil "k8s.io/client-go/util/cert"
 
+	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 )
 
 // Cluster is what the boot server needs of the cluster: a client, the endpoint machines dial and
 // the CA pins they check.
 type Cluster struct {
-	Client   kubernetes.Interface
+	Client kubernetes.Interface
+	// Config is the client's configuration: the boot server makes its budgeted clients from it
+	// (clients). Nil: Client does everything, at its own rate, and status is not written to the API.
+	Config   *rest.Config
 	Endpoint string
 	CAPins   []string
 	// Dynamic reads and writes custom resources (Machines); may be nil when inventory.source is file.
 	Dynamic dynamic.Interface
+}
+
+// clients are the boot server's API clients. Each has a rate limiter of its own (client-go limits
+// per client), sized by the config's api section, so that no kind of request waits behind another:
+// token deletions keep up with a burst of creations, status writes never delay a join file.
+type clients struct {
+	read, tokenCreates, tokenDeletes kubernetes.Interface
+	// status writes Machine.status; nil without Cluster.Config.
+	status dynamic.Interface
+}
+
+// clients makes the budgeted clients from cl.Config.
+func (cl *Cluster) clients(api config.API) (clients, error) {
+	if cl.Config == nil {
+		return clients{read: cl.Client, tokenCreates: cl.Client, tokenDeletes: cl.Client}, nil
+	}
+	var c clients
+	var err error
+	for _, k := range []struct {
+		b config.Budget
+		c *kubernetes.Interface
+	}{{api.Budget, &c.read}, {api.TokenCreates, &c.tokenCreates}, {api.TokenDeletes, &c.tokenDeletes}} {
+		if *k.c, err = kubernetes.NewForConfig(budgeted(cl.Config, k.b)); err != nil {
+			return c, err
+		}
+	}
+	c.status, err = dynamic.NewForConfig(budgeted(cl.Config, api.StatusWrites))
+	return c, err
+}
+
+// budgeted is a copy of rc with a rate limiter of its own for b.
+func budgeted(rc *rest.Config, b config.Budget) *rest.Config {
+	rc = rest.CopyConfig(rc)
+	rc.QPS, rc.Burst, rc.RateLimiter = b.QPS, b.Burst, nil
+	return rc
 }
 
 // kubeconfigHint ends every error about the kubeconfig: what to do next.
@@ -71,7 +110,7 @@ func LoadCluster(kubeconfig, endpoint string) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
-	return &Cluster{Client: c, Dynamic: dyn, Endpoint: endpoint, CAPins: pins}, nil
+	return &Cluster{Client: c, Config: rc, Dynamic: dyn, Endpoint: endpoint, CAPins: pins}, nil
 }
 
 func caPins(rc *rest.Config) ([]string, error) {

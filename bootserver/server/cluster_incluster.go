@@ -7,6 +7,7 @@ import (
 	"net/url"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -62,7 +63,11 @@ func ClusterFromInfo(ctx context.Context, rc *rest.Config, endpoint string) (*Cl
 			return nil, fmt.Errorf("kube-public/cluster-info: %w", err)
 		}
 	}
-	return &Cluster{Client: c, Endpoint: endpoint, CAPins: pins}, nil
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster client: %w", err)
+	}
+	return &Cluster{Client: c, Config: rc, Dynamic: dyn, Endpoint: endpoint, CAPins: pins}, nil
 }
 
 // hostPort is the host:port of an https:// server URL (port 443 when it names none).

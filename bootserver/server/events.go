@@ -37,8 +37,15 @@ func (s *Server) onDHCP(e dhcpd.Event) {
 		if p := lastPhase(m, phase); p != nil && p.State == bootstatus.StateStart {
 			return // a retransmission
 		}
-		s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: e.VendorClass},
+		boot := s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: e.VendorClass},
 			Source: status.SourceDHCP, StartsBoot: phase == status.PhaseDHCP})
+		// A firmware DISCOVER is the first sight of a boot: an inventory machine's token is minted
+		// now, so that its join file is ready when its agent asks, seconds later.
+		if phase == status.PhaseDHCP && s.tokens != nil {
+			if a, ok := s.inv.Current().Lookup(mac, s.uuids.of(mac)); ok && a.Known {
+				s.tokens.MintAhead(mac, a.NodeName, boot)
+			}
+		}
 	case dhcpd.EventAck:
 		m, _ := s.status.Get(mac)
 		phase := status.PhaseDHCP

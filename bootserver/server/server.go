@@ -30,6 +30,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/bootserver/statussync"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
 	"github.com/pxejoin/pxejoin/bootserver/tokens"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -57,7 +58,8 @@ type Server struct {
 	db       *bolt.DB
 	leases   *leases.Store
 	status   *status.Store
-	tokens   *tokens.Manager // nil without a cluster
+	tokens   *tokens.Manager    // nil without a cluster
+	sync     *statussync.Writer // nil without a cluster
 	inv      inventory.Source
 	kube     *inventory.Kubernetes // nil unless inventory.source is kubernetes
 	dhcpMu   sync.Mutex            // orders s.dhcp's creation with inventory changes
@@ -126,7 +128,7 @@ func New(opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("state store %s: %w: make the state directory writable by the boot server, or set another stateDir (--state-dir)", dbPath, err)
 	}
 	if s.status, err = status.Open(s.db, status.Options{Registerer: s.reg, MaxUnknown: c.Unknown.MaxTimelines,
-		Known: func(mac hwaddr.MAC) bool { return s.inv.Current().Known(mac, "") }}); err != nil {
+		Known: func(mac hwaddr.MAC) bool { return s.inv.Current().Known(mac, "") }, OnChange: s.statusChanged}); err != nil {
 		return nil, err
 	}
 	// The handler's Tokens stays a nil interface without a cluster (not a nil *tokens.Manager).
@@ -134,8 +136,13 @@ func New(opts Options) (_ *Server, err error) {
 	var endpoint string
 	var pins []string
 	if cl != nil {
-		s.cluster, s.informers = cl, informers.NewSharedInformerFactory(cl.Client, 10*time.Minute)
-		if s.tokens, err = tokens.New(tokens.Options{Client: cl.Client, DB: s.db, TTL: c.TokenTTL, Groups: tokenGroups(c), Informers: s.informers,
+		api, err := cl.clients(c.API)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		s.cluster, s.informers = cl, informers.NewSharedInformerFactory(api.read, 10*time.Minute)
+		if s.tokens, err = tokens.New(tokens.Options{Client: api.read, Creates: api.tokenCreates, Deletes: api.tokenDeletes, DB: s.db, TTL: c.TokenTTL,
+			Groups: tokenGroups(c), Informers: s.informers,
 			MaxUnknown: c.Unknown.MaxTokens, UnknownPerMinute: c.Unknown.TokensPerMinute, Logger: s.log, Registerer: s.reg, OnNode: s.onNode}); err != nil {
 			return nil, err
 		}
@@ -143,6 +150,12 @@ func New(opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
+		if api.status != nil {
+			if s.sync, err = statussync.New(statussync.Options{Client: api.status, Timelines: s.status, NameOf: s.machineName,
+				ServerName: c.API.ServerName, MaxQueue: c.API.StatusQueue, Logger: s.log, Registerer: s.reg}); err != nil {
+				return nil, err
+			}
+		}
 	}
 	ipxeDir := c.TFTP.Root
 	if fi, err := os.Stat(ipxeDir); err != nil || !fi.IsDir() {
@@ -341,6 +354,19 @@ func pool(c *config.Config, ifSubnet netip.Prefix) (dhcpd.Pool, error) {
 	return p, nil
 }
 
+// statusChanged hands a timeline change to the Machine.status writer, once there is one.
+func (s *Server) statusChanged(c status.Change) {
+	if s.sync != nil {
+		s.sync.Changed(c)
+	}
+}
+
+// machineName is the Machine (node) name of an inventory machine.
+func (s *Server) machineName(mac hwaddr.MAC) (string, bool) {
+	a, ok := s.inv.Current().Lookup(mac, s.uuids.of(mac))
+	return a.NodeName, ok && a.Known
+}
+
 // URL is the server's HTTP base URL.
 func (s *Server) URL() string { return s.url }
 
@@ -401,6 +427,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	if s.sync != nil {
+		g.Go(func() error { return s.sync.Run(ctx) })
 	}
 	g.Go(func() error {
 		if s.dhcp != nil {

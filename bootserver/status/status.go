@@ -107,6 +107,20 @@ type Options struct {
 	FlushInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// OnChange, if set, learns of every change to a timeline (the Machine.status writer queues the
+	// machine and reads its timeline later, with Get). It runs with the store's lock held: it must
+	// not call the Store and must be quick.
+	OnChange func(Change)
+}
+
+// Change says which machine's timeline changed.
+type Change struct {
+	MAC hwaddr.MAC
+	// Known: the machine is in the inventory (strangers' changes are not written to the API).
+	Known bool
+	// Important: a new boot began, a phase failed, or the machine's node registered or became
+	// ready; worth showing at once.
+	Important bool
 }
 
 // Store holds the timelines.
@@ -246,17 +260,29 @@ func (s *Store) update(mac hwaddr.MAC, id *Identity, evs []Event) *entry {
 		s.m[mac] = e
 		s.dirty[mac] = true
 	}
+	changed, important, boot := false, false, e.Boot
 	for i := range evs {
 		if s.recordIn(&e.Machine, evs[i]) {
 			s.dirty[mac] = true
+			changed = true
+			important = important || isImportant(evs[i].Event)
 		}
 	}
 	if id != nil && (e.NodeName != id.NodeName || e.Profile != id.Profile || e.Known != id.Known) {
 		e.NodeName, e.Profile, e.Known = id.NodeName, id.Profile, id.Known
 		s.dirty[mac] = true
+		changed = true
 	}
 	s.place(e)
+	if changed && s.opts.OnChange != nil {
+		s.opts.OnChange(Change{MAC: mac, Known: e.lru == nil, Important: important || e.Boot != boot})
+	}
 	return e
+}
+
+// isImportant says whether an event is worth showing at once (Change.Important).
+func isImportant(ev bootstatus.Event) bool {
+	return ev.State == bootstatus.StateError || ev.Phase == PhaseNodeRegistered || ev.Phase == bootstatus.PhaseNodeReady
 }
 
 // place puts e among the unknown machines (first: the most recently seen), evicting the least

@@ -8,8 +8,10 @@
 //     file fetch gets the same credentials. A new boot of the machine deletes the old token and
 //     mints a new one.
 //   - Token ids, machines and expiry are kept in the state store (bbolt, bucket "tokens"); secrets
-//     only in memory. After a restart a machine asking again gets a new token (its old one is
-//     deleted); old tokens are still deleted by the CSR/Node watch or the cluster's token cleaner.
+//     only in memory. The token Secrets carry labels (shared.go) by which any server, or this one
+//     after a restart, finds a machine's live token and hands it out again, or deletes it.
+//   - Creations and deletions have clients (and API budgets) of their own; the CSR and Node watches
+//     hand deletions to Deleters goroutines, so used tokens go as fast as the CSRs are issued.
 //   - Machines not in the inventory ("unknown") get tokens from a budget of their own: at most
 //     Options.MaxUnknown live at once, minted one at a time at Options.UnknownPerMinute. Past it Token
 //     refuses with a *LimitError (counted in pxejoin_tokens_refused_total) instead of creating a
@@ -36,6 +38,7 @@ import (
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
@@ -52,7 +55,7 @@ const (
 	ReasonExpired        = "expired"
 )
 
-// LabelManagedBy marks the Secrets this package creates.
+// LabelManagedBy marks the Secrets this package creates (ManagedBy; shared.go lists the others).
 const LabelManagedBy = "app.kubernetes.io/managed-by"
 
 var bucket = []byte("tokens")
@@ -90,8 +93,12 @@ func (e *LimitError) RetryAfter() time.Duration { return e.Wait }
 
 // Options configure a Manager.
 type Options struct {
-	// Client manages Secrets in kube-system and watches CSRs and Nodes.
+	// Client watches CSRs and Nodes (and does what Creates and Deletes leave to it).
 	Client kubernetes.Interface
+	// Creates creates the token Secrets and Deletes deletes them; default Client. Give each a client
+	// of its own (client-go rate-limits per client) so that deletions never wait behind a burst of
+	// creations: live tokens then stay about the machines in flight.
+	Creates, Deletes kubernetes.Interface
 	// DB is the state store; the Manager uses bucket "tokens".
 	DB *bolt.DB
 	// TTL of each token; default 30m.
@@ -133,7 +140,21 @@ type Manager struct {
 
 	unknownTurn sync.Mutex    // one unknown machine's mint at a time
 	unknownRate *rate.Limiter // of unknown machines' mints
+
+	ahead        chan mintRequest // for the mint-ahead workers (Run)
+	aheadSkipped prometheus.Counter
+
+	deletions chan deletion   // for the deleters (Run)
+	deleting  map[string]bool // ids queued or being deleted
+
+	shared  cache.SharedIndexInformer // every boot server's token Secrets (shared.go)
+	adopted prometheus.Counter
+	// gone holds the tokens deleted here in the last goneFor, which the informer may still show.
+	gone map[string]time.Time
 }
+
+// deletion is a token to delete, and why.
+type deletion struct{ id, reason string }
 
 // lockRef is a MAC's lock with the number of Token calls holding or awaiting it.
 type lockRef struct {
@@ -145,6 +166,12 @@ type lockRef struct {
 func New(opts Options) (*Manager, error) {
 	if opts.Client == nil || opts.DB == nil {
 		return nil, fmt.Errorf("tokens: Client and DB are required")
+	}
+	if opts.Creates == nil {
+		opts.Creates = opts.Client
+	}
+	if opts.Deletes == nil {
+		opts.Deletes = opts.Client
 	}
 	if opts.TTL <= 0 {
 		opts.TTL = 30 * time.Minute
@@ -162,7 +189,9 @@ func New(opts Options) (*Manager, error) {
 		opts.UnknownPerMinute = config.DefaultUnknownTokensPerMinute
 	}
 	m := &Manager{opts: opts, log: opts.Logger, byID: map[string]*Record{}, secrets: map[string]string{}, macLock: map[hwaddr.MAC]*lockRef{},
-		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6))}
+		unknownRate: rate.NewLimiter(rate.Limit(float64(opts.UnknownPerMinute)/60), max(1, opts.UnknownPerMinute/6)),
+		ahead:       make(chan mintRequest, MintAheadQueue),
+		deletions:   make(chan deletion, deleteQueue), deleting: map[string]bool{}, gone: map[string]time.Time{}}
 	err := opts.DB.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -186,8 +215,15 @@ func New(opts Options) (*Manager, error) {
 		Help: "Join files refused a token for a machine not in the inventory, by limit (unknown-cap: unknownMachines.maxTokens live; unknown-rate: unknownMachines.tokensPerMinute)."}, []string{"reason"})
 	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pxejoin_tokens_live", Help: "Machine tokens minted and not yet deleted."},
 		func() float64 { m.mu.Lock(); defer m.mu.Unlock(); return float64(len(m.byID)) })
+	if err := m.newShared(); err != nil {
+		return nil, err
+	}
+	m.adopted = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_adopted_total",
+		Help: "Live tokens of a machine's boot that another boot server (or this one before a restart) minted, taken over instead of minting."})
+	m.aheadSkipped = prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_tokens_mint_ahead_skipped_total",
+		Help: "Tokens not minted ahead of a machine's join file because MintAheadQueue machines waited for theirs (the join file's request mints it)."})
 	if r := opts.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live} {
+		for _, c := range []prometheus.Collector{m.minted, m.deleted, m.refused, live, m.aheadSkipped, m.adopted} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -216,7 +252,11 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 		stale = append(stale, r)
 	}
 	m.mu.Unlock()
-	if !known {
+	adopted, others, err := m.adopt(mac, node, boot, known, now)
+	if err != nil {
+		return "", err
+	}
+	if adopted == "" && !known {
 		release, err := m.admitUnknown(mac, now)
 		if err != nil {
 			return "", err
@@ -232,15 +272,19 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 			m.log.Warn("cannot delete a machine's previous token", "mac", mac, "token_id", r.ID, "err", err)
 		}
 	}
-	tok, err := bootstraptoken.Create(ctx, m.opts.Client, bootstraptoken.Options{
+	for _, id := range others {
+		if err := m.deleteShared(ctx, id, ReasonReplaced); err != nil {
+			m.log.Warn("cannot delete a machine's previous token", "mac", mac, "token_id", id, "err", err)
+		}
+	}
+	if adopted != "" {
+		return adopted, nil
+	}
+	tok, err := bootstraptoken.Create(ctx, m.opts.Creates, bootstraptoken.Options{
 		TTL:         m.opts.TTL,
 		Groups:      m.opts.Groups,
 		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
-		Labels: map[string]string{
-			LabelManagedBy:    "pxejoin-bootserver",
-			"pxejoin.io/mac":  mac.Hex(),
-			"pxejoin.io/boot": fmt.Sprint(boot),
-		},
+		Labels:      labels(mac, node, boot),
 	})
 	if err != nil {
 		return "", err
@@ -249,7 +293,7 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 	r := &Record{ID: id, MAC: mac, Node: node, Boot: boot, Created: now, Expires: now.Add(m.opts.TTL), Unknown: !known}
 	if err := m.put(r); err != nil {
 		// Without its record the token could outlive its use: take it back.
-		_ = bootstraptoken.Delete(ctx, m.opts.Client, id)
+		_ = bootstraptoken.Delete(ctx, m.opts.Deletes, id)
 		return "", fmt.Errorf("tokens: cannot record token %s: %w", id, err)
 	}
 	m.mu.Lock()
@@ -347,20 +391,18 @@ func (m *Manager) RevokeID(ctx context.Context, id, reason string) error {
 
 // RevokeNode deletes the tokens minted for node before registered (the Node's creation time).
 func (m *Manager) RevokeNode(ctx context.Context, node string, registered time.Time, reason string) error {
-	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.Node == node && !registered.Before(r.Created.Truncate(time.Second)) })
+	return m.revokeWhere(ctx, reason, mintedBefore(node, registered))
+}
+
+// mintedBefore matches the tokens minted for node before registered (the Node's creation time,
+// which the API gives to the second).
+func mintedBefore(node string, registered time.Time) func(*Record) bool {
+	return func(r *Record) bool { return r.Node == node && !registered.Before(r.Created.Truncate(time.Second)) }
 }
 
 func (m *Manager) revokeWhere(ctx context.Context, reason string, match func(*Record) bool) error {
-	m.mu.Lock()
-	var ids []string
-	for id, r := range m.byID {
-		if match(r) {
-			ids = append(ids, id)
-		}
-	}
-	m.mu.Unlock()
 	var firstErr error
-	for _, id := range ids {
+	for _, id := range m.idsWhere(match) {
 		if err := m.delete(ctx, id, reason); err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -368,10 +410,23 @@ func (m *Manager) revokeWhere(ctx context.Context, reason string, match func(*Re
 	return firstErr
 }
 
+// idsWhere returns the ids of the records that match.
+func (m *Manager) idsWhere(match func(*Record) bool) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for id, r := range m.byID {
+		if match(r) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // delete removes the Secret, then the record.
 func (m *Manager) delete(ctx context.Context, id, reason string) error {
 	if reason != ReasonExpired {
-		if err := bootstraptoken.Delete(ctx, m.opts.Client, id); err != nil {
+		if err := bootstraptoken.Delete(ctx, m.opts.Deletes, id); err != nil {
 			return err
 		}
 	}
@@ -379,6 +434,7 @@ func (m *Manager) delete(ctx context.Context, id, reason string) error {
 	r, ok := m.byID[id]
 	delete(m.byID, id)
 	delete(m.secrets, id)
+	m.gone[id] = m.opts.Now()
 	m.mu.Unlock()
 	if !ok {
 		return nil
@@ -422,6 +478,11 @@ func (m *Manager) sweep(ctx context.Context) {
 	for id, r := range m.byID {
 		if now.After(r.Expires) {
 			ids = append(ids, id)
+		}
+	}
+	for id, t := range m.gone {
+		if now.Sub(t) > goneFor {
+			delete(m.gone, id)
 		}
 	}
 	m.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
+	"github.com/pxejoin/pxejoin/lab/eventually"
 )
 
 // The fake clientset only checks the manager's bookkeeping; the real control plane tests are in
@@ -65,13 +66,17 @@ func TestLifecycle(t *testing.T) {
 	if secrets(t, c) != 2 {
 		t.Fatal("each machine has its own token")
 	}
-	// The CSR made with worker-2's token is issued: that token goes.
+	// The CSR made with worker-2's token is issued: a deleter deletes that token.
 	id2, _, _ := strings.Cut(other, ".")
 	m.csrSeen(ctx, &certificatesv1.CertificateSigningRequest{
 		Spec:   certificatesv1.CertificateSigningRequestSpec{Username: "system:bootstrap:" + id2},
 		Status: certificatesv1.CertificateSigningRequestStatus{Certificate: []byte("x")},
 	})
-	if secrets(t, c) != 1 || len(m.Records()) != 1 {
+	deleters, stop := context.WithCancel(ctx)
+	defer stop()
+	go m.deleteLoop(deleters)
+	eventually.True(t, "the used token is deleted", func() bool { return len(m.Records()) == 1 })
+	if secrets(t, c) != 1 {
 		t.Fatalf("issued CSR: want 1 secret left, have %d", secrets(t, c))
 	}
 	if err := m.RevokeMAC(ctx, mac, ReasonNodeReady); err != nil {

@@ -14,7 +14,8 @@ import (
 )
 
 // Run watches CSRs and Nodes (client-go informers) and deletes a machine's token once its CSR is
-// issued or its Node registers; it also forgets expired records. It returns when ctx ends.
+// issued or its Node registers (Deleters at once); it also forgets expired records. It returns when
+// ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
 	f := m.opts.Informers
 	if f == nil {
@@ -39,7 +40,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		handlers.RLock()
 		defer handlers.RUnlock()
 		if n, ok := obj.(*corev1.Node); ok && !stopped {
-			_ = m.RevokeNode(ctx, n.Name, n.CreationTimestamp.Time, ReasonNodeRegistered)
+			ids := m.idsWhere(mintedBefore(n.Name, n.CreationTimestamp.Time))
+			m.deleteLater(ctx, append(ids, m.sharedMintedBefore(n.Name, n.CreationTimestamp.Time)...), ReasonNodeRegistered)
 			if m.opts.OnNode != nil {
 				m.opts.OnNode(n)
 			}
@@ -62,8 +64,15 @@ func (m *Manager) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	for range Deleters {
+		go m.deleteLoop(ctx)
+	}
+	for range MintAheadWorkers {
+		go m.mintAheadLoop(ctx)
+	}
 	f.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced) {
+	go m.shared.Run(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), csrs.HasSynced, nodes.HasSynced, m.shared.HasSynced) {
 		return ctx.Err()
 	}
 	m.log.Info("watching CSRs and Nodes to delete used bootstrap tokens")
@@ -79,7 +88,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// csrSeen deletes the token a CSR was made with once the CSR has its certificate.
+// csrSeen queues the deletion of the token a CSR was made with once the CSR has its certificate.
 func (m *Manager) csrSeen(ctx context.Context, csr *certificatesv1.CertificateSigningRequest) {
 	if len(csr.Status.Certificate) == 0 {
 		return
@@ -88,7 +97,5 @@ func (m *Manager) csrSeen(ctx context.Context, csr *certificatesv1.CertificateSi
 	if !ok {
 		return
 	}
-	if err := m.RevokeID(ctx, id, ReasonCSRIssued); err != nil {
-		m.log.Warn("cannot delete a used bootstrap token", "token_id", id, "csr", csr.Name, "err", err)
-	}
+	m.deleteLater(ctx, []string{id}, ReasonCSRIssued)
 }

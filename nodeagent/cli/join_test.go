@@ -88,3 +88,33 @@ func TestPhaseCommands(t *testing.T) {
 		t.Fatalf("unknown skip phase should be refused: %s", out.String())
 	}
 }
+
+// TestJoinHelp: `join --help` lists the phases in kubeadm's order and form; the older names still work
+// with `join phase` but are not listed.
+func TestJoinHelp(t *testing.T) {
+	var out bytes.Buffer
+	if code := Main(context.Background(), []string{"join", "--help"}, &out, &out); code != 0 {
+		t.Fatal(out.String())
+	}
+	help := out.String()
+	last := 0
+	for _, line := range []string{"preflight ", "control-plane-prepare ", "  /download-certs ", "  /certs ", "  /kubeconfig ", "  /control-plane ",
+		"kubelet-start ", "  /config ", "  /tls-bootstrap ", "  /start ", "etcd-join ", "kubelet-wait-bootstrap ", "control-plane-join ", "  /mark-control-plane ", "wait-control-plane "} {
+		i := strings.Index(help[last:], "\n"+line)
+		if i < 0 {
+			t.Fatalf("help lacks %q after offset %d:\n%s", line, last, help)
+		}
+		last += i + 1
+	}
+	if strings.Contains(help, "update-status") || strings.Contains(help, "/etcd ") {
+		t.Errorf("help lists an older phase name:\n%s", help)
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"join", "phase", "control-plane-join", "update-status"}, &out, &out); code != 0 || !strings.Contains(out.String(), "deprecated") {
+		t.Errorf("join phase control-plane-join update-status: %d %s", code, out.String())
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"join", "phase", "control-plane-join", "etcd", "--help"}, &out, &out); code != 0 {
+		t.Errorf("join phase control-plane-join etcd: %d %s", code, out.String())
+	}
+}

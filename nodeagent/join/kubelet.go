@@ -236,9 +236,15 @@ func (d *data) credentialFiles(certPEM []byte) []nodefiles.File {
 	}
 }
 
+// kubeletConf points the kubelet at the discovered API server or, on a control-plane node, at its own
+// (kubeadm's ControlPlaneKubeletLocalMode: the kubelet starts the local static pods and talks to them).
 func (d *data) kubeletConf() []byte {
+	server := d.disc.Server
+	if d.cfg.ControlPlane != nil {
+		server, _ = d.localURL() // checked in prepare
+	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: d.disc.Server, CertificateAuthorityData: d.disc.CAData}
+	cfg.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: d.disc.CAData}
 	cfg.AuthInfos["default-auth"] = &clientcmdapi.AuthInfo{ClientCertificate: nodefiles.KubeletClientCurrent, ClientKey: nodefiles.KubeletClientCurrent}
 	cfg.Contexts["default-context"] = &clientcmdapi.Context{Cluster: "default-cluster", AuthInfo: "default-auth", Namespace: "default"}
 	cfg.CurrentContext = "default-context"
@@ -260,6 +266,10 @@ func runKubeletStart(ctx context.Context, d *data) error {
 	defer cancel()
 	if err := kubeletstart.Start(tctx); err != nil {
 		return err
+	}
+	if d.cfg.ControlPlane != nil {
+		// Its API server is one of the static pods it starts, after etcd-join: kubelet-wait-bootstrap waits.
+		return nil
 	}
 	d.printf("[kubelet-start] Waiting for the kubelet to register Node %q", d.nodeName)
 	return d.waitNode(tctx)

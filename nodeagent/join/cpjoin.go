@@ -1,0 +1,176 @@
+package join
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/controlplane/kubeconfig"
+)
+
+// notImplemented are the phases of a control-plane join nodeagent does not do yet; a join that would
+// run one is refused before anything is written.
+var notImplemented = map[string]string{
+	"control-plane-prepare/control-plane": "the static Pod manifests of kube-apiserver, kube-controller-manager and kube-scheduler",
+	"etcd-join":                           "adding this node to the stacked etcd cluster",
+}
+
+// adminConfig is admin.conf's rest config (kubeadm's data.Client() on a control-plane join).
+func (d *data) adminConfig() (*rest.Config, error) {
+	p := d.root.Join(kubeconfig.Dir + "/" + kubeconfig.Admin)
+	cfg, err := clientcmd.BuildConfigFromFlags("", p)
+	if err != nil {
+		return nil, fmt.Errorf("cannot use %s (%v): run the phase control-plane-prepare/kubeconfig first", kubeconfig.Dir+"/"+kubeconfig.Admin, err)
+	}
+	cfg.Timeout, cfg.UserAgent = d.cfg.APICallTimeout(), "pxejoin-nodeagent"
+	return cfg, nil
+}
+
+func (d *data) adminClient() (kubernetes.Interface, error) {
+	cfg, err := d.adminConfig()
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+func runControlPlaneManifests(ctx context.Context, d *data) error {
+	return fmt.Errorf("not implemented: %s", notImplemented["control-plane-prepare/control-plane"])
+}
+
+func runEtcdJoin(ctx context.Context, d *data) error {
+	return fmt.Errorf("not implemented: %s", notImplemented["etcd-join"])
+}
+
+// runKubeletWaitBootstrap waits until the kubelet, started by kubelet-start and talking to this node's
+// own API server, has registered the Node.
+func runKubeletWaitBootstrap(ctx context.Context, d *data) error {
+	if d.dryRun() {
+		d.printf("[dryrun] Would wait for the kubelet to register Node %q", d.nodeName)
+		return nil
+	}
+	d.printf("[kubelet-wait-bootstrap] Waiting for the kubelet to register Node %q (up to %s)", d.nodeName, d.cfg.KubeletHealthCheckTimeout())
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.KubeletHealthCheckTimeout())
+	defer cancel()
+	return d.waitNode(ctx)
+}
+
+// runMarkControlPlane labels the Node as a control-plane node and sets nodeRegistration.taints (by
+// default node-role.kubernetes.io/control-plane:NoSchedule), as kubeadm's MarkControlPlane does.
+func runMarkControlPlane(ctx context.Context, d *data) error {
+	taints := d.cfg.NodeRegistration.Taints
+	if d.dryRun() {
+		d.printf("[dryrun] Would mark node %s as a control-plane", d.nodeName)
+		return nil
+	}
+	c, err := d.adminClient()
+	if err != nil {
+		return err
+	}
+	d.printf("[mark-control-plane] Marking the node %s as control-plane by adding the labels: [%s %s]", d.nodeName, labelControlPlane, labelExcludeFromELB)
+	if len(taints) > 0 {
+		d.printf("[mark-control-plane] Marking the node %s as control-plane by adding the taints %v", d.nodeName, taintStrings(taints))
+	}
+	// The kubelet may not have registered yet when this phase runs alone: wait for the Node as kubeadm does.
+	var lastErr error
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, d.cfg.KubeletHealthCheckTimeout(), true, func(ctx context.Context) (bool, error) {
+		lastErr = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n, err := c.CoreV1().Nodes().Get(ctx, d.nodeName, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if markNode(n, taints) {
+				_, err = c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+			}
+			return err
+		})
+		return lastErr == nil, nil
+	})
+	if err != nil {
+		if apierrors.IsNotFound(lastErr) {
+			return fmt.Errorf("error applying control-plane label and taints: Node %q was not registered in time: see `journalctl -u kubelet`", d.nodeName)
+		}
+		return fmt.Errorf("error applying control-plane label and taints: %v", lastErr)
+	}
+	return nil
+}
+
+// markNode adds the control-plane labels and taints to n; it reports whether n changed.
+func markNode(n *corev1.Node, taints []corev1.Taint) bool {
+	changed := false
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
+	for _, l := range []string{labelControlPlane, labelExcludeFromELB} {
+		if v, ok := n.Labels[l]; !ok || v != "" {
+			n.Labels[l], changed = "", true
+		}
+	}
+	for _, t := range taints {
+		if !slices.ContainsFunc(n.Spec.Taints, func(have corev1.Taint) bool { return have.MatchTaint(&t) }) {
+			n.Spec.Taints, changed = append(n.Spec.Taints, t), true
+		}
+	}
+	return changed
+}
+
+func taintStrings(ts []corev1.Taint) []string {
+	var out []string
+	for _, t := range ts {
+		out = append(out, t.ToString())
+	}
+	return out
+}
+
+// runWaitControlPlane waits until this node's API server answers /readyz.
+func runWaitControlPlane(ctx context.Context, d *data) error {
+	if d.dryRun() {
+		d.printf("[dryrun] Would wait for the API server on this node to be ready")
+		return nil
+	}
+	cfg, err := d.adminConfig()
+	if err != nil {
+		return err
+	}
+	local, err := d.localURL()
+	if err != nil {
+		return err
+	}
+	cfg.Host = local
+	tr, err := rest.TransportFor(cfg)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	timeout := d.cfg.Timeout(func(t *joinconfig.Timeouts) *metav1.Duration { return t.ControlPlaneComponentHealthCheck }, 4*time.Minute)
+	d.printf("[wait-control-plane] Waiting for the API server at %s to be ready (up to %s)", local, timeout)
+	var last string
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, local+"/readyz", nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		resp.Body.Close()
+		last = resp.Status
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the API server at %s did not become ready in %s (last: %s): see its log (crictl logs, or the kubelet's journal)", local, timeout, last)
+	}
+	d.printf("[wait-control-plane] The API server at %s is ready", local)
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"path"
 	"slices"
 	"time"
 
@@ -15,16 +16,18 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/yaml"
 
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/controlplane/kubeconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/controlplane/manifests"
+	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
 // notImplemented are the phases of a control-plane join nodeagent does not do yet; a join that would
 // run one is refused before anything is written.
 var notImplemented = map[string]string{
-	"control-plane-prepare/control-plane": "the static Pod manifests of kube-apiserver, kube-controller-manager and kube-scheduler",
-	"etcd-join":                           "adding this node to the stacked etcd cluster",
+	"etcd-join": "adding this node to the stacked etcd cluster",
 }
 
 // adminConfig is admin.conf's rest config (kubeadm's data.Client() on a control-plane join).
@@ -46,8 +49,55 @@ func (d *data) adminClient() (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
+// runControlPlaneManifests writes the static Pods of kube-apiserver, kube-controller-manager and
+// kube-scheduler, with the --patches for each applied.
 func runControlPlaneManifests(ctx context.Context, d *data) error {
-	return fmt.Errorf("not implemented: %s", notImplemented["control-plane-prepare/control-plane"])
+	cc, err := d.clusterConfig(ctx)
+	if err != nil {
+		return err
+	}
+	in, err := d.manifestInput(cc)
+	if err != nil {
+		return err
+	}
+	d.printf("[control-plane] Using manifest folder %q", manifests.Dir)
+	var files []nodefiles.File
+	for _, c := range manifests.Components {
+		d.printf("[control-plane] Creating static Pod manifest for %q", c)
+		pod, err := manifests.Pod(c, in)
+		if err != nil {
+			return err
+		}
+		f, err := d.manifestFile(c, pod)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+	}
+	return d.write(files...)
+}
+
+func (d *data) manifestInput(cc *joinconfig.ClusterConfiguration) (manifests.Input, error) {
+	ip, port, err := d.localEndpoint()
+	if err != nil {
+		return manifests.Input{}, err
+	}
+	return manifests.Input{Cluster: cc, NodeName: d.nodeName, AdvertiseAddress: ip, BindPort: port,
+		PullPolicy: corev1.PullPolicy(d.cfg.NodeRegistration.ImagePullPolicy), Exists: d.root.Exists}, nil
+}
+
+// manifestFile renders pod as kubeadm writes static Pods (YAML, 0600), with --patches for it applied.
+func (d *data) manifestFile(component string, pod *corev1.Pod) (nodefiles.File, error) {
+	b, err := yaml.Marshal(pod)
+	if err != nil {
+		return nodefiles.File{}, err
+	}
+	if dir := d.patchesDir(); dir != "" {
+		if b, err = applyPatches(dir, component, b, d.printf); err != nil {
+			return nodefiles.File{}, err
+		}
+	}
+	return nodefiles.File{Path: path.Join(manifests.Dir, component+".yaml"), Data: b, Mode: 0o600}, nil
 }
 
 func runEtcdJoin(ctx context.Context, d *data) error {

@@ -163,7 +163,7 @@ func TestControlPlaneRefused(t *testing.T) {
 	out := &logbuf.Buffer{}
 	code := agent(t, context.Background(), out, "join", "127.0.0.1:1", "--token", "abcdef.0123456789abcdef",
 		"--discovery-token-unsafe-skip-ca-verification", "--control-plane", "--certificate-key", "00ff", "--apiserver-advertise-address", "127.0.0.1")
-	if code == 0 || !strings.Contains(out.String(), "cannot do the phase control-plane-prepare/control-plane of a control-plane join yet") {
+	if code == 0 || !strings.Contains(out.String(), "cannot do the phase etcd-join of a control-plane join yet") {
 		t.Fatalf("--control-plane should be refused: %s", out.String())
 	}
 	if strings.Contains(out.String(), "0123456789abcdef") {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/controlplane/certs"
+	"github.com/pxejoin/pxejoin/nodeagent/controlplane/manifests"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
@@ -72,7 +73,7 @@ func controlPlaneChecks(d *data) []check {
 		{Name: "Port-10259", HostOnly: true, Run: portFree(10259, "kube-scheduler")},
 	}
 	for _, c := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"} {
-		p := path.Join(manifestsDir, c+".yaml")
+		p := path.Join(manifests.Dir, c+".yaml")
 		cs = append(cs, check{Name: "FileAvailable-" + strings.ReplaceAll(p, "/", "-"), Run: fileAvailable(p)})
 	}
 	if local := d.cluster.Etcd.Local; local != nil {
@@ -83,9 +84,6 @@ func controlPlaneChecks(d *data) []check {
 	}
 	return cs
 }
-
-// manifestsDir is where the kubelet finds static pods.
-const manifestsDir = "/etc/kubernetes/manifests"
 
 func portFree(port int, who string) func(d *data) error {
 	return func(d *data) error {

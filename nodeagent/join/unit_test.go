@@ -201,7 +201,7 @@ func TestPhasePlan(t *testing.T) {
 // TestControlPlanePhasePlan: a control-plane join runs kubeadm v1.37's phases in its order; the older
 // names skip what they now mean; phases nodeagent cannot do yet are refused before any phase runs.
 func TestControlPlanePhasePlan(t *testing.T) {
-	const pending = "control-plane-prepare/control-plane,etcd-join"
+	const pending = "etcd-join"
 	cases := []struct {
 		name    string
 		only    string
@@ -209,14 +209,16 @@ func TestControlPlanePhasePlan(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"whole join", "", []string{pending}, []string{"preflight", "control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig",
+		{"whole join", "", []string{pending}, []string{"preflight", "control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane",
 			"early kubelet-start/tls-bootstrap", "kubelet-start/config", "kubelet-start/tls-bootstrap", "kubelet-start/start",
 			"kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},
-		{"older names skip", "", []string{pending, "control-plane-join/etcd", "control-plane-join/update-status", "kubelet-start", "preflight"},
-			[]string{"control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig",
+		{"older names skip", "", []string{"control-plane-join/etcd", "control-plane-join/update-status", "kubelet-start", "preflight"},
+			[]string{"control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane",
 				"kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},
-		{"not yet implemented", "", nil, nil, "cannot do the phase control-plane-prepare/control-plane"},
-		{"control-plane-join/etcd is etcd-join", "", []string{"control-plane-prepare/control-plane"}, nil, "cannot do the phase etcd-join"},
+		{"not yet implemented", "", nil, nil, "cannot do the phase etcd-join"},
+		{"control-plane-join/etcd is etcd-join", "", []string{"control-plane-join/etcd"}, []string{"preflight", "control-plane-prepare/download-certs", "control-plane-prepare/certs",
+			"control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane", "early kubelet-start/tls-bootstrap", "kubelet-start/config", "kubelet-start/tls-bootstrap",
+			"kubelet-start/start", "kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},
 		{"one phase", "control-plane-prepare/certs", nil, []string{"control-plane-prepare/certs"}, ""},
 	}
 	for _, tc := range cases {
@@ -303,5 +305,35 @@ func TestControlPlaneTaintDefault(t *testing.T) {
 	bad.ControlPlane = &joinconfig.JoinControlPlane{LocalAPIEndpoint: joinconfig.APIEndpoint{AdvertiseAddress: "cp-2"}}
 	if _, err := prepare(&bad, Options{}); err == nil || !strings.Contains(err.Error(), "--apiserver-advertise-address") {
 		t.Errorf("a host name as advertise address: %v", err)
+	}
+}
+
+// TestPodPatches: --patches for a control-plane component merge into its static Pod by the Pod's
+// strategic merge keys (containers by name), as kubeadm's patches do.
+func TestPodPatches(t *testing.T) {
+	base := []byte(`apiVersion: v1
+kind: Pod
+metadata: {name: kube-apiserver, namespace: kube-system}
+spec:
+  containers:
+  - name: kube-apiserver
+    image: registry.k8s.io/kube-apiserver:v1.37.2
+    command: [kube-apiserver, --secure-port=6443]
+`)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "kube-apiserver0.yaml"), []byte("spec:\n  containers:\n  - name: kube-apiserver\n    resources: {requests: {cpu: 500m}}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "kube-apiserver1+json.yaml"), []byte("- op: add\n  path: /spec/containers/0/command/-\n  value: --v=2\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "kube-scheduler.yaml"), []byte("metadata: {labels: {x: y}}\n"), 0o644)
+	got, err := applyPatches(dir, "kube-apiserver", base, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"cpu: 500m", "- --v=2", "image: registry.k8s.io/kube-apiserver:v1.37.2", "- --secure-port=6443"} {
+		if !strings.Contains(string(got), w) {
+			t.Errorf("patched Pod lacks %q:\n%s", w, got)
+		}
+	}
+	if strings.Contains(string(got), "x: y") {
+		t.Errorf("kube-scheduler's patch applied to kube-apiserver:\n%s", got)
 	}
 }

@@ -3,7 +3,9 @@ package join
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
 	"path"
 	"slices"
 	"time"
@@ -21,14 +23,13 @@ import (
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/controlplane/kubeconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/controlplane/manifests"
+	"github.com/pxejoin/pxejoin/nodeagent/etcdjoin"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
 // notImplemented are the phases of a control-plane join nodeagent does not do yet; a join that would
 // run one is refused before anything is written.
-var notImplemented = map[string]string{
-	"etcd-join": "adding this node to the stacked etcd cluster",
-}
+var notImplemented = map[string]string{}
 
 // adminConfig is admin.conf's rest config (kubeadm's data.Client() on a control-plane join).
 func (d *data) adminConfig() (*rest.Config, error) {
@@ -100,8 +101,64 @@ func (d *data) manifestFile(component string, pod *corev1.Pod) (nodefiles.File, 
 	return nodefiles.File{Path: path.Join(manifests.Dir, component+".yaml"), Data: b, Mode: 0o600}, nil
 }
 
+// runEtcdJoin adds this node to the stacked etcd: a learner first, then etcd.yaml for the kubelet to
+// start, then the promotion once it caught up (kubeadm's CreateStackedEtcdStaticPodManifestFile). A
+// re-run after the member was added (its data directory is no longer empty) only promotes.
 func runEtcdJoin(ctx context.Context, d *data) error {
-	return fmt.Errorf("not implemented: %s", notImplemented["etcd-join"])
+	cc, err := d.clusterConfig(ctx)
+	if err != nil {
+		return err
+	}
+	if cc.Etcd.External != nil {
+		d.printf("[etcd-join] Using external etcd - no local stacked instance added")
+		return nil
+	}
+	in, err := d.manifestInput(cc)
+	if err != nil {
+		return err
+	}
+	ip := in.AdvertiseAddress.String()
+	if d.dryRun() {
+		d.printf("[dryrun] Would add %s as an etcd learner at https://%s, write %s/etcd.yaml and promote the member", d.nodeName, net.JoinHostPort(ip, "2380"), manifests.Dir)
+		return nil
+	}
+	dataDir := d.root.Join(cc.Etcd.Local.DataDir)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("cannot create the etcd data directory: %w", err)
+	}
+	admin, err := d.adminClient()
+	if err != nil {
+		return err
+	}
+	eps, err := etcdjoin.Endpoints(ctx, admin)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := etcdjoin.ClientTLS(d.root, cc.CertificatesDir)
+	if err != nil {
+		return err
+	}
+	j := &etcdjoin.Joiner{Endpoints: eps, TLS: tlsCfg, Name: d.nodeName,
+		PeerURL: "https://" + net.JoinHostPort(ip, "2380"), ClientURL: "https://" + net.JoinHostPort(ip, "2379"),
+		Timeout: d.cfg.Timeout(func(t *joinconfig.Timeouts) *metav1.Duration { return t.EtcdAPICall }, 2*time.Minute),
+		Printf:  d.printf}
+	if entries, _ := os.ReadDir(dataDir); len(entries) > 0 && d.root.Exists(path.Join(manifests.Dir, "etcd.yaml")) {
+		d.printf("[etcd-join] %s already holds this member's data: only promoting it", cc.Etcd.Local.DataDir)
+		return j.Promote(ctx)
+	}
+	members, err := j.AddLearner(ctx)
+	if err != nil {
+		return err
+	}
+	f, err := d.manifestFile("etcd", manifests.Etcd(in, members))
+	if err != nil {
+		return err
+	}
+	d.printf("[etcd] Creating static Pod manifest for %q", "etcd")
+	if err := d.write(f); err != nil {
+		return err
+	}
+	return j.Promote(ctx)
 }
 
 // runKubeletWaitBootstrap waits until the kubelet, started by kubelet-start and talking to this node's

@@ -1,6 +1,8 @@
 # pxejoin — see README.md. Every target that needs something installs it first (Debian 12, as root).
 SHELL := /bin/bash
 K8S_VERSION ?= v1.37.2
+# etcd for the kubeadm-shaped control plane (kubeadm v1.37's etcd manifest needs etcd >= 3.6; Debian 12 has 3.4).
+ETCD_VERSION ?= v3.7.3
 CACHE ?= /var/cache/pxejoin
 K8S_BIN := $(CACHE)/k8s/$(K8S_VERSION)
 GO ?= go
@@ -20,7 +22,7 @@ deps:
 	lab/install-deps.sh
 
 k8s: deps
-	lab/build-k8s.sh $(CACHE)/k8s $(K8S_VERSION)
+	lab/build-k8s.sh $(CACHE)/k8s $(K8S_VERSION) $(ETCD_VERSION)
 
 vet:
 	$(GO) vet ./...

@@ -1,16 +1,15 @@
 // Package controlplane runs a real, single-node Kubernetes control plane (etcd + kube-apiserver +
 // kube-controller-manager, v1.37.2 built by lab/build-k8s.sh) on one address, and leaves it the way
-// `kubeadm init` leaves a cluster for joining workers. Tests and `make lab` share it.
+// `kubeadm init` leaves a cluster for joining workers. Tests and `make lab` share it. Options.Kubeadm
+// makes it the cluster `kubeadm init --upload-certs` leaves for joining control planes (kubeadm.go).
 package controlplane
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,7 +19,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	certutil "k8s.io/client-go/util/cert"
 
 	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 	"github.com/pxejoin/pxejoin/lab/testenv"
@@ -31,18 +29,28 @@ const Version = testenv.K8sVersion
 
 // Options configure a control plane.
 type Options struct {
-	// BinDir holds kube-apiserver and kube-controller-manager; default testenv.K8sBinDir().
+	// BinDir holds kube-apiserver and kube-controller-manager (and, for Kubeadm, kube-scheduler, kubeadm,
+	// etcd); default testenv.K8sBinDir().
 	BinDir string
-	// Etcd is the etcd binary; default /usr/bin/etcd (Debian's etcd-server).
+	// Etcd is the etcd binary; default /usr/bin/etcd (Debian's etcd-server), or BinDir/etcd (3.7, built by
+	// lab/build-k8s.sh) with Kubeadm.
 	Etcd string
 	// StateDir holds PKI, etcd data and logs. Required.
 	StateDir string
-	// Address is where the apiserver listens and what nodes dial; default 127.0.0.1.
+	// Address is where the apiserver (and with Kubeadm etcd) listens and what nodes dial; default
+	// 127.0.0.1. Kubeadm needs a non-loopback one, e.g. labenv.NewNet's BridgeAddr with its NetNS.
 	Address string
 	// APIPort is the apiserver's port; 0 picks a free one.
 	APIPort int
 	// NetNS, if set, runs the daemons inside that network namespace.
 	NetNS string
+	// Kubeadm starts the control plane `kubeadm init` leaves, for control-plane joins (kubeadm.go):
+	// PKI, kubeconfigs, kubeadm-config and the kubeadm-certs Secret written by the real kubeadm, etcd 3.7
+	// with TLS on Address, kube-scheduler, and the first node's etcd and kube-apiserver Pods.
+	Kubeadm bool
+	// NodeName is the first control-plane node's name with Kubeadm (its etcd member, Node and Pods);
+	// default "cp1".
+	NodeName string
 	// Logf receives progress lines; may be nil.
 	Logf func(format string, args ...any)
 }
@@ -56,8 +64,10 @@ type ControlPlane struct {
 	etcd      *process
 	apiserver *process
 	kcm       *process
+	scheduler *process // Kubeadm only
 	admin     *rest.Config
 	client    kubernetes.Interface
+	kubeadm   *kubeadmState // Kubeadm only
 }
 
 // Start brings up etcd, kube-apiserver and kube-controller-manager and creates kubeadm's join objects.
@@ -71,22 +81,23 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	}
 	if opts.Etcd == "" {
 		opts.Etcd = "/usr/bin/etcd"
+		if opts.Kubeadm {
+			opts.Etcd = filepath.Join(opts.BinDir, "etcd")
+		}
 	}
 	if opts.Address == "" {
 		opts.Address = "127.0.0.1"
 	}
+	if opts.NodeName == "" {
+		opts.NodeName = "cp1"
+	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	apiBin, err := binPath(opts.BinDir, "kube-apiserver")
-	if err != nil {
-		return nil, err
-	}
-	kcmBin, err := binPath(opts.BinDir, "kube-controller-manager")
-	if err != nil {
-		return nil, err
-	}
 	if _, err := os.Stat(opts.Etcd); err != nil {
+		if opts.Kubeadm {
+			return nil, fmt.Errorf("etcd not found at %s: run `make k8s` (it builds etcd %s from the Go module proxy)", opts.Etcd, EtcdVersion)
+		}
 		return nil, fmt.Errorf("etcd not found at %s: run `make deps` (Debian's etcd-server)", opts.Etcd)
 	}
 	cp := &ControlPlane{opts: opts, pki: filepath.Join(opts.StateDir, "pki")}
@@ -94,12 +105,11 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	if ip == nil {
 		return nil, fmt.Errorf("controlplane: Address %q is not an IP", opts.Address)
 	}
-	ca, err := writePKI(cp.pki, []net.IP{ip})
-	if err != nil {
-		return nil, err
+	if opts.Kubeadm && ip.IsLoopback() {
+		// kubeadm takes a loopback advertise address to mean "the global address on lo" and fails without one.
+		return nil, fmt.Errorf("controlplane: Kubeadm needs a non-loopback Address (kubeadm refuses %s as an advertise address): bind it to a bridge address, e.g. labenv.NewNet's BridgeAddr with its NetNS", opts.Address)
 	}
-	cp.ca = ca.cert
-	ports, err := freePorts(4)
+	ports, err := freePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -107,49 +117,15 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 		ports[2] = opts.APIPort
 	}
 	cp.endpoint = net.JoinHostPort(opts.Address, strconv.Itoa(ports[2]))
-	logs := filepath.Join(opts.StateDir, "logs")
-	if err := os.MkdirAll(logs, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(opts.StateDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	cp.etcd = &process{name: "etcd", log: filepath.Join(logs, "etcd.log"), argv: []string{opts.Etcd,
-		"--name=cp", "--data-dir=" + filepath.Join(opts.StateDir, "etcd"),
-		"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
-		"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
-		"--initial-cluster=cp=" + peerURL, "--log-level=warn"}}
-	p := func(n string) string { return filepath.Join(cp.pki, n) }
-	cp.apiserver = &process{name: "kube-apiserver", log: filepath.Join(logs, "kube-apiserver.log"), argv: []string{apiBin,
-		"--advertise-address=" + opts.Address, "--bind-address=" + opts.Address, "--secure-port=" + strconv.Itoa(ports[2]),
-		"--etcd-servers=" + etcdURL, "--allow-privileged=true",
-		"--authorization-mode=Node,RBAC", "--enable-bootstrap-token-auth=true", "--enable-admission-plugins=NodeRestriction",
-		"--client-ca-file=" + p("ca.crt"), "--tls-cert-file=" + p("apiserver.crt"), "--tls-private-key-file=" + p("apiserver.key"),
-		"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"), "--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
-		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local", "--service-account-key-file=" + p("sa.pub"),
-		"--service-account-signing-key-file=" + p("sa.key"), "--service-cluster-ip-range=10.96.0.0/12",
-		"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"), "--requestheader-allowed-names=front-proxy-client",
-		"--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
-		"--requestheader-username-headers=X-Remote-User", "--proxy-client-cert-file=" + p("front-proxy-client.crt"),
-		"--proxy-client-key-file=" + p("front-proxy-client.key"), "--endpoint-reconciler-type=none",
-		"--profiling=false", "--v=1",
-		// etcd 3.4 (Debian 12) cannot answer the watch-progress requests a v1.37 watch cache relies on to
-		// catch up, so consistent watches would stall for 3 s and fail with "Too large resource version".
-		// Serving watches from etcd directly gives real clusters' (etcd 3.5+) consistency.
-		"--watch-cache=false"}}
-	kcmConf := filepath.Join(opts.StateDir, "controller-manager.conf")
-	cp.kcm = &process{name: "kube-controller-manager", log: filepath.Join(logs, "kube-controller-manager.log"), argv: []string{kcmBin,
-		"--kubeconfig=" + kcmConf, "--authentication-kubeconfig=" + kcmConf, "--authorization-kubeconfig=" + kcmConf,
-		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(ports[3]),
-		"--controllers=*,bootstrapsigner,tokencleaner", "--cluster-signing-cert-file=" + p("ca.crt"),
-		"--cluster-signing-key-file=" + p("ca.key"), "--use-service-account-credentials=true",
-		"--root-ca-file=" + p("ca.crt"), "--service-account-private-key-file=" + p("sa.key"),
-		"--leader-elect=false", "--flex-volume-plugin-dir=" + filepath.Join(opts.StateDir, "flexvolume"),
-		"--cluster-name=kubernetes", "--v=1"}}
-	if err := cp.writeKubeconfig(kcmConf, "controller-manager"); err != nil {
-		return nil, err
+	if opts.Kubeadm {
+		err = cp.prepareKubeadm(ctx, ports)
+	} else {
+		err = cp.prepare(ports)
 	}
-	if err := cp.writeKubeconfig(cp.AdminKubeconfig(), "admin"); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	cp.admin, err = clientcmd.BuildConfigFromFlags("", cp.AdminKubeconfig())
@@ -167,15 +143,116 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 		return nil, err
 	}
 	opts.Logf("control plane: apiserver ready at %s after %s", cp.Endpoint(), time.Since(t0).Round(time.Millisecond))
-	if err := cp.kcm.start(opts.NetNS); err != nil {
-		cp.Stop()
-		return nil, err
+	if opts.Kubeadm {
+		if err := cp.bindClusterAdmins(ctx); err != nil {
+			cp.Stop()
+			return nil, err
+		}
+	}
+	for _, p := range []*process{cp.kcm, cp.scheduler} {
+		if p == nil {
+			continue
+		}
+		if err := p.start(opts.NetNS); err != nil {
+			cp.Stop()
+			return nil, err
+		}
+	}
+	if opts.Kubeadm {
+		// kubeadm's own upload-config writes kubeadm-config first; applyJoinObjects finds it there.
+		if err := cp.uploadConfig(ctx); err != nil {
+			cp.Stop()
+			return nil, err
+		}
 	}
 	if err := cp.applyJoinObjects(ctx); err != nil {
 		cp.Stop()
 		return nil, fmt.Errorf("controlplane: creating kubeadm's join objects: %w", err)
 	}
+	if opts.Kubeadm {
+		if err := cp.applyKubeadmObjects(ctx); err != nil {
+			cp.Stop()
+			return nil, err
+		}
+		opts.Logf("control plane: kubeadm-shaped, ready after %s", time.Since(t0).Round(time.Millisecond))
+	}
 	return cp, nil
+}
+
+// prepare writes the PKI and kubeconfigs of the default mode and sets the daemons' command lines:
+// Debian's etcd on plain HTTP, loopback only.
+func (cp *ControlPlane) prepare(ports []int) error {
+	opts := cp.opts
+	kcmBin, err := binPath(opts.BinDir, "kube-controller-manager")
+	if err != nil {
+		return err
+	}
+	ca, err := writePKI(cp.pki, []net.IP{net.ParseIP(opts.Address)})
+	if err != nil {
+		return err
+	}
+	cp.ca = ca.cert
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	cp.etcd = &process{name: "etcd", log: cp.logPath("etcd"), argv: []string{opts.Etcd,
+		"--name=cp", "--data-dir=" + filepath.Join(opts.StateDir, "etcd"),
+		"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
+		"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
+		"--initial-cluster=cp=" + peerURL, "--log-level=warn"}}
+	cp.apiserver, err = cp.apiserverProcess(ports[2], "--etcd-servers="+etcdURL,
+		// etcd 3.4 (Debian 12) cannot answer the watch-progress requests a v1.37 watch cache relies on to
+		// catch up, so consistent watches would stall for 3 s and fail with "Too large resource version".
+		// Serving watches from etcd directly gives real clusters' (etcd 3.5+) consistency.
+		"--watch-cache=false")
+	if err != nil {
+		return err
+	}
+	kcmConf := filepath.Join(opts.StateDir, "controller-manager.conf")
+	cp.kcm = cp.kcmProcess(kcmBin, kcmConf, ports[3])
+	if err := cp.writeKubeconfig(kcmConf, "controller-manager"); err != nil {
+		return err
+	}
+	return cp.writeKubeconfig(cp.AdminKubeconfig(), "admin")
+}
+
+// apiserverProcess is kube-apiserver with kubeadm's flags, plus the mode's etcd flags.
+func (cp *ControlPlane) apiserverProcess(port int, etcdArgs ...string) (*process, error) {
+	apiBin, err := binPath(cp.opts.BinDir, "kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
+	p := func(n string) string { return filepath.Join(cp.pki, n) }
+	argv := []string{apiBin,
+		"--advertise-address=" + cp.opts.Address, "--bind-address=" + cp.opts.Address, "--secure-port=" + strconv.Itoa(port),
+		"--allow-privileged=true",
+		"--authorization-mode=Node,RBAC", "--enable-bootstrap-token-auth=true", "--enable-admission-plugins=NodeRestriction",
+		"--client-ca-file=" + p("ca.crt"), "--tls-cert-file=" + p("apiserver.crt"), "--tls-private-key-file=" + p("apiserver.key"),
+		"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"), "--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
+		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local", "--service-account-key-file=" + p("sa.pub"),
+		"--service-account-signing-key-file=" + p("sa.key"), "--service-cluster-ip-range=10.96.0.0/12",
+		"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"), "--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-username-headers=X-Remote-User", "--proxy-client-cert-file=" + p("front-proxy-client.crt"),
+		"--proxy-client-key-file=" + p("front-proxy-client.key"), "--endpoint-reconciler-type=none",
+		"--profiling=false", "--v=1"}
+	return &process{name: "kube-apiserver", log: cp.logPath("kube-apiserver"), argv: append(argv, etcdArgs...)}, nil
+}
+
+func (cp *ControlPlane) kcmProcess(bin, kubeconfig string, port int) *process {
+	p := func(n string) string { return filepath.Join(cp.pki, n) }
+	return &process{name: "kube-controller-manager", log: cp.logPath("kube-controller-manager"), argv: []string{bin,
+		"--kubeconfig=" + kubeconfig, "--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(port),
+		"--controllers=*,bootstrapsigner,tokencleaner", "--cluster-signing-cert-file=" + p("ca.crt"),
+		"--cluster-signing-key-file=" + p("ca.key"), "--use-service-account-credentials=true",
+		"--root-ca-file=" + p("ca.crt"), "--service-account-private-key-file=" + p("sa.key"),
+		"--leader-elect=false", "--flex-volume-plugin-dir=" + filepath.Join(cp.opts.StateDir, "flexvolume"),
+		"--cluster-name=kubernetes", "--v=1"}}
+}
+
+func (cp *ControlPlane) logPath(name string) string {
+	return filepath.Join(cp.opts.StateDir, "logs", name+".log")
 }
 
 // StartAPIServer (re)starts kube-apiserver and waits until /readyz says ok.
@@ -191,7 +268,7 @@ func (cp *ControlPlane) StopAPIServer() { cp.apiserver.stop(10 * time.Second) }
 
 // Stop stops every daemon.
 func (cp *ControlPlane) Stop() {
-	for _, p := range []*process{cp.kcm, cp.apiserver, cp.etcd} {
+	for _, p := range []*process{cp.scheduler, cp.kcm, cp.apiserver, cp.etcd} {
 		if p != nil {
 			p.stop(10 * time.Second)
 		}
@@ -221,10 +298,11 @@ func (cp *ControlPlane) Admin() kubernetes.Interface { return cp.client }
 // AdminConfig is the cluster-admin rest config.
 func (cp *ControlPlane) AdminConfig() *rest.Config { return rest.CopyConfig(cp.admin) }
 
-// LogTail returns the end of a daemon's log ("etcd", "kube-apiserver", "kube-controller-manager").
+// LogTail returns the end of a daemon's log ("etcd", "kube-apiserver", "kube-controller-manager",
+// "kube-scheduler").
 func (cp *ControlPlane) LogTail(name string, lines int) string {
-	for _, p := range []*process{cp.etcd, cp.apiserver, cp.kcm} {
-		if p.name == name {
+	for _, p := range []*process{cp.etcd, cp.apiserver, cp.kcm, cp.scheduler} {
+		if p != nil && p.name == name {
 			return p.tail(lines)
 		}
 	}
@@ -245,15 +323,11 @@ func (cp *ControlPlane) writeKubeconfig(path, user string) error {
 }
 
 func (cp *ControlPlane) waitReady(ctx context.Context, p *process, path string, limit time.Duration) error {
-	pool, err := certutil.NewPool(cp.CAFile())
+	hc, err := rest.HTTPClientFor(cp.admin)
 	if err != nil {
 		return err
 	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(cp.pki, "admin.crt"), filepath.Join(cp.pki, "admin.key"))
-	if err != nil {
-		return err
-	}
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	hc.Timeout = 2 * time.Second
 	defer hc.CloseIdleConnections()
 	deadline := time.Now().Add(limit)
 	for {

@@ -5,9 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
@@ -55,4 +57,41 @@ func Shared(t testing.TB) *ControlPlane {
 		t.Fatal("no control plane: the package's TestMain must run controlplane.Run")
 	}
 	return shared.cp
+}
+
+// RequireKubeadm is RequireRoot and RequireK8s for the Kubeadm mode (it binds to a bridge in a network
+// namespace), and fails when kubeadm, kube-scheduler, etcd or etcdctl is missing from the binaries'
+// directory, which it returns.
+func RequireKubeadm(t testing.TB) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	dir := testenv.RequireK8s(t)
+	for _, name := range []string{"kubeadm", "kube-scheduler", "etcd", "etcdctl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Fatalf("%s is not in %s: run make k8s (or make test), or set PXEJOIN_K8S_BIN", name, dir)
+		}
+	}
+	return dir
+}
+
+// StartKubeadm starts a kubeadm-shaped control plane for one test, bound to the bridge of a new lab
+// network (labenv.NewNet; nodes join by attaching to its Bridge in its NS), and stops both when the test
+// ends. A control-plane join changes etcd's membership (and a stopped second member costs the first its
+// quorum), so each joining test gets its own.
+func StartKubeadm(t testing.TB) (*ControlPlane, *labenv.Net) {
+	t.Helper()
+	RequireKubeadm(t)
+	n, err := labenv.NewNet("cpk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cp, err := Start(ctx, Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Kubeadm: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp.Stop)
+	return cp, n
 }

@@ -276,7 +276,20 @@ func runKubeletStart(ctx context.Context, d *data) error {
 }
 
 func (d *data) waitNode(ctx context.Context) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", d.root.Join(nodefiles.KubeletConf))
+	kc, err := clientcmd.LoadFromFile(d.root.Join(nodefiles.KubeletConf))
+	if err != nil {
+		return err
+	}
+	// kubelet.conf names its credentials by their paths on the node.
+	for _, a := range kc.AuthInfos {
+		if a.ClientCertificate != "" {
+			a.ClientCertificate = d.root.Join(a.ClientCertificate)
+		}
+		if a.ClientKey != "" {
+			a.ClientKey = d.root.Join(a.ClientKey)
+		}
+	}
+	cfg, err := clientcmd.NewDefaultClientConfig(*kc, nil).ClientConfig()
 	if err != nil {
 		return err
 	}

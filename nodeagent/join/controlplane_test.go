@@ -19,6 +19,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
+	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
 
@@ -243,4 +244,70 @@ func TestControlPlaneJoin(t *testing.T) {
 			t.Errorf("%s: %v %v, want mode %04o", f.path, fi.Mode(), err, f.mode)
 		}
 	}
+}
+
+// TestControlPlaneJoinRefusals: a wrong certificate key, an expired kubeadm-certs Secret and a cluster
+// without a controlPlaneEndpoint are each refused with what to do, and nothing is written.
+func TestControlPlaneJoinRefusals(t *testing.T) {
+	controlplane.RequireKubeadm(t)
+	kcp, n := controlplane.StartKubeadm(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tok, err := kcp.CreateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongKey := strings.Repeat("ab", 32)
+	join := func(t *testing.T, key string) (string, string) {
+		rootfs := t.TempDir()
+		out := &logbuf.Buffer{}
+		code := agent(t, ctx, out, "join", kcp.Endpoint(), "--token", tok, "--discovery-token-ca-cert-hash", kcp.CAPin(),
+			"--node-name", "cp2", "--rootfs", rootfs, "--skip-phases", "kubelet-start/start",
+			"--control-plane", "--certificate-key", key, "--apiserver-advertise-address", fmt.Sprintf("10.77.%d.12", n.Subnet))
+		if code == 0 {
+			t.Fatal("the join succeeded")
+		}
+		if strings.Contains(out.String(), key) {
+			t.Error("the output shows the certificate key")
+		}
+		var written []string
+		filepath.WalkDir(rootfs, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				written = append(written, strings.TrimPrefix(p, rootfs))
+			}
+			return nil
+		})
+		if len(written) > 0 {
+			t.Errorf("a refused join wrote %v", written)
+		}
+		return out.String(), rootfs
+	}
+	t.Run("wrong certificate key", func(t *testing.T) {
+		out, _ := join(t, wrongKey)
+		if !strings.Contains(out, "not the key this Secret was encrypted with") {
+			t.Errorf("output:\n%s", out)
+		}
+	})
+	t.Run("no controlPlaneEndpoint", func(t *testing.T) {
+		if err := kcp.SetControlPlaneEndpoint(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		defer kcp.SetControlPlaneEndpoint(ctx, true)
+		out, _ := join(t, kcp.CertificateKey())
+		if !strings.Contains(out, "doesn't have a stable controlPlaneEndpoint address") {
+			t.Errorf("output:\n%s", out)
+		}
+	})
+	t.Run("kubeadm-certs expired", func(t *testing.T) {
+		if err := kcp.ExpireCerts(ctx, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := kcp.WaitCertsGone(ctx, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := join(t, kcp.CertificateKey())
+		if !strings.Contains(out, "kubeadm init phase upload-certs --upload-certs") || !strings.Contains(out, "might have expired") {
+			t.Errorf("output:\n%s", out)
+		}
+	})
 }

@@ -1,17 +1,21 @@
 package manifests
 
 import (
+	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
+	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/kubeadmoracle"
 )
 
 // testdata/*.yaml are what the real kubeadm v1.37.2 wrote for testdata/cluster.yaml and node cp-2 at
@@ -128,5 +132,39 @@ func TestCADirsAndProbeHost(t *testing.T) {
 	in.Cluster.KubernetesVersion = ""
 	if _, err := Pod("kube-scheduler", in); err == nil || !strings.Contains(err.Error(), "kubernetesVersion") {
 		t.Errorf("no kubernetesVersion: %v", err)
+	}
+}
+
+// TestSameAsKubeadmOracle: the same comparison against the kubeadm binary of this checkout's control
+// plane (lab/kubeadmoracle), so a kubeadm upgrade shows here without regenerating testdata.
+func TestSameAsKubeadmOracle(t *testing.T) {
+	bin := controlplane.RequireKubeadm(t)
+	raw, err := os.ReadFile("testdata/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	oracle, err := kubeadmoracle.Manifests(ctx, filepath.Join(bin, "kubeadm"), raw, kubeadmoracle.Node{Name: "cp-2", AdvertiseAddress: "10.0.0.12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := input(t)
+	for _, c := range append(slices.Clone(Components), "etcd") {
+		var p *corev1.Pod
+		if c == "etcd" {
+			p = Etcd(in, []Member{{Name: "cp-2", PeerURL: "https://10.0.0.12:2380"}})
+			cmd := &p.Spec.Containers[0].Command
+			*cmd = slices.DeleteFunc(*cmd, func(a string) bool { return a == "--initial-cluster-state=existing" })
+		} else if p, err = Pod(c, in); err != nil {
+			t.Fatal(err)
+		}
+		var want corev1.Pod
+		if err := yaml.UnmarshalStrict(oracle[c+".yaml"], &want); err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
+		if w, g := render(t, &want), render(t, p); w != g {
+			t.Errorf("%s differs from kubeadm's (- kubeadm, + ours):\n%s", c, diffLines(w, g))
+		}
 	}
 }

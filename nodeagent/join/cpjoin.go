@@ -27,10 +27,6 @@ import (
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
-// notImplemented are the phases of a control-plane join nodeagent does not do yet; a join that would
-// run one is refused before anything is written.
-var notImplemented = map[string]string{}
-
 // adminConfig is admin.conf's rest config (kubeadm's data.Client() on a control-plane join).
 func (d *data) adminConfig() (*rest.Config, error) {
 	p := d.root.Join(kubeconfig.Dir + "/" + kubeconfig.Admin)

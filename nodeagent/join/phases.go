@@ -123,12 +123,6 @@ func (d *data) run(ctx context.Context, table []Phase, only string) error {
 		d.plan[full] = (only == "" || full == only || strings.HasPrefix(full, only+"/")) &&
 			!d.skipped(full) && !(p.ControlPlaneOnly && d.cfg.ControlPlane == nil)
 	})
-	for _, name := range PhaseNames() {
-		if what, ok := notImplemented[name]; ok && d.plan[name] && d.cfg.ControlPlane != nil {
-			return fmt.Errorf("nodeagent cannot do the phase %s of a control-plane join yet (%s): "+
-				"do it with `kubeadm join phase` and pass --skip-phases %s, or join with kubeadm", name, what, name)
-		}
-	}
 	if only == "" {
 		for _, p := range table {
 			if err := d.runPhase(ctx, p, ""); err != nil {

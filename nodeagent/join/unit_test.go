@@ -199,9 +199,8 @@ func TestPhasePlan(t *testing.T) {
 }
 
 // TestControlPlanePhasePlan: a control-plane join runs kubeadm v1.37's phases in its order; the older
-// names skip what they now mean; phases nodeagent cannot do yet are refused before any phase runs.
+// names skip what they now mean.
 func TestControlPlanePhasePlan(t *testing.T) {
-	const pending = "etcd-join"
 	cases := []struct {
 		name    string
 		only    string
@@ -209,13 +208,12 @@ func TestControlPlanePhasePlan(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"whole join", "", []string{pending}, []string{"preflight", "control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane",
+		{"whole join", "", nil, []string{"preflight", "control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane",
 			"early kubelet-start/tls-bootstrap", "kubelet-start/config", "kubelet-start/tls-bootstrap", "kubelet-start/start",
-			"kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},
+			"etcd-join", "kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},
 		{"older names skip", "", []string{"control-plane-join/etcd", "control-plane-join/update-status", "kubelet-start", "preflight"},
 			[]string{"control-plane-prepare/download-certs", "control-plane-prepare/certs", "control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane",
 				"kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},
-		{"not yet implemented", "", nil, nil, "cannot do the phase etcd-join"},
 		{"control-plane-join/etcd is etcd-join", "", []string{"control-plane-join/etcd"}, []string{"preflight", "control-plane-prepare/download-certs", "control-plane-prepare/certs",
 			"control-plane-prepare/kubeconfig", "control-plane-prepare/control-plane", "early kubelet-start/tls-bootstrap", "kubelet-start/config", "kubelet-start/tls-bootstrap",
 			"kubelet-start/start", "kubelet-wait-bootstrap", "control-plane-join/mark-control-plane", "wait-control-plane"}, ""},

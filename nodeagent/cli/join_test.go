@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -116,5 +118,33 @@ func TestJoinHelp(t *testing.T) {
 	out.Reset()
 	if code := Main(context.Background(), []string{"join", "phase", "control-plane-join", "etcd", "--help"}, &out, &out); code != 0 {
 		t.Errorf("join phase control-plane-join etcd: %d %s", code, out.String())
+	}
+}
+
+// TestControlPlaneConfigFile: --config's controlPlane section gives what --control-plane,
+// --certificate-key and --apiserver-* give on the command line.
+func TestControlPlaneConfigFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "join.yaml")
+	os.WriteFile(p, []byte(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken: {token: abcdef.0123456789abcdef, apiServerEndpoint: "10.0.0.1:6443", unsafeSkipCAVerification: true}
+controlPlane:
+  certificateKey: "00ff"
+  localAPIEndpoint: {advertiseAddress: 10.0.0.12, bindPort: 7443}
+`), 0o600)
+	f := &joinFlags{}
+	fs := pflag.NewFlagSet("join", pflag.ContinueOnError)
+	f.register(fs)
+	if err := fs.Parse([]string{"--config", p}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.config(fs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := cfg.ControlPlane
+	if cp == nil || cp.CertificateKey != "00ff" || cp.LocalAPIEndpoint.AdvertiseAddress != "10.0.0.12" || cp.LocalAPIEndpoint.BindPort != 7443 {
+		t.Fatalf("controlPlane %+v", cp)
 	}
 }

@@ -134,7 +134,9 @@ func runDownloadCerts(ctx context.Context, d *data) error {
 }
 
 // runCerts makes this node's leaf certificates, signed by the shared CAs; ones already on the node
-// are kept when they verify.
+// are kept when they verify. Deviation from kubeadm, which stops at a certificate on disk that does not
+// verify (another CA, missing names): the agent replaces it, since a diskless or re-imaged node that
+// rejoins carries nothing worth keeping and the shared CAs were just downloaded.
 func runCerts(ctx context.Context, d *data) error {
 	cc, err := d.clusterConfig(ctx)
 	if err != nil {

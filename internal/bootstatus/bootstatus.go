@@ -60,9 +60,11 @@ var JoinPhases = []string{
 	"kubelet-start/config",
 	"kubelet-start/tls-bootstrap",
 	"kubelet-start/start",
+	"etcd-join",
+	"kubelet-wait-bootstrap",
 	"control-plane-join",
-	"control-plane-join/etcd",
 	"control-plane-join/mark-control-plane",
+	"wait-control-plane",
 }
 
 // Phases the boot server records itself, from what it serves.

@@ -55,9 +55,9 @@ func (f *joinFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.skipPhases, "skip-phases", nil, "List of phases to be skipped, e.g. kubelet-start/start.")
 	fs.StringVar(&f.patches, "patches", "", `Path to a directory of patch files named "target[suffix][+patchtype].extension"; on a worker the target is "kubeletconfiguration".`)
 	fs.StringVar(&f.rootfs, "rootfs", "", "The path to the node's root filesystem; files are written under it. With a root other than /, skip kubelet-start/start.")
-	fs.BoolVar(&f.controlPlane, "control-plane", false, "Create a new control plane instance on this node (not supported yet).")
-	fs.StringVar(&f.certificateKey, "certificate-key", "", "Use this key to decrypt the certificate secrets uploaded by init (control-plane join).")
-	fs.StringVar(&f.advertiseAddress, "apiserver-advertise-address", "", "If the node should host a new control plane instance, the IP address the API Server will advertise.")
+	fs.BoolVar(&f.controlPlane, "control-plane", false, "Create a new control plane instance on this node")
+	fs.StringVar(&f.certificateKey, "certificate-key", "", "Use this key to decrypt the certificate secrets uploaded by init. The certificate key is a hex encoded string that is an AES key of size 32 bytes.")
+	fs.StringVar(&f.advertiseAddress, "apiserver-advertise-address", "", "If the node should host a new control plane instance, the IP address the API Server will advertise it's listening on. If not set the default network interface will be used.")
 	fs.Int32Var(&f.bindPort, "apiserver-bind-port", 6443, "If the node should host a new control plane instance, the port for the API Server to bind to.")
 }
 
@@ -118,7 +118,7 @@ func (f *joinFlags) options(out io.Writer) join.Options {
 func NewCommand(out, errOut io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "nodeagent",
-		Short:         "nodeagent: kubeadm-compatible worker join (discovery, TLS bootstrap, kubelet start)",
+		Short:         "nodeagent: kubeadm-compatible join (discovery, TLS bootstrap, kubelet start; control-plane join)",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -136,6 +136,7 @@ func newJoinCommand(out io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "join [api-server-endpoint]",
 		Short: "Run this on any machine you wish to join an existing cluster",
+		Long:  "Run this on any machine you wish to join an existing cluster, as a worker or (with --control-plane)\nas a new control-plane instance.\n\n" + phasesHelp(join.Phases),
 		Args:  cobra.MaximumNArgs(1),
 		RunE:  f.run(out, join.Run),
 	}
@@ -144,7 +145,62 @@ func newJoinCommand(out io.Writer) *cobra.Command {
 	for _, p := range join.Phases {
 		phase.AddCommand(phaseCommand(out, p, ""))
 	}
+	// The older names (join.PhaseAliases), hidden as kubeadm no longer lists them.
+	for _, c := range phase.Commands() {
+		for alias := range join.PhaseAliases {
+			parent, name, _ := strings.Cut(alias, "/")
+			if c.Name() == parent {
+				sub := aliasCommand(out, name, alias)
+				c.AddCommand(sub)
+			}
+		}
+	}
 	cmd.AddCommand(phase)
+	return cmd
+}
+
+// phasesHelp lists the phases as kubeadm's `join --help` does.
+func phasesHelp(phases []join.Phase) string {
+	type row struct{ name, short string }
+	var rows []row
+	var walk func(ps []join.Phase, depth int)
+	walk = func(ps []join.Phase, depth int) {
+		for _, p := range ps {
+			name := p.Name
+			if depth > 0 {
+				name = strings.Repeat("  ", depth) + "/" + p.Name
+			}
+			rows = append(rows, row{name, p.Short})
+			walk(p.Phases, depth+1)
+		}
+	}
+	walk(phases, 0)
+	width := 0
+	for _, r := range rows {
+		width = max(width, len(r.name))
+	}
+	var b strings.Builder
+	b.WriteString("The \"join\" command executes the following phases:\n```\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%-*s  %s\n", width, r.name, r.short)
+	}
+	b.WriteString("```")
+	return b.String()
+}
+
+// aliasCommand is `join phase <parent> <name>` for an older phase name.
+func aliasCommand(out io.Writer, name, alias string) *cobra.Command {
+	f := &joinFlags{}
+	cmd := &cobra.Command{
+		Use:    name,
+		Short:  "Older name of a phase (see join --help)",
+		Hidden: true,
+		Args:   cobra.MaximumNArgs(1),
+		RunE: f.run(out, func(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts join.Options) error {
+			return join.RunPhase(ctx, cfg, opts, alias)
+		}),
+	}
+	f.register(cmd.Flags())
 	return cmd
 }
 

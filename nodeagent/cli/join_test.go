@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -86,5 +88,63 @@ func TestPhaseCommands(t *testing.T) {
 	if code := Main(context.Background(), []string{"join", "h:1", "--token", "abcdef.0123456789abcdef", "--discovery-token-unsafe-skip-ca-verification", "--skip-phases", "kubelet-start/nope"}, &out, &out); code == 0 ||
 		!strings.Contains(out.String(), `unknown phase "kubelet-start/nope"`) {
 		t.Fatalf("unknown skip phase should be refused: %s", out.String())
+	}
+}
+
+// TestJoinHelp: `join --help` lists the phases in kubeadm's order and form; the older names still work
+// with `join phase` but are not listed.
+func TestJoinHelp(t *testing.T) {
+	var out bytes.Buffer
+	if code := Main(context.Background(), []string{"join", "--help"}, &out, &out); code != 0 {
+		t.Fatal(out.String())
+	}
+	help := out.String()
+	last := 0
+	for _, line := range []string{"preflight ", "control-plane-prepare ", "  /download-certs ", "  /certs ", "  /kubeconfig ", "  /control-plane ",
+		"kubelet-start ", "  /config ", "  /tls-bootstrap ", "  /start ", "etcd-join ", "kubelet-wait-bootstrap ", "control-plane-join ", "  /mark-control-plane ", "wait-control-plane "} {
+		i := strings.Index(help[last:], "\n"+line)
+		if i < 0 {
+			t.Fatalf("help lacks %q after offset %d:\n%s", line, last, help)
+		}
+		last += i + 1
+	}
+	if strings.Contains(help, "update-status") || strings.Contains(help, "/etcd ") {
+		t.Errorf("help lists an older phase name:\n%s", help)
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"join", "phase", "control-plane-join", "update-status"}, &out, &out); code != 0 || !strings.Contains(out.String(), "deprecated") {
+		t.Errorf("join phase control-plane-join update-status: %d %s", code, out.String())
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"join", "phase", "control-plane-join", "etcd", "--help"}, &out, &out); code != 0 {
+		t.Errorf("join phase control-plane-join etcd: %d %s", code, out.String())
+	}
+}
+
+// TestControlPlaneConfigFile: --config's controlPlane section gives what --control-plane,
+// --certificate-key and --apiserver-* give on the command line.
+func TestControlPlaneConfigFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "join.yaml")
+	os.WriteFile(p, []byte(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken: {token: abcdef.0123456789abcdef, apiServerEndpoint: "10.0.0.1:6443", unsafeSkipCAVerification: true}
+controlPlane:
+  certificateKey: "00ff"
+  localAPIEndpoint: {advertiseAddress: 10.0.0.12, bindPort: 7443}
+`), 0o600)
+	f := &joinFlags{}
+	fs := pflag.NewFlagSet("join", pflag.ContinueOnError)
+	f.register(fs)
+	if err := fs.Parse([]string{"--config", p}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.config(fs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := cfg.ControlPlane
+	if cp == nil || cp.CertificateKey != "00ff" || cp.LocalAPIEndpoint.AdvertiseAddress != "10.0.0.12" || cp.LocalAPIEndpoint.BindPort != 7443 {
+		t.Fatalf("controlPlane %+v", cp)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -32,7 +33,12 @@ type data struct {
 	ignored  map[string]bool
 	skip     map[string]bool
 
-	disc      *discovery.Result
+	disc *discovery.Result
+	// cluster is the cluster's ClusterConfiguration (control-plane join), read on first use.
+	cluster *joinconfig.ClusterConfiguration
+	// advertise and bindPort: this node's API server (control-plane join), chosen on first use.
+	advertise net.IP
+	bindPort  int32
 	bootstrap kubernetes.Interface
 	key       crypto.Signer
 	keyPEM    []byte
@@ -69,7 +75,11 @@ func newData(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
 	}
 	for _, s := range append(append([]string{}, cfg.SkipPhases...), opts.SkipPhases...) {
 		for _, p := range strings.Split(s, ",") {
-			if p = strings.TrimSpace(p); p != "" {
+			p = strings.TrimSpace(p)
+			if target, ok := PhaseAliases[p]; ok {
+				p = target // "" for update-status: nothing to skip
+			}
+			if p != "" {
 				d.skip[p] = true
 			}
 		}

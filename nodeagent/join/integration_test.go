@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -80,7 +81,13 @@ func token(t testing.TB, ttl time.Duration) string {
 func agent(t *testing.T, ctx context.Context, out *logbuf.Buffer, args ...string) int {
 	t.Helper()
 	code := cli.Main(ctx, args, out, out)
-	t.Logf("nodeagent %s → %d\n%s", bootstraptoken.Scrub(strings.Join(args, " ")), code, out.String())
+	shown := slices.Clone(args)
+	for i := range shown {
+		if i > 0 && shown[i-1] == "--certificate-key" {
+			shown[i] = "<redacted>"
+		}
+	}
+	t.Logf("nodeagent %s → %d\n%s", bootstraptoken.Scrub(strings.Join(shown, " ")), code, out.String())
 	return code
 }
 

@@ -157,16 +157,17 @@ func TestConfigFile(t *testing.T) {
 	}
 }
 
-// TestControlPlaneRefused: --control-plane fails at once with a clear message.
+// TestControlPlaneRefused: a control-plane join whose advertise address is not an address fails at
+// once, before discovery, saying which flag to fix; the certificate key is not shown.
 func TestControlPlaneRefused(t *testing.T) {
 	out := &logbuf.Buffer{}
 	code := agent(t, context.Background(), out, "join", "127.0.0.1:1", "--token", "abcdef.0123456789abcdef",
-		"--discovery-token-unsafe-skip-ca-verification", "--control-plane", "--certificate-key", "00ff")
-	if code == 0 || !strings.Contains(out.String(), "control-plane node (--control-plane) is not supported") {
-		t.Fatal("--control-plane should be refused")
+		"--discovery-token-unsafe-skip-ca-verification", "--control-plane", "--certificate-key", "00ff00ff00ff", "--apiserver-advertise-address", "cp-2")
+	if code == 0 || !strings.Contains(out.String(), "pass --apiserver-advertise-address") || strings.Contains(out.String(), "[discovery]") {
+		t.Fatalf("--control-plane with a host name as advertise address should be refused at once: %s", out.String())
 	}
-	if strings.Contains(out.String(), "0123456789abcdef") {
-		t.Fatal("token secret in output")
+	if strings.Contains(out.String(), "0123456789abcdef") || strings.Contains(out.String(), "00ff00ff00ff") {
+		t.Fatal("token secret or certificate key in output")
 	}
 }
 

@@ -236,9 +236,15 @@ func (d *data) credentialFiles(certPEM []byte) []nodefiles.File {
 	}
 }
 
+// kubeletConf points the kubelet at the discovered API server or, on a control-plane node, at its own
+// (kubeadm's ControlPlaneKubeletLocalMode: the kubelet starts the local static pods and talks to them).
 func (d *data) kubeletConf() []byte {
+	server := d.disc.Server
+	if d.cfg.ControlPlane != nil {
+		server, _ = d.localURL() // checked in prepare
+	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: d.disc.Server, CertificateAuthorityData: d.disc.CAData}
+	cfg.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: d.disc.CAData}
 	cfg.AuthInfos["default-auth"] = &clientcmdapi.AuthInfo{ClientCertificate: nodefiles.KubeletClientCurrent, ClientKey: nodefiles.KubeletClientCurrent}
 	cfg.Contexts["default-context"] = &clientcmdapi.Context{Cluster: "default-cluster", AuthInfo: "default-auth", Namespace: "default"}
 	cfg.CurrentContext = "default-context"
@@ -261,12 +267,29 @@ func runKubeletStart(ctx context.Context, d *data) error {
 	if err := kubeletstart.Start(tctx); err != nil {
 		return err
 	}
+	if d.cfg.ControlPlane != nil {
+		// Its API server is one of the static pods it starts, after etcd-join: kubelet-wait-bootstrap waits.
+		return nil
+	}
 	d.printf("[kubelet-start] Waiting for the kubelet to register Node %q", d.nodeName)
 	return d.waitNode(tctx)
 }
 
 func (d *data) waitNode(ctx context.Context) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", d.root.Join(nodefiles.KubeletConf))
+	kc, err := clientcmd.LoadFromFile(d.root.Join(nodefiles.KubeletConf))
+	if err != nil {
+		return err
+	}
+	// kubelet.conf names its credentials by their paths on the node.
+	for _, a := range kc.AuthInfos {
+		if a.ClientCertificate != "" {
+			a.ClientCertificate = d.root.Join(a.ClientCertificate)
+		}
+		if a.ClientKey != "" {
+			a.ClientKey = d.root.Join(a.ClientKey)
+		}
+	}
+	cfg, err := clientcmd.NewDefaultClientConfig(*kc, nil).ClientConfig()
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"sigs.k8s.io/yaml"
@@ -19,8 +20,13 @@ import (
 var patchFile = regexp.MustCompile(`^(etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubeletconfiguration|corednsdeployment)([^+.]*)(?:\+(strategic|merge|json))?\.(json|yaml|yml)$`)
 
 // applyPatches applies, in file-name order, the patches in dir for target to doc (YAML) and returns
-// the patched YAML. Files for other targets (control-plane components) are ignored on a worker.
+// the patched YAML. Files for other targets are ignored. Strategic merge patches use the target's type:
+// a Pod for the control-plane components, the KubeletConfiguration for "kubeletconfiguration".
 func applyPatches(dir, target string, doc []byte, printf func(string, ...any)) ([]byte, error) {
+	var schema any = kubeletv1beta1.KubeletConfiguration{}
+	if target != "kubeletconfiguration" {
+		schema = corev1.Pod{}
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the patches directory: %w", err)
@@ -45,7 +51,7 @@ func applyPatches(dir, target string, doc []byte, printf func(string, ...any)) (
 		}
 		switch kind := m[3]; kind {
 		case "", "strategic":
-			cur, err = strategicpatch.StrategicMergePatch(cur, pj, kubeletv1beta1.KubeletConfiguration{})
+			cur, err = strategicpatch.StrategicMergePatch(cur, pj, schema)
 		case "merge":
 			cur, err = jsonpatch.MergePatch(cur, pj)
 		case "json":

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
@@ -30,15 +31,17 @@ type Phase struct {
 	EarlyIn string
 }
 
-// Phases is kubeadm's join workflow; kubelet-start gains config / tls-bootstrap / start because the
-// agent does the TLS bootstrap itself.
+// Phases is kubeadm v1.37's join workflow; kubelet-start gains config / tls-bootstrap / start because the
+// agent does the TLS bootstrap itself. On a control-plane join kubelet-start/start only starts the
+// kubelet: kubelet-wait-bootstrap waits for it after etcd-join, as in kubeadm (the kubelet runs the
+// static pods, and etcd must know the new member before its pod starts).
 var Phases = []Phase{
 	{Name: "preflight", Short: "Run join pre-flight checks", Run: runPreflight},
 	{Name: "control-plane-prepare", Short: "Prepare the machine for serving a control plane", ControlPlaneOnly: true, Phases: []Phase{
-		{Name: "download-certs", Short: "Download certificates shared among control-plane nodes from the kubeadm-certs Secret"},
-		{Name: "certs", Short: "Generate the certificates for the new control plane components"},
-		{Name: "kubeconfig", Short: "Generate the kubeconfig for the new control plane components"},
-		{Name: "control-plane", Short: "Generate the manifests for the new control plane components"},
+		{Name: "download-certs", Short: "Download certificates shared among control-plane nodes from the kubeadm-certs Secret", Run: runDownloadCerts},
+		{Name: "certs", Short: "Generate the certificates for the new control plane components", Run: runCerts},
+		{Name: "kubeconfig", Short: "Generate the kubeconfig for the new control plane components", Run: runKubeconfigs},
+		{Name: "control-plane", Short: "Generate the manifests for the new control plane components", Run: runControlPlaneManifests},
 	}},
 	{Name: "kubelet-start", Short: "Write kubelet settings, certificates and (re)start the kubelet", Phases: []Phase{
 		{Name: "config", Short: "Write config.yaml, kubeadm-flags.env and the cluster CA", Run: runKubeletConfig},
@@ -48,11 +51,24 @@ var Phases = []Phase{
 			Early: startCSR, EarlyIn: "kubelet-start/config"},
 		{Name: "start", Short: "Start the kubelet through systemd and wait for the Node", Run: runKubeletStart},
 	}},
+	{Name: "etcd-join", Short: "Join etcd for control plane nodes", ControlPlaneOnly: true, Run: runEtcdJoin},
+	{Name: "kubelet-wait-bootstrap", Short: "Wait for the kubelet to bootstrap itself", ControlPlaneOnly: true, Run: runKubeletWaitBootstrap},
 	{Name: "control-plane-join", Short: "Join a machine as a control plane instance", ControlPlaneOnly: true, Phases: []Phase{
-		{Name: "etcd", Short: "Add a new local etcd member"},
-		{Name: "mark-control-plane", Short: "Mark a node as a control-plane"},
+		{Name: "mark-control-plane", Short: "Mark a node as a control-plane", Run: runMarkControlPlane},
 	}},
+	{Name: "wait-control-plane", Short: "Wait for the control plane to start", ControlPlaneOnly: true, Run: runWaitControlPlane},
 }
+
+// PhaseAliases are the older phase names (kubeadm before v1.31 and v1.35) that --skip-phases and
+// `join phase` still take: the phase they now mean, or "" for control-plane-join/update-status, which
+// kubeadm dropped (the ClusterStatus it updated is gone) and which does nothing.
+var PhaseAliases = map[string]string{
+	"control-plane-join/etcd":          "etcd-join",
+	"control-plane-join/update-status": "",
+}
+
+// deprecatedUpdateStatus is what `join phase control-plane-join update-status` says.
+const deprecatedUpdateStatus = "[control-plane-join] The phase update-status is deprecated and does nothing: kubeadm removed it with the ClusterStatus in the kubeadm-config ConfigMap"
 
 // PhaseNames lists every phase and sub-phase ("kubelet-start", "kubelet-start/config", …).
 func PhaseNames() []string {
@@ -79,6 +95,15 @@ func Run(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options) e
 // RunPhase runs one phase (and its sub-phases), e.g. "kubelet-start" or "kubelet-start/config".
 func RunPhase(ctx context.Context, cfg *joinconfig.JoinConfiguration, opts Options, name string) error {
 	name = strings.ReplaceAll(strings.TrimSpace(name), " ", "/")
+	if target, ok := PhaseAliases[name]; ok {
+		if target == "" {
+			if opts.Out != nil {
+				fmt.Fprintln(opts.Out, deprecatedUpdateStatus)
+			}
+			return nil
+		}
+		name = target
+	}
 	if _, _, ok := findPhase(Phases, name); !ok {
 		return fmt.Errorf("unknown phase %q: one of %s", name, strings.Join(PhaseNames(), ", "))
 	}
@@ -150,6 +175,13 @@ func prepare(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
 		cp.Discovery.TLSBootstrapToken = cfg.Discovery.BootstrapToken.Token
 		cfg = &cp
 	}
+	// kubeadm's defaulting: a control-plane node is tainted control-plane:NoSchedule unless
+	// nodeRegistration.taints is set (an empty list: no taints).
+	if cfg.ControlPlane != nil && cfg.NodeRegistration.Taints == nil {
+		cp := *cfg
+		cp.NodeRegistration.Taints = []corev1.Taint{controlPlaneTaint}
+		cfg = &cp
+	}
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}
@@ -164,6 +196,11 @@ func prepare(cfg *joinconfig.JoinConfiguration, opts Options) (*data, error) {
 	// would run it without them.
 	if filepath.Clean(string(d.root)) != "/" && !d.skipped("kubelet-start/start") && !d.dryRun() {
 		return nil, fmt.Errorf("kubelet-start/start would start this host's kubelet, but the files go under --rootfs %s: add --skip-phases kubelet-start/start", d.root)
+	}
+	if cfg.ControlPlane != nil {
+		if _, _, err := d.localEndpoint(); err != nil {
+			return nil, err
+		}
 	}
 	for s := range d.skip {
 		if _, _, ok := findPhase(Phases, s); !ok && s != "all" {
@@ -242,6 +279,23 @@ func (d *data) printSummary() {
 		d.printf("[dryrun] Finished dry-running the join: nothing was written and no CSR was created")
 		return
 	}
+	if d.cfg.ControlPlane != nil {
+		etcd := "* A new etcd member was added to the local/stacked etcd cluster.\n"
+		if d.cluster != nil && d.cluster.Etcd.External != nil {
+			etcd = ""
+		}
+		d.printf("\nThis node has joined the cluster and a new control plane instance was created:\n\n" +
+			"* Certificate signing request was sent to apiserver and approval was received.\n" +
+			"* The Kubelet was informed of the new secure connection details.\n" +
+			"* Control plane label and taint were applied to the new node.\n" +
+			"* The Kubernetes control plane instances scaled up.\n" + etcd +
+			"\nTo start administering your cluster from this node, you need to run the following as a regular user:\n\n" +
+			"\tmkdir -p $HOME/.kube\n" +
+			"\tsudo cp -i /etc/kubernetes/admin.conf $HOME/.kube/config\n" +
+			"\tsudo chown $(id -u):$(id -g) $HOME/.kube/config\n\n" +
+			"Run 'kubectl get nodes' to see this node join the cluster.")
+		return
+	}
 	d.printf("\nThis node has joined the cluster:\n" +
 		"* Certificate signing request was sent to apiserver and a response was received.\n" +
 		"* The Kubelet was informed of the new secure connection details.\n\n" +
@@ -250,9 +304,8 @@ func (d *data) printSummary() {
 
 // Validate checks a JoinConfiguration the way kubeadm does before running any phase.
 func Validate(cfg *joinconfig.JoinConfiguration) error {
-	if cfg.ControlPlane != nil {
-		return errors.New("joining as a control-plane node (--control-plane) is not supported by nodeagent yet: " +
-			"join this machine as a worker (drop --control-plane and --certificate-key), or use `kubeadm join --control-plane`")
+	if cp := cfg.ControlPlane; cp != nil && cp.LocalAPIEndpoint.BindPort < 0 {
+		return fmt.Errorf("--apiserver-bind-port %d is not a port: pass 1-65535 (default 6443)", cp.LocalAPIEndpoint.BindPort)
 	}
 	disc := cfg.Discovery
 	switch {

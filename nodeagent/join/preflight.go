@@ -2,12 +2,17 @@ package join
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path"
+	"strconv"
 	"strings"
 
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
+	"github.com/pxejoin/pxejoin/nodeagent/controlplane/certs"
+	"github.com/pxejoin/pxejoin/nodeagent/controlplane/manifests"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
 
@@ -60,6 +65,47 @@ var checks = []check{
 	}},
 }
 
+// controlPlaneChecks run on a control-plane join, after the cluster's ClusterConfiguration was read.
+func controlPlaneChecks(d *data) []check {
+	cs := []check{
+		{Name: "Port-" + strconv.Itoa(int(d.bindPort)), HostOnly: true, Run: portFree(int(d.bindPort), "kube-apiserver")},
+		{Name: "Port-10257", HostOnly: true, Run: portFree(10257, "kube-controller-manager")},
+		{Name: "Port-10259", HostOnly: true, Run: portFree(10259, "kube-scheduler")},
+	}
+	for _, c := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"} {
+		p := path.Join(manifests.Dir, c+".yaml")
+		cs = append(cs, check{Name: "FileAvailable-" + strings.ReplaceAll(p, "/", "-"), Run: fileAvailable(p)})
+	}
+	if local := d.cluster.Etcd.Local; local != nil {
+		cs = append(cs,
+			check{Name: "Port-2379", HostOnly: true, Run: portFree(2379, "etcd")},
+			check{Name: "Port-2380", HostOnly: true, Run: portFree(2380, "etcd")},
+			check{Name: "DirAvailable-" + strings.ReplaceAll(local.DataDir, "/", "-"), Run: dirAvailable(local.DataDir)})
+	}
+	return cs
+}
+
+func portFree(port int, who string) func(d *data) error {
+	return func(d *data) error {
+		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+		if err != nil {
+			return fmt.Errorf("port %d is in use (%s needs it): stop what listens there", port, who)
+		}
+		return l.Close()
+	}
+}
+
+// dirAvailable: the directory is missing or empty.
+func dirAvailable(p string) func(d *data) error {
+	return func(d *data) error {
+		entries, err := os.ReadDir(d.root.Join(p))
+		if err == nil && len(entries) > 0 {
+			return fmt.Errorf("%s is not empty: it holds another etcd member's data; remove it (kubeadm reset) before joining", p)
+		}
+		return nil
+	}
+}
+
 func fileAvailable(p string) func(d *data) error {
 	return func(d *data) error {
 		if d.root.Exists(p) {
@@ -72,9 +118,29 @@ func fileAvailable(p string) func(d *data) error {
 // runPreflight runs the checks; failures not listed in --ignore-preflight-errors stop the join.
 func runPreflight(ctx context.Context, d *data) error {
 	d.printf("[preflight] Running pre-flight checks")
+	all := checks
+	if d.cfg.ControlPlane != nil {
+		d.printf("[preflight] Running pre-flight checks before initializing the new control plane instance")
+		cc, err := d.clusterConfig(ctx)
+		if err != nil {
+			return err
+		}
+		if cc.ControlPlaneEndpoint == "" {
+			return errors.New(stableEndpointMessage)
+		}
+		if d.cfg.ControlPlane.CertificateKey == "" {
+			for _, p := range certs.Shared(cc) {
+				if p != "" && !d.root.Exists(p) {
+					return fmt.Errorf("%s is missing: without --certificate-key the certificates shared by control-plane nodes must be on this node; "+
+						"pass the key `kubeadm init phase upload-certs --upload-certs` printed, or copy them from a control-plane node", p)
+				}
+			}
+		}
+		all = append(append([]check{}, checks...), controlPlaneChecks(d)...)
+	}
 	hostStart := !d.skipped("kubelet-start/start") && !d.dryRun()
 	var fatal []string
-	for _, c := range checks {
+	for _, c := range all {
 		if c.HostOnly && !hostStart {
 			continue
 		}

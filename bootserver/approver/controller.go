@@ -26,8 +26,9 @@ import (
 
 // Tokens is what the approver needs of the token manager (bootserver/tokens.Manager).
 type Tokens interface {
-	// Lookup returns the record of the token with id and whether it is live.
-	Lookup(id string) (tokens.Record, bool)
+	// Lookup returns the record of the token with id and whether it is live (minted by any boot
+	// server of the cluster, not deleted, not expired); err is a failure to find out.
+	Lookup(ctx context.Context, id string) (tokens.Record, bool, error)
 	// RevokeID deletes the token with id.
 	RevokeID(ctx context.Context, id, reason string) error
 }
@@ -195,7 +196,11 @@ func (c *Controller) handle(ctx context.Context, name string) error {
 		return err
 	}
 	csr := obj.(*certificatesv1.CertificateSigningRequest)
-	d := c.opts.Policy.Decide(csr, c)
+	f := &decisionFacts{Controller: c, ctx: ctx}
+	d := c.opts.Policy.Decide(csr, f)
+	if f.err != nil {
+		return f.err // a token not known to be dead is not denied: retried
+	}
 	if d.Verdict == Ignore {
 		return nil
 	}
@@ -265,9 +270,20 @@ func conditionReason(label string) string {
 	return b.String()
 }
 
+// decisionFacts are the Facts of one decision: the Controller's, with the context of the token lookup and
+// its failure.
+type decisionFacts struct {
+	*Controller
+	ctx context.Context
+	err error
+}
+
 // Token implements Facts with the token manager.
-func (c *Controller) Token(id string) (string, bool) {
-	r, live := c.opts.Tokens.Lookup(id)
+func (f *decisionFacts) Token(id string) (string, bool) {
+	r, live, err := f.opts.Tokens.Lookup(f.ctx, id)
+	if err != nil {
+		f.err = err
+	}
 	return r.Node, live
 }
 

@@ -26,6 +26,9 @@ import (
 //	pxejoin.io/boot: 3              the minting server's boot number of the machine (bootserver/status)
 //	pxejoin.io/node: worker-1       the node name, when it is a valid label value (≤ 63 characters)
 //
+// and the annotation pxejoin.io/node: the node name whatever its length (a node name may have 253
+// characters), by which any server's approver knows which node a token was minted for (Lookup).
+//
 // The Manager watches these Secrets (one informer on kube-system, selected by the managed-by
 // label; no API call on the join path). Token reuses a live token of the same machine and boot
 // whoever minted it, and deletes the machine's other tokens; the CSR and Node watches delete a used
@@ -36,6 +39,8 @@ const (
 	LabelMAC  = "pxejoin.io/mac"
 	LabelBoot = "pxejoin.io/boot"
 	LabelNode = "pxejoin.io/node"
+	// AnnotationNode is the node name a token was minted for (an annotation: labels hold 63 characters).
+	AnnotationNode = "pxejoin.io/node"
 )
 
 // goneFor is how long a token deleted here is not taken for live though the informer still shows

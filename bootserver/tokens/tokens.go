@@ -285,6 +285,7 @@ func (m *Manager) Token(ctx context.Context, mac hwaddr.MAC, node string, boot i
 		Groups:      m.opts.Groups,
 		Description: fmt.Sprintf("pxejoin boot server: machine %s, node %s, boot %d", mac, node, boot),
 		Labels:      labels(mac, node, boot),
+		Annotations: map[string]string{AnnotationNode: node},
 	})
 	if err != nil {
 		return "", err
@@ -384,9 +385,13 @@ func (m *Manager) RevokeMAC(ctx context.Context, mac hwaddr.MAC, reason string) 
 	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.MAC == mac })
 }
 
-// RevokeID deletes the token with id if this manager minted it.
+// RevokeID deletes the token with id: this manager's, or another boot server's (a Secret with
+// pxejoin's labels; Lookup found it).
 func (m *Manager) RevokeID(ctx context.Context, id, reason string) error {
-	return m.revokeWhere(ctx, reason, func(r *Record) bool { return r.ID == id })
+	if len(m.idsWhere(func(r *Record) bool { return r.ID == id })) > 0 {
+		return m.delete(ctx, id, reason)
+	}
+	return m.deleteShared(ctx, id, reason)
 }
 
 // RevokeNode deletes the tokens minted for node before registered (the Node's creation time).

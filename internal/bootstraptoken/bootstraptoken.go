@@ -40,6 +40,8 @@ type Options struct {
 	Token string
 	// Labels are added to the Secret (e.g. to find a machine's tokens).
 	Labels map[string]string
+	// Annotations are added to the Secret (e.g. what a label cannot hold).
+	Annotations map[string]string
 }
 
 // Secret builds the Secret for token (id.secret) per opts, expiring at now+TTL.
@@ -82,9 +84,10 @@ func Secret(token string, opts Options, now time.Time) (*corev1.Secret, error) {
 	}
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      bootstraputil.BootstrapTokenSecretName(id),
-			Namespace: metav1.NamespaceSystem,
-			Labels:    opts.Labels,
+			Name:        bootstraputil.BootstrapTokenSecretName(id),
+			Namespace:   metav1.NamespaceSystem,
+			Labels:      opts.Labels,
+			Annotations: opts.Annotations,
 		},
 		Type: bootstrapapi.SecretTypeBootstrapToken,
 		Data: data,

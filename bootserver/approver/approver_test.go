@@ -1,6 +1,7 @@
 package approver
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -11,11 +12,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,6 +54,26 @@ type harness struct {
 	approver *Controller
 	reg      *prometheus.Registry
 	addrs    map[string][]netip.Addr
+	// logs is what the token manager and the approver logged.
+	logs *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use (a log handler's output).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // approverUser is bound to the documented ClusterRole only.
@@ -70,15 +93,16 @@ func newHarness(t testing.TB) *harness {
 	}
 	t.Cleanup(func() { db.Close() })
 	h := &harness{cp: cp, reg: prometheus.NewRegistry(), addrs: map[string][]netip.Addr{
-		"node-a": {netip.MustParseAddr("10.0.0.10")}, "node-b": {netip.MustParseAddr("10.0.0.11")}}}
+		"node-a": {netip.MustParseAddr("10.0.0.10")}, "node-b": {netip.MustParseAddr("10.0.0.11")}}, logs: &syncBuffer{}}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	admin := cp.AdminConfig()
 	admin.QPS, admin.Burst = 50, 100
-	h.tokens, err = tokens.New(tokens.Options{Client: kubernetes.NewForConfigOrDie(admin), DB: db, TTL: 15 * time.Minute, Groups: []string{bootstraptoken.PxejoinGroup}})
+	h.tokens, err = tokens.New(tokens.Options{Client: kubernetes.NewForConfigOrDie(admin), DB: db, TTL: 15 * time.Minute, Groups: []string{bootstraptoken.PxejoinGroup}, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.approver, err = New(Options{Client: client, Informers: informers.NewSharedInformerFactory(client, 0), Tokens: h.tokens,
-		Policy: Policy{Group: bootstraptoken.PxejoinGroup}, Registerer: h.reg,
+		Policy: Policy{Group: bootstraptoken.PxejoinGroup}, Registerer: h.reg, Logger: log,
 		Addresses: func(node string) ([]netip.Addr, bool) { a, ok := h.addrs[node]; return a, ok }})
 	if err != nil {
 		t.Fatal(err)

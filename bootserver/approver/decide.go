@@ -43,7 +43,7 @@ const (
 	ReasonMachineNode      = "machine-node"      // approved: the token's own node name
 	ReasonMachineAddresses = "machine-addresses" // approved: the machine's own addresses and name
 	ReasonBadRequest       = "bad-request"       // the request is not a valid PKCS#10 CSR
-	ReasonTokenNotLive     = "token-not-live"    // the token was not minted here, or is deleted or expired
+	ReasonTokenNotLive     = "token-not-live"    // the token is not a pxejoin boot server's, or is deleted or expired
 	ReasonWrongNode        = "wrong-node"        // CN is not system:node:<the token's node>
 	ReasonWrongSubject     = "wrong-subject"     // O is not [system:nodes], or the subject has more
 	ReasonSANs             = "sans"              // a client certificate with SANs, or a serving one with email/URI SANs
@@ -64,8 +64,8 @@ type Decision struct {
 
 // Facts is what the boot server knows that a decision needs beside the CSR.
 type Facts interface {
-	// Token returns the node name the token with id was minted for; live is false when this boot
-	// server did not mint it, or it is deleted or expired.
+	// Token returns the node name the token with id was minted for; live is false when no pxejoin
+	// boot server of the cluster minted it, or it is deleted or expired.
 	Token(id string) (node string, live bool)
 	// First reports whether csr is the first CSR made by its requester (no earlier one, none approved).
 	First(csr *certificatesv1.CertificateSigningRequest) bool
@@ -113,7 +113,8 @@ func (p Policy) decideClient(csr *certificatesv1.CertificateSigningRequest, f Fa
 	id := strings.TrimPrefix(csr.Spec.Username, bootstrapapi.BootstrapUserPrefix)
 	node, live := f.Token(id)
 	if !live {
-		return deny(ReasonTokenNotLive, "bootstrap token %s is not a live token of this boot server (deleted, expired, or minted elsewhere)", id)
+		return deny(ReasonTokenNotLive, "bootstrap token %s is not a live token of a pxejoin boot server (deleted, expired, or not minted by one): "+
+			"it gets no node certificate; have the machine fetch a new join file", id)
 	}
 	req, d := parse(csr)
 	if req == nil {

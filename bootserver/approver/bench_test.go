@@ -32,7 +32,8 @@ const benchCSRs = 200
 // (approved by kube-controller-manager's csrapproving controller), against the same control
 // plane in the same run. Latency is CSR created (Create returned) → Approved condition seen on a
 // watch; throughput is CSRs approved per second from the first Create to the last approval. It
-// reports both and the ratios (> 1: pxejoin is faster).
+// reports both and the ratios (> 1: pxejoin is faster). A CSR denied fails it at once. `make bench`
+// runs it.
 func BenchmarkApproval(b *testing.B) {
 	b.StopTimer()
 	h := newHarness(b)
@@ -148,11 +149,18 @@ func round(b *testing.B, prefix string, admin kubernetes.Interface, clients []ku
 				b.Fatal("the CSR watch ended")
 			}
 			csr, isCSR := ev.Object.(*certificatesv1.CertificateSigningRequest)
-			if ev.Type != watch.Modified || !isCSR || !approved(csr) {
+			if ev.Type != watch.Modified || !isCSR || !strings.HasPrefix(csr.Name, prefix) {
+				continue
+			}
+			if decided(csr) && !approved(csr) {
+				c := csr.Status.Conditions[len(csr.Status.Conditions)-1]
+				b.Fatalf("CSR %s of %s: %s %s %q, want approved", csr.Name, csr.Spec.Username, c.Type, c.Reason, c.Message)
+			}
+			if !approved(csr) {
 				continue
 			}
 			mu.Lock()
-			if _, dup := seen[csr.Name]; !dup && strings.HasPrefix(csr.Name, prefix) {
+			if _, dup := seen[csr.Name]; !dup {
 				seen[csr.Name] = time.Now()
 			}
 			mu.Unlock()

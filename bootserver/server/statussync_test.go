@@ -4,18 +4,15 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
+	"github.com/pxejoin/pxejoin/deploy/crd"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	labeventually "github.com/pxejoin/pxejoin/lab/eventually"
@@ -29,7 +26,9 @@ func TestStatusToMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	installMachineCRD(t, dyn)
+	if err := crd.Install(context.Background(), dyn, crd.Machines, "pxejoin-test"); err != nil {
+		t.Fatal(err)
+	}
 	mac, name := hwaddr.MAC{0x52, 0x54, 0, 0x5f, 0, 1}, "srv-status-1"
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": machineapi.GVK.GroupVersion().String(), "kind": machineapi.Kind, "metadata": map[string]any{"name": name},
@@ -71,28 +70,5 @@ func TestStatusToMachine(t *testing.T) {
 		boot, _, _ := unstructured.NestedInt64(got.Object, "status", "boot")
 		by, _, _ := unstructured.NestedString(got.Object, "status", "servedBy")
 		return phase == bootstatus.PhaseJoinFile && boot == 1 && by == "rack-9"
-	})
-}
-
-// installMachineCRD applies deploy/crd's Machine CRD and waits until Machines are served.
-func installMachineCRD(t *testing.T, dyn dynamic.Interface) {
-	t.Helper()
-	doc, err := os.ReadFile("../../deploy/crd/machines.pxejoin.io.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var obj map[string]any
-	if err := yaml.Unmarshal(doc, &obj); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := (&unstructured.Unstructured{Object: obj}).MarshalJSON()
-	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
-	force := true
-	if _, err := crds.Patch(context.Background(), "machines.pxejoin.io", types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "test", Force: &force}); err != nil {
-		t.Fatal(err)
-	}
-	labeventually.True(t, "the Machine CRD is served", func() bool {
-		_, err := dyn.Resource(machineapi.GVR).List(context.Background(), metav1.ListOptions{})
-		return err == nil
 	})
 }

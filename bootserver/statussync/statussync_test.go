@@ -16,13 +16,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
 	"github.com/pxejoin/pxejoin/bootserver/status"
+	"github.com/pxejoin/pxejoin/deploy/crd"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
@@ -59,30 +57,12 @@ func setup(t *testing.T) (*controlplane.ControlPlane, dynamic.Interface) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crdOnce.Do(func() { installCRD(t, admin) })
-	return cp, admin
-}
-
-// installCRD applies deploy/crd's Machine CRD and waits until it is Established.
-func installCRD(t *testing.T, dyn dynamic.Interface) {
-	doc, err := os.ReadFile("../../deploy/crd/machines.pxejoin.io.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var obj map[string]any
-	if err := yaml.Unmarshal(doc, &obj); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := (&unstructured.Unstructured{Object: obj}).MarshalJSON()
-	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
-	force := true
-	if _, err := crds.Patch(context.Background(), "machines.pxejoin.io", types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "test", Force: &force}); err != nil {
-		t.Fatal(err)
-	}
-	eventually.True(t, "the Machine CRD is served", func() bool {
-		_, err := dyn.Resource(machineapi.GVR).List(context.Background(), metav1.ListOptions{})
-		return err == nil
+	crdOnce.Do(func() {
+		if err := crd.Install(context.Background(), admin, crd.Machines, "pxejoin-test"); err != nil {
+			t.Fatal(err)
+		}
 	})
+	return cp, admin
 }
 
 // fixture is a writer over a real local store, its requests counted.

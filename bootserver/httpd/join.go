@@ -5,7 +5,9 @@ import (
 	"errors"
 	"maps"
 	"math"
+	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,11 +85,13 @@ const MintRetryAfter = 10 * time.Second
 const mintTimeout = 30 * time.Second
 
 // apiUnreachable says whether err means the cluster's API is out of reach or overloaded (come back
-// later) rather than a refusal: any error without an API status (connection refused, reset, dial or
-// context timeout) and the statuses that ask the client to wait.
+// later) rather than a refusal or a local failure: a transport error (client-go wraps them in
+// *url.Error: connection refused or reset, dial and TLS timeouts), the mint's deadline, or a status
+// that asks the client to wait (429, 503, 504).
 func apiUnreachable(err error) bool {
-	var status apierrors.APIStatus
-	if !errors.As(err, &status) {
+	var transport *url.Error
+	var netErr net.Error
+	if errors.As(err, &transport) || errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
 	return apierrors.IsServiceUnavailable(err) || apierrors.IsTooManyRequests(err) ||

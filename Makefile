@@ -71,7 +71,7 @@ bench-join: deps k8s build
 # same joins with tokens made beforehand (lab/fleet).
 FLEET_N ?= 1000
 bench-fleet: deps k8s build
-	$(GO) run ./lab/cmd/fleet -n $(FLEET_N)
+	$(GO) run ./lab/cmd/fleet -n $(FLEET_N) -inventory both
 
 fuzz:
 	lab/fuzz.sh $(or $(FUZZTIME),2m)

@@ -103,6 +103,8 @@ type Handler struct {
 	refused   prometheus.Counter // connections over a client's cap
 	minting   chan struct{}      // bounds the background mints of MintAhead
 	gate      *joinGate          // who may have a join file, and where each went
+	// unavailable counts join files answered 503 because no token could be minted.
+	unavailable *prometheus.CounterVec
 }
 
 // maxMintAhead bounds the tokens minted ahead at once; past it, join files mint on demand.
@@ -157,12 +159,16 @@ func New(cfg Config) (*Handler, error) {
 		Name: "pxejoin_http_connections_refused_total",
 		Help: "HTTP connections closed at once because their client address held http.maxConnsPerClient connections already.",
 	})
+	h.unavailable = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pxejoin_join_unavailable_total",
+		Help: "Join files answered 503 with Retry-After because no token could be minted, by reason (api-unreachable: the cluster's API is down, unreachable or overloaded; api-error: it refused).",
+	}, []string{"reason"})
 	var err error
 	if h.gate, err = newJoinGate(&h.cfg); err != nil {
 		return nil, err
 	}
 	if r := cfg.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused} {
+		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused, h.unavailable} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}

@@ -1,14 +1,19 @@
 package httpd
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"math"
+	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
@@ -52,6 +57,47 @@ func JoinConfig(a inventory.Assignment, token, endpoint string, pins []string) *
 const NoClusterReason = "this boot server has no cluster configured, so it serves no join files: start it with " +
 	"--kubeconfig (or cluster.kubeconfig in its configuration file) naming a kubeconfig allowed to manage bootstrap tokens"
 
+// Reasons a join file is answered 503 because no token could be minted (label of
+// pxejoin_join_unavailable_total).
+const (
+	// JoinUnavailableAPIUnreachable: the cluster's API did not answer (down, unreachable, timed
+	// out) or said it is overloaded (429, 503, 504).
+	JoinUnavailableAPIUnreachable = "api-unreachable"
+	// JoinUnavailableAPIError: the API answered with another error (e.g. 403: the boot server's
+	// RBAC), or the local store failed.
+	JoinUnavailableAPIError = "api-error"
+)
+
+// APIUnreachableReason is the body of a join file's 503 while the cluster's API is out of reach.
+const APIUnreachableReason = "the boot server cannot reach the cluster's API server, so it cannot mint this machine's bootstrap token now; " +
+	"the join file is served as soon as the API answers again (ask again after Retry-After). Check that kube-apiserver is running and " +
+	"reachable from the boot server (kubectl --kubeconfig <the boot server's kubeconfig> get --raw /readyz) and the boot server's log"
+
+// MintFailedReason is the body of a join file's 503 when the API refused to make the token.
+const MintFailedReason = "cannot mint a bootstrap token for this machine now: the cluster's API refused it; see the boot server's log"
+
+// MintRetryAfter is the Retry-After of a join file's 503 when no token could be minted: the agent
+// comes back then rather than after its own backoff.
+const MintRetryAfter = 10 * time.Second
+
+// mintTimeout bounds the minting of one join file's token, so that an API that accepts connections
+// but does not answer turns into a 503 the agent retries, not a request held open.
+const mintTimeout = 30 * time.Second
+
+// apiUnreachable says whether err means the cluster's API is out of reach or overloaded (come back
+// later) rather than a refusal or a local failure: a transport error (client-go wraps them in
+// *url.Error: connection refused or reset, dial and TLS timeouts), the mint's deadline, or a status
+// that asks the client to wait (429, 503, 504).
+func apiUnreachable(err error) bool {
+	var transport *url.Error
+	var netErr net.Error
+	if errors.As(err, &transport) || errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	return apierrors.IsServiceUnavailable(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err)
+}
+
 // serveJoin serves GET /join/<mac>: the one place a token ever leaves the boot server. The body is
 // never logged and the response is never cached.
 func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +126,9 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	boot, _ = h.cfg.Status.RecordSync(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateStart, "", ""))
 	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
-	tok, err := h.cfg.Tokens.Token(r.Context(), mac, a.NodeName, boot, a.Known)
+	ctx, cancel := context.WithTimeout(r.Context(), mintTimeout)
+	tok, err := h.cfg.Tokens.Token(ctx, mac, a.NodeName, boot, a.Known)
+	cancel()
 	var limit interface{ RetryAfter() time.Duration }
 	if errors.As(err, &limit) {
 		// A limit on unknown machines' tokens, not a failure: the client is told why and when to
@@ -93,9 +141,14 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// err names the token id at most, never the secret.
 		h.log.Error("cannot mint a bootstrap token", "mac", mac, "node", a.NodeName, "err", err)
-		h.cfg.Status.Record(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateError, "", "the boot server could not mint a bootstrap token"))
-		w.Header().Set("Retry-After", "5")
-		http.Error(w, "cannot mint a bootstrap token for this machine now: see the boot server's log", http.StatusServiceUnavailable)
+		reason, msg := JoinUnavailableAPIError, MintFailedReason
+		if apiUnreachable(err) {
+			reason, msg = JoinUnavailableAPIUnreachable, APIUnreachableReason
+		}
+		h.unavailable.WithLabelValues(reason).Inc()
+		h.cfg.Status.Record(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateError, "", msg))
+		w.Header().Set("Retry-After", strconv.Itoa(int(MintRetryAfter/time.Second)))
+		http.Error(w, msg, http.StatusServiceUnavailable)
 		return
 	}
 	body, err := joinconfig.Marshal(JoinConfig(a, tok, h.cfg.APIServerEndpoint, h.cfg.CACertHashes))

@@ -23,6 +23,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
 	"github.com/pxejoin/pxejoin/deploy/crd"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	labeventually "github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
@@ -254,7 +255,9 @@ func TestInventoryReservation(t *testing.T) {
 }
 
 // TestInventoryAPIOutage: with kube-apiserver stopped, known Machines keep getting offers and
-// scripts from the last snapshot, and edits made after it comes back arrive.
+// scripts from the last snapshot, a join file is answered 503 with Retry-After and a body saying
+// the API is out of reach (counted), and once it is back the join file comes and edits made after
+// it arrive.
 func TestInventoryAPIOutage(t *testing.T) {
 	a := startAPIInventory(t, config.DHCPProxy, 56)
 	var macs []string
@@ -281,10 +284,30 @@ func TestInventoryAPIOutage(t *testing.T) {
 			t.Fatalf("machine %d's script with the apiserver stopped: %v\n%s", i, err, out)
 		}
 	}
+	out, err := a.cli.Exec("curl", "-sS", "-i", "--max-time", "60", a.srv.URL()+"/join/"+macs[0])
+	if err != nil {
+		t.Fatalf("join file with the apiserver stopped: %v\n%s", err, out)
+	}
+	if !strings.HasPrefix(string(out), "HTTP/1.1 503") || !strings.Contains(string(out), "\nRetry-After: 10\r\n") ||
+		!strings.Contains(string(out), "cannot reach the cluster's API server") {
+		t.Errorf("join file with the apiserver stopped: want 503, Retry-After and what to check, got\n%s", out)
+	}
+	metrics, _ := a.cli.Exec("curl", "-sS", "--max-time", "10", a.srv.URL()+"/metrics")
+	if !strings.Contains(string(metrics), `pxejoin_join_unavailable_total{reason="api-unreachable"} 1`) {
+		t.Errorf("the 503 is not counted:\n%s", grepLines(string(metrics), "pxejoin_join_"))
+	}
 	restarted = true
 	if err := cp.StartAPIServer(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	labeventually.True(t, "the join file comes once the apiserver is back", func() bool {
+		out, err := a.cli.Exec("curl", "-sS", "--fail", "--max-time", "30", a.srv.URL()+"/join/"+macs[0])
+		if err != nil {
+			return false
+		}
+		jc, err := joinconfig.Parse(out)
+		return err == nil && jc.Discovery.TLSBootstrapToken != ""
+	})
 	a.apply(t, "outage-new", map[string]any{"profile": "worker", "macs": []any{"52:54:00:56:01:00"}})
 	labeventually.True(t, "a Machine created after the outage is answered", func() bool { return bootFile(a.discover(t, "52:54:00:56:01:00")) != "" })
 }
@@ -346,4 +369,15 @@ func TestInventoryTwoSegments(t *testing.T) {
 	if answered(a, macB) || answered(b, macA) {
 		t.Error("a server answered the other segment's Machine")
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

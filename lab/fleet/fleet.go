@@ -58,9 +58,20 @@ type Options struct {
 	// apiserver into client timeouts, which measures the harness rather than the control plane;
 	// 100 at once already keep the control plane saturated.
 	MaxJoins int
+	// Inventory is where the boot server reads its machines: InventoryFile (default: its YAML
+	// configuration), InventoryKubernetes (N Machine resources, inventory.source kubernetes) or
+	// InventoryBoth (one fleet run of each, on fresh control planes).
+	Inventory string
 	// Logf receives progress lines; may be nil.
 	Logf func(format string, args ...any)
 }
+
+// Inventory sources of Options.Inventory.
+const (
+	InventoryFile       = "file"
+	InventoryKubernetes = "kubernetes"
+	InventoryBoth       = "both"
+)
 
 // MaxMachines is what the boot network's pool holds.
 const MaxMachines = 3500
@@ -78,11 +89,22 @@ const (
 
 // Result is one fleet run and, unless NoReference, its reference run.
 type Result struct {
-	N         int
+	N int
+	// Inventory is Fleet's inventory source (InventoryFile or InventoryKubernetes).
+	Inventory string
 	Fleet     Stats
 	Reference *Stats
 	// BootServerPeakRSS is the boot server's VmHWM at the end of the fleet run, in bytes.
 	BootServerPeakRSS uint64
+	// CRD is the run with the Machine inventory when Options.Inventory is InventoryBoth.
+	CRD *CRDRun
+}
+
+// CRDRun is a fleet run whose boot server reads its machines from Machine resources.
+type CRDRun struct {
+	Stats Stats
+	// PeakRSS is the boot server's VmHWM at the end of the run, in bytes.
+	PeakRSS uint64
 }
 
 // Stats describe one run.
@@ -134,9 +156,23 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if _, err := os.Stat(opts.Bootserver); err != nil {
 		return nil, fmt.Errorf("fleet: boot server binary: %w: run make build", err)
 	}
-	res := &Result{N: opts.N}
+	res := &Result{N: opts.N, Inventory: InventoryFile}
 	var err error
-	if res.Fleet, res.BootServerPeakRSS, err = runFleet(ctx, opts); err != nil {
+	switch opts.Inventory {
+	case "", InventoryFile:
+		res.Fleet, res.BootServerPeakRSS, err = runFleet(ctx, opts, InventoryFile)
+	case InventoryKubernetes:
+		res.Inventory = InventoryKubernetes
+		res.Fleet, res.BootServerPeakRSS, err = runFleet(ctx, opts, InventoryKubernetes)
+	case InventoryBoth:
+		if res.Fleet, res.BootServerPeakRSS, err = runFleet(ctx, opts, InventoryFile); err == nil {
+			res.CRD = &CRDRun{}
+			res.CRD.Stats, res.CRD.PeakRSS, err = runFleet(ctx, opts, InventoryKubernetes)
+		}
+	default:
+		return nil, fmt.Errorf("fleet: inventory %q: choose %s, %s or %s", opts.Inventory, InventoryFile, InventoryKubernetes, InventoryBoth)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if !opts.NoReference {
@@ -205,8 +241,11 @@ func machineMAC(i int) net.HardwareAddr {
 	return net.HardwareAddr{0x52, 0x54, 0x02, 0x00, byte(i >> 8), byte(i)}
 }
 
-func runFleet(ctx context.Context, opts Options) (Stats, uint64, error) {
+func runFleet(ctx context.Context, opts Options, inventory string) (Stats, uint64, error) {
 	dir := filepath.Join(opts.Dir, "fleet")
+	if inventory == InventoryKubernetes {
+		dir = filepath.Join(opts.Dir, "fleet-crd")
+	}
 	cp, admin, lab, err := startControlPlane(ctx, opts, filepath.Join(dir, "cp"))
 	if err != nil {
 		return Stats{}, 0, err
@@ -228,7 +267,12 @@ func runFleet(ctx context.Context, opts Options) (Stats, uint64, error) {
 	for i := range machines {
 		machines[i] = &machine{mac: machineMAC(i), node: fmt.Sprintf("fleet-%04d", i)}
 	}
-	bs, err := startBootServer(ctx, opts, dir, srvNS, cliNS, cp.AdminKubeconfig(), machines)
+	if inventory == InventoryKubernetes {
+		if err := writeMachines(ctx, opts, cp, machines); err != nil {
+			return Stats{}, 0, err
+		}
+	}
+	bs, err := startBootServer(ctx, opts, dir, srvNS, cliNS, cp.AdminKubeconfig(), inventory, machines)
 	if err != nil {
 		return Stats{}, 0, err
 	}
@@ -261,6 +305,9 @@ func runFleet(ctx context.Context, opts Options) (Stats, uint64, error) {
 			return liveTokens(ctx, admin) == 0, nil
 		})
 		drained = time.Since(end)
+		if inventory == InventoryKubernetes {
+			statusSettled(ctx, admin)
+		}
 	})
 	if err != nil {
 		return Stats{}, 0, err
@@ -410,7 +457,7 @@ type bootServer struct {
 	done chan struct{}
 }
 
-func startBootServer(ctx context.Context, opts Options, dir string, srv, cli *netlab.NS, kubeconfig string, machines []*machine) (*bootServer, error) {
+func startBootServer(ctx context.Context, opts Options, dir string, srv, cli *netlab.NS, kubeconfig, inventory string, machines []*machine) (*bootServer, error) {
 	for _, d := range []string{"images", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
@@ -421,9 +468,14 @@ func startBootServer(ctx context.Context, opts Options, dir string, srv, cli *ne
 			return nil, err
 		}
 	}
-	var inv strings.Builder
-	for _, m := range machines {
-		fmt.Fprintf(&inv, "  - {mac: %q, name: %q, profile: node}\n", m.mac, m.node)
+	inv := strings.Builder{}
+	if inventory == InventoryKubernetes {
+		inv.WriteString("inventory: {source: kubernetes}\n")
+	} else {
+		inv.WriteString("machines:\n")
+		for _, m := range machines {
+			fmt.Fprintf(&inv, "  - {mac: %q, name: %q, profile: node}\n", m.mac, m.node)
+		}
 	}
 	cfg := fmt.Sprintf(`interface: s0
 serverURL: http://%s:%d
@@ -434,13 +486,15 @@ dhcp:
   leaseTime: 1h
 tftp: {disabled: true}
 cluster: {kubeconfig: %s, tokenTTL: 30m}
+# The boot server approves its machines' CSRs itself (the lab control plane binds kube-controller-
+# manager's auto-approval to kubeadm's token group only), so approval is not capped by KCM's QPS.
+approval: {mode: pxejoin}
 stateDir: %s
 profiles:
   node:
     kernel: %s
     initrds: [%s]
     cmdline: console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
-machines:
 %s`, serverAddr, httpPort, httpPort, poolStart, poolEnd, kubeconfig, filepath.Join(dir, "state"),
 		filepath.Join(dir, "images", "vmlinuz"), filepath.Join(dir, "images", "initramfs.cpio.zst"), inv.String())
 	cfgPath := filepath.Join(dir, "bootserver.yaml")

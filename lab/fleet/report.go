@@ -153,6 +153,30 @@ func (r *Result) String() string {
 	}
 	fmt.Fprintf(&b, "tokens live when the last machine had credentials: %d; all deleted %s later\n", r.Fleet.LiveTokens, secs(r.Fleet.TokensDrained))
 	fmt.Fprintf(&b, "boot server peak RSS: %.1f MiB\n", float64(r.BootServerPeakRSS)/(1<<20))
+	if r.Inventory == InventoryKubernetes {
+		fmt.Fprintf(&b, "inventory: Machine resources; status writes per machine: %.2f (target <= 3)\n", statusWrites(r.Fleet.Writes)/float64(r.N))
+	}
+	if c := r.CRD; c != nil {
+		fmt.Fprintf(&b, "fleet with the Machine inventory (inventory.source kubernetes): all had credentials after %s", secs(c.Stats.Total))
+		if r.Reference != nil && r.Reference.Total > 0 {
+			fmt.Fprintf(&b, ": %.2fx the reference", c.Stats.Total.Seconds()/r.Reference.Total.Seconds())
+		}
+		b.WriteString("\n")
+		if c.Stats.Failed > 0 {
+			fmt.Fprintf(&b, "fleet-crd: %d of %d machines FAILED; first: %v\n", c.Stats.Failed, r.N, c.Stats.Err)
+		}
+		for _, s := range c.Stats.Stages {
+			fmt.Fprintf(&b, "%-10s %-10s %8s %8s %6.0f%% %9.1f %8s\n", "fleet-crd", s.Name, secs(s.P50), secs(s.P99), 100*s.Share, s.Rate, secs(s.Last))
+		}
+		var total float64
+		for _, v := range c.Stats.Writes {
+			total += v
+		}
+		fmt.Fprintf(&b, "API writes per machine, fleet-crd: %.2f, of which the boot server's %.2f; Machine status writes per machine: %.2f (target <= 3)\n",
+			total/float64(r.N), bootServerWrites(c.Stats.Writes)/float64(r.N), statusWrites(c.Stats.Writes)/float64(r.N))
+		fmt.Fprintf(&b, "tokens live when the last machine had credentials, fleet-crd: %d; boot server peak RSS, fleet-crd: %.1f MiB (target <= 256 MiB at 1000)\n",
+			c.Stats.LiveTokens, float64(c.PeakRSS)/(1<<20))
+	}
 	return b.String()
 }
 

@@ -66,6 +66,17 @@ func TestBootServerWrites(t *testing.T) {
 	}
 }
 
+func TestStatusWrites(t *testing.T) {
+	w := map[string]float64{"APPLY machines/status": 250, "PATCH machines/status": 10, "POST machines": 100, "POST secrets": 100}
+	if n := statusWrites(w); n != 260 {
+		t.Errorf("%v", n)
+	}
+	r := &Result{N: 100, Fleet: Stats{Total: time.Second}, CRD: &CRDRun{Stats: Stats{Total: 2 * time.Second, Writes: w}, PeakRSS: 64 << 20}}
+	if out := r.String(); !strings.Contains(out, "Machine status writes per machine: 2.60") || !strings.Contains(out, "fleet-crd: 64.0 MiB") {
+		t.Errorf("the report lacks the Machine inventory run's status writes or RSS:\n%s", out)
+	}
+}
+
 func TestWriteDelta(t *testing.T) {
 	d := writeDelta(map[string]float64{"POST secrets": 3, "PUT leases": 5}, map[string]float64{"POST secrets": 10, "PUT leases": 5, "DELETE secrets": 2})
 	if len(d) != 2 || d["POST secrets"] != 7 || d["DELETE secrets"] != 2 {

@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	certutil "k8s.io/client-go/util/cert"
@@ -140,6 +142,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.report(ctx, p.Name, bootstatus.StateError, detail, err)
 		wait := a.Backoff.Delay(a.attempt)
+		var later *RetryAfterError
+		if errors.As(err, &later) {
+			wait = later.Wait // the server said when: it knows better than our backoff
+		}
 		a.Logf("%s failed (attempt %d): %s; retrying from %s in %s", p.Name, a.attempt, a.Report.Redact(err.Error()), p.RetryFrom, wait.Round(100*time.Millisecond))
 		a.attempt++
 		a.Sleep(ctx, wait)
@@ -351,10 +357,43 @@ func (a *Agent) do(ctx context.Context, url string) (*http.Response, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		err := fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
+		if wait, ok := retryAfter(resp); ok {
+			return nil, &RetryAfterError{Wait: wait, Err: err}
+		}
+		return nil, err
 	}
 	return resp, nil
+}
+
+// MaxRetryAfter bounds the wait a server's Retry-After may ask for: a wrong or hostile header
+// cannot park the machine for longer.
+const MaxRetryAfter = time.Minute
+
+// RetryAfterError is a 503 or 429 answer with a Retry-After header: the phase is retried after Wait
+// instead of the agent's backoff.
+type RetryAfterError struct {
+	Wait time.Duration
+	Err  error
+}
+
+func (e *RetryAfterError) Error() string { return e.Err.Error() }
+func (e *RetryAfterError) Unwrap() error { return e.Err }
+
+// retryAfter reads a 503 or 429's Retry-After in seconds (RFC 9110 10.2.3), capped at
+// MaxRetryAfter. The HTTP-date form is ignored (the backoff applies): before its join, the
+// machine's clock is not to be trusted.
+func retryAfter(resp *http.Response) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusTooManyRequests {
+		return 0, false
+	}
+	s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After")))
+	if err != nil || s < 0 {
+		return 0, false
+	}
+	return min(time.Duration(s)*time.Second, MaxRetryAfter), true
 }
 
 // download writes url to path and returns its size.

@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -43,6 +44,8 @@ type bootServer struct {
 	bodies     []string
 	joinGets   int
 	statusDown int // answer 503 to this many status posts
+	joinDown   int // answer 503 to this many join file requests, with retryAfter if set
+	retryAfter string
 }
 
 func (b *bootServer) handler(t *testing.T) http.Handler {
@@ -50,7 +53,16 @@ func (b *bootServer) handler(t *testing.T) http.Handler {
 	mux.HandleFunc("GET /join/{mac}", func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		b.joinGets++
+		down := b.joinDown > 0
+		b.joinDown--
 		b.mu.Unlock()
+		if down {
+			if b.retryAfter != "" {
+				w.Header().Set("Retry-After", b.retryAfter)
+			}
+			http.Error(w, "the boot server cannot reach the cluster's API server", http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintf(w, `apiVersion: kubeadm.k8s.io/v1beta4
 kind: JoinConfiguration
 nodeRegistration:
@@ -138,8 +150,12 @@ func TestAgentRun(t *testing.T) {
 		joinFails  int
 		netFails   int
 		statusDown int
+		joinDown   int
+		retryAfter string
 		want       []string
 		joinGets   int
+		// sleeps are the waits between attempts; default: the backoff's, one per failure.
+		sleeps []time.Duration
 	}{
 		{
 			name: "no image: join into the initramfs, power off",
@@ -189,9 +205,37 @@ func TestAgentRun(t *testing.T) {
 				"switch-root start", "switch-root skipped"},
 			joinGets: 1,
 		},
+		{
+			name:     "join file 503 with Retry-After: the agent waits what the server says, not its backoff",
+			joinDown: 2, retryAfter: "7",
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file error",
+				"join-file start", "join-file error", "join-file start", "join-file done", "join start",
+				"preflight start", "preflight done", "join done", "root-image start", "root-image skipped",
+				"switch-root start", "switch-root skipped"},
+			joinGets: 3,
+			sleeps:   []time.Duration{7 * time.Second, 7 * time.Second},
+		},
+		{
+			name:     "Retry-After of an hour: capped at a minute",
+			joinDown: 1, retryAfter: "3600",
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file error",
+				"join-file start", "join-file done", "join start", "preflight start", "preflight done", "join done",
+				"root-image start", "root-image skipped", "switch-root start", "switch-root skipped"},
+			joinGets: 2,
+			sleeps:   []time.Duration{time.Minute},
+		},
+		{
+			name:     "join file 503 without Retry-After: the backoff",
+			joinDown: 1,
+			want: []string{"agent-start done", "network start", "network done", "join-file start", "join-file error",
+				"join-file start", "join-file done", "join start", "preflight start", "preflight done", "join done",
+				"root-image start", "root-image skipped", "switch-root start", "switch-root skipped"},
+			joinGets: 2,
+			sleeps:   []time.Duration{time.Second},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bs := &bootServer{statusDown: tc.statusDown}
+			bs := &bootServer{statusDown: tc.statusDown, joinDown: tc.joinDown, retryAfter: tc.retryAfter}
 			srv := httptest.NewServer(bs.handler(t))
 			defer srv.Close()
 			line := "BOOTIF=01-52-54-00-12-34-56 pxejoin.poweroff=1 pxejoin.url=" + srv.URL + "/join/52:54:00:12:34:56"
@@ -294,13 +338,14 @@ func TestAgentRun(t *testing.T) {
 					t.Errorf("a status report holds the token secret: %s", body)
 				}
 			}
-			for i, d := range sleeps {
-				if want := a.Backoff.Delay(i + 1); d != want {
-					t.Errorf("sleep %d = %v, want %v", i, d, want)
+			want := tc.sleeps
+			if want == nil {
+				for i := range tc.joinFails + tc.netFails {
+					want = append(want, a.Backoff.Delay(i+1))
 				}
 			}
-			if n := tc.joinFails + tc.netFails; len(sleeps) != n {
-				t.Errorf("%d backoff sleeps, want %d", len(sleeps), n)
+			if !slices.Equal(sleeps, want) {
+				t.Errorf("sleeps %v, want %v", sleeps, want)
 			}
 		})
 	}

@@ -1,7 +1,7 @@
 // Command fleet is make bench-fleet: N simulated machines PXE-boot through the real boot server and
 // join a real control plane at once, beside a control-plane-only reference (lab/fleet).
 //
-//	fleet [-n 1000] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
+//	fleet [-n 1000] [-inventory file|kubernetes|both] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
 //
 // FLEET_N sets -n's default. Needs root (network namespaces) and make deps / make k8s.
 package main
@@ -32,6 +32,7 @@ func main() {
 	keep := flag.String("keep", "", "work in this directory and keep it (logs, configurations, the machines' roots)")
 	noRef := flag.Bool("no-reference", false, "skip the control-plane-only reference run")
 	maxJoins := flag.Int("max-joins", 100, "agent joins running at once in this process (both runs)")
+	inventory := flag.String("inventory", fleet.InventoryFile, "the boot server's inventory: file (its YAML), kubernetes (N Machine resources) or both (one run each)")
 	flag.Parse()
 	dir := *keep
 	cleanup := func() {}
@@ -45,14 +46,14 @@ func main() {
 	defer cleanup()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := fleet.Run(ctx, fleet.Options{N: n, Bootserver: *bin, Dir: dir, NoReference: *noRef, MaxJoins: *maxJoins, Logf: log.Printf})
+	res, err := fleet.Run(ctx, fleet.Options{N: n, Bootserver: *bin, Dir: dir, NoReference: *noRef, MaxJoins: *maxJoins, Inventory: *inventory, Logf: log.Printf})
 	if err != nil {
 		log.Print(err)
 		cleanup()
 		os.Exit(1)
 	}
 	fmt.Print(res)
-	if res.Fleet.Failed > 0 || (res.Reference != nil && res.Reference.Failed > 0) {
+	if res.Fleet.Failed > 0 || (res.Reference != nil && res.Reference.Failed > 0) || (res.CRD != nil && res.CRD.Stats.Failed > 0) {
 		cleanup()
 		os.Exit(1)
 	}

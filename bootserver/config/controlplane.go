@@ -37,6 +37,17 @@ func (p *ControlPlaneProfile) ReadCertificateKey() (string, error) {
 	return key, nil
 }
 
+// HasControlPlaneProfile reports whether a profile makes control-plane nodes (their tokens then need
+// to read the kubeadm-certs Secret).
+func (c *Config) HasControlPlaneProfile() bool {
+	for _, p := range c.Profiles {
+		if p.ControlPlane != nil {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *Config) validateControlPlane(ck *checker, name string, p Profile) {
 	cp := p.ControlPlane
 	if cp == nil {

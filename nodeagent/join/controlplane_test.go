@@ -341,8 +341,8 @@ func TestControlPlaneJoinRefusals(t *testing.T) {
 
 // TestControlPlaneJoinSplit joins cp2 as a PXE boot does (nodeagent/initmode): the initramfs's
 // invocation with the phases it skips, then the image unit's command line, taken from
-// images/rootfs's pxejoin-control-plane.service, with the join file the boot server builds. The node
-// ends as TestControlPlaneJoin's does.
+// images/rootfs's pxejoin-control-plane.service, with the join file the boot server builds and, as
+// with the boot server, the token deleted in between. The node ends as TestControlPlaneJoin's does.
 func TestControlPlaneJoinSplit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
@@ -386,6 +386,11 @@ func TestControlPlaneJoinSplit(t *testing.T) {
 		t.Errorf("the initramfs's part wrote etcd.yaml (%v): etcd-join belongs to the unit", err)
 	}
 
+	// The boot server deletes a machine's token once its CSR is issued: the unit runs without it.
+	id, _, _ := strings.Cut(tok, ".")
+	if err := c.kcp.Admin().CoreV1().Secrets("kube-system").Delete(ctx, "bootstrap-token-"+id, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	unit, err := os.ReadFile("../../images/rootfs/etc/systemd/system/pxejoin-control-plane.service")
 	if err != nil {
 		t.Fatal(err)

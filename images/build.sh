@@ -103,7 +103,7 @@ else
   (cd "$repo" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$dest.tmp/pause" ./images/pause &&
     go run ./images/ociarchive -binary "$dest.tmp/pause" -name registry.k8s.io/pause:3.10 \
       -o "$work/usr/share/pxejoin/pause.tar")
-  chroot "$work" systemctl enable containerd.service kubelet.service pause-import.service >/dev/null 2>&1
+  chroot "$work" systemctl enable containerd.service kubelet.service pause-import.service pxejoin-control-plane.service >/dev/null 2>&1
   chroot "$work" systemctl mask systemd-networkd.service systemd-resolved.service getty@tty1.service >/dev/null 2>&1 || true
   echo "pxejoin-node" > "$work/etc/hostname"
   # Keep the interface name the agent configured (eth0): renaming an UP link fails on 6.1 anyway.

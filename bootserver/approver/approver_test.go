@@ -83,7 +83,7 @@ func newHarness(t testing.TB) *harness {
 	t.Helper()
 	cp := controlplane.Shared(t)
 	ctx := context.Background()
-	if err := EnsureBootstrapRBAC(ctx, cp.Admin(), bootstraptoken.PxejoinGroup); err != nil {
+	if err := EnsureBootstrapRBAC(ctx, cp.Admin(), bootstraptoken.PxejoinGroup, false); err != nil {
 		t.Fatal(err)
 	}
 	client := clientAs(t, cp, approverUser, documentedRole(t))
@@ -493,12 +493,12 @@ func TestBootstrapRBACWithDocumentedRole(t *testing.T) {
 	_ = rbac.ClusterRoles().Delete(ctx, GetNodesRole, metav1.DeleteOptions{})
 	_ = rbac.RoleBindings("kube-system").Delete(ctx, JoinConfigRole, metav1.DeleteOptions{})
 	_ = rbac.Roles("kube-system").Delete(ctx, JoinConfigRole, metav1.DeleteOptions{})
-	t.Cleanup(func() { _ = EnsureBootstrapRBAC(context.Background(), cp.Admin(), bootstraptoken.PxejoinGroup) })
+	t.Cleanup(func() { _ = EnsureBootstrapRBAC(context.Background(), cp.Admin(), bootstraptoken.PxejoinGroup, false) })
 	c := clientAs(t, cp, "pxejoin-token-rbac-test", roleFromYAML(t, "pxejoin:token-rbac"))
-	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup); err != nil {
+	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup, false); err != nil {
 		t.Fatalf("creating: %v", err)
 	}
-	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup); err != nil {
+	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup, false); err != nil {
 		t.Fatalf("putting back: %v", err)
 	}
 	tok, err := h.tokens.Token(ctx, hwaddr.MAC{0x52, 0x54, 0, 0, 4, 0xa}, "node-e", 1, true)

@@ -21,10 +21,17 @@ const (
 	GetNodesRole = "pxejoin:get-nodes"
 	// JoinConfigRole (a Role in kube-system) lets it read the kubelet-config and kubeadm-config ConfigMaps.
 	JoinConfigRole = "pxejoin:join-config"
+	// KubeadmCertsBinding (a RoleBinding in kube-system, with control-plane profiles only) binds
+	// kubeadm's Role KubeadmCertsRole, which `kubeadm init phase upload-certs --upload-certs` creates
+	// with the kubeadm-certs Secret and binds to kubeadm's token group only: a control-plane join reads
+	// that Secret.
+	KubeadmCertsBinding = "pxejoin:kubeadm-certs"
+	// KubeadmCertsRole is kubeadm's Role letting its tokens get the kube-system/kubeadm-certs Secret.
+	KubeadmCertsRole = "kubeadm:kubeadm-certs"
 )
 
-// bootstrapRBAC is what the tokens of group need to join.
-func bootstrapRBAC(group string) ([]rbacv1.ClusterRole, []rbacv1.ClusterRoleBinding, rbacv1.Role, rbacv1.RoleBinding) {
+// bootstrapRBAC is what the tokens of group need to join; controlPlane adds what a control-plane join needs.
+func bootstrapRBAC(group string, controlPlane bool) ([]rbacv1.ClusterRole, []rbacv1.ClusterRoleBinding, rbacv1.Role, []rbacv1.RoleBinding) {
 	subjects := []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: group}}
 	meta := func(name, ns string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "pxejoin-bootserver"}}
@@ -40,15 +47,21 @@ func bootstrapRBAC(group string) ([]rbacv1.ClusterRole, []rbacv1.ClusterRoleBind
 	role := rbacv1.Role{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem),
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
 			ResourceNames: []string{"kubelet-config", "kubeadm-config"}, Verbs: []string{"get"}}}}
-	rb := rbacv1.RoleBinding{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem), Subjects: subjects,
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinConfigRole}}
-	return crs, crbs, role, rb
+	rbs := []rbacv1.RoleBinding{{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem), Subjects: subjects,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinConfigRole}}}
+	if controlPlane {
+		rbs = append(rbs, rbacv1.RoleBinding{ObjectMeta: meta(KubeadmCertsBinding, metav1.NamespaceSystem), Subjects: subjects,
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: KubeadmCertsRole}})
+	}
+	return crs, crbs, role, rbs
 }
 
-// EnsureBootstrapRBAC creates (or puts back) the roles and bindings group's tokens need to join.
-// The boot server needs to hold what it grants (or the bind verb on those roles).
-func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group string) error {
-	crs, crbs, role, rb := bootstrapRBAC(group)
+// EnsureBootstrapRBAC creates (or puts back) the roles and bindings group's tokens need to join; with
+// controlPlane (the configuration has a control-plane profile) also the binding that lets them read
+// the kubeadm-certs Secret. The boot server needs to hold what it grants (or the bind verb on those
+// roles).
+func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group string, controlPlane bool) error {
+	crs, crbs, role, rbs := bootstrapRBAC(group, controlPlane)
 	r := c.RbacV1()
 	for _, o := range crs {
 		if err := ensure(ctx, &o, r.ClusterRoles().Create, r.ClusterRoles().Get, r.ClusterRoles().Update,
@@ -66,15 +79,20 @@ func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group stri
 			return err
 		}
 	}
-	roles, rbs := r.Roles(metav1.NamespaceSystem), r.RoleBindings(metav1.NamespaceSystem)
+	roles, bindings := r.Roles(metav1.NamespaceSystem), r.RoleBindings(metav1.NamespaceSystem)
 	if err := ensure(ctx, &role, roles.Create, roles.Get, roles.Update, func(have, want *rbacv1.Role) { have.Rules = want.Rules },
 		func(have, want *rbacv1.Role) bool { return equality.Semantic.DeepEqual(have.Rules, want.Rules) }); err != nil {
 		return err
 	}
-	return ensure(ctx, &rb, rbs.Create, rbs.Get, rbs.Update, func(have, want *rbacv1.RoleBinding) { have.Subjects = want.Subjects },
-		func(have, want *rbacv1.RoleBinding) bool {
-			return equality.Semantic.DeepEqual(have.Subjects, want.Subjects)
-		})
+	for _, o := range rbs {
+		if err := ensure(ctx, &o, bindings.Create, bindings.Get, bindings.Update, func(have, want *rbacv1.RoleBinding) { have.Subjects = want.Subjects },
+			func(have, want *rbacv1.RoleBinding) bool {
+				return equality.Semantic.DeepEqual(have.Subjects, want.Subjects)
+			}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ensure creates want when it is missing, or puts the existing object's content back to want's
@@ -95,7 +113,7 @@ func ensure[T interface{ GetName() string }](ctx context.Context, want T,
 	}
 	if err != nil {
 		return fmt.Errorf("cannot create the RBAC that machine tokens need to join (%s): %w: give the boot server's kubeconfig "+
-			"the rights to manage roles and bindings, or create them yourself (deploy/base/token-rbac.yaml) or set approval.mode: kubeadm", want.GetName(), err)
+			"the rights to manage roles and bindings, or create them yourself (deploy/base/token-rbac.yaml; control-plane-rbac.yaml with a control-plane profile) or set approval.mode: kubeadm", want.GetName(), err)
 	}
 	return nil
 }

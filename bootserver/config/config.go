@@ -213,6 +213,8 @@ type Profile struct {
 	Cmdline string `yaml:"cmdline"`
 	// RootImage is a local path (served at /images/<profile>/<name>) or an http(s) URL.
 	RootImage string `yaml:"rootImage"`
+	// ControlPlane, if set, makes the profile's machines join as control-plane nodes.
+	ControlPlane *ControlPlaneProfile `yaml:"controlPlane"`
 }
 
 // Machine is one inventory entry; MAC or UUID (or both) identify it.

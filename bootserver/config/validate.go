@@ -296,6 +296,7 @@ func (c *Config) validateProfile(ck *checker, name string) {
 	if p.RootImage != "" && !strings.HasPrefix(p.RootImage, "http://") && !strings.HasPrefix(p.RootImage, "https://") {
 		checkFile(at("rootImage"), p.RootImage, "root image")
 	}
+	c.validateControlPlane(ck, name, p)
 	tmpl, err := template.New(name).Option("missingkey=error").Parse(p.Cmdline)
 	if err != nil {
 		ck.fail(at("cmdline"), "not a valid template: %v", err)

@@ -53,6 +53,29 @@ func JoinConfig(a inventory.Assignment, token, endpoint string, pins []string) *
 	return jc
 }
 
+// controlPlane is the join file's controlPlane section for a machine of a control-plane profile (nil
+// for a worker): the certificate key, read now (a new key is used without a restart), the bind port,
+// and as advertise address the one the machine holds a DHCP lease for (the join gate checked the
+// request comes from it); without leases (proxy DHCP) the agent picks the address of its default
+// route, as kubeadm does.
+func (h *Handler) controlPlane(r *http.Request, a inventory.Assignment) (*joinconfig.JoinControlPlane, error) {
+	p := a.Profile.ControlPlane
+	if p == nil {
+		return nil, nil
+	}
+	key, err := p.ReadCertificateKey()
+	if err != nil {
+		return nil, err
+	}
+	cp := &joinconfig.JoinControlPlane{CertificateKey: key, LocalAPIEndpoint: joinconfig.APIEndpoint{BindPort: p.BindPort}}
+	if h.cfg.LeaseHolder != nil {
+		if ip := remoteAddr(r); ip.Is4() {
+			cp.LocalAPIEndpoint.AdvertiseAddress = ip.String()
+		}
+	}
+	return cp, nil
+}
+
 // NoClusterReason is the answer to a join file's request when the boot server has no cluster.
 const NoClusterReason = "this boot server has no cluster configured, so it serves no join files: start it with " +
 	"--kubeconfig (or cluster.kubeconfig in its configuration file) naming a kubeconfig allowed to manage bootstrap tokens"
@@ -126,6 +149,17 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	boot, _ = h.cfg.Status.RecordSync(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateStart, "", ""))
 	h.cfg.Status.SetIdentity(mac, a.NodeName, a.Profile.Name, a.Known)
+	// Before the token is minted, so that an unreadable key wastes none.
+	cp, err := h.controlPlane(r, a)
+	if err != nil {
+		// err names the file, never the key.
+		h.gate.refused.WithLabelValues(JoinRefusedNoCertificateKey).Inc()
+		h.log.Error("cannot serve a control-plane join file", "mac", mac, "profile", a.Profile.Name, "err", err)
+		h.cfg.Status.Record(mac, phaseEvent(bootstatus.PhaseJoinFile, bootstatus.StateError, "", "the boot server cannot read the certificate key of profile "+a.Profile.Name))
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, "the boot server cannot read this machine's control-plane certificate key now: see the boot server's log", http.StatusServiceUnavailable)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), mintTimeout)
 	tok, err := h.cfg.Tokens.Token(ctx, mac, a.NodeName, boot, a.Known)
 	cancel()
@@ -151,7 +185,9 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, msg, http.StatusServiceUnavailable)
 		return
 	}
-	body, err := joinconfig.Marshal(JoinConfig(a, tok, h.cfg.APIServerEndpoint, h.cfg.CACertHashes))
+	jc := JoinConfig(a, tok, h.cfg.APIServerEndpoint, h.cfg.CACertHashes)
+	jc.ControlPlane = cp
+	body, err := joinconfig.Marshal(jc)
 	if err != nil {
 		h.log.Error("cannot marshal a join file", "mac", mac)
 		http.Error(w, "cannot build the join file", http.StatusInternalServerError)

@@ -19,6 +19,8 @@ import (
 const (
 	JoinRefusedNotLeaseHolder = "not-lease-holder"
 	JoinRefusedAlreadyServed  = "already-served"
+	// JoinRefusedNoCertificateKey: a control-plane profile's certificate key file cannot be read.
+	JoinRefusedNoCertificateKey = "no-certificate-key"
 )
 
 // maxServed bounds the join files remembered (one per MAC); past it the oldest is forgotten.
@@ -46,7 +48,7 @@ type servedJoin struct {
 func newJoinGate(cfg *Config) (*joinGate, error) {
 	g := &joinGate{cfg: cfg, served: map[hwaddr.MAC]servedJoin{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pxejoin_join_refused_total",
-			Help: "Join files refused, by reason (not-lease-holder: asked from an address not holding the MAC's DHCP lease; already-served: a second fetch in one boot)."},
+			Help: "Join files refused, by reason (not-lease-holder: asked from an address not holding the MAC's DHCP lease; already-served: a second fetch in one boot; no-certificate-key: a control-plane profile's certificate key file cannot be read)."},
 			[]string{"reason"}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "pxejoin_join_served_forgotten_total",
 			Help: "Machines whose served join file was forgotten to stay within the bound (4096), oldest first."}),

@@ -29,7 +29,9 @@ type Profile struct {
 	Kernel    string   // local path
 	Initrds   []string // local paths
 	RootImage string   // local path or http(s) URL; may be empty
-	cmdline   *template.Template
+	// ControlPlane, if set, makes the profile's machines join as control-plane nodes.
+	ControlPlane *config.ControlPlaneProfile
+	cmdline      *template.Template
 }
 
 // File is a local file a profile serves over HTTP.
@@ -155,7 +157,8 @@ func withProfiles(c *config.Config) (*Inventory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("profile %s: cmdline: %w", name, err)
 		}
-		prof := &Profile{Name: name, Kernel: p.Kernel, Initrds: append([]string(nil), p.Initrds...), RootImage: p.RootImage, cmdline: t}
+		prof := &Profile{Name: name, Kernel: p.Kernel, Initrds: append([]string(nil), p.Initrds...), RootImage: p.RootImage,
+			ControlPlane: p.ControlPlane, cmdline: t}
 		inv.profiles[name] = prof
 		for k, f := range prof.Files() {
 			inv.files[k] = f

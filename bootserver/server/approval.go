@@ -41,7 +41,7 @@ func (s *Server) newApprover() (err error) {
 // prepareApproval puts the tokens' RBAC in place and runs the self-check: with approval.selfCheck
 // strict, a cluster where someone else would approve pxejoin tokens' CSRs fails it.
 func (s *Server) prepareApproval(ctx context.Context) error {
-	if err := approver.EnsureBootstrapRBAC(ctx, s.cluster.Client, bootstraptoken.PxejoinGroup); err != nil {
+	if err := approver.EnsureBootstrapRBAC(ctx, s.cluster.Client, bootstraptoken.PxejoinGroup, s.cfg.HasControlPlaneProfile()); err != nil {
 		return err
 	}
 	return s.approver.SelfCheck(ctx)

@@ -66,6 +66,7 @@ type Agent struct {
 	Sleep func(ctx context.Context, d time.Duration)
 
 	cfg         *joinconfig.JoinConfiguration
+	joinBody    []byte // the join file as fetched (kept on a control-plane node for the unit)
 	attempt     int
 	rootMounted bool
 }
@@ -208,7 +209,7 @@ func (a *Agent) joinFile(ctx context.Context) (string, error) {
 	if cfg.ControlPlane != nil {
 		a.Report.AddSecret(cfg.ControlPlane.CertificateKey)
 	}
-	a.cfg = cfg
+	a.cfg, a.joinBody = cfg, body
 	if n := cfg.NodeRegistration.Name; n != "" {
 		if err := a.System.SetHostname(n); err != nil {
 			return "", fmt.Errorf("set host name %q: %w", n, err)
@@ -311,11 +312,25 @@ func (a *Agent) join(ctx context.Context) (string, error) {
 	if a.Join == nil {
 		return "", fmt.Errorf("this agent has no join engine")
 	}
-	err := a.Join(ctx, a.cfg, root, SkipPhases, func(ev bootstatus.Event) {
+	skip := SkipPhases
+	if a.cfg.ControlPlane != nil {
+		if a.Cmdline.ImageURL == "" {
+			return "", fmt.Errorf("a control-plane join needs the node's root image (its systemd runs the kubelet and %s): give the profile an image (pxejoin.image=) or make it a worker profile", controlPlaneUnit)
+		}
+		skip = controlPlaneSkip()
+	}
+	err := a.Join(ctx, a.cfg, root, skip, func(ev bootstatus.Event) {
 		ev.Attempt = a.attempt
 		a.Report.Report(ctx, ev)
 	})
-	return "", err
+	if err != nil || a.cfg.ControlPlane == nil {
+		return "", err
+	}
+	// The rest of the join runs after switch_root, from this file (root-image installs it 0600).
+	if err := nodefiles.Root(root).Write(nodefiles.File{Path: ControlPlaneJoinFile, Data: a.joinBody, Mode: 0o600, Secret: true}); err != nil {
+		return "", err
+	}
+	return "control plane: " + strings.Join(ControlPlaneUnitPhases, ", ") + " left to " + controlPlaneUnit, nil
 }
 
 func (a *Agent) switchRoot(ctx context.Context) (string, error) {

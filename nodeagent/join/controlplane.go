@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path"
 	"strconv"
 	"time"
@@ -12,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/nodeagent/controlplane/certs"
@@ -30,12 +32,21 @@ Please ensure that:
 * The certificates that must be shared among control plane instances are provided.
 `
 
-// clusterConfig reads the cluster's ClusterConfiguration once, with the bootstrap credentials.
+// clusterConfig reads the cluster's ClusterConfiguration once, with the bootstrap credentials, or
+// with admin.conf when an earlier run wrote it and this one does not: the phases after kubelet-start
+// run later, on their own (a PXE-booted node's pxejoin-control-plane.service), when the bootstrap
+// token may be gone (the boot server deletes it once the node's CSR is issued).
 func (d *data) clusterConfig(ctx context.Context) (*joinconfig.ClusterConfiguration, error) {
 	if d.cluster != nil {
 		return d.cluster, nil
 	}
-	c, err := d.bootstrapClient(ctx)
+	var c kubernetes.Interface
+	var err error
+	if _, statErr := os.Stat(d.root.Join(kubeconfig.Dir + "/" + kubeconfig.Admin)); statErr == nil && !d.plan["control-plane-prepare/kubeconfig"] {
+		c, err = d.adminClient()
+	} else {
+		c, err = d.bootstrapClient(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -17,10 +17,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pxejoin/pxejoin/bootserver/httpd"
+	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/logbuf"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/nodeagent/initmode"
 )
 
 // staticPods is a stand-in kubelet for a node root: it runs each static Pod manifest that appears under
@@ -133,17 +137,22 @@ func cpNode(t *testing.T, n *labenv.Net) (*netlab.NS, string) {
 	return ns, addr
 }
 
-// TestControlPlaneJoin joins a second control-plane node into a kubeadm-made cluster under --rootfs in
-// its own namespace, with the static Pods it writes run as processes: its etcd member is promoted, its
-// API server answers /readyz and serves the same objects, and its Node is labelled and tainted.
-func TestControlPlaneJoin(t *testing.T) {
+// cpJoin is a control-plane node to be joined as cp2 into a kubeadm-made cluster, in its own namespace
+// with its own root, beside a stand-in kubelet: the static Pods run as processes, and the Node is
+// registered once the join wrote kubelet.conf.
+type cpJoin struct {
+	kcp               *controlplane.ControlPlane
+	ns                *netlab.NS
+	addr, rootfs, bin string
+	pods              *staticPods
+}
+
+func newCPJoin(ctx context.Context, t *testing.T) *cpJoin {
+	t.Helper()
 	bin := controlplane.RequireKubeadm(t)
 	kcp, n := controlplane.StartKubeadm(t)
 	ns, addr := cpNode(t, n)
 	rootfs := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-
 	pods := &staticPods{t: t, root: rootfs, bin: bin, ns: ns, started: map[string]*exec.Cmd{}, logs: map[string]*strings.Builder{}}
 	pctx, stopPods := context.WithCancel(ctx)
 	go pods.poll(pctx)
@@ -159,7 +168,17 @@ func TestControlPlaneJoin(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}
 	}()
+	return &cpJoin{kcp: kcp, ns: ns, addr: addr, rootfs: rootfs, bin: bin, pods: pods}
+}
 
+// TestControlPlaneJoin joins a second control-plane node into a kubeadm-made cluster under --rootfs in
+// its own namespace, with the static Pods it writes run as processes: its etcd member is promoted, its
+// API server answers /readyz and serves the same objects, and its Node is labelled and tainted.
+func TestControlPlaneJoin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c := newCPJoin(ctx, t)
+	kcp, ns, addr, rootfs, pods := c.kcp, c.ns, c.addr, c.rootfs, c.pods
 	tok, err := kcp.CreateToken(ctx, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +200,14 @@ func TestControlPlaneJoin(t *testing.T) {
 		}
 	}
 
+	c.check(ctx, t)
+}
+
+// check asserts what a finished control-plane join leaves: two voting etcd members, the new API
+// server ready and serving the first one's objects, the Node labelled and tainted, the files' modes.
+func (c *cpJoin) check(ctx context.Context, t *testing.T) {
+	t.Helper()
+	kcp, ns, addr, rootfs, bin := c.kcp, c.ns, c.addr, c.rootfs, c.bin
 	// etcd: two voting members.
 	pki := kcp.CertificatesDir()
 	list, err := exec.CommandContext(ctx, filepath.Join(bin, "etcdctl"), "--endpoints="+strings.Join(kcp.EtcdEndpoints(), ","),
@@ -310,4 +337,84 @@ func TestControlPlaneJoinRefusals(t *testing.T) {
 			t.Errorf("output:\n%s", out)
 		}
 	})
+}
+
+// TestControlPlaneJoinSplit joins cp2 as a PXE boot does (nodeagent/initmode): the initramfs's
+// invocation with the phases it skips, then the image unit's command line, taken from
+// images/rootfs's pxejoin-control-plane.service, with the join file the boot server builds and, as
+// with the boot server, the token deleted in between. The node ends as TestControlPlaneJoin's does.
+func TestControlPlaneJoinSplit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c := newCPJoin(ctx, t)
+	tok, err := c.kcp.CreateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jc := httpd.JoinConfig(inventory.Assignment{NodeName: "cp2"}, tok, c.kcp.Endpoint(), []string{c.kcp.CAPin()})
+	jc.ControlPlane = &joinconfig.JoinControlPlane{CertificateKey: c.kcp.CertificateKey(),
+		LocalAPIEndpoint: joinconfig.APIEndpoint{AdvertiseAddress: c.addr, BindPort: 6443}}
+	body, err := joinconfig.Marshal(jc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	joinFile := filepath.Join(c.rootfs, initmode.ControlPlaneJoinFile)
+	if err := os.MkdirAll(filepath.Dir(joinFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(joinFile, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(what string, args ...string) string {
+		out, err := c.ns.Command(agentBin(t), args...).CombinedOutput()
+		if strings.Contains(string(out), c.kcp.CertificateKey()) {
+			t.Errorf("%s: the output shows the certificate key", what)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v\n%s\netcd:\n%s\nkube-apiserver:\n%s", what, err, out, c.pods.tail("etcd"), c.pods.tail("kube-apiserver"))
+		}
+		t.Logf("%s:\n%s", what, out)
+		return string(out)
+	}
+
+	skip := append(append([]string{}, initmode.SkipPhases...), initmode.ControlPlaneUnitPhases...)
+	out := run("initramfs", "join", "--config", joinFile, "--rootfs", c.rootfs, "--skip-phases", strings.Join(skip, ","))
+	if strings.Contains(out, "[etcd]") || strings.Contains(out, "[mark-control-plane]") {
+		t.Errorf("the initramfs's part touched etcd:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(c.rootfs, "etc/kubernetes/manifests/etcd.yaml")); !os.IsNotExist(err) {
+		t.Errorf("the initramfs's part wrote etcd.yaml (%v): etcd-join belongs to the unit", err)
+	}
+
+	// The boot server deletes a machine's token once its CSR is issued: the unit runs without it.
+	id, _, _ := strings.Cut(tok, ".")
+	if err := c.kcp.Admin().CoreV1().Secrets("kube-system").Delete(ctx, "bootstrap-token-"+id, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile("../../images/rootfs/etc/systemd/system/pxejoin-control-plane.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var execStart []string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "ExecStart="); ok {
+			execStart = strings.Fields(v)
+		}
+	}
+	if len(execStart) < 2 || execStart[0] != "/usr/bin/nodeagent" {
+		t.Fatalf("the unit's ExecStart: %q", execStart)
+	}
+	args := slices.Clone(execStart[1:])
+	for i := range args {
+		if args[i] == initmode.ControlPlaneJoinFile {
+			args[i] = joinFile
+		}
+	}
+	out = run("pxejoin-control-plane.service", append(args, "--rootfs", c.rootfs)...)
+	for _, w := range []string{"Promoted etcd member", "This node has joined the cluster and a new control plane instance was created"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("the unit's output lacks %q", w)
+		}
+	}
+	c.check(ctx, t)
 }

@@ -34,6 +34,9 @@ type BootServer struct {
 	// DHCPMode is "full" (default: the boot server hands out addresses) or "proxy" (another DHCP
 	// server on the link does; the boot server answers PXE clients on 67 and 4011).
 	DHCPMode string
+	// FromAPI takes the inventory from the cluster's Machines (inventory.source: kubernetes) instead
+	// of Machines; the caller creates the Machine objects.
+	FromAPI bool
 
 	cmd *exec.Cmd
 }
@@ -53,6 +56,10 @@ func (b *BootServer) config() string {
 	var m strings.Builder
 	for mac, name := range b.Machines {
 		fmt.Fprintf(&m, "  - {mac: %q, name: %q, profile: node}\n", mac, name)
+	}
+	if b.FromAPI {
+		m.Reset()
+		m.WriteString("  []\ninventory:\n  source: kubernetes\n")
 	}
 	return fmt.Sprintf(`interface: %s
 serverURL: %s

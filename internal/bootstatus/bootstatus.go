@@ -41,6 +41,17 @@ const (
 	PhaseRootImage  = "root-image"
 	PhaseSwitchRoot = "switch-root"
 	PhaseNodeReady  = "node-ready"
+	// PhaseDisk is the persistent disk: found, partitioned and formatted on an install, mounted on
+	// every boot. Detail names the disk and what was done ("installed /dev/… (wiped: reimage)",
+	// "mounted /dev/…"); an error says why nothing was written.
+	PhaseDisk = "disk"
+	// PhaseResume is a persistent machine's check of the credentials on its disk: done means they
+	// are valid for this cluster and the join is skipped (no token, no CSR); skipped carries the
+	// reason a join follows ("no credentials", "client certificate expired", "CA differs", …).
+	PhaseResume = "resume"
+	// PhaseTakeover is a diskless machine taking back its Node name after a reboot: done when the
+	// old holder was proven gone, error when a live node holds the name.
+	PhaseTakeover = "takeover"
 	// PhaseStatusDropped says how many events the boot server refused (Client reports it, as an
 	// error, in the POST after the refusal).
 	PhaseStatusDropped = "status-dropped"
@@ -85,7 +96,7 @@ var known = func() map[string]bool {
 	m := map[string]bool{}
 	for _, p := range append([]string{
 		PhaseAgentStart, PhaseNetwork, PhaseJoinFile, PhaseJoin, PhaseRootImage, PhaseSwitchRoot,
-		PhaseNodeReady, PhaseStatusDropped,
+		PhaseNodeReady, PhaseStatusDropped, PhaseDisk, PhaseResume, PhaseTakeover,
 		PhaseDHCP, PhaseNBP, PhaseIPXEDHCP, PhaseScript, PhaseKernel, PhaseInitrd, PhaseAgentDHCP,
 		PhaseNodeRegistered,
 	}, JoinPhases...) {

@@ -37,6 +37,9 @@ type BootServer struct {
 	// FromAPI takes the inventory from the cluster's Machines (inventory.source: kubernetes) instead
 	// of Machines; the caller creates the Machine objects.
 	FromAPI bool
+	// CertificateKeyFile, if set, makes the profile a control-plane profile whose join files carry
+	// the certificate key in that file (profiles.node.controlPlane.certificateKeyFile).
+	CertificateKeyFile string
 
 	cmd *exec.Cmd
 }
@@ -61,6 +64,10 @@ func (b *BootServer) config() string {
 		m.Reset()
 		m.WriteString("  []\ninventory:\n  source: kubernetes\n")
 	}
+	profile := ""
+	if b.CertificateKeyFile != "" {
+		profile = fmt.Sprintf("    controlPlane:\n      certificateKeyFile: %s\n", b.CertificateKeyFile)
+	}
 	return fmt.Sprintf(`interface: %s
 serverURL: %s
 listen:
@@ -83,9 +90,9 @@ profiles:
     cmdline: >-
       console=ttyS0 pxejoin.mac={{.MAC}} pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
       pxejoin.image={{.RootImageURL}} %s
-machines:
+%smachines:
 %s`, b.Interface, b.URL(), HTTPPort, dhcp, filepath.Join(b.Dir, "tftp"), b.Kubeconfig, filepath.Join(b.Dir, "state"),
-		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, m.String())
+		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, profile, m.String())
 }
 
 // Start writes the configuration and starts the daemon; it returns once /healthz answers.

@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
+	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/labenv"
+	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/nodeagent/initmode"
+)
+
+var (
+	agentOnce sync.Once
+	agentPath string
+	agentErr  error
+)
+
+// agentBin is PXEJOIN_AGENT, or nodeagent built static from this tree, once per test binary.
+func agentBin(t testing.TB) string {
+	agentOnce.Do(func() {
+		if a := os.Getenv("PXEJOIN_AGENT"); a != "" {
+			agentPath = a
+			return
+		}
+		dir, err := os.MkdirTemp("", "pxejoin-agent-")
+		if err != nil {
+			agentErr = err
+			return
+		}
+		tempDirs = append(tempDirs, dir)
+		agentPath = filepath.Join(dir, "nodeagent")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agentPath, "./nodeagent")
+		cmd.Dir, cmd.Env = repoRoot, append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			agentErr = fmt.Errorf("build agent: %v: %s", err, out)
+		}
+	})
+	if agentErr != nil {
+		t.Fatal(agentErr)
+	}
+	return agentPath
+}
+
+// cpBootServer starts the real boot server on the kubeadm-made cluster's lab network with a
+// control-plane profile (its key file holds the cluster's certificate key) for the machine mac, named
+// node. img's files are only served, never booted, unless a VM asks for them.
+func cpBootServer(ctx context.Context, t *testing.T, kcp *controlplane.ControlPlane, n *labenv.Net, img *labenv.Image, mac, node string) *labenv.BootServer {
+	t.Helper()
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "certificate-key")
+	if err := os.WriteFile(keyFile, []byte(kcp.CertificateKey()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Only the boot server's approver may approve the machine's certificates (approval.selfCheck strict).
+	if err := kcp.SetAutoApprove(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	bs := &labenv.BootServer{Bin: bootserverBin(t), NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: dir,
+		Kubeconfig: kcp.AdminKubeconfig(), Image: img, Machines: map[string]string{mac: node}, CertificateKeyFile: keyFile}
+	if err := bs.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bs.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("bootserver log:\n%s", bs.LogTail(80))
+		}
+	})
+	return bs
+}
+
+// keyShown lists where the boot server shows key: its log, /metrics, /machines, its status page.
+func keyShown(t *testing.T, bs *labenv.BootServer, key string) []string {
+	t.Helper()
+	log, err := os.ReadFile(filepath.Join(bs.Dir, "bootserver.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var where []string
+	if strings.Contains(string(log), key) {
+		where = append(where, "log")
+	}
+	for _, p := range []string{"/metrics", "/machines", "/"} {
+		body, err := httpGet(bs.URL() + p)
+		if err != nil {
+			t.Fatalf("GET %s: %v", p, err)
+		}
+		if strings.Contains(body, key) {
+			where = append(where, p)
+		}
+	}
+	return where
+}
+
+// TestControlPlaneJoinFileFromBootServer: a machine of a control-plane profile gets its address from
+// the real boot server's DHCP and its join file over HTTP, as the initramfs does. The file is a
+// JoinConfiguration with kubeadm's controlPlane section (the leased address as advertiseAddress, the
+// cluster's certificate key), and `nodeagent join --config` with it runs the initramfs's half of a
+// control-plane join (preflight, control-plane-prepare, kubelet-start) against the kubeadm-made cluster:
+// the certificates, kubeconfigs and static Pods name the leased address. The key reaches no log,
+// metric or status page of the boot server.
+func TestControlPlaneJoinFileFromBootServer(t *testing.T) {
+	controlplane.RequireKubeadm(t)
+	ctx := ctxFor(t, 8*time.Minute)
+	kcp, n := controlplane.StartKubeadm(t)
+	mac := n.MAC(1)
+	// The boot server only serves the image's files; this test boots nothing.
+	imgDir := t.TempDir()
+	img := &labenv.Image{Dir: imgDir, Kernel: filepath.Join(imgDir, "vmlinuz"), Initrd: filepath.Join(imgDir, "initramfs.cpio.zst"),
+		Root: filepath.Join(imgDir, "root.squashfs")}
+	for _, f := range []string{img.Kernel, img.Initrd, img.Root} {
+		if err := os.WriteFile(f, []byte("not booted"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bs := cpBootServer(ctx, t, kcp, n, img, mac.String(), "cp2")
+
+	// The machine: a namespace on the lab bridge with the inventory's MAC, addressed by DHCP.
+	ns := netlab.New(t, "cpm")
+	netlab.Veth(t, ns, "eth0", "", n.NS, "cpm0", "")
+	ns.MustExec(t, "ip", "link", "set", "eth0", "address", mac.String())
+	ns.MustExec(t, "ip", "link", "set", "lo", "up")
+	if out, err := n.NS.Exec("ip", "link", "set", "cpm0", "master", n.Bridge); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var lease *nclient4.Lease
+	err := ns.Do(func() error {
+		c, err := nclient4.New("eth0", nclient4.WithTimeout(5*time.Second), nclient4.WithRetry(6))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		lease, err = c.Request(ctx)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("DHCP from the boot server: %v\nbootserver log:\n%s", err, bs.LogTail(30))
+	}
+	addr := lease.ACK.YourIPAddr.String()
+	ns.MustExec(t, "ip", "addr", "add", addr+"/24", "dev", "eth0")
+	t.Logf("lease: %s", addr)
+
+	body := string(ns.MustExec(t, "curl", "-sS", "--fail", "--max-time", "60", bs.URL()+"/join/"+mac.String()))
+	jc, err := joinconfig.Parse([]byte(body))
+	if err != nil {
+		t.Fatalf("the join file is not a JoinConfiguration: %v", err)
+	}
+	switch {
+	case jc.ControlPlane == nil:
+		t.Fatal("the join file has no controlPlane section")
+	case jc.ControlPlane.CertificateKey != kcp.CertificateKey():
+		t.Error("the join file's certificateKey is not the one in the key file")
+	case jc.ControlPlane.LocalAPIEndpoint.AdvertiseAddress != addr:
+		t.Errorf("advertiseAddress %q, want the leased %s", jc.ControlPlane.LocalAPIEndpoint.AdvertiseAddress, addr)
+	case jc.ControlPlane.LocalAPIEndpoint.BindPort != 6443:
+		t.Errorf("bindPort %d, want 6443", jc.ControlPlane.LocalAPIEndpoint.BindPort)
+	}
+
+	// The initramfs's half of the join, with the file as the initramfs leaves it in the node's root.
+	rootfs := t.TempDir()
+	joinPath := filepath.Join(rootfs, initmode.ControlPlaneJoinFile)
+	if err := os.MkdirAll(filepath.Dir(joinPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(joinPath, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	skip := append(slices.Clone(initmode.SkipPhases), initmode.ControlPlaneUnitPhases...)
+	out, err := ns.Command(agentBin(t), "join", "--config", joinPath, "--rootfs", rootfs, "--skip-phases", strings.Join(skip, ",")).CombinedOutput()
+	if strings.Contains(string(out), kcp.CertificateKey()) {
+		t.Error("the join's output shows the certificate key")
+	}
+	if err != nil {
+		t.Fatalf("join: %v\n%s", err, out)
+	}
+	t.Logf("join:\n%s", out)
+
+	for _, f := range []string{"etc/kubernetes/admin.conf", "etc/kubernetes/kubelet.conf", "etc/kubernetes/pki/ca.key",
+		"etc/kubernetes/pki/etcd/ca.key", "etc/kubernetes/manifests/kube-controller-manager.yaml", "etc/kubernetes/manifests/kube-scheduler.yaml"} {
+		if _, err := os.Stat(filepath.Join(rootfs, f)); err != nil {
+			t.Errorf("the join did not write %s: %v", f, err)
+		}
+	}
+	manifest, err := os.ReadFile(filepath.Join(rootfs, "etc/kubernetes/manifests/kube-apiserver.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(manifest), "--advertise-address="+addr) {
+		t.Errorf("kube-apiserver.yaml does not advertise the leased %s:\n%s", addr, manifest)
+	}
+	raw, err := os.ReadFile(filepath.Join(rootfs, "etc/kubernetes/pki/apiserver.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(raw)
+	if blk == nil {
+		t.Fatal("apiserver.crt holds no PEM block")
+	}
+	crt, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(crt.IPAddresses, func(ip net.IP) bool { return ip.String() == addr }) {
+		t.Errorf("apiserver.crt's IP SANs %v lack the leased %s", crt.IPAddresses, addr)
+	}
+	if where := keyShown(t, bs, kcp.CertificateKey()); len(where) > 0 {
+		t.Errorf("the certificate key reached the boot server's %s", strings.Join(where, ", "))
+	}
+}

@@ -35,7 +35,8 @@ test: deps k8s vet build
 	lab/fuzz.sh 20000x
 	VAGRANT_DOTFILE_PATH=$$(mktemp -d) vagrant validate
 
-# Every VM case: BIOS, UEFI with the iPXE ROM, UEFI native PXE, wrong CA pin, boot server restart.
+# Every VM case: BIOS, UEFI with the iPXE ROM, UEFI native PXE, wrong CA pin, boot server restart, a
+# control-plane node PXE-booted into the kubeadm-made cluster (TestControlPlaneVMJoin).
 test-e2e: deps k8s build
 	PXEJOIN_E2E=all $(GO) test -count=1 -v -timeout 60m ./lab/e2e
 

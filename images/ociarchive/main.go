@@ -5,6 +5,8 @@
 //	go run ./images/ociarchive -binary pause -name registry.k8s.io/pause:3.10 -o pause.tar
 //	go run ./images/ociarchive -binary bootserver -name pxejoin.io/bootserver:dev -user 0:0 \
 //	    -file /usr/lib/ipxe/undionly.kpxe=/usr/lib/ipxe/undionly.kpxe -o bootserver.tar
+//	go run ./images/ociarchive -binary kube-apiserver -entry /usr/local/bin/kube-apiserver -user 0:0 \
+//	    -env PATH=/usr/local/bin:/usr/bin:/bin -name registry.k8s.io/kube-apiserver:v1.37.2 -o kube-apiserver.tar
 //
 // The output is reproducible: fixed timestamps, owners and order.
 package main
@@ -44,21 +46,39 @@ func (f *fileFlags) Set(v string) error {
 	return nil
 }
 
+// envFlags collects -env KEY=VALUE.
+type envFlags []string
+
+func (e *envFlags) String() string { return fmt.Sprint(*e) }
+
+func (e *envFlags) Set(v string) error {
+	if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+		return fmt.Errorf("%q is not KEY=VALUE", v)
+	}
+	*e = append(*e, v)
+	return nil
+}
+
 func main() {
-	bin := flag.String("binary", "", "static binary to pack (the entrypoint, at /<its name>)")
+	bin := flag.String("binary", "", "static binary to pack (the entrypoint, at -entry)")
+	entry := flag.String("entry", "", "absolute path of the binary in the image (default /<its name>)")
 	name := flag.String("name", "", "image name, e.g. registry.k8s.io/pause:3.10")
 	user := flag.String("user", "65535:65535", "uid:gid the entrypoint runs as")
 	var files fileFlags
 	flag.Var(&files, "file", "SRC=DEST: also pack file SRC at DEST (mode 0644); repeatable")
+	var env envFlags
+	flag.Var(&env, "env", "KEY=VALUE in the image's environment (a static Pod's command is looked up in its PATH); repeatable")
 	out := flag.String("o", "image.tar", "output OCI archive")
 	flag.Parse()
 	b, err := os.ReadFile(*bin)
 	if err == nil {
 		var f *os.File
 		if f, err = os.Create(*out); err == nil {
-			entry := "/" + path.Base(*bin)
-			err = WriteImage(f, Image{Name: *name, Entrypoint: entry, User: *user,
-				Files: append([]File{{Path: entry, Mode: 0o755, Data: b}}, files...)})
+			if *entry == "" {
+				*entry = "/" + path.Base(*bin)
+			}
+			err = WriteImage(f, Image{Name: *name, Entrypoint: *entry, User: *user, Env: env,
+				Files: append([]File{{Path: *entry, Mode: 0o755, Data: b}}, files...)})
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -93,10 +113,11 @@ func digest(b []byte) string {
 
 // Image is what an archive holds: one image, one layer.
 type Image struct {
-	Name       string // with a tag, e.g. registry.k8s.io/pause:3.10
-	Entrypoint string // absolute path of the binary run
-	User       string // uid:gid
-	Files      []File // the layer's regular files; their directories are made 0755
+	Name       string   // with a tag, e.g. registry.k8s.io/pause:3.10
+	Entrypoint string   // absolute path of the binary run
+	User       string   // uid:gid
+	Env        []string // KEY=VALUE; none: containerd's default
+	Files      []File   // the layer's regular files; their directories are made 0755
 }
 
 // File is one regular file of the layer.
@@ -104,6 +125,15 @@ type File struct {
 	Path string // absolute
 	Mode int64
 	Data []byte
+}
+
+// imageConfig is the image configuration's config object.
+func imageConfig(img Image) map[string]any {
+	c := map[string]any{"Entrypoint": []string{img.Entrypoint}, "User": img.User}
+	if len(img.Env) > 0 {
+		c["Env"] = img.Env
+	}
+	return c
 }
 
 // Write writes an OCI image-layout tar holding one image named name whose only file is entry (mode
@@ -165,7 +195,7 @@ func WriteImage(w io.Writer, img Image) error {
 		"architecture": "amd64",
 		"os":           "linux",
 		"created":      epoch.Format(time.RFC3339),
-		"config":       map[string]any{"Entrypoint": []string{img.Entrypoint}, "User": img.User},
+		"config":       imageConfig(img),
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar.Bytes())}},
 	})
 	if err != nil {

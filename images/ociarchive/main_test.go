@@ -70,7 +70,7 @@ func TestWrite(t *testing.T) {
 // file and its directories in its layer, parents before children, and runs as the user asked for.
 func TestWriteImage(t *testing.T) {
 	var buf bytes.Buffer
-	img := Image{Name: "pxejoin.io/bootserver:dev", Entrypoint: "/bootserver", User: "0:0", Files: []File{
+	img := Image{Name: "pxejoin.io/bootserver:dev", Entrypoint: "/bootserver", User: "0:0", Env: []string{"PATH=/usr/local/bin:/bin"}, Files: []File{
 		{Path: "/usr/lib/ipxe/undionly.kpxe", Mode: 0o644, Data: []byte("undi")},
 		{Path: "/bootserver", Mode: 0o755, Data: []byte("binary")},
 		{Path: "/usr/lib/ipxe/ipxe.efi", Mode: 0o644, Data: []byte("efi")},
@@ -88,6 +88,7 @@ func TestWriteImage(t *testing.T) {
 		Config struct {
 			Entrypoint []string
 			User       string
+			Env        []string
 		}
 	}
 	blob := func(d string) []byte { return files["blobs/sha256/"+strings.TrimPrefix(d, "sha256:")] }
@@ -100,7 +101,8 @@ func TestWriteImage(t *testing.T) {
 	if err := json.Unmarshal(blob(manifest.Config.Digest), &config); err != nil {
 		t.Fatal(err)
 	}
-	if config.Config.User != "0:0" || len(config.Config.Entrypoint) != 1 || config.Config.Entrypoint[0] != "/bootserver" {
+	if config.Config.User != "0:0" || len(config.Config.Entrypoint) != 1 || config.Config.Entrypoint[0] != "/bootserver" ||
+		len(config.Config.Env) != 1 || config.Config.Env[0] != "PATH=/usr/local/bin:/bin" {
 		t.Errorf("config %+v", config.Config)
 	}
 	zr, err := gzip.NewReader(bytes.NewReader(blob(manifest.Layers[0].Digest)))

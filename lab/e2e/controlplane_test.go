@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -10,17 +11,23 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
+	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/vm"
 	"github.com/pxejoin/pxejoin/nodeagent/initmode"
 )
 
@@ -221,4 +228,183 @@ func TestControlPlaneJoinFileFromBootServer(t *testing.T) {
 	if where := keyShown(t, bs, kcp.CertificateKey()); len(where) > 0 {
 		t.Errorf("the certificate key reached the boot server's %s", strings.Join(where, ", "))
 	}
+}
+
+// cpComponents are the static Pods a control-plane node runs; their mirror Pods are <component>-<node>.
+var cpComponents = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+// TestControlPlaneVMJoin PXE-boots a VM through the real boot server with a control-plane profile into
+// the kubeadm-made cluster: the initramfs prepares the node, the image's systemd imports the
+// control-plane images, starts the kubelet and finishes the join (pxejoin-control-plane.service). The
+// static Pods run under the VM's kubelet (their mirror Pods are Running), its etcd member is promoted,
+// and once the first API server is stopped the cluster still answers through the VM's. The VM's memory
+// is PXEJOIN_CP_VM_MB (default 4096); the test logs what the node used.
+func TestControlPlaneVMJoin(t *testing.T) {
+	extended(t)
+	needRoot(t)
+	bin := controlplane.RequireKubeadm(t)
+	img := image(t)
+	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 40*time.Minute))
+	kcp, n := controlplane.StartKubeadm(t)
+	node, mac := "vm-cp2", n.MAC(1)
+	bs := cpBootServer(ctx, t, kcp, n, img, mac.String(), node)
+	memMB := 4096
+	if v, err := strconv.Atoi(os.Getenv("PXEJOIN_CP_VM_MB")); err == nil {
+		memMB = v
+	}
+	v := startVM(t, n, node, mac, vm.BIOS, memMB)
+	admin := kcp.Admin()
+
+	// The mirror Pods of the four static Pods, Running under the VM's kubelet.
+	var pods map[string]*corev1.Pod
+	running := func() bool {
+		pods = map[string]*corev1.Pod{}
+		for _, c := range cpComponents {
+			p, err := admin.CoreV1().Pods("kube-system").Get(ctx, c+"-"+node, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			pods[c] = p
+		}
+		for _, p := range pods {
+			if p.Status.Phase != corev1.PodRunning {
+				return false
+			}
+		}
+		return true
+	}
+	for !running() {
+		select {
+		case <-ctx.Done():
+			t.Logf("timeline:\n%s", real{bs}.timeline(v.Started, mac.String()))
+			t.Fatalf("the static Pods of %s are not all Running: %s", node, podPhases(pods))
+		case <-v.Done():
+			t.Fatalf("the VM ended before its static Pods ran")
+		case <-time.After(2 * time.Second):
+		}
+	}
+	t.Logf("%s: static Pods Running %.1fs after qemu started", node, time.Since(v.Started).Seconds())
+	for _, c := range cpComponents {
+		if src := pods[c].Annotations["kubernetes.io/config.source"]; src != "file" {
+			t.Errorf("%s-%s is not a static Pod's mirror (config.source %q)", c, node, src)
+		}
+	}
+
+	// The join finished (its unit removed the join file): etcd has two voting members, the Node is a
+	// control-plane node.
+	if err := (real{bs}).waitPhase(ctx, mac.String(), bootstatus.PhaseSwitchRoot, bootstatus.StateDone); err != nil {
+		t.Fatal(err)
+	}
+	members := func() (string, bool) {
+		pki := kcp.CertificatesDir()
+		out, err := exec.CommandContext(ctx, filepath.Join(bin, "etcdctl"), "--endpoints="+strings.Join(kcp.EtcdEndpoints(), ","),
+			"--cacert="+filepath.Join(pki, "etcd/ca.crt"), "--cert="+filepath.Join(pki, "etcd/healthcheck-client.crt"),
+			"--key="+filepath.Join(pki, "etcd/healthcheck-client.key"), "member", "list", "-w", "json").CombinedOutput()
+		if err != nil {
+			return string(out), false
+		}
+		var list struct {
+			Members []struct {
+				Name      string `json:"name"`
+				IsLearner bool   `json:"isLearner"`
+			} `json:"members"`
+		}
+		if json.Unmarshal(out, &list) != nil || len(list.Members) != 2 {
+			return string(out), false
+		}
+		for _, m := range list.Members {
+			if m.IsLearner {
+				return string(out), false
+			}
+		}
+		return string(out), true
+	}
+	var list string
+	if !eventually.Within(10*time.Minute, func() bool { l, ok := members(); list = l; return ok }) {
+		t.Fatalf("etcd members: %s, want two voting members", list)
+	}
+	var nd *corev1.Node
+	if !eventually.Within(10*time.Minute, func() bool {
+		var err error
+		nd, err = admin.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		_, labelled := nd.Labels["node-role.kubernetes.io/control-plane"]
+		return labelled && slices.ContainsFunc(nd.Spec.Taints, func(tn corev1.Taint) bool {
+			return tn.Key == "node-role.kubernetes.io/control-plane" && tn.Effect == corev1.TaintEffectNoSchedule
+		})
+	}) {
+		t.Fatalf("Node %s is not labelled and tainted as a control-plane node: %v", node, nd)
+	}
+	t.Logf("%s: etcd member promoted and Node marked %.1fs after qemu started", node, time.Since(v.Started).Seconds())
+
+	// The VM's API server, on the leased address its manifest advertises.
+	endpoint := pods["kube-apiserver"].Annotations[controlplane.APIServerEndpointAnnotation]
+	if endpoint == "" {
+		t.Fatalf("kube-apiserver-%s has no %s annotation", node, controlplane.APIServerEndpointAnnotation)
+	}
+	kubectl := func(args ...string) (string, error) {
+		out, err := n.NS.Command(filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig", kcp.AdminKubeconfig(),
+			"--server", "https://" + endpoint, "--request-timeout", "30s"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "written-through-the-first"}, Data: map[string]string{"k": "v"}}
+	if _, err := admin.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if summary, err := kubectl("get", "--raw", "/api/v1/nodes/"+node+"/proxy/stats/summary"); err == nil {
+		var s struct {
+			Node struct {
+				Memory struct {
+					WorkingSetBytes uint64 `json:"workingSetBytes"`
+					AvailableBytes  uint64 `json:"availableBytes"`
+				} `json:"memory"`
+			} `json:"node"`
+		}
+		if json.Unmarshal([]byte(summary), &s) == nil {
+			t.Logf("%s memory (of %d MiB): working set %d MiB, available %d MiB", node, memMB,
+				s.Node.Memory.WorkingSetBytes>>20, s.Node.Memory.AvailableBytes>>20)
+		}
+	}
+
+	// Stop the first API server: the cluster answers through the VM's.
+	kcp.StopAPIServer()
+	if _, err := admin.CoreV1().ConfigMaps("default").Get(ctx, cm.Name, metav1.GetOptions{}); err == nil {
+		t.Fatal("the first API server still answers after StopAPIServer")
+	}
+	var out string
+	if !eventually.Within(2*time.Minute, func() bool {
+		var err error
+		out, err = kubectl("get", "configmap", cm.Name, "-o", "jsonpath={.data.k}")
+		return err == nil && out == "v"
+	}) {
+		t.Fatalf("the VM's API server does not serve the first one's ConfigMap: %s", out)
+	}
+	if out, err := kubectl("create", "configmap", "written-through-the-second", "--from-literal=k=w"); err != nil {
+		t.Fatalf("writing through the VM's API server: %v\n%s", err, out)
+	}
+	out, err := kubectl("get", "nodes", "-o", "wide")
+	if err != nil {
+		t.Fatalf("kubectl get nodes through the VM's API server: %v\n%s", err, out)
+	}
+	t.Logf("through the VM's API server at %s, the first stopped:\n%s", endpoint, out)
+	consoleMarks(t, v, "Linux version", "nodeagent init mode", "network done", "join-file done", "root-image done",
+		"switch-root done", "Import the control-plane images", "The Kubernetes Node Agent", "Finish the pxejoin control-plane join")
+	if where := keyShown(t, bs, kcp.CertificateKey()); len(where) > 0 {
+		t.Errorf("the certificate key reached the boot server's %s", strings.Join(where, ", "))
+	}
+}
+
+// podPhases prints each Pod's phase.
+func podPhases(pods map[string]*corev1.Pod) string {
+	var b strings.Builder
+	for _, c := range cpComponents {
+		if p, ok := pods[c]; ok {
+			fmt.Fprintf(&b, "%s=%s ", c, p.Status.Phase)
+		} else {
+			fmt.Fprintf(&b, "%s=absent ", c)
+		}
+	}
+	return b.String()
 }

@@ -51,6 +51,9 @@ type Options struct {
 	// NodeName is the first control-plane node's name with Kubeadm (its etcd member, Node and Pods);
 	// default "cp1".
 	NodeName string
+	// EtcdExtraArgs (name → value, Kubeadm only) go into the ClusterConfiguration's etcd.local.extraArgs
+	// and on the first member's command line: e.g. longer raft timeouts for a member in a slow VM.
+	EtcdExtraArgs map[string]string
 	// Logf receives progress lines; may be nil.
 	Logf func(format string, args ...any)
 }

@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -83,10 +85,23 @@ networking:
 etcd:
   local:
     dataDir: %[7]s
-apiServer:
+%[9]sapiServer:
   certSANs:
   - %[1]s
-`, host, port, cp.opts.NodeName, Version, cp.endpoint, certsDir, etcdDir, cp.kubeadm.certKey)
+`, host, port, cp.opts.NodeName, Version, cp.endpoint, certsDir, etcdDir, cp.kubeadm.certKey, cp.etcdExtraArgs())
+}
+
+// etcdExtraArgs is Options.EtcdExtraArgs as the ClusterConfiguration's etcd.local.extraArgs, sorted.
+func (cp *ControlPlane) etcdExtraArgs() string {
+	if len(cp.opts.EtcdExtraArgs) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("    extraArgs:\n")
+	for _, k := range slices.Sorted(maps.Keys(cp.opts.EtcdExtraArgs)) {
+		fmt.Fprintf(&b, "    - name: %s\n      value: %q\n", k, cp.opts.EtcdExtraArgs[k])
+	}
+	return b.String()
 }
 
 // prepareKubeadm has the real kubeadm write the PKI (kubeadm's layout: etcd/ca, front-proxy-ca, sa, the
@@ -151,6 +166,9 @@ func (cp *ControlPlane) prepareKubeadm(ctx context.Context, ports []int) error {
 		"--peer-trusted-ca-file=" + p("etcd/ca.crt"), "--peer-client-cert-auth=true",
 		"--snapshot-count=10000", "--feature-gates=InitialCorruptCheck=true",
 		"--watch-progress-notify-interval=5s", "--log-level=warn"}}
+	for _, k := range slices.Sorted(maps.Keys(opts.EtcdExtraArgs)) {
+		cp.etcd.argv = append(cp.etcd.argv, "--"+k+"="+opts.EtcdExtraArgs[k])
+	}
 	cp.apiserver, err = cp.apiserverProcess(ports[2], "--etcd-servers="+localURL,
 		"--etcd-cafile="+p("etcd/ca.crt"), "--etcd-certfile="+p("apiserver-etcd-client.crt"),
 		"--etcd-keyfile="+p("apiserver-etcd-client.key"))

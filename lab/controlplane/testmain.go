@@ -80,6 +80,12 @@ func RequireKubeadm(t testing.TB) string {
 // quorum), so each joining test gets its own.
 func StartKubeadm(t testing.TB) (*ControlPlane, *labenv.Net) {
 	t.Helper()
+	return StartKubeadmWith(t, Options{})
+}
+
+// StartKubeadmWith is StartKubeadm with opts (StateDir, Address, NetNS, Kubeadm and Logf are set here).
+func StartKubeadmWith(t testing.TB, opts Options) (*ControlPlane, *labenv.Net) {
+	t.Helper()
 	RequireKubeadm(t)
 	n, err := labenv.NewNet("cpk")
 	if err != nil {
@@ -88,7 +94,8 @@ func StartKubeadm(t testing.TB) (*ControlPlane, *labenv.Net) {
 	t.Cleanup(n.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cp, err := Start(ctx, Options{StateDir: t.TempDir(), Address: n.BridgeAddr, NetNS: n.NS.Name, Kubeadm: true, Logf: t.Logf})
+	opts.StateDir, opts.Address, opts.NetNS, opts.Kubeadm, opts.Logf = t.TempDir(), n.BridgeAddr, n.NS.Name, true, t.Logf
+	cp, err := Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

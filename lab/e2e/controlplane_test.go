@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/eventually"
@@ -245,14 +246,18 @@ func TestControlPlaneVMJoin(t *testing.T) {
 	bin := controlplane.RequireKubeadm(t)
 	img := image(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 40*time.Minute))
-	kcp, n := controlplane.StartKubeadm(t)
+	// Under TCG on a loaded host the VM's etcd answers late: raft timeouts ten times etcd's defaults
+	// (both members, through kubeadm-config's etcd.local.extraArgs) keep the two-member cluster from
+	// electing a new leader whenever the VM stalls.
+	kcp, n := controlplane.StartKubeadmWith(t, controlplane.Options{EtcdExtraArgs: map[string]string{
+		"heartbeat-interval": "1000", "election-timeout": "10000"}})
 	node, mac := "vm-cp2", n.MAC(1)
 	bs := cpBootServer(ctx, t, kcp, n, img, mac.String(), node)
 	memMB := 4096
 	if v, err := strconv.Atoi(os.Getenv("PXEJOIN_CP_VM_MB")); err == nil {
 		memMB = v
 	}
-	v := startVM(t, n, node, mac, vm.BIOS, memMB)
+	v := startCPVM(t, n, node, mac, memMB)
 	admin := kcp.Admin()
 
 	// The mirror Pods of the four static Pods, Running under the VM's kubelet.
@@ -394,6 +399,27 @@ func TestControlPlaneVMJoin(t *testing.T) {
 	if where := keyShown(t, bs, kcp.CertificateKey()); len(where) > 0 {
 		t.Errorf("the certificate key reached the boot server's %s", strings.Join(where, ", "))
 	}
+}
+
+// startCPVM is startVM with two vCPUs: a control plane starts four servers at once.
+func startCPVM(t *testing.T, n *labenv.Net, name string, mac hwaddr.MAC, memMB int) *vm.VM {
+	t.Helper()
+	dir := t.TempDir()
+	v, err := vm.Start(vm.Options{Name: name, NetNS: n.NS.Name, Bridge: n.Bridge, MAC: mac, Firmware: vm.BIOS, Dir: dir, MemoryMB: memMB, CPUs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		v.Stop()
+		if t.Failed() {
+			t.Logf("console of %s (last 60 lines):\n%s", name, v.Console.Tail(60))
+		}
+		if keep := os.Getenv("PXEJOIN_KEEP"); keep != "" {
+			b, _ := os.ReadFile(filepath.Join(dir, name+".console"))
+			os.WriteFile(filepath.Join(keep, name+".console"), b, 0o644)
+		}
+	})
+	return v
 }
 
 // podPhases prints each Pod's phase.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -70,7 +71,9 @@ func (m *cpMember) kubelet(ctx context.Context, t testing.TB, kcp *controlplane.
 	node, mirror := false, false
 	for ctx.Err() == nil && !(node && mirror) {
 		if _, err := os.Stat(filepath.Join(rootfs, "etc/kubernetes/kubelet.conf")); err == nil && !node {
-			_, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: m.name}}, metav1.CreateOptions{})
+			// With the labels a kubelet registers (kubeadm's mark-control-plane waits for the hostname).
+			_, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: m.name, Labels: map[string]string{
+				corev1.LabelHostname: m.name, corev1.LabelOSStable: "linux", corev1.LabelArchStable: runtime.GOARCH}}}, metav1.CreateOptions{})
 			node = err == nil || apierrors.IsAlreadyExists(err)
 		}
 		if raw, err := os.ReadFile(filepath.Join(rootfs, "etc/kubernetes/manifests/etcd.yaml")); err == nil && !mirror {
@@ -96,13 +99,24 @@ func (m *cpMember) kubelet(ctx context.Context, t testing.TB, kcp *controlplane.
 	}
 }
 
-// joinCommand is `nodeagent join --control-plane` for the node with a new token, in its namespace.
-func (m *cpMember) joinCommand(ctx context.Context, t testing.TB, kcp *controlplane.ControlPlane) *exec.Cmd {
+// signedCPToken is a new bootstrap token whose signature cluster-info already carries.
+func signedCPToken(ctx context.Context, t testing.TB, kcp *controlplane.ControlPlane) string {
 	t.Helper()
 	tok, err := kcp.CreateToken(ctx, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := kcp.WaitSigned(ctx, tok, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// joinCommand is `nodeagent join --control-plane` for the node with a new signed token, in its
+// namespace.
+func (m *cpMember) joinCommand(ctx context.Context, t testing.TB, kcp *controlplane.ControlPlane) *exec.Cmd {
+	t.Helper()
+	tok := signedCPToken(ctx, t, kcp)
 	return m.ns.Command(agentBin(t), "join", kcp.Endpoint(), "--token", tok, "--discovery-token-ca-cert-hash", kcp.CAPin(),
 		"--node-name", m.name, "--rootfs", m.rootfs, "--skip-phases", "kubelet-start/start",
 		"--control-plane", "--certificate-key", kcp.CertificateKey(), "--apiserver-advertise-address", m.addr)

@@ -192,25 +192,9 @@ func JoinPhase(ctx context.Context, kubeadm string, j Join, phase ...string) (ma
 		return nil, "", err
 	}
 	defer os.RemoveAll(root)
-	cfg := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
-kind: JoinConfiguration
-discovery:
-  bootstrapToken:
-    apiServerEndpoint: %q
-    token: %q
-    caCertHashes:
-    - %q
-nodeRegistration:
-  name: %q
-  criSocket: unix:///run/containerd/containerd.sock
-controlPlane:
-  localAPIEndpoint:
-    advertiseAddress: %q
-    bindPort: %d
-  certificateKey: %q
-`, j.Endpoint, j.Token, j.CACertHash, j.Node.Name, j.Node.AdvertiseAddress, j.Node.BindPort, j.CertificateKey)
+	cfg := JoinConfig(j)
 	const cfgName = "join.yaml"
-	if err := os.WriteFile(filepath.Join(root, cfgName), []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(root, cfgName), cfg, 0o600); err != nil {
 		return nil, "", err
 	}
 	args := phase
@@ -234,4 +218,29 @@ controlPlane:
 		return err
 	})
 	return files, out, err
+}
+
+// JoinConfig is the JoinConfiguration (v1beta4) of j that `kubeadm join --config` is given: the token
+// and the certificate key are in it, so keep it 0600 and out of logs. A zero BindPort is 6443.
+func JoinConfig(j Join) []byte {
+	if j.Node.BindPort == 0 {
+		j.Node.BindPort = 6443
+	}
+	return []byte(fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: %q
+    token: %q
+    caCertHashes:
+    - %q
+nodeRegistration:
+  name: %q
+  criSocket: unix:///run/containerd/containerd.sock
+controlPlane:
+  localAPIEndpoint:
+    advertiseAddress: %q
+    bindPort: %d
+  certificateKey: %q
+`, j.Endpoint, j.Token, j.CACertHash, j.Node.Name, j.Node.AdvertiseAddress, j.Node.BindPort, j.CertificateKey))
 }

@@ -80,8 +80,8 @@ func ClientTLS(root nodefiles.Root, certDir string) (*tls.Config, error) {
 type Joiner struct {
 	Endpoints []string
 	TLS       *tls.Config
-	// Name, PeerURL, ClientURL: the new member.
-	Name, PeerURL, ClientURL string
+	// Name, PeerURL: the new member.
+	Name, PeerURL string
 	// Timeout bounds each step (kubeadm's timeouts.etcdAPICall, 2 minutes by default).
 	Timeout time.Duration
 	Printf  func(string, ...any)
@@ -184,23 +184,16 @@ func (j *Joiner) Promote(ctx context.Context) error {
 	}
 }
 
-// waitHealthy waits until every member, this one included, answers a status request.
+// waitHealthy waits until every member answers a status request at its client URLs from the member
+// list, as kubeadm's client does after Sync: the etcd Pods' annotations Endpoints came from may still
+// name a member that is gone (the stale member of a node that rejoined at a new address, whose
+// mirror Pod the kubelet has not replaced yet).
 func (j *Joiner) waitHealthy(ctx context.Context, c *clientv3.Client) error {
-	eps := append(slices.Clone(j.Endpoints), j.ClientURL)
 	var last error
 	for {
-		last = nil
-		for _, ep := range eps {
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := c.Status(sctx, ep)
-			cancel()
-			if err != nil {
-				last = fmt.Errorf("%s: %w", ep, err)
-				break
-			}
-		}
-		if last == nil {
-			j.Printf("[etcd] The etcd cluster is healthy (%d members answer)", len(eps))
+		n, err := j.unhealthy(ctx, c)
+		if last = err; last == nil {
+			j.Printf("[etcd] The etcd cluster is healthy (%d members answer)", n)
 			return nil
 		}
 		select {
@@ -209,4 +202,26 @@ func (j *Joiner) waitHealthy(ctx context.Context, c *clientv3.Client) error {
 		case <-time.After(retryInterval):
 		}
 	}
+}
+
+// unhealthy returns the number of members, or the first member that does not answer.
+func (j *Joiner) unhealthy(ctx context.Context, c *clientv3.Client) (int, error) {
+	list, err := c.MemberList(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("cannot list the etcd members: %w", err)
+	}
+	for _, m := range list.Members {
+		if len(m.ClientURLs) == 0 {
+			return 0, fmt.Errorf("member %x (%v) has not started", m.ID, m.PeerURLs)
+		}
+		for _, ep := range m.ClientURLs {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := c.Status(sctx, ep)
+			cancel()
+			if err != nil {
+				return 0, fmt.Errorf("member %q at %s: %w", m.Name, ep, err)
+			}
+		}
+	}
+	return len(list.Members), nil
 }

@@ -31,7 +31,7 @@ import (
 // root's /etc/kubernetes/manifests as a process in the node's namespace, its command from the
 // control-plane binaries and every absolute path in its flags moved under root.
 type staticPods struct {
-	t       *testing.T
+	t       testing.TB
 	root    string
 	bin     string
 	ns      *netlab.NS

@@ -135,7 +135,7 @@ func runEtcdJoin(ctx context.Context, d *data) error {
 		return err
 	}
 	j := &etcdjoin.Joiner{Endpoints: eps, TLS: tlsCfg, Name: d.nodeName,
-		PeerURL: "https://" + net.JoinHostPort(ip, "2380"), ClientURL: "https://" + net.JoinHostPort(ip, "2379"),
+		PeerURL: "https://" + net.JoinHostPort(ip, "2380"),
 		Timeout: d.cfg.Timeout(func(t *joinconfig.Timeouts) *metav1.Duration { return t.EtcdAPICall }, 2*time.Minute),
 		Printf:  d.printf}
 	if entries, _ := os.ReadDir(dataDir); len(entries) > 0 && d.root.Exists(path.Join(manifests.Dir, "etcd.yaml")) {

@@ -160,7 +160,7 @@ func (d *data) leaseGone(ctx context.Context) (string, error) {
 				return "", fmt.Errorf("cannot read Lease %s/%s: %w", corev1.NamespaceNodeLease, d.nodeName, err)
 			}
 			if !l.Spec.RenewTime.Equal(first.Spec.RenewTime) || !equalPtr(l.Spec.HolderIdentity, first.Spec.HolderIdentity) {
-				return "", fmt.Errorf("its kubelet is alive: its Lease %s/%s was renewed %s after this join began; "+
+				return "", fmt.Errorf("its kubelet is alive: its Lease %s/%s was renewed while this join watched it (after %s); "+
 					"another machine runs under this name: give this machine another node name in the boot server's inventory, or stop the other one",
 					corev1.NamespaceNodeLease, d.nodeName, seconds(time.Since(start)))
 			}

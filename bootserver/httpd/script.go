@@ -157,7 +157,10 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	// Only inventory machines get a token ahead: a stranger's comes from the unknown machines' budget,
 	// spent only when its agent asks for its join file. An installed machine resumes from its disk
 	// without a token: it gets one only if its agent asks for a join file (a re-join).
-	if a.Known && h.cfg.MintAhead && h.cfg.Tokens != nil && !(a.Disk != nil && h.cfg.Status.Resumes(mac, a.Reimage)) {
+	switch {
+	case a.Disk != nil && h.cfg.Status.Resumes(mac, a.Reimage):
+		h.resumes.Inc()
+	case a.Known && h.cfg.MintAhead && h.cfg.Tokens != nil:
 		h.mintAhead(mac, a.NodeName, boot)
 	}
 }

@@ -32,6 +32,9 @@ type Install struct {
 	Rejoins      int       `json:"rejoins,omitempty"`
 	LastRejoin   time.Time `json:"lastRejoin,omitzero"`
 	RejoinReason string    `json:"rejoinReason,omitempty"`
+	// RejoinBoot is the boot whose re-join was counted (a join file fetched again in the same
+	// boot is not another re-join).
+	RejoinBoot int `json:"rejoinBoot,omitempty"`
 	// Reimage is the re-image request made on this server (`bootserver reimage`), until a wipe
 	// carries it out; its value is the request's time (RFC 3339).
 	Reimage string `json:"reimage,omitempty"`
@@ -144,13 +147,14 @@ func (s *Store) RequestReimage(mac hwaddr.MAC, id Identity, req string) error {
 }
 
 // Rejoin decides whether mac's join file request (in its current boot) is a re-join: the machine
-// was installed in an earlier boot, or its disk was wiped on request in this one. If so it
-// records it (count, time, the agent's reason) and returns the reason's class (RejoinReasons).
+// was installed in an earlier boot, or its disk was wiped on request in this one. If so, and the
+// boot's re-join was not recorded yet, it records it (count, time, the agent's reason) and
+// returns the reason's class (RejoinReasons).
 func (s *Store) Rejoin(mac hwaddr.MAC) (reason string, rejoin bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.m[mac]
-	if e == nil || !e.Install.Installed {
+	if e == nil || !e.Install.Installed || e.Install.RejoinBoot == e.Boot {
 		return "", false
 	}
 	m := &e.Machine
@@ -166,6 +170,7 @@ func (s *Store) Rejoin(mac hwaddr.MAC) (reason string, rejoin bool) {
 		reason, text = RejoinNotResumed, "the agent did not report a resume check"
 	}
 	m.Install.Rejoins++
+	m.Install.RejoinBoot = m.Boot
 	m.Install.LastRejoin = s.opts.Now()
 	m.Install.RejoinReason = bootstatus.Truncate(text, maxInstallDetail)
 	s.dirty[mac] = true

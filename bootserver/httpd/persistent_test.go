@@ -1,6 +1,7 @@
 package httpd
 
 import (
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
@@ -37,7 +39,7 @@ func persistentHandler(t *testing.T, f *fixture, reimage string) *Handler {
 	if reimage != "" { // as a Machine's annotation would
 		inv = withReimage(t, c, reimage)
 	}
-	return handlerWith(t, f, inv, nil, nil)
+	return handlerWith(t, f, inv, nil, prometheus.NewRegistry())
 }
 
 // withReimage is c's inventory as the Kubernetes source builds it from Machines, with db-1 and
@@ -169,5 +171,37 @@ func TestRootImageURLVersion(t *testing.T) {
 	// The versioned URL serves the file.
 	if w := get(t, h, "GET", strings.TrimPrefix(second, "http://10.80.0.1:8080"), nil); w.Code != 200 || w.Body.String() != "squashfs v2" {
 		t.Errorf("GET %s: %d %q", second, w.Code, w.Body)
+	}
+}
+
+// TestReimageOnlyFromLoopback: the boot network cannot ask for a re-image (403, counted); the
+// boot server's own host can, by node name.
+func TestReimageOnlyFromLoopback(t *testing.T) {
+	f := newFixture(t, "http://10.80.0.1:8080", 1024, false)
+	h := persistentHandler(t, f, "")
+	r := httptest.NewRequest("POST", "/machines/db-1/reimage", nil)
+	r.RemoteAddr = "10.80.0.7:40000"
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != 403 || !strings.Contains(w.Body.String(), "kubectl annotate pxm") {
+		t.Fatalf("from the boot network: %d %s", w.Code, w.Body)
+	}
+	if m, _ := f.store.Get(mustMAC("52:54:00:00:00:07")); m.Install.Reimage != "" {
+		t.Fatal("a refused request was recorded")
+	}
+	r.RemoteAddr = "[::1]:40000"
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"nodeName":"db-1"`) {
+		t.Fatalf("from loopback: %d %s", w.Code, w.Body)
+	}
+	if m, _ := f.store.Get(mustMAC("52:54:00:00:00:07")); m.Install.Reimage == "" {
+		t.Fatal("the request was not recorded")
+	}
+	metrics := get(t, h, "GET", "/metrics", nil).Body.String()
+	for _, want := range []string{`pxejoin_http_requests_total{code="403",kind="reimage"} 1`, `pxejoin_http_requests_total{code="200",kind="reimage"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("no %s in:\n%s", want, grep(metrics, "reimage"))
+		}
 	}
 }

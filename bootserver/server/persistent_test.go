@@ -148,3 +148,45 @@ func counterValue(t *testing.T, s *Server, name, reason string) float64 {
 	t.Fatalf("no metric %s{%s}", name, reason)
 	return 0
 }
+
+// TestReimageAnnotates: with the Machine inventory, a re-image request is put on the Machine as
+// its pxejoin.io/reimage annotation (real apiserver), where every boot server sees it; with a
+// file inventory nothing is written to the API.
+func TestReimageAnnotates(t *testing.T) {
+	needControlPlane(t)
+	dyn, err := dynamic.NewForConfig(cp.AdminConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := crd.Install(ctx, dyn, crd.Machines, "pxejoin-test"); err != nil {
+		t.Fatal(err)
+	}
+	name := "srv-reimage-1"
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": machineapi.GVK.GroupVersion().String(), "kind": machineapi.Kind, "metadata": map[string]any{"name": name},
+		"spec": map[string]any{"macs": []any{"52:54:00:5f:00:31"}, "profile": "worker"},
+	}}
+	if _, err := dyn.Resource(machineapi.GVR).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer dyn.Resource(machineapi.GVR).Delete(ctx, name, metav1.DeleteOptions{})
+	cl := &Cluster{Dynamic: dyn}
+	if f := (&Server{cfg: &config.Config{Inventory: config.Inventory{Source: config.InventoryFile}}}).reimageFunc(cl); f != nil {
+		t.Error("a file inventory annotates Machines")
+	}
+	reimage := (&Server{cfg: &config.Config{Inventory: config.Inventory{Source: config.InventoryKubernetes}}}).reimageFunc(cl)
+	if err := reimage(ctx, name, "2026-11-30T15:00:00Z"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := dyn.Resource(machineapi.GVR).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := got.GetAnnotations()[machineapi.AnnotationReimage]; a != "2026-11-30T15:00:00Z" {
+		t.Errorf("annotation %q", a)
+	}
+	if err := reimage(ctx, "srv-reimage-none", "x"); err == nil {
+		t.Error("a missing Machine must fail")
+	}
+}

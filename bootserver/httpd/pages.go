@@ -1,11 +1,9 @@
 package httpd
 
 import (
-	"bytes"
 	"encoding/json"
 	"html/template"
 	"net/http"
-	"sort"
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
@@ -17,7 +15,8 @@ type MachinesResponse struct {
 	Machines []status.Machine `json:"machines"`
 }
 
-// machines merges the timelines with inventory machines never seen yet.
+// machines merges the timelines with inventory machines never seen yet, failures first
+// (status.SortFailuresFirst).
 func (h *Handler) machines() []status.Machine {
 	all := h.cfg.Status.All()
 	seen := make(map[hwaddr.MAC]bool, len(all))
@@ -32,7 +31,7 @@ func (h *Handler) machines() []status.Machine {
 		a, _ := inv.Lookup(im.MAC, im.UUID)
 		all = append(all, status.Machine{MAC: im.MAC, NodeName: a.NodeName, Profile: im.Profile, Known: true, Phases: []status.Phase{}})
 	}
-	sort.Slice(all, func(i, j int) bool { return bytes.Compare(all[i].MAC[:], all[j].MAC[:]) < 0 })
+	status.SortFailuresFirst(all)
 	return all
 }
 

@@ -11,7 +11,9 @@
 //	GET  /join/<mac>                      JoinConfiguration v1beta4 (Cache-Control: no-store, never logged)
 //	POST /status/<mac>                    []bootstatus.Event
 //	GET  /machines                        machines and timelines, JSON
-//	GET  /                                the same as a page
+//	GET  /                                the fleet page: a row per machine, its boot's phases as bars
+//	GET  /fleet.json, /fleet.js           the fleet page's data (refreshed every few seconds) and script
+//	GET  /machine/<mac>                   one machine's page: every attempt of each phase
 //	GET  /metrics, /healthz
 package httpd
 
@@ -181,7 +183,10 @@ func New(cfg Config) (*Handler, error) {
 	h.route("GET /join/{mac}", KindJoin, h.serveJoin)
 	h.route("POST /status/{mac}", KindStatus, h.postStatus)
 	h.route("GET /machines", KindMachines, h.serveMachines)
-	h.route("GET /{$}", KindPage, h.servePage)
+	h.route("GET /{$}", KindPage, h.serveFleetPage)
+	h.route("GET /fleet.json", KindPage, h.serveFleetJSON)
+	h.route("GET /fleet.js", KindPage, h.serveFleetJS)
+	h.route("GET /machine/{mac}", KindPage, h.serveMachinePage)
 	h.route("GET /healthz", KindHealth, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "ok\n")

@@ -54,8 +54,7 @@
       if (b.p !== prev[lane]) { alt[lane] ^= 1; prev[lane] = b.p; }
       const s = el('span', 'bar ' + b.s + ' l' + lane + (alt[lane] ? '' : ' alt'));
       const a = Math.min(b.a, full), z = Math.min(end(b, m), full);
-      s.style.left = (a / full * 100) + '%';
-      s.style.width = ((z - a) / full * 100) + '%';
+      s.style.cssText = 'left:' + (a / full * 100) + '%;width:' + ((z - a) / full * 100) + '%';
       s.dataset.phase = b.p;
       if (b.n) s.dataset.attempt = b.n;
       s.title = label(m, b);

@@ -155,3 +155,24 @@ func TestSortFailuresFirst(t *testing.T) {
 		t.Errorf("order %s", g)
 	}
 }
+
+func TestAttemptsPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db := openDB(t, path)
+	s, err := Open(db, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := mustMAC("52:54:00:00:00:01")
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.Record(mac, ev(PhaseScript, "start", t0, true))
+	if _, err := s.RecordSync(mac, agentEv("preflight", "error", 1, t0.Add(time.Second), "refused"),
+		agentEv("preflight", "done", 2, t0.Add(3*time.Second), "")); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := reopen(t, s, db, path, Options{}).Get(mac)
+	p := m.Phases[m.index("preflight")]
+	if len(p.Attempts) != 1 || p.Attempts[0].Error != "refused" || p.Attempt != 2 || m.Failures() != 1 {
+		t.Errorf("after a restart: %+v", p)
+	}
+}

@@ -275,7 +275,8 @@ func TestFleetPageChromium(t *testing.T) {
 }
 
 // BenchmarkFleetPage measures the fleet page with 1,000 machines in headless Chromium: its weight
-// (page + script) and the time its script takes to draw the rows (README, status page).
+// (page + script as sent: gzip) and the time its script takes to draw the rows, and the size of a
+// refresh (README, status page).
 func BenchmarkFleetPage(b *testing.B) {
 	f := newFixture(b, "http://10.80.0.1:8080", 16, true)
 	bootFleet(f.store, 1000, time.Now().Add(-2*time.Minute))
@@ -288,8 +289,12 @@ func BenchmarkFleetPage(b *testing.B) {
 		ms, _ := strconv.Atoi(dom[i+len(`data-render-ms="`) : i+strings.IndexByte(dom[i+len(`data-render-ms="`):], '"')+len(`data-render-ms="`)])
 		b.ReportMetric(float64(weight), "page-bytes")
 		b.ReportMetric(float64(ms), "render-ms")
-		w := httptest.NewRecorder()
-		f.h.ServeHTTP(w, httptest.NewRequest("GET", "/fleet.json", nil))
-		b.ReportMetric(float64(w.Body.Len()), "json-bytes")
+		for _, enc := range []string{"", "gzip"} {
+			w := httptest.NewRecorder()
+			r := httptest.NewRequest("GET", "/fleet.json", nil)
+			r.Header.Set("Accept-Encoding", enc)
+			f.h.ServeHTTP(w, r)
+			b.ReportMetric(float64(w.Body.Len()), "json"+enc+"-bytes")
+		}
 	}
 }

@@ -10,7 +10,7 @@
 //	GET  /ipxe/<file>                     iPXE binaries (UEFI HTTP boot)
 //	GET  /join/<mac>                      JoinConfiguration v1beta4 (Cache-Control: no-store, never logged)
 //	POST /status/<mac>                    []bootstatus.Event
-//	GET  /machines                        machines and timelines, JSON
+//	GET  /machines                        machines and timelines, JSON, failures first
 //	GET  /                                the fleet page: a row per machine, its boot's phases as bars
 //	GET  /fleet.json, /fleet.js           the fleet page's data (refreshed every few seconds) and script
 //	GET  /machine/<mac>                   one machine's page: every attempt of each phase

@@ -30,8 +30,8 @@ func newAttempt(p *Phase, ev *Event) bool {
 	if p.State == "" {
 		return false
 	}
-	return ev.Attempt > p.Attempt && p.Attempt > 0 ||
-		ev.State == bootstatus.StateStart && p.State == bootstatus.StateError
+	return (p.Attempt > 0 && ev.Attempt > p.Attempt) ||
+		(ev.State == bootstatus.StateStart && p.State == bootstatus.StateError)
 }
 
 // keepAttempt moves the latest attempt of m.Phases[i] to its earlier attempts, within MaxAttempts.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,11 +17,16 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/status"
 )
 
-// machinesCmd prints the running server's machines and their last phase, from GET /machines.
+// machinesCmd prints the running server's machines and their last phase, from GET /machines,
+// failures first; given a MAC or node name, that machine's boot with every attempt of each phase.
 func machinesCmd(args []string, out io.Writer) int {
 	fs := flag.NewFlagSet("bootserver machines", flag.ContinueOnError)
 	url := fs.String("server", envOr("PXEJOIN_SERVER", "http://127.0.0.1:8080"), "the boot server's URL")
-	if err := fs.Parse(args); err != nil {
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: bootserver machines [--server URL] [mac|node]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() > 1 {
 		return 2
 	}
 	c := &http.Client{Timeout: 10 * time.Second}
@@ -39,13 +45,24 @@ func machinesCmd(args []string, out io.Writer) int {
 		fmt.Fprintln(os.Stderr, "bootserver machines: bad answer:", err)
 		return 1
 	}
+	status.SortFailuresFirst(mr.Machines) // as the server does; an older one sorted by MAC
+	if name := fs.Arg(0); name != "" {
+		for i := range mr.Machines {
+			if m := &mr.Machines[i]; m.MAC.String() == strings.ToLower(name) || m.NodeName == name {
+				printAttempts(out, m)
+				return 0
+			}
+		}
+		fmt.Fprintf(os.Stderr, "bootserver machines: no machine %q: give a MAC or node name from bootserver machines\n", name)
+		return 1
+	}
 	printMachines(out, mr, time.Now())
 	return 0
 }
 
 func printMachines(out io.Writer, mr httpd.MachinesResponse, now time.Time) {
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "MAC\tNODE\tPROFILE\tBOOT\tLAST PHASE\tSTATE\tAGO\tDISK\tERROR")
+	fmt.Fprintln(tw, "MAC\tNODE\tPROFILE\tBOOT\tLAST PHASE\tSTATE\tAGO\tFAILED\tDISK\tLAST ERROR")
 	for _, m := range mr.Machines {
 		ago := ""
 		if !m.LastSeen.IsZero() {
@@ -55,11 +72,9 @@ func printMachines(out io.Writer, mr httpd.MachinesResponse, now time.Time) {
 		if last == "" {
 			last, state = "-", "-"
 		}
-		errText := ""
-		for _, p := range m.Phases {
-			if p.Phase == m.LastPhase {
-				errText = p.Error
-			}
+		errText, failed := m.Reason(), "-"
+		if n := m.Failures(); n > 0 {
+			failed = strconv.Itoa(n)
 		}
 		if len(errText) > 60 {
 			errText = errText[:57] + "..."
@@ -68,7 +83,37 @@ func printMachines(out io.Writer, mr httpd.MachinesResponse, now time.Time) {
 		if !m.Known && profile != "" {
 			profile += " (unlisted)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", m.MAC, m.NodeName, profile, m.Boot, last, state, ago, disk(m.Install, now), errText)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MAC, m.NodeName, profile, m.Boot, last, state, ago, failed, disk(m.Install, now), errText)
+	}
+	tw.Flush()
+}
+
+// printAttempts prints m's current boot: every attempt of each phase, with its error.
+func printAttempts(out io.Writer, m *status.Machine) {
+	fmt.Fprintf(out, "%s %s boot %d, %d failed attempts\n", m.MAC, m.NodeName, m.Boot, m.Failures())
+	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "PHASE\tATTEMPT\tSTATE\tSTART\tSECONDS\tERROR / DETAIL")
+	line := func(p *status.Phase, a status.Attempt, text string) {
+		n := "-"
+		if a.Attempt > 0 {
+			n = strconv.Itoa(a.Attempt)
+		}
+		start := "-"
+		if !a.Start.IsZero() && !m.BootStarted.IsZero() {
+			start = "+" + a.Start.Sub(m.BootStarted).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.3f\t%s\n", p.Phase, n, a.State, start, a.Seconds, text)
+	}
+	for i := range m.Phases {
+		p := &m.Phases[i]
+		for _, a := range p.Attempts {
+			line(p, a, a.Error)
+		}
+		text := p.Error
+		if text == "" {
+			text = p.Detail
+		}
+		line(p, status.Attempt{Attempt: p.Attempt, State: p.State, Start: p.Start, Seconds: p.Seconds}, text)
 	}
 	tw.Flush()
 }

@@ -3,7 +3,7 @@
 //
 //	bootserver --config /etc/pxejoin/bootserver.yaml
 //	bootserver --interface eth1 --dhcp-mode proxy --kernel K --initrd I [--cmdline C] [--kubeconfig KC]
-//	bootserver machines [--server http://127.0.0.1:8080]
+//	bootserver machines [--server http://127.0.0.1:8080] [mac|node]
 //	bootserver reimage [--server http://127.0.0.1:8080] <mac|node>
 //	bootserver import [--kubeconfig KC] [--segment S] FILE
 package main

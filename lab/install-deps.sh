@@ -14,6 +14,7 @@ pkgs=(
   squashfs-tools debootstrap cpio zstd xz-utils           # images
   openssl curl ca-certificates
   vagrant vagrant-libvirt            # `vagrant validate` of the libvirt lab in make test
+  chromium                           # headless, loads the status page in make test
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,9 +10,11 @@
 //	GET  /ipxe/<file>                     iPXE binaries (UEFI HTTP boot)
 //	GET  /join/<mac>                      JoinConfiguration v1beta4 (Cache-Control: no-store, never logged)
 //	POST /status/<mac>                    []bootstatus.Event
-//	GET  /machines                        machines and timelines, JSON
 //	POST /machines/<mac|node>/reimage     re-image the machine at its next boot (from loopback only)
-//	GET  /                                the same as a page
+//	GET  /machines                        machines and timelines, JSON, failures first
+//	GET  /                                the fleet page: a row per machine, its boot's phases as bars
+//	GET  /fleet.json, /fleet.js           the fleet page's data (refreshed every few seconds) and script
+//	GET  /machine/<mac>                   one machine's page: every attempt of each phase
 //	GET  /metrics, /healthz
 package httpd
 
@@ -202,7 +204,10 @@ func New(cfg Config) (*Handler, error) {
 	h.route("POST /status/{mac}", KindStatus, h.postStatus)
 	h.route("GET /machines", KindMachines, h.serveMachines)
 	h.route("POST /machines/{machine}/reimage", KindReimage, h.serveReimage)
-	h.route("GET /{$}", KindPage, h.servePage)
+	h.route("GET /{$}", KindPage, h.serveFleetPage)
+	h.route("GET /fleet.json", KindPage, h.serveFleetJSON)
+	h.route("GET /fleet.js", KindPage, h.serveFleetJS)
+	h.route("GET /machine/{mac}", KindPage, h.serveMachinePage)
 	h.route("GET /healthz", KindHealth, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "ok\n")

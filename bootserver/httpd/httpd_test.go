@@ -184,6 +184,8 @@ func TestNoSecretsAnywhere(t *testing.T) {
 		"logs":     f.logs.String(),
 		"machines": get(t, f.h, "GET", "/machines", nil).Body.String(),
 		"page":     get(t, f.h, "GET", "/", nil).Body.String(),
+		"fleet":    get(t, f.h, "GET", "/fleet.json", nil).Body.String(),
+		"machine":  get(t, f.h, "GET", "/machine/52:54:00:00:00:01", nil).Body.String(),
 		"metrics":  get(t, f.h, "GET", "/metrics", nil).Body.String(),
 	} {
 		if strings.Contains(out, secret) {

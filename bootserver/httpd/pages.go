@@ -1,11 +1,10 @@
 package httpd
 
 import (
-	"bytes"
 	"encoding/json"
 	"html/template"
 	"net/http"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/pxejoin/pxejoin/bootserver/status"
@@ -17,7 +16,8 @@ type MachinesResponse struct {
 	Machines []status.Machine `json:"machines"`
 }
 
-// machines merges the timelines with inventory machines never seen yet.
+// machines merges the timelines with inventory machines never seen yet, failures first
+// (status.SortFailuresFirst).
 func (h *Handler) machines() []status.Machine {
 	all := h.cfg.Status.All()
 	seen := make(map[hwaddr.MAC]bool, len(all))
@@ -32,7 +32,7 @@ func (h *Handler) machines() []status.Machine {
 		a, _ := inv.Lookup(im.MAC, im.UUID)
 		all = append(all, status.Machine{MAC: im.MAC, NodeName: a.NodeName, Profile: im.Profile, Known: true, Phases: []status.Phase{}})
 	}
-	sort.Slice(all, func(i, j int) bool { return bytes.Compare(all[i].MAC[:], all[j].MAC[:]) < 0 })
+	status.SortFailuresFirst(all)
 	return all
 }
 
@@ -44,7 +44,9 @@ func (h *Handler) serveMachines(w http.ResponseWriter, r *http.Request) {
 	_ = enc.Encode(MachinesResponse{Machines: h.machines()})
 }
 
-var page = template.Must(template.New("page").Funcs(template.FuncMap{
+// machinePage is one machine's page (GET /machine/<mac>, linked from its row of the fleet page):
+// its current boot, every attempt of each phase.
+var machinePage = template.Must(template.New("machine").Funcs(template.FuncMap{
 	"ts": func(t time.Time) string {
 		if t.IsZero() {
 			return ""
@@ -58,37 +60,39 @@ var page = template.Must(template.New("page").Funcs(template.FuncMap{
 		return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
 	},
 }).Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>pxejoin boot server</title>
+<html lang="en"><head><meta charset="utf-8"><title>{{or .NodeName .MAC}} · pxejoin</title>
 <meta http-equiv="refresh" content="5">
 <style>
 body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse;margin-bottom:1.5em}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}
-.error{color:#b00}.done{color:#070}.start{color:#a60}h2{font-size:110%;margin-bottom:.3em}
+.error{color:#b00}.done{color:#070}.start{color:#a60}.earlier td{color:#666}
 </style></head><body>
-<h1>pxejoin boot server</h1>
-{{with .Notice}}<p class="error"><b>Join files are not served:</b> {{.}}.</p>{{end}}
-<p>{{len .Machines}} machines. <a href="/machines">JSON</a> · <a href="/metrics">metrics</a></p>
-{{range .Machines}}
-<h2>{{.MAC}} {{if .NodeName}}— {{.NodeName}}{{end}} {{if .Profile}}({{.Profile}}){{end}}{{if not .Known}} <small>not in inventory</small>{{end}}</h2>
-<p>boot {{.Boot}}{{if .LastPhase}}, last phase <b class="{{.LastState}}">{{.LastPhase}} {{.LastState}}</b> at {{ts .LastSeen}}{{end}}</p>
-{{if .Phases}}<table><tr><th>phase</th><th>state</th><th>source</th><th>start</th><th>end</th><th>duration</th><th>detail</th><th>error</th></tr>
-{{range .Phases}}<tr><td>{{.Phase}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Source}}</td><td>{{ts .Start}}</td><td>{{ts .End}}</td><td>{{secs .Seconds}}</td><td>{{.Detail}}</td><td class="error">{{.Error}}</td></tr>
-{{end}}</table>{{end}}
-{{end}}
+<p><a href="../">← all machines</a></p>
+<h1>{{.MAC}} {{if .NodeName}}— {{.NodeName}}{{end}} {{if .Profile}}({{.Profile}}){{end}}{{if not .Known}} <small>not in inventory</small>{{end}}</h1>
+<p>boot {{.Boot}}{{if .LastPhase}}, last phase <b class="{{.LastState}}">{{.LastPhase}} {{.LastState}}</b> at {{ts .LastSeen}}{{end}}{{with .Failures}}, <b class="error">{{.}} failed attempts</b>{{end}}</p>
+{{if .Phases}}<table><tr><th>phase</th><th>attempt</th><th>state</th><th>source</th><th>start</th><th>end</th><th>duration</th><th>detail</th><th>error</th></tr>
+{{range .Phases}}{{$p := .}}{{range .Attempts}}<tr class="earlier"><td>{{$p.Phase}}</td><td>{{.Attempt}}</td><td class="{{.State}}">{{.State}}</td><td>{{$p.Source}}</td><td>{{ts .Start}}</td><td>{{ts .End}}</td><td>{{secs .Seconds}}</td><td></td><td class="error">{{.Error}}</td></tr>
+{{end}}<tr><td>{{.Phase}}</td><td>{{.Attempt}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Source}}</td><td>{{ts .Start}}</td><td>{{ts .End}}</td><td>{{secs .Seconds}}</td><td>{{.Detail}}</td><td class="error">{{.Error}}</td></tr>
+{{end}}</table>{{else}}<p>No phase seen in this boot yet.</p>{{end}}
 </body></html>
 `))
 
-func (h *Handler) servePage(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) serveMachinePage(w http.ResponseWriter, r *http.Request) {
+	mac, err := hwaddr.Parse(r.PathValue("mac"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ms := h.machines()
+	i := slices.IndexFunc(ms, func(m status.Machine) bool { return m.MAC == mac })
+	if i < 0 {
+		http.Error(w, "no machine "+mac.String()+" in the inventory or the timelines: see the list at /", http.StatusNotFound)
+		return
+	}
+	m := ms[i]
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	data := struct {
-		Notice   string
-		Machines []status.Machine
-	}{Machines: h.machines()}
-	if h.cfg.Tokens == nil {
-		data.Notice = NoClusterReason
-	}
-	if err := page.Execute(w, data); err != nil {
-		h.log.Warn("status page", "err", err)
+	if err := machinePage.Execute(w, &m); err != nil {
+		h.log.Warn("machine page", "err", err)
 	}
 }

@@ -76,6 +76,9 @@ type Phase struct {
 	Detail  string  `json:"detail,omitempty"`
 	Error   string  `json:"error,omitempty"`
 	Attempt int     `json:"attempt,omitempty"`
+	// Attempts are the phase's earlier attempts in this boot, oldest first (within MaxAttempts);
+	// the fields above are its latest.
+	Attempts []Attempt `json:"attempts,omitempty"`
 }
 
 // Machine is a machine's state as the status pages show it.
@@ -145,6 +148,8 @@ type Store struct {
 	// flushMu serializes the writes (flush, RecordSync), so that none overwrites a newer timeline
 	// with an older one.
 	flushMu sync.Mutex
+	// attemptDrops counts earlier attempts not kept (MaxAttempts).
+	attemptDrops prometheus.Counter
 }
 
 // entry is a machine's timeline and its bookkeeping.
@@ -177,6 +182,10 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 		Name: "pxejoin_status_events_dropped_total",
 		Help: "Events not recorded because their boot already has the most phases kept.",
 	})
+	s.attemptDrops = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pxejoin_status_attempts_dropped_total",
+		Help: "Earlier attempts of a phase not kept because their boot already holds the most kept (the first and latest attempts of each phase stay).",
+	})
 	s.evictions = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "pxejoin_status_unknown_evicted_total",
 		Help: "Timelines of machines not in the inventory dropped, least recently seen first, to stay within unknownMachines.maxTimelines.",
@@ -193,7 +202,7 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("status: cannot load the timelines from the state store: %w", err)
 	}
 	if r := opts.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{s.phase, s.drops, s.evictions, unknown, machinesCollector{s}} {
+		for _, c := range []prometheus.Collector{s.phase, s.drops, s.attemptDrops, s.evictions, unknown, machinesCollector{s}} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -350,6 +359,9 @@ func (s *Store) All() []Machine {
 func copyMachine(m *Machine) Machine {
 	c := *m
 	c.Phases = append([]Phase(nil), m.Phases...)
+	for i := range c.Phases {
+		c.Phases[i].Attempts = slices.Clone(c.Phases[i].Attempts) // keepAttempt deletes in place
+	}
 	return c
 }
 
@@ -385,6 +397,10 @@ func (s *Store) recordIn(m *Machine, ev Event) bool {
 		i = len(m.Phases) - 1
 	}
 	p := &m.Phases[i]
+	if newAttempt(p, &ev) {
+		s.keepAttempt(m, i)
+		p.Start, p.End, p.Seconds = time.Time{}, time.Time{}, 0
+	}
 	p.Source, p.State = ev.Source, ev.State
 	p.Detail, p.Error, p.Attempt = bootstraptoken.Scrub(ev.Detail), bootstraptoken.Scrub(ev.Error), ev.Attempt
 	switch ev.State {

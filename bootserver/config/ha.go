@@ -57,6 +57,59 @@ type HA struct {
 	// Identity is this server's name as Lease holder; default api.serverName (the host name).
 	// Every server of a segment needs its own.
 	Identity string `yaml:"identity"`
+	// Claims, if set, is the range inventory machines without spec.ipv4 get their address from:
+	// claimed once through the API on the machine's first boot (an IPAddress object named after
+	// the address) and recorded in its Machine's status, so every server answers it the same
+	// (bootserver/addrclaim). It lies in the pool's subnet, outside the pool's range, and needs
+	// inventory.source kubernetes. Every server of a segment must use the same range.
+	Claims *ClaimRange `yaml:"claims"`
+}
+
+// ClaimRange is dhcp.ha.claims: a range of addresses, both ends included.
+type ClaimRange struct {
+	Start string `yaml:"start"`
+	End   string `yaml:"end"`
+}
+
+// Range returns the validated range's ends.
+func (r *ClaimRange) Range() (start, end netip.Addr) {
+	return netip.MustParseAddr(r.Start), netip.MustParseAddr(r.End)
+}
+
+// validateClaims checks dhcp.ha.claims.
+func (c *Config) validateClaims(ck *checker) {
+	r := c.DHCP.HA.Claims
+	if r == nil {
+		return
+	}
+	at := func(k string) []any { return []any{"dhcp", "ha", "claims", k} }
+	if c.Inventory.Source != InventoryKubernetes {
+		ck.fail([]any{"dhcp", "ha", "claims"}, "needs inventory.source kubernetes: a claim is recorded in the machine's Machine object")
+	}
+	start, err1 := netip.ParseAddr(r.Start)
+	end, err2 := netip.ParseAddr(r.End)
+	if err1 != nil || !start.Is4() {
+		ck.fail(at("start"), "%q is not an IPv4 address", r.Start)
+	}
+	if err2 != nil || !end.Is4() {
+		ck.fail(at("end"), "%q is not an IPv4 address", r.End)
+	}
+	if err1 != nil || err2 != nil || !start.Is4() || !end.Is4() {
+		return
+	}
+	if end.Less(start) {
+		ck.fail(at("end"), "%s comes before start %s", end, start)
+		return
+	}
+	ps, e1 := netip.ParseAddr(c.DHCP.Pool.Start)
+	pe, e2 := netip.ParseAddr(c.DHCP.Pool.End)
+	if e1 == nil && e2 == nil && !end.Less(ps) && !pe.Less(start) {
+		ck.fail([]any{"dhcp", "ha", "claims"}, "%s-%s overlaps the pool %s-%s: claims and the shards of the pool must not share addresses; move one of them",
+			start, end, ps, pe)
+	}
+	if sub, err := netip.ParsePrefix(c.DHCP.Pool.Subnet); err == nil && (!sub.Contains(start) || !sub.Contains(end)) {
+		ck.fail([]any{"dhcp", "ha", "claims"}, "%s-%s is not inside the pool's subnet %s", start, end, sub)
+	}
 }
 
 // validateHA fills dhcp.ha's defaults and checks it; it runs after validateAPI (Identity's default
@@ -136,6 +189,7 @@ func (c *Config) validateHA(ck *checker) {
 	if len(h.Identity) > 128 {
 		ck.fail(at("identity"), "%s is longer than 128 characters", fmt.Sprintf("%.20q…", h.Identity))
 	}
+	c.validateClaims(ck)
 }
 
 // poolSize is the number of addresses of a valid pool.

@@ -59,6 +59,14 @@ func TestHAErrors(t *testing.T) {
 			s = strings.Replace(s, "  mode: full\n  pool:\n    start: 10.0.0.100\n    end: 10.0.0.200\n", "  mode: proxy\n  ha: {}\n", 1)
 			return s
 		}, 6, "dhcp.ha: needs dhcp.mode full (mode is proxy)"},
+		{"claims overlap the pool", withHA("{claims: {start: 10.0.0.200, end: 10.0.0.220}}"), 9,
+			"dhcp.ha.claims: 10.0.0.200-10.0.0.220 overlaps the pool 10.0.0.100-10.0.0.200"},
+		{"claims without Machines", withHA("{claims: {start: 10.0.0.201, end: 10.0.0.220}}"), 9,
+			"dhcp.ha.claims: needs inventory.source kubernetes"},
+		{"claims reversed", withHA("{claims: {start: 10.0.0.220, end: 10.0.0.201}}"), 9,
+			"dhcp.ha.claims.end: 10.0.0.201 comes before start 10.0.0.220"},
+		{"claims not an address", withHA("{claims: {start: 10.0.0.300, end: 10.0.0.201}}"), 9,
+			`dhcp.ha.claims.start: "10.0.0.300" is not an IPv4 address`},
 		{"no cluster", func(s string) string {
 			s = strings.Replace(s, "cluster:\n  kubeconfig: $D/admin.conf\n  tokenTTL: 20m\n", "", 1)
 			return withHA("{}")(s)

@@ -86,8 +86,11 @@ type Machine struct {
 	Labels  map[string]string
 	// Taints are the taints the Node registers with (the join file's registerWithTaints).
 	Taints []corev1.Taint
-	// IPv4 is the machine's reserved address (full DHCP mode); invalid when it has none.
+	// IPv4 is the machine's reserved address (full DHCP mode): spec.ipv4, else the address claimed
+	// for it (status.claimedIPv4, bootserver/addrclaim); invalid when it has none.
 	IPv4 netip.Addr
+	// Claimed says IPv4 is a claimed address, not spec.ipv4.
+	Claimed bool
 }
 
 // Assignment is what one machine gets.
@@ -99,6 +102,9 @@ type Assignment struct {
 	Taints   []corev1.Taint
 	// Known is true for a machine in the inventory, false for one booting the default profile.
 	Known bool
+	// IPv4 and Claimed are the machine's (Machine.IPv4, Machine.Claimed).
+	IPv4    netip.Addr
+	Claimed bool
 }
 
 // Source hands out the current inventory snapshot; callers look a machine up in what Current
@@ -214,7 +220,8 @@ func (inv *Inventory) Lookup(mac hwaddr.MAC, uuid string) (a Assignment, ok bool
 		if name == "" {
 			name = NodeName(mac)
 		}
-		return Assignment{MAC: mac, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Taints: m.Taints, Known: true}, true
+		return Assignment{MAC: mac, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Taints: m.Taints, Known: true,
+			IPv4: m.IPv4, Claimed: m.Claimed}, true
 	}
 	if inv.unknown != nil {
 		return Assignment{MAC: mac, NodeName: NodeName(mac), Profile: inv.unknown}, true

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/informers"
 
+	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
 	"github.com/pxejoin/pxejoin/bootserver/approver"
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
@@ -76,6 +77,7 @@ type Server struct {
 	cluster   *Cluster
 	informers informers.SharedInformerFactory
 	approver  *approver.Controller // nil without a cluster or with approval.mode kubeadm
+	claims    *addrclaim.Claimer   // nil without dhcp.ha.claims
 }
 
 // New opens the state store, connects to the cluster (if one is configured) and builds every part;
@@ -147,6 +149,9 @@ func New(opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 		if err := s.newApprover(); err != nil {
+			return nil, err
+		}
+		if err := s.newClaimer(cl, api.read); err != nil {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
@@ -306,6 +311,12 @@ func (s *Server) newDHCP() (err error) {
 			return err
 		}
 		dc.Pools = []dhcpd.Pool{p}
+		if s.claims != nil {
+			if err := s.checkClaims(p.Subnet); err != nil {
+				return err
+			}
+			dc.Address = s.address
+		}
 		if s.leases, err = leases.Open(filepath.Join(c.StateDir, "leases.db")); err != nil {
 			return fmt.Errorf("lease store in %s: %w: make the state directory writable by the boot server and stop any other bootserver using it, or set another stateDir (--state-dir)", c.StateDir, err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
+	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -62,4 +63,39 @@ func (s *Server) address(mac hwaddr.MAC, uuid []byte) (netip.Addr, string, error
 		return ip, a.NodeName, err
 	}
 	return a.IPv4, a.NodeName, nil
+}
+
+// newPeers makes this server's presence among the segment's servers when dhcp.ha is set.
+func (s *Server) newPeers(read kubernetes.Interface) error {
+	h := s.cfg.DHCP.HA
+	if h == nil {
+		return nil
+	}
+	p, err := peers.New(peers.Options{Client: read, Namespace: h.Namespace, Prefix: h.NamePrefix, Identity: h.Identity, URL: s.url,
+		LeaseDuration: h.LeaseDuration, RetryPeriod: h.RetryPeriod, Logger: s.log, Registerer: s.reg})
+	if err != nil {
+		return err
+	}
+	s.peers = p
+	return nil
+}
+
+// peerURLs is httpd's Config.Peers: nil without dhcp.ha.
+func (s *Server) peerURLs() func() []string {
+	if s.peers == nil {
+		return nil
+	}
+	return s.peers.Others
+}
+
+// reservedHolder is the inventory machine whose address (spec.ipv4 or claimed) ip is. With several
+// servers it holds ip on all of them, whichever one its DHCP went to: a join file may come from
+// any server.
+func (s *Server) reservedHolder(ip netip.Addr) (hwaddr.MAC, bool) {
+	for mac, a := range s.inv.Current().Reservations() {
+		if a == ip {
+			return mac, true
+		}
+	}
+	return hwaddr.MAC{}, false
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/statussync"
@@ -78,6 +79,7 @@ type Server struct {
 	informers informers.SharedInformerFactory
 	approver  *approver.Controller // nil without a cluster or with approval.mode kubeadm
 	claims    *addrclaim.Claimer   // nil without dhcp.ha.claims
+	peers     *peers.Peers         // nil without dhcp.ha
 }
 
 // New opens the state store, connects to the cluster (if one is configured) and builds every part;
@@ -154,6 +156,9 @@ func New(opts Options) (_ *Server, err error) {
 		if err := s.newClaimer(cl, api.read); err != nil {
 			return nil, err
 		}
+		if err := s.newPeers(api.read); err != nil {
+			return nil, err
+		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
 		if api.status != nil {
 			if s.sync, err = statussync.New(statussync.Options{Client: api.status, Timelines: s.status, NameOf: s.machineName,
@@ -170,6 +175,7 @@ func New(opts Options) (_ *Server, err error) {
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
 		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg, LeaseHolder: s.leaseHolder(), OncePerBoot: c.Approval.Mode == config.ApprovalPxejoin,
+		Peers: s.peerURLs(),
 	}); err != nil {
 		return nil, err
 	}
@@ -441,6 +447,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.sync != nil {
 		g.Go(func() error { return s.sync.Run(ctx) })
+	}
+	if s.peers != nil {
+		g.Go(func() error { return s.peers.Run(ctx) })
 	}
 	g.Go(func() error {
 		if s.dhcp != nil {

@@ -16,6 +16,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +27,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// Label marks presence Leases; its value is the segment's name prefix (config dhcp.ha.namePrefix).
+// Label marks presence Leases; its value is the segment's name prefix (config dhcp.ha.namePrefix)
+// without its trailing '-' or '.'.
 const Label = "pxejoin.io/presence"
 
 // URLAnnotation holds a server's HTTP base URL on its presence Lease.
@@ -117,7 +119,7 @@ func (p *Peers) Sync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opts.RetryPeriod)
 	defer cancel()
 	err := p.renew(ctx)
-	l, lerr := p.opts.Client.CoordinationV1().Leases(p.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=" + p.opts.Prefix})
+	l, lerr := p.opts.Client.CoordinationV1().Leases(p.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=" + p.segment()})
 	if lerr != nil {
 		return errors.Join(err, lerr)
 	}
@@ -153,7 +155,7 @@ func (p *Peers) renew(ctx context.Context) error {
 	cur, err := leases.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		l := &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{Label: p.opts.Prefix},
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{Label: p.segment()},
 				Annotations: map[string]string{URLAnnotation: p.opts.URL}},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: &p.opts.Identity, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
 		}
@@ -179,3 +181,6 @@ func (p *Peers) name() string {
 	h.Write([]byte(p.opts.Identity))
 	return fmt.Sprintf("%sserver-%08x", p.opts.Prefix, h.Sum32())
 }
+
+// segment is the Label's value.
+func (p *Peers) segment() string { return strings.TrimRight(p.opts.Prefix, "-.") }

@@ -196,27 +196,36 @@ func (h *Handler) renderScript(mac hwaddr.MAC, a inventory.Assignment) (string, 
 		d.InitrdURLs = append(d.InitrdURLs, h.fileURL(mac, a.Profile, f))
 		d.InitrdNames = append(d.InitrdNames, path.Base(f))
 	}
-	d.Fallbacks = h.fallbacks(d)
-	return Script(d), nil
+	return Script(h.withPeers(d)), nil
 }
 
-// fallbacks are d's images as the other live servers (Config.Peers) serve them: the same paths
-// under their base URL, and the cmdline's URLs of this server moved to theirs.
-func (h *Handler) fallbacks(d ScriptData) []ScriptImages {
+// withPeers adds to d its images as the other live servers (Config.Peers) serve them: the same
+// paths under their base URL, and the cmdline's URLs of this server moved to theirs. Each set's
+// cmdline names the other servers in pxejoin.servers=, where the agent turns when its server dies.
+func (h *Handler) withPeers(d ScriptData) ScriptData {
 	if h.cfg.Peers == nil {
-		return nil
+		return d
+	}
+	others := h.cfg.Peers()
+	if len(others) == 0 {
+		return d
 	}
 	self := h.cfg.ServerURL + "/"
-	var out []ScriptImages
-	for _, base := range h.cfg.Peers() {
+	bases := append([]string{h.cfg.ServerURL}, others...)
+	servers := func(i int) string {
+		rest := append(append([]string{}, bases[:i]...), bases[i+1:]...)
+		return " pxejoin.servers=" + strings.Join(rest, ",")
+	}
+	for i, base := range others {
 		move := func(s string) string { return strings.ReplaceAll(s, self, base+"/") }
-		set := ScriptImages{KernelURL: move(d.KernelURL), Cmdline: move(d.Cmdline)}
+		set := ScriptImages{KernelURL: move(d.KernelURL), Cmdline: move(d.Cmdline) + servers(i+1)}
 		for _, u := range d.InitrdURLs {
 			set.InitrdURLs = append(set.InitrdURLs, move(u))
 		}
-		out = append(out, set)
+		d.Fallbacks = append(d.Fallbacks, set)
 	}
-	return out
+	d.Cmdline += servers(0)
+	return d
 }
 
 func phaseEvent(phase, state, detail, errText string) status.Event {

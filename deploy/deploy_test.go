@@ -133,6 +133,9 @@ var needs = []access{
 	{"list", "", "nodes", "", "", ""},
 	{"watch", "", "nodes", "", "", ""},
 	{"create", "authorization.k8s.io", "subjectaccessreviews", "", "", ""},
+	{"create", "networking.k8s.io", "ipaddresses", "", "", ""},
+	{"get", "networking.k8s.io", "ipaddresses", "", "", "10.0.0.200"},
+	{"delete", "networking.k8s.io", "ipaddresses", "", "", "10.0.0.200"},
 	{"get", "coordination.k8s.io", "leases", "", namespace, "shard-0"},
 	{"create", "coordination.k8s.io", "leases", "", namespace, ""},
 	{"update", "coordination.k8s.io", "leases", "", namespace, "shard-0"},
@@ -150,6 +153,7 @@ var denied = []access{
 	{"delete", "certificates.k8s.io", "certificatesigningrequests", "", "", "csr-1"},
 	{"approve", "certificates.k8s.io", "signers", "", "", "kubernetes.io/kube-apiserver-client"},
 	{"create", "", "pods", "", namespace, ""},
+	{"update", "networking.k8s.io", "ipaddresses", "", "", "10.0.0.200"},
 	{"create", "coordination.k8s.io", "leases", "", "kube-system", ""},
 }
 

@@ -135,6 +135,9 @@ type DHCP struct {
 	// MaxInFlight bounds the DHCP requests handled at once; past it requests are dropped and
 	// counted (clients retransmit). Default 256.
 	MaxInFlight int `yaml:"maxInFlight"`
+	// HA, if set, runs several boot servers on this segment: unknown machines' addresses come from
+	// pool shards owned through Leases (ha.go). Nil: one server, the local store alone.
+	HA *HA `yaml:"ha"`
 }
 
 // SendRouterAdvertisements resolves DHCP.RouterAdvertisements' default.

@@ -89,6 +89,7 @@ func (c *Config) validate(file string, loc locator) error {
 	c.validateCluster(ck)
 	c.validateApproval(ck)
 	c.validateAPI(ck)
+	c.validateHA(ck)
 	for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
 		c.validateProfile(ck, name)
 	}

@@ -81,6 +81,13 @@ type Config struct {
 	// for known machines; past that they get no offer (counted as "unknown_cap"). Nil treats
 	// every client as known.
 	Known func(mac hwaddr.MAC, uuid []byte) bool
+	// Address, if set, gives an inventory machine (see Known) its address, the same on every
+	// server of a segment: its reservation, or one claimed once through the API
+	// (bootserver/addrclaim). It is asked on every DISCOVER and REQUEST of a known machine, so it
+	// must answer from memory once the machine has its address; the answer becomes the machine's
+	// reservation. An invalid address leaves the machine to the pool; an error drops the request
+	// (counted as "claim").
+	Address func(mac hwaddr.MAC, uuid []byte) (ip netip.Addr, hostname string, err error)
 	// Silent, if set, names clients that get no reply at all, not even an address (their
 	// inventory entry is disabled or in conflict); their requests are dropped as "silenced".
 	Silent func(mac hwaddr.MAC, uuid []byte) bool

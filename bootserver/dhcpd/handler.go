@@ -93,7 +93,11 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 		s.drop(dropNoPool, mac, req.GatewayIPAddr.String())
 		return nil, nil
 	}
-	ip, err := s.alloc.offer(p, mac, s.known(f), addrOf(req.RequestedIPAddress()), now)
+	known := s.known(f)
+	if !s.pinAddress(p, f, known) {
+		return nil, nil
+	}
+	ip, err := s.alloc.offer(p, mac, known, addrOf(req.RequestedIPAddress()), now)
 	switch err {
 	case errExhausted:
 		s.warn.Warn("dhcp pool exhausted: widen the pool or shorten the lease time", "pool", p.Subnet, "mac", mac.String())
@@ -131,6 +135,9 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 		return nil, nil
 	}
 	known := s.known(f)
+	if !s.pinAddress(p, f, known) {
+		return nil, nil
+	}
 	if !s.alloc.claim(p, mac, known, want, now) {
 		s.metrics.Naked.Inc()
 		s.cfg.Logger.Debug("dhcp nak", "mac", mac, "ip", want)

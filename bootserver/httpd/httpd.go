@@ -77,6 +77,9 @@ type Config struct {
 	// MACOf, if set, gives the MAC of the machine at an address (its DHCP lease), so that a download
 	// from /ipxe/ (UEFI HTTP boot's NBP) is recorded as its nbp phase; false records nothing.
 	MACOf func(ip netip.Addr) (hwaddr.MAC, bool)
+	// Peers, if set, returns the base URLs of the segment's other live boot servers (from memory):
+	// scripts name their images too, tried when a download from this server fails.
+	Peers func() []string
 	// LeaseHolder, if set (full DHCP mode), gives the MAC whose DHCP lease holds an address: a join
 	// file then goes only to the address holding that MAC's lease (403 otherwise, counted).
 	LeaseHolder func(ip netip.Addr) (hwaddr.MAC, bool)

@@ -75,7 +75,15 @@ func TestScripts(t *testing.T) {
 			golden(t, tt.golden, w.Body.Bytes())
 		})
 	}
-	f := newFixture(t, "http://10.80.0.1:8080", 1024, false)
+	// Two other live servers: each names the same images under its URL, tried in turn.
+	f := newFixture(t, "http://10.80.0.1:8080", 1024, false, known)
+	f.h.cfg.Peers = func() []string { return []string{"http://10.80.0.2:8080", "http://10.80.0.3:8080"} }
+	w := get(t, f.h, "GET", "/boot/52:54:00:00:00:01.ipxe", nil)
+	if w.Code != 200 {
+		t.Fatalf("%d %q", w.Code, w.Body.String())
+	}
+	golden(t, "known-servers.ipxe", w.Body.Bytes())
+	f = newFixture(t, "http://10.80.0.1:8080", 1024, false)
 	if w := get(t, f.h, "GET", "/boot/not-a-mac.ipxe", nil); w.Code != 400 {
 		t.Errorf("bad MAC: %d", w.Code)
 	}

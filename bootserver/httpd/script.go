@@ -37,27 +37,51 @@ type ScriptData struct {
 	InitrdURLs             []string
 	InitrdNames            []string
 	Cmdline                string
+	// Fallbacks are the same images from the other live boot servers of the segment, tried in
+	// order when a download from this one fails (it died mid-boot); each set's cmdline names its
+	// own server, so the agent talks to the server it booted from.
+	Fallbacks []ScriptImages
+}
+
+// ScriptImages are a profile's kernel, initrds and cmdline as one server serves them.
+type ScriptImages struct {
+	KernelURL  string
+	InitrdURLs []string
+	Cmdline    string
 }
 
 // Script renders the iPXE script that boots a profile. The kernel line names each initrd with
-// initrd=<name>: Debian's iPXE under UEFI needs it, or the kernel finds no initramfs.
+// initrd=<name>: Debian's iPXE under UEFI needs it, or the kernel finds no initramfs. With
+// Fallbacks, a failed download (or boot) goes on with the next server's images, all of them
+// again, before the script waits and starts over.
 func Script(d ScriptData) string {
 	var b strings.Builder
-	b.Grow(512 + len(d.Cmdline) + 2*len(d.KernelURL)*(1+len(d.InitrdURLs)))
+	b.Grow(512 + (1+len(d.Fallbacks))*(len(d.Cmdline)+2*len(d.KernelURL)*(1+len(d.InitrdURLs))))
 	fmt.Fprintf(&b, "#!ipxe\n# pxejoin: machine %s, node %s, profile %s\n", d.MAC, d.NodeName, d.Profile)
 	b.WriteString(":retry\n")
-	b.WriteString("kernel " + d.KernelURL)
-	for _, n := range d.InitrdNames {
-		b.WriteString(" initrd=" + n)
+	sets := append([]ScriptImages{{KernelURL: d.KernelURL, InitrdURLs: d.InitrdURLs, Cmdline: d.Cmdline}}, d.Fallbacks...)
+	for i, set := range sets {
+		next := "failed"
+		if i+1 < len(sets) {
+			next = fmt.Sprintf("server%d", i+1)
+		}
+		if i > 0 {
+			// Drop what the last server delivered before it failed: initrds would be passed twice.
+			fmt.Fprintf(&b, ":server%d\necho pxejoin: trying the next boot server\nimgfree\n", i)
+		}
+		b.WriteString("kernel " + set.KernelURL)
+		for _, n := range d.InitrdNames {
+			b.WriteString(" initrd=" + n)
+		}
+		if set.Cmdline != "" {
+			b.WriteString(" " + set.Cmdline)
+		}
+		b.WriteString(" || goto " + next + "\n")
+		for _, u := range set.InitrdURLs {
+			b.WriteString("initrd " + u + " || goto " + next + "\n")
+		}
+		b.WriteString("boot || goto " + next + "\n")
 	}
-	if d.Cmdline != "" {
-		b.WriteString(" " + d.Cmdline)
-	}
-	b.WriteString(" || goto failed\n")
-	for _, u := range d.InitrdURLs {
-		b.WriteString("initrd " + u + " || goto failed\n")
-	}
-	b.WriteString("boot || goto failed\n")
 	b.WriteString(":failed\necho pxejoin: loading the boot images failed; trying again in 10 s\nsleep 10\ngoto retry\n")
 	return b.String()
 }
@@ -207,7 +231,36 @@ func (h *Handler) renderScript(mac hwaddr.MAC, a inventory.Assignment, reimage b
 		d.InitrdURLs = append(d.InitrdURLs, h.fileURL(mac, a.Profile, f))
 		d.InitrdNames = append(d.InitrdNames, path.Base(f))
 	}
-	return Script(d), nil
+	return Script(h.withPeers(d)), nil
+}
+
+// withPeers adds to d its images as the other live servers (Config.Peers) serve them: the same
+// paths under their base URL, and the cmdline's URLs of this server moved to theirs. Each set's
+// cmdline names the other servers in pxejoin.servers=, where the agent turns when its server dies.
+func (h *Handler) withPeers(d ScriptData) ScriptData {
+	if h.cfg.Peers == nil {
+		return d
+	}
+	others := h.cfg.Peers()
+	if len(others) == 0 {
+		return d
+	}
+	self := h.cfg.ServerURL + "/"
+	bases := append([]string{h.cfg.ServerURL}, others...)
+	servers := func(i int) string {
+		rest := append(append([]string{}, bases[:i]...), bases[i+1:]...)
+		return " pxejoin.servers=" + strings.Join(rest, ",")
+	}
+	for i, base := range others {
+		move := func(s string) string { return strings.ReplaceAll(s, self, base+"/") }
+		set := ScriptImages{KernelURL: move(d.KernelURL), Cmdline: move(d.Cmdline) + servers(i+1)}
+		for _, u := range d.InitrdURLs {
+			set.InitrdURLs = append(set.InitrdURLs, move(u))
+		}
+		d.Fallbacks = append(d.Fallbacks, set)
+	}
+	d.Cmdline += servers(0)
+	return d
 }
 
 // diskParams are the kernel command line parameters of a persistent machine, which the boot

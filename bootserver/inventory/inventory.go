@@ -89,13 +89,16 @@ type Machine struct {
 	Labels  map[string]string
 	// Taints are the taints the Node registers with (the join file's registerWithTaints).
 	Taints []corev1.Taint
-	// IPv4 is the machine's reserved address (full DHCP mode); invalid when it has none.
+	// IPv4 is the machine's reserved address (full DHCP mode): spec.ipv4, else the address claimed
+	// for it (status.claimedIPv4, bootserver/addrclaim); invalid when it has none.
 	IPv4 netip.Addr
 	// Disk overrides its profile's disk; nil: the profile's.
 	Disk *diskspec.Spec
 	// Reimage is the Machine's re-image request (annotation machineapi.AnnotationReimage); empty:
 	// none.
 	Reimage string
+	// Claimed says IPv4 is a claimed address, not spec.ipv4.
+	Claimed bool
 }
 
 // Assignment is what one machine gets.
@@ -111,6 +114,9 @@ type Assignment struct {
 	Disk *diskspec.Spec
 	// Reimage is the inventory's re-image request for the machine (Machine.Reimage).
 	Reimage string
+	// IPv4 and Claimed are the machine's (Machine.IPv4, Machine.Claimed).
+	IPv4    netip.Addr
+	Claimed bool
 }
 
 // Source hands out the current inventory snapshot; callers look a machine up in what Current
@@ -231,7 +237,8 @@ func (inv *Inventory) Lookup(mac hwaddr.MAC, uuid string) (a Assignment, ok bool
 		if m.Disk != nil && disk != nil {
 			disk = m.Disk
 		}
-		return Assignment{MAC: mac, NodeName: name, Profile: p, Labels: m.Labels, Taints: m.Taints, Known: true, Disk: disk, Reimage: m.Reimage}, true
+		return Assignment{MAC: mac, NodeName: name, Profile: p, Labels: m.Labels, Taints: m.Taints, Known: true, Disk: disk, Reimage: m.Reimage,
+			IPv4: m.IPv4, Claimed: m.Claimed}, true
 	}
 	if inv.unknown != nil {
 		return Assignment{MAC: mac, NodeName: NodeName(mac), Profile: inv.unknown, Disk: inv.unknown.Disk}, true

@@ -113,15 +113,21 @@ func StartKubernetes(opts KubernetesOptions) (*Kubernetes, error) {
 		return nil, fmt.Errorf("inventory.source kubernetes: cannot list Machines: %w: check that the API server is reachable and that the kubeconfig may list, watch and patch (status) machines.pxejoin.io", err)
 	}
 	k.informer = dynamicinformer.NewFilteredDynamicInformer(opts.Client, machineapi.GVR, "", 0, cache.Indexers{}, nil).Informer()
-	// Only spec and the conditions are read: do not keep managedFields or the boot timeline
-	// (status.phases, up to 64 entries) for every Machine.
+	// Only spec, the conditions and the claimed address are read: do not keep managedFields or
+	// the boot timeline (status.phases, up to 64 entries) for every Machine.
 	_ = k.informer.SetTransform(func(obj any) (any, error) {
 		if u, ok := obj.(*unstructured.Unstructured); ok {
 			u.SetManagedFields(nil)
-			conds, found, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+			kept := map[string]any{}
+			if conds, found, _ := unstructured.NestedSlice(u.Object, "status", "conditions"); found {
+				kept["conditions"] = conds
+			}
+			if ip, found, _ := unstructured.NestedString(u.Object, "status", "claimedIPv4"); found {
+				kept["claimedIPv4"] = ip
+			}
 			delete(u.Object, "status")
-			if found {
-				u.Object["status"] = map[string]any{"conditions": conds}
+			if len(kept) > 0 {
+				u.Object["status"] = kept
 			}
 		}
 		return obj, nil
@@ -133,7 +139,7 @@ func StartKubernetes(opts KubernetesOptions) (*Kubernetes, error) {
 		}
 	}
 	// Status writes (the boot timeline, several per boot) change neither the spec (its
-	// generation) nor the conditions: they build no snapshot.
+	// generation) nor the conditions nor the claimed address: they build no snapshot.
 	if _, err := k.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { poke() },
 		DeleteFunc: func(any) { poke() },

@@ -176,6 +176,8 @@ func convert(src *machineapi.Machine) (*Machine, error) {
 		} else {
 			m.IPv4 = a
 		}
+	} else if a, err := netip.ParseAddr(src.Status.ClaimedIPv4); err == nil && a.Is4() {
+		m.IPv4, m.Claimed = a, true
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
 		if e := validation.IsQualifiedName(k); len(e) > 0 {

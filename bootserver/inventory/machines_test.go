@@ -142,11 +142,28 @@ func TestReservations(t *testing.T) {
 		machine("m1", machineapi.MachineSpec{MACs: []string{"52:54:00:00:01:01", "52:54:00:00:01:02"}, IPv4: "10.0.0.5"}),
 		machine("m2", machineapi.MachineSpec{MACs: []string{"52:54:00:00:01:03"}}),
 		machine("m3", machineapi.MachineSpec{MACs: []string{"52:54:00:00:01:04"}, IPv4: "10.0.0.6", Disabled: true}),
+		claimed(machine("m4", machineapi.MachineSpec{MACs: []string{"52:54:00:00:01:05"}}), "10.0.0.7"),
+		claimed(machine("m5", machineapi.MachineSpec{MACs: []string{"52:54:00:00:01:06"}, IPv4: "10.0.0.8"}), "10.0.0.9"),
 	})
 	got := b.Inventory.Reservations()
-	if len(got) != 1 || got[hwaddr.MAC{0x52, 0x54, 0, 0, 1, 1}].String() != "10.0.0.5" {
-		t.Errorf("reservations %v, want only 52:54:00:00:01:01 → 10.0.0.5", got)
+	want := map[hwaddr.MAC]string{{0x52, 0x54, 0, 0, 1, 1}: "10.0.0.5", {0x52, 0x54, 0, 0, 1, 5}: "10.0.0.7", {0x52, 0x54, 0, 0, 1, 6}: "10.0.0.8"}
+	if len(got) != len(want) {
+		t.Errorf("reservations %v, want %v", got, want)
 	}
+	for mac, ip := range want {
+		if got[mac].String() != ip {
+			t.Errorf("%v: reservation %v, want %v (spec.ipv4 first, then status.claimedIPv4)", mac, got[mac], ip)
+		}
+	}
+	a, _ := b.Inventory.Lookup(hwaddr.MAC{0x52, 0x54, 0, 0, 1, 5}, "")
+	if a.IPv4.String() != "10.0.0.7" || !a.Claimed {
+		t.Errorf("m4: %v claimed %v", a.IPv4, a.Claimed)
+	}
+}
+
+func claimed(m *machineapi.Machine, ip string) *machineapi.Machine {
+	m.Status.ClaimedIPv4 = ip
+	return m
 }
 
 // BenchmarkFromMachines builds a snapshot of 1,000 Machines: what every Machine change costs the

@@ -99,6 +99,10 @@ type MachineStatus struct {
 	ServedBy string `json:"servedBy,omitempty"`
 	// Addresses the machine was given.
 	Addresses []string `json:"addresses,omitempty"`
+	// ClaimedIPv4 is the address a boot server claimed for the machine on its first boot (it has
+	// no spec.ipv4): every server answers the machine with it (bootserver/addrclaim). Written by
+	// server-side apply, field manager addrclaim's, not forced: the first claim recorded wins.
+	ClaimedIPv4 string `json:"claimedIPv4,omitempty"`
 	// NodeRef names the Node this machine became.
 	NodeRef *corev1.LocalObjectReference `json:"nodeRef,omitempty"`
 	// Conditions: Conflict (a MAC or UUID is claimed by two Machines: neither is answered),

@@ -119,6 +119,9 @@ func (s *Server) leaseHolder() func(netip.Addr) (hwaddr.MAC, bool) {
 		if s.leases == nil { // opened after the handler
 			return hwaddr.MAC{}, false
 		}
-		return s.leases.HolderOf(ip, time.Now())
+		if mac, ok := s.leases.HolderOf(ip, time.Now()); ok || s.cfg.DHCP.HA == nil {
+			return mac, ok
+		}
+		return s.reservedHolder(ip)
 	}
 }

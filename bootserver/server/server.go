@@ -22,12 +22,14 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/informers"
 
+	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
 	"github.com/pxejoin/pxejoin/bootserver/approver"
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/httpd"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/statussync"
@@ -76,6 +78,8 @@ type Server struct {
 	cluster   *Cluster
 	informers informers.SharedInformerFactory
 	approver  *approver.Controller // nil without a cluster or with approval.mode kubeadm
+	claims    *addrclaim.Claimer   // nil without dhcp.ha.claims
+	peers     *peers.Peers         // nil without dhcp.ha
 }
 
 // New opens the state store, connects to the cluster (if one is configured) and builds every part;
@@ -149,6 +153,12 @@ func New(opts Options) (_ *Server, err error) {
 		if err := s.newApprover(); err != nil {
 			return nil, err
 		}
+		if err := s.newClaimer(cl, api.read); err != nil {
+			return nil, err
+		}
+		if err := s.newPeers(api.read); err != nil {
+			return nil, err
+		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
 		if api.status != nil {
 			if s.sync, err = statussync.New(statussync.Options{Client: api.status, Timelines: s.status, NameOf: s.machineName,
@@ -166,6 +176,7 @@ func New(opts Options) (_ *Server, err error) {
 		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg, LeaseHolder: s.leaseHolder(), OncePerBoot: c.Approval.Mode == config.ApprovalPxejoin,
 		Reimage: s.reimageFunc(cl),
+		Peers:   s.peerURLs(),
 	}); err != nil {
 		return nil, err
 	}
@@ -307,6 +318,12 @@ func (s *Server) newDHCP() (err error) {
 			return err
 		}
 		dc.Pools = []dhcpd.Pool{p}
+		if s.claims != nil {
+			if err := s.checkClaims(p.Subnet); err != nil {
+				return err
+			}
+			dc.Address = s.address
+		}
 		if s.leases, err = leases.Open(filepath.Join(c.StateDir, "leases.db")); err != nil {
 			return fmt.Errorf("lease store in %s: %w: make the state directory writable by the boot server and stop any other bootserver using it, or set another stateDir (--state-dir)", c.StateDir, err)
 		}
@@ -431,6 +448,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.sync != nil {
 		g.Go(func() error { return s.sync.Run(ctx) })
+	}
+	if s.peers != nil {
+		g.Go(func() error { return s.peers.Run(ctx) })
 	}
 	g.Go(func() error {
 		if s.dhcp != nil {

@@ -12,7 +12,7 @@ import (
 )
 
 // openStore opens a store over a new database at path; the test's cleanup closes both.
-func openStore(t *testing.T, path string) *Store {
+func openStoreAt(t *testing.T, path string) *Store {
 	t.Helper()
 	db := openDB(t, path)
 	t.Cleanup(func() { db.Close() })
@@ -56,7 +56,7 @@ func TestRejoin(t *testing.T) {
 			[]Event{agentEvent(bootstatus.PhaseResume, "skipped", "kubelet.conf unreadable")}, RejoinOther},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := openStore(t, filepath.Join(t.TempDir(), "s.db"))
+			s := openStoreAt(t, filepath.Join(t.TempDir(), "s.db"))
 			mac := hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}
 			s.RecordAs(mac, nil, append([]Event{scriptEvent()}, tc.boot1...)...)
 			if tc.boot2 != nil {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -358,7 +359,23 @@ func (a *Agent) get(ctx context.Context, url string, limit int64) ([]byte, error
 	return io.ReadAll(io.LimitReader(resp.Body, limit))
 }
 
+// do GETs url; when its boot server does not answer at all (it died), the same path on the
+// other boot servers (pxejoin.servers=) in turn. An answer, even an error status, is final: a
+// join file refused by one server is not asked of the next.
 func (a *Agent) do(ctx context.Context, url string) (*http.Response, error) {
+	var errs []error
+	for _, u := range a.Cmdline.Mirrors(url) {
+		resp, err := a.doOne(ctx, u)
+		var ue *neturl.Error
+		if err == nil || !errors.As(err, &ue) || ctx.Err() != nil {
+			return resp, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (a *Agent) doOne(ctx context.Context, url string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err

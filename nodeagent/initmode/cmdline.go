@@ -31,6 +31,28 @@ type Cmdline struct {
 	// inside the image (`nodeagent join` with kubeadm's flags, by hand, from a unit or from systemd.run=,
 	// as on an installed machine). It needs pxejoin.image= and no pxejoin.url=.
 	SkipJoin bool
+	// Servers (pxejoin.servers=URL,URL) are the other boot servers of the segment: a request to
+	// the boot server of JoinURL that gets no answer at all (it died) is tried on each of them
+	// with the same path (Mirrors).
+	Servers []string
+}
+
+// Mirrors returns u, then u on each of Servers when u is on JoinURL's server.
+func (c Cmdline) Mirrors(u string) []string {
+	out := []string{u}
+	j, err := url.Parse(c.JoinURL)
+	if err != nil || j.Host == "" {
+		return out
+	}
+	base := j.Scheme + "://" + j.Host
+	rest, ok := strings.CutPrefix(u, base+"/")
+	if !ok {
+		return out
+	}
+	for _, s := range c.Servers {
+		out = append(out, strings.TrimSuffix(s, "/")+"/"+rest)
+	}
+	return out
 }
 
 // ParseCmdline parses a kernel command line. Unknown parameters are ignored; values may be double-quoted.
@@ -54,6 +76,14 @@ func ParseCmdline(s string) (Cmdline, error) {
 			c.StatusURL, err = checkURL(v)
 		case "pxejoin.image":
 			c.ImageURL, err = checkURL(v)
+		case "pxejoin.servers":
+			for _, v := range strings.Split(v, ",") {
+				var u string
+				if u, err = checkURL(v); err != nil {
+					break
+				}
+				c.Servers = append(c.Servers, u)
+			}
 		case "pxejoin.poweroff":
 			c.PowerOff = v == "" || v == "1" || v == "true" || v == "yes"
 		case "pxejoin.modules":

@@ -40,6 +40,13 @@ func TestParseCmdline(t *testing.T) {
 			in:   "pxejoin.join=skip pxejoin.image=http://b/root.squashfs pxejoin.status=http://b/status/m",
 			want: Cmdline{SkipJoin: true, ImageURL: "http://b/root.squashfs", StatusURL: "http://b/status/m"},
 		},
+		{
+			name: "other boot servers",
+			in:   "pxejoin.url=http://10.0.0.1:8080/join/m pxejoin.servers=http://10.0.0.2:8080,http://10.0.0.3:8080",
+			want: Cmdline{JoinURL: "http://10.0.0.1:8080/join/m", StatusURL: "http://10.0.0.1:8080/status/m",
+				Servers: []string{"http://10.0.0.2:8080", "http://10.0.0.3:8080"}},
+		},
+		{name: "bad server url", in: "pxejoin.url=http://h/join/x pxejoin.servers=http://b,10.0.0.3", wantErr: true},
 		{name: "skip join without image", in: "pxejoin.join=skip", wantErr: true},
 		{name: "unknown join mode", in: "pxejoin.url=http://h/join/x pxejoin.join=later", wantErr: true},
 		{name: "no url", in: "console=ttyS0 BOOTIF=01-52-54-00-12-34-56", wantErr: true},
@@ -62,5 +69,22 @@ func TestParseCmdline(t *testing.T) {
 				t.Fatalf("got  %+v\nwant %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestMirrors(t *testing.T) {
+	c := Cmdline{JoinURL: "http://10.0.0.1:8080/join/m", Servers: []string{"http://10.0.0.2:8080", "http://10.0.0.3:8080/"}}
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"http://10.0.0.1:8080/files/m/w/root.squashfs", []string{"http://10.0.0.1:8080/files/m/w/root.squashfs",
+			"http://10.0.0.2:8080/files/m/w/root.squashfs", "http://10.0.0.3:8080/files/m/w/root.squashfs"}},
+		{"http://images.example/root.squashfs", []string{"http://images.example/root.squashfs"}}, // not on a boot server
+		{"http://10.0.0.1:80800/x", []string{"http://10.0.0.1:80800/x"}},
+	} {
+		if got := c.Mirrors(tc.in); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Mirrors(%s) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }

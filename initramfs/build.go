@@ -26,6 +26,13 @@ type Spec struct {
 	Modules []string
 	// CABundle, if set, is copied to /etc/ssl/certs/ca-certificates.crt (https discovery files).
 	CABundle string
+	// Tools are programs of the build host (dynamically linked ones too) carried as ToolDir/<name>
+	// with their shared libraries and loader (DiskTools for a persistent node's disk).
+	Tools []string
+	// ToolFiles are build host files the tools read, carried at the same path (DiskToolFiles).
+	ToolFiles []string
+	// ToolsRoot is the root the tools, libraries and files are read from ("/" if empty).
+	ToolsRoot string
 }
 
 // ModuleListPath is the file in the initramfs that lists the modules to load, in load order (one module
@@ -99,6 +106,17 @@ func Records(s Spec) ([]cpio.Record, error) {
 			return nil, err
 		}
 		recs = append(recs, cpio.StaticFile("etc/ssl/certs/ca-certificates.crt", string(b), 0o644))
+	}
+	if len(s.Tools) > 0 || len(s.ToolFiles) > 0 {
+		troot := s.ToolsRoot
+		if troot == "" {
+			troot = "/"
+		}
+		tools, err := toolRecords(troot, s.Tools, s.ToolFiles)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, tools...)
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Name < recs[j].Name })
 	cpio.MakeAllReproducible(recs)

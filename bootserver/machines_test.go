@@ -21,6 +21,8 @@ func TestMachinesCommand(t *testing.T) {
 		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 2}, NodeName: "node-525400000002", Profile: "worker", Boot: 1, LastPhase: "preflight", LastState: "error", LastSeen: now,
 			Phases: []status.Phase{{Phase: "preflight", State: "error", Error: "no container runtime"}}},
 		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 3}, NodeName: "worker-3", Profile: "worker", Known: true},
+		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 4}, NodeName: "db-4", Profile: "persistent", Known: true, Boot: 3, LastPhase: "resume", LastState: "done", LastSeen: now,
+			Install: status.Install{Installed: true, LastResume: now.Add(-time.Minute), Rejoins: 1, RejoinReason: "client certificate expired", Reimage: "2026-11-30T14:00:00Z"}},
 	}}
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/machines" {
@@ -35,13 +37,14 @@ func TestMachinesCommand(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 4 || !strings.HasPrefix(lines[0], "MAC") {
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], "MAC") {
 		t.Fatalf("table:\n%s", out.String())
 	}
 	for i, want := range []string{
-		"52:54:00:00:00:01 worker-1 worker 2 kubelet-start/tls-bootstrap done 3s",
-		"52:54:00:00:00:02 node-525400000002 worker (unlisted) 1 preflight error 0s no container runtime",
-		"52:54:00:00:00:03 worker-3 worker 0 - -",
+		"52:54:00:00:00:01 worker-1 worker 2 kubelet-start/tls-bootstrap done 3s -",
+		"52:54:00:00:00:02 node-525400000002 worker (unlisted) 1 preflight error 0s - no container runtime",
+		"52:54:00:00:00:03 worker-3 worker 0 - - -",
+		"52:54:00:00:00:04 db-4 persistent 3 resume done 0s installed, resumed 1m0s ago, re-joined 1x (client certificate expired), reimage pending",
 	} {
 		if got := strings.Join(strings.Fields(lines[i+1]), " "); got != want {
 			t.Errorf("line %d: %q, want %q", i+1, got, want)

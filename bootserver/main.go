@@ -4,6 +4,7 @@
 //	bootserver --config /etc/pxejoin/bootserver.yaml
 //	bootserver --interface eth1 --dhcp-mode proxy --kernel K --initrd I [--cmdline C] [--kubeconfig KC]
 //	bootserver machines [--server http://127.0.0.1:8080]
+//	bootserver reimage [--server http://127.0.0.1:8080] <mac|node>
 //	bootserver import [--kubeconfig KC] [--segment S] FILE
 package main
 
@@ -27,6 +28,9 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "machines" {
 		os.Exit(machinesCmd(os.Args[2:], os.Stdout))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "reimage" {
+		os.Exit(reimageCmd(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "import" {
 		os.Exit(importCmd(os.Args[2:], os.Stdout, os.Stderr))

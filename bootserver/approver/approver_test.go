@@ -493,6 +493,8 @@ func TestBootstrapRBACWithDocumentedRole(t *testing.T) {
 	_ = rbac.ClusterRoles().Delete(ctx, GetNodesRole, metav1.DeleteOptions{})
 	_ = rbac.RoleBindings("kube-system").Delete(ctx, JoinConfigRole, metav1.DeleteOptions{})
 	_ = rbac.Roles("kube-system").Delete(ctx, JoinConfigRole, metav1.DeleteOptions{})
+	_ = rbac.RoleBindings("kube-node-lease").Delete(ctx, NodeLeasesRole, metav1.DeleteOptions{})
+	_ = rbac.Roles("kube-node-lease").Delete(ctx, NodeLeasesRole, metav1.DeleteOptions{})
 	t.Cleanup(func() { _ = EnsureBootstrapRBAC(context.Background(), cp.Admin(), bootstraptoken.PxejoinGroup, false) })
 	c := clientAs(t, cp, "pxejoin-token-rbac-test", roleFromYAML(t, "pxejoin:token-rbac"))
 	if err := EnsureBootstrapRBAC(ctx, c, bootstraptoken.PxejoinGroup, false); err != nil {
@@ -506,10 +508,11 @@ func TestBootstrapRBACWithDocumentedRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc := tokenClient(cp, tok)
-	eventually.True(t, "a pxejoin token may read kubelet-config and get Nodes", func() bool {
+	eventually.True(t, "a pxejoin token may read kubelet-config, get Nodes and get node Leases", func() bool {
 		_, err1 := tc.CoreV1().ConfigMaps("kube-system").Get(ctx, "kubelet-config", metav1.GetOptions{})
 		_, err2 := tc.CoreV1().Nodes().Get(ctx, "node-e", metav1.GetOptions{})
-		return err1 == nil && apierrors.IsNotFound(err2)
+		_, err3 := tc.CoordinationV1().Leases("kube-node-lease").Get(ctx, "node-e", metav1.GetOptions{})
+		return err1 == nil && apierrors.IsNotFound(err2) && apierrors.IsNotFound(err3)
 	})
 	name, _ := request(t, tc, clientSigner, nodeSubj("node-e"), nil, nil, clientUsagesEC...)
 	if cond := outcome(t, cp, name); cond.Type != certificatesv1.CertificateApproved {

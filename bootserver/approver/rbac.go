@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -21,6 +23,12 @@ const (
 	GetNodesRole = "pxejoin:get-nodes"
 	// JoinConfigRole (a Role in kube-system) lets it read the kubelet-config and kubeadm-config ConfigMaps.
 	JoinConfigRole = "pxejoin:join-config"
+	// NodeLeasesRole (a Role in kube-node-lease) lets a rebooted diskless machine read the Lease of its
+	// Node to prove the old kubelet gone before taking the name back (nodeagent/join takeover). RBAC
+	// cannot name one Lease per token (resourceNames are per role, and every token shares the group), so
+	// it is get on every node Lease: a Lease says which node holds it and when it renewed, no more than
+	// get on Nodes already shows.
+	NodeLeasesRole = "pxejoin:get-node-leases"
 	// KubeadmCertsBinding (a RoleBinding in kube-system, with control-plane profiles only) binds
 	// kubeadm's Role KubeadmCertsRole, which `kubeadm init phase upload-certs --upload-certs` creates
 	// with the kubeadm-certs Secret and binds to kubeadm's token group only: a control-plane join reads
@@ -31,7 +39,7 @@ const (
 )
 
 // bootstrapRBAC is what the tokens of group need to join; controlPlane adds what a control-plane join needs.
-func bootstrapRBAC(group string, controlPlane bool) ([]rbacv1.ClusterRole, []rbacv1.ClusterRoleBinding, rbacv1.Role, []rbacv1.RoleBinding) {
+func bootstrapRBAC(group string, controlPlane bool) ([]rbacv1.ClusterRole, []rbacv1.ClusterRoleBinding, []rbacv1.Role, []rbacv1.RoleBinding) {
 	subjects := []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: group}}
 	meta := func(name, ns string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "pxejoin-bootserver"}}
@@ -44,16 +52,24 @@ func bootstrapRBAC(group string, controlPlane bool) ([]rbacv1.ClusterRole, []rba
 		{ObjectMeta: meta(GetNodesRole, ""), Subjects: subjects,
 			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: GetNodesRole}},
 	}
-	role := rbacv1.Role{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem),
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
-			ResourceNames: []string{"kubelet-config", "kubeadm-config"}, Verbs: []string{"get"}}}}
-	rbs := []rbacv1.RoleBinding{{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem), Subjects: subjects,
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinConfigRole}}}
+	roles := []rbacv1.Role{
+		{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem),
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
+				ResourceNames: []string{"kubelet-config", "kubeadm-config"}, Verbs: []string{"get"}}}},
+		{ObjectMeta: meta(NodeLeasesRole, corev1.NamespaceNodeLease),
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: []string{"get"}}}},
+	}
+	rbs := []rbacv1.RoleBinding{
+		{ObjectMeta: meta(JoinConfigRole, metav1.NamespaceSystem), Subjects: subjects,
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinConfigRole}},
+		{ObjectMeta: meta(NodeLeasesRole, corev1.NamespaceNodeLease), Subjects: subjects,
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: NodeLeasesRole}},
+	}
 	if controlPlane {
 		rbs = append(rbs, rbacv1.RoleBinding{ObjectMeta: meta(KubeadmCertsBinding, metav1.NamespaceSystem), Subjects: subjects,
 			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: KubeadmCertsRole}})
 	}
-	return crs, crbs, role, rbs
+	return crs, crbs, roles, rbs
 }
 
 // EnsureBootstrapRBAC creates (or puts back) the roles and bindings group's tokens need to join; with
@@ -61,7 +77,7 @@ func bootstrapRBAC(group string, controlPlane bool) ([]rbacv1.ClusterRole, []rba
 // the kubeadm-certs Secret. The boot server needs to hold what it grants (or the bind verb on those
 // roles).
 func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group string, controlPlane bool) error {
-	crs, crbs, role, rbs := bootstrapRBAC(group, controlPlane)
+	crs, crbs, roles, rbs := bootstrapRBAC(group, controlPlane)
 	r := c.RbacV1()
 	for _, o := range crs {
 		if err := ensure(ctx, &o, r.ClusterRoles().Create, r.ClusterRoles().Get, r.ClusterRoles().Update,
@@ -79,12 +95,15 @@ func EnsureBootstrapRBAC(ctx context.Context, c kubernetes.Interface, group stri
 			return err
 		}
 	}
-	roles, bindings := r.Roles(metav1.NamespaceSystem), r.RoleBindings(metav1.NamespaceSystem)
-	if err := ensure(ctx, &role, roles.Create, roles.Get, roles.Update, func(have, want *rbacv1.Role) { have.Rules = want.Rules },
-		func(have, want *rbacv1.Role) bool { return equality.Semantic.DeepEqual(have.Rules, want.Rules) }); err != nil {
-		return err
+	for _, o := range roles {
+		rs := r.Roles(o.Namespace)
+		if err := ensure(ctx, &o, rs.Create, rs.Get, rs.Update, func(have, want *rbacv1.Role) { have.Rules = want.Rules },
+			func(have, want *rbacv1.Role) bool { return equality.Semantic.DeepEqual(have.Rules, want.Rules) }); err != nil {
+			return err
+		}
 	}
 	for _, o := range rbs {
+		bindings := r.RoleBindings(o.Namespace)
 		if err := ensure(ctx, &o, bindings.Create, bindings.Get, bindings.Update, func(have, want *rbacv1.RoleBinding) { have.Subjects = want.Subjects },
 			func(have, want *rbacv1.RoleBinding) bool {
 				return equality.Semantic.DeepEqual(have.Subjects, want.Subjects)

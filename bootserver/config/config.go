@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -215,6 +216,11 @@ type Profile struct {
 	RootImage string `yaml:"rootImage"`
 	// ControlPlane, if set, makes the profile's machines join as control-plane nodes.
 	ControlPlane *ControlPlaneProfile `yaml:"controlPlane"`
+	// Disk, if set, makes the profile persistent: the agent installs the named local disk on the
+	// first boot and keeps the node's state (credentials, kubelet, containerd, the root image)
+	// there, so that later boots resume as the same node without a join. Nil: diskless (every boot
+	// joins). The boot server puts it on the kernel command line (diskspec.Spec.Params).
+	Disk *diskspec.Spec `yaml:"disk"`
 }
 
 // Machine is one inventory entry; MAC or UUID (or both) identify it.
@@ -227,6 +233,9 @@ type Machine struct {
 	Name    string            `yaml:"name"`
 	Profile string            `yaml:"profile"`
 	Labels  map[string]string `yaml:"labels"`
+	// Disk overrides the profile's disk for this machine (e.g. another by-path name); it needs a
+	// persistent profile.
+	Disk *diskspec.Spec `yaml:"disk"`
 }
 
 // Error is a configuration error at a line of a file (Line 0: no line is known).

@@ -66,6 +66,13 @@ func TestParseValid(t *testing.T) {
 	if c.Machines[1].UUID != "4c4c4544-0000-1000-8000-000000000001" || c.Machines[0].Profile != "worker" {
 		t.Errorf("machines not canonicalised: %+v", c.Machines)
 	}
+	persistent := strings.Replace(valid, "    rootImage: $D/root.squashfs\n", "    rootImage: $D/root.squashfs\n    disk: {minSizeGiB: 20}\n", 1)
+	persistent = strings.Replace(persistent, "    name: worker-1\n", "    name: worker-1\n    disk: {path: /dev/disk/by-id/virtio-a, policy: wipe}\n", 1)
+	if p, err := Parse("bootserver.yaml", []byte(expand(persistent))); err != nil {
+		t.Errorf("a persistent profile: %v", err)
+	} else if d := p.Profiles["worker"].Disk; d == nil || d.MinSizeGiB != 20 || p.Machines[0].Disk.Policy != "wipe" {
+		t.Errorf("disks: profile %+v, machine %+v", d, p.Machines[0].Disk)
+	}
 	if c.Listen.TFTP != DefaultTFTPAddr {
 		t.Errorf("tftp default not applied: %q", c.Listen.TFTP)
 	}
@@ -151,6 +158,21 @@ func TestParseErrors(t *testing.T) {
 		{"bad self-check", func(s string) string {
 			return strings.Replace(s, "stateDir:", "approval: {selfCheck: off}\nstateDir:", 1)
 		}, 14, `approval.selfCheck: "off" is not strict or warn`},
+		{"disk path not stable", func(s string) string {
+			return strings.Replace(s, "    rootImage: $D/root.squashfs\n", "    rootImage: $D/root.squashfs\n    disk: {path: /dev/sda}\n", 1)
+		}, 23, `profiles.worker.disk: path "/dev/sda" is not a stable name`},
+		{"disk without path or size", func(s string) string {
+			return strings.Replace(s, "    rootImage: $D/root.squashfs\n", "    rootImage: $D/root.squashfs\n    disk:\n      policy: install\n", 1)
+		}, 23, "profiles.worker.disk: a disk needs path"},
+		{"disk policy", func(s string) string {
+			return strings.Replace(s, "    rootImage: $D/root.squashfs\n", "    rootImage: $D/root.squashfs\n    disk: {minSizeGiB: 20, policy: always}\n", 1)
+		}, 23, `profiles.worker.disk: policy "always"`},
+		{"unknown disk field", func(s string) string {
+			return strings.Replace(s, "    rootImage: $D/root.squashfs\n", "    rootImage: $D/root.squashfs\n    disk: {minSize: 20}\n", 1)
+		}, 23, "unknown field minSize in a disk"},
+		{"machine disk on a diskless profile", func(s string) string {
+			return strings.Replace(s, "    name: worker-1\n", "    name: worker-1\n    disk: {path: /dev/disk/by-id/virtio-a}\n", 1)
+		}, 26, `machines[0].disk: profile "worker" is diskless`},
 		{"bad domain", func(s string) string {
 			return strings.Replace(s, "stateDir:", "approval: {domain: Rack_1}\nstateDir:", 1)
 		}, 14, `approval.domain: "Rack_1" is not a DNS domain`},

@@ -118,6 +118,7 @@ var typeNames = map[string]string{
 	"config.Unknown": "unknownMachines",
 	"config.Profile": "a profile",
 	"config.Machine": "a machine",
+	"diskspec.Spec":  "a disk",
 
 	"config.Inventory": "inventory",
 }

@@ -297,6 +297,11 @@ func (c *Config) validateProfile(ck *checker, name string) {
 		checkFile(at("rootImage"), p.RootImage, "root image")
 	}
 	c.validateControlPlane(ck, name, p)
+	if p.Disk != nil {
+		if err := p.Disk.Validate(); err != nil {
+			ck.fail(at("disk"), "%v", err)
+		}
+	}
 	tmpl, err := template.New(name).Option("missingkey=error").Parse(p.Cmdline)
 	if err != nil {
 		ck.fail(at("cmdline"), "not a valid template: %v", err)
@@ -356,6 +361,13 @@ func (c *Config) validateMachines(ck *checker) {
 			m.Profile = slices.Sorted(maps.Keys(c.Profiles))[0]
 		default:
 			ck.fail(at(), "no profile: name one (there are %d profiles and no unknownMachines.profile)", len(c.Profiles))
+		}
+		if m.Disk != nil {
+			if err := m.Disk.Validate(); err != nil {
+				ck.fail(at("disk"), "%v", err)
+			} else if p, ok := c.Profiles[m.Profile]; ok && p.Disk == nil {
+				ck.fail(at("disk"), "profile %q is diskless: give the profile a disk (profiles.%s.disk), then override it here", m.Profile, m.Profile)
+			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
 			if errs := validation.IsQualifiedName(k); len(errs) > 0 {

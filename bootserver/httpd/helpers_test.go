@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
@@ -58,6 +59,9 @@ func mustMAC(s string) hwaddr.MAC {
 	return m
 }
 
+// fixtureTime is the modification time of the fixture's root image.
+var fixtureTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
 type fixture struct {
 	h      *Handler
 	dir    string
@@ -87,12 +91,17 @@ func newFixtureLevel(t testing.TB, level slog.Level, serverURL string, kernelSiz
 		}
 		return p
 	}
+	rootImage := write("root.squashfs", []byte("squashfs"))
+	// A fixed time: the root image's URL carries it (imageVersion), and golden files hold the URL.
+	if err := os.Chtimes(rootImage, fixtureTime, fixtureTime); err != nil {
+		t.Fatal(err)
+	}
 	c := &config.Config{
 		Profiles: map[string]config.Profile{"worker": {
 			Kernel:    write("vmlinuz", kernel),
 			Initrds:   []string{write("initramfs.cpio.gz", []byte("initramfs")), write("modules.cpio", []byte("modules"))},
 			Cmdline:   "console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}} pxejoin.image={{.RootImageURL}} pxejoin.node={{.NodeName}}",
-			RootImage: write("root.squashfs", []byte("squashfs")),
+			RootImage: rootImage,
 		}},
 		Machines: machines,
 	}

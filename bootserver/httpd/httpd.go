@@ -11,6 +11,7 @@
 //	GET  /join/<mac>                      JoinConfiguration v1beta4 (Cache-Control: no-store, never logged)
 //	POST /status/<mac>                    []bootstatus.Event
 //	GET  /machines                        machines and timelines, JSON
+//	POST /machines/<mac|node>/reimage     re-image the machine at its next boot (from loopback only)
 //	GET  /                                the same as a page
 //	GET  /metrics, /healthz
 package httpd
@@ -81,6 +82,9 @@ type Config struct {
 	// reason (counted), unless the machine's agent reported a failed join since (it then fetches
 	// again). The memory of what was served does not survive a restart.
 	OncePerBoot bool
+	// Reimage, if set (the Machine inventory), puts a re-image request on the Machine named node
+	// (annotation machineapi.AnnotationReimage, value req), so that every boot server carries it.
+	Reimage func(ctx context.Context, node, req string) error
 	// Limits bound what clients may hold of the server that Serve runs; zero fields take
 	// bootserver/config's defaults.
 	Limits config.HTTP
@@ -105,6 +109,10 @@ type Handler struct {
 	gate      *joinGate          // who may have a join file, and where each went
 	// unavailable counts join files answered 503 because no token could be minted.
 	unavailable *prometheus.CounterVec
+	// rejoins counts join files served to installed machines, by reason; resumes counts the
+	// scripts of installed machines, which get no token ahead.
+	rejoins *prometheus.CounterVec
+	resumes prometheus.Counter
 }
 
 // maxMintAhead bounds the tokens minted ahead at once; past it, join files mint on demand.
@@ -120,6 +128,7 @@ const (
 	KindJoin     = "join"
 	KindStatus   = "status"
 	KindMachines = "machines"
+	KindReimage  = "reimage"
 	KindPage     = "page"
 	KindMetrics  = "metrics"
 	KindHealth   = "healthz"
@@ -163,12 +172,23 @@ func New(cfg Config) (*Handler, error) {
 		Name: "pxejoin_join_unavailable_total",
 		Help: "Join files answered 503 with Retry-After because no token could be minted, by reason (api-unreachable: the cluster's API is down, unreachable or overloaded; api-error: it refused).",
 	}, []string{"reason"})
+	h.rejoins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pxejoin_rejoins_total",
+		Help: "Join files served to installed (persistent) machines, which join again instead of resuming, by reason (reimage, expired, ca-changed, disk-replaced, not-resumed, other).",
+	}, []string{"reason"})
+	for _, r := range status.RejoinReasons {
+		h.rejoins.WithLabelValues(r)
+	}
+	h.resumes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pxejoin_script_resume_total",
+		Help: "Scripts served to installed machines expected to resume from their disk: no token is minted ahead for them.",
+	})
 	var err error
 	if h.gate, err = newJoinGate(&h.cfg); err != nil {
 		return nil, err
 	}
 	if r := cfg.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused, h.unavailable} {
+		for _, c := range []prometheus.Collector{h.requests, h.rejects, h.refused, h.unavailable, h.rejoins, h.resumes} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -181,6 +201,7 @@ func New(cfg Config) (*Handler, error) {
 	h.route("GET /join/{mac}", KindJoin, h.serveJoin)
 	h.route("POST /status/{mac}", KindStatus, h.postStatus)
 	h.route("GET /machines", KindMachines, h.serveMachines)
+	h.route("POST /machines/{machine}/reimage", KindReimage, h.serveReimage)
 	h.route("GET /{$}", KindPage, h.servePage)
 	h.route("GET /healthz", KindHealth, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")

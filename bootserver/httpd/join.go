@@ -193,6 +193,10 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cannot build the join file", http.StatusInternalServerError)
 		return
 	}
+	if reason, ok := h.cfg.Status.Rejoin(mac); ok {
+		h.rejoins.WithLabelValues(reason).Inc()
+		h.log.Info("an installed machine joins again", "mac", mac, "node", a.NodeName, "reason", reason)
+	}
 	w.Header().Set("Content-Type", "application/yaml")
 	h.gate.record(r, mac, boot)
 	_, _ = w.Write(body)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -88,9 +90,25 @@ func (h *Handler) cmdlineFields(mac hwaddr.MAC, a inventory.Assignment) config.C
 	case a.Profile.RemoteRootImage():
 		f.RootImageURL = a.Profile.RootImage
 	case a.Profile.RootImage != "":
-		f.RootImageURL = h.fileURL(mac, a.Profile, a.Profile.RootImage)
+		f.RootImageURL = h.fileURL(mac, a.Profile, a.Profile.RootImage) + imageVersion(a.Profile.RootImage)
 	}
 	return f
+}
+
+// imageVersion is the query that versions a local root image's URL: "?v=" and the file's
+// modification time and size (hex), "" if the file cannot be read (its download then fails and
+// says so). A persistent machine keeps its root image on its disk and downloads it again only
+// when the URL changes: a new image file (written anew, or replaced by rename) changes the URL,
+// so it is applied on the next boot without a wipe. Hashing the content would cost a read of
+// the whole image per script; the time and size are as good for files that are replaced, not
+// edited in place within the same nanosecond. A remote image (http(s) URL) is the operator's to
+// version: give it a new URL for new content.
+func imageVersion(local string) string {
+	fi, err := os.Stat(local)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("?v=%x-%x", fi.ModTime().UnixNano(), fi.Size())
 }
 
 func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
@@ -115,7 +133,17 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := status.Identity{NodeName: a.NodeName, Profile: a.Profile.Name, Known: a.Known}
-	body, err := h.renderScript(mac, a)
+	reimage := false
+	if a.Disk != nil {
+		// On disk before the script goes out, so that the agent's wipe report completes the
+		// request even across a restart; if it cannot be written, this boot does not wipe.
+		req, err := h.cfg.Status.ReimageForScript(mac, a.Reimage)
+		if err != nil {
+			h.log.Error("cannot record a re-image in the state store; this boot does not wipe its disk", "mac", mac, "err", err)
+		}
+		reimage = req != "" && err == nil
+	}
+	body, err := h.renderScript(mac, a, reimage)
 	if err != nil {
 		h.log.Error("cannot render a cmdline", "mac", mac, "err", err)
 		h.cfg.Status.RecordAs(mac, &id, start, phaseEvent(status.PhaseScript, bootstatus.StateError, "", err.Error()))
@@ -127,8 +155,12 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	boot := h.cfg.Status.RecordAs(mac, &id, start, done)
 	_, _ = io.WriteString(w, body)
 	// Only inventory machines get a token ahead: a stranger's comes from the unknown machines' budget,
-	// spent only when its agent asks for its join file.
-	if a.Known && h.cfg.MintAhead && h.cfg.Tokens != nil {
+	// spent only when its agent asks for its join file. An installed machine resumes from its disk
+	// without a token: it gets one only if its agent asks for a join file (a re-join).
+	switch {
+	case a.Disk != nil && h.cfg.Status.Resumes(mac, a.Reimage):
+		h.resumes.Inc()
+	case a.Known && h.cfg.MintAhead && h.cfg.Tokens != nil:
 		h.mintAhead(mac, a.NodeName, boot)
 	}
 }
@@ -161,11 +193,14 @@ func (h *Handler) uuidOf(r *http.Request, mac hwaddr.MAC) string {
 	return uuid
 }
 
-// renderScript renders the script of machine mac, assigned a.
-func (h *Handler) renderScript(mac hwaddr.MAC, a inventory.Assignment) (string, error) {
+// renderScript renders the script of machine mac, assigned a; reimage adds pxejoin.reimage=1.
+func (h *Handler) renderScript(mac hwaddr.MAC, a inventory.Assignment, reimage bool) (string, error) {
 	cmdline, err := a.Profile.Cmdline(h.cmdlineFields(mac, a))
 	if err != nil {
 		return "", err
+	}
+	if params := h.diskParams(a, reimage); len(params) > 0 {
+		cmdline = strings.TrimSpace(cmdline + " " + strings.Join(params, " "))
 	}
 	d := ScriptData{MAC: mac.String(), NodeName: a.NodeName, Profile: a.Profile.Name, KernelURL: h.fileURL(mac, a.Profile, a.Profile.Kernel), Cmdline: cmdline}
 	for _, f := range a.Profile.Initrds {
@@ -173,6 +208,24 @@ func (h *Handler) renderScript(mac hwaddr.MAC, a inventory.Assignment) (string, 
 		d.InitrdNames = append(d.InitrdNames, path.Base(f))
 	}
 	return Script(d), nil
+}
+
+// diskParams are the kernel command line parameters of a persistent machine, which the boot
+// server appends to the profile's cmdline: the disk (diskspec.Spec.Params), the CA pins the join
+// file carries (credentials on the disk resume only if their CA matches one) and, while a
+// re-image is pending, pxejoin.reimage=1. None for a diskless machine.
+func (h *Handler) diskParams(a inventory.Assignment, reimage bool) []string {
+	if a.Disk == nil {
+		return nil
+	}
+	p := a.Disk.Params()
+	if len(h.cfg.CACertHashes) > 0 {
+		p = append(p, diskspec.KeyCAHash+"="+strings.Join(h.cfg.CACertHashes, ","))
+	}
+	if reimage {
+		p = append(p, diskspec.KeyReimage+"=1")
+	}
+	return p
 }
 
 func phaseEvent(phase, state, detail, errText string) status.Event {

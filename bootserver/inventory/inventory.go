@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -31,7 +32,9 @@ type Profile struct {
 	RootImage string   // local path or http(s) URL; may be empty
 	// ControlPlane, if set, makes the profile's machines join as control-plane nodes.
 	ControlPlane *config.ControlPlaneProfile
-	cmdline      *template.Template
+	// Disk is the persistent profile's disk; nil: diskless.
+	Disk    *diskspec.Spec
+	cmdline *template.Template
 }
 
 // File is a local file a profile serves over HTTP.
@@ -88,6 +91,11 @@ type Machine struct {
 	Taints []corev1.Taint
 	// IPv4 is the machine's reserved address (full DHCP mode); invalid when it has none.
 	IPv4 netip.Addr
+	// Disk overrides its profile's disk; nil: the profile's.
+	Disk *diskspec.Spec
+	// Reimage is the Machine's re-image request (annotation machineapi.AnnotationReimage); empty:
+	// none.
+	Reimage string
 }
 
 // Assignment is what one machine gets.
@@ -99,6 +107,10 @@ type Assignment struct {
 	Taints   []corev1.Taint
 	// Known is true for a machine in the inventory, false for one booting the default profile.
 	Known bool
+	// Disk is the machine's persistent disk (its override, else its profile's); nil: diskless.
+	Disk *diskspec.Spec
+	// Reimage is the inventory's re-image request for the machine (Machine.Reimage).
+	Reimage string
 }
 
 // Source hands out the current inventory snapshot; callers look a machine up in what Current
@@ -130,7 +142,7 @@ func New(c *config.Config) (*Inventory, error) {
 		return nil, err
 	}
 	for _, m := range c.Machines {
-		m := &Machine{MAC: m.MAC, UUID: m.UUID, Name: m.Name, Profile: m.Profile, Labels: m.Labels}
+		m := &Machine{MAC: m.MAC, UUID: m.UUID, Name: m.Name, Profile: m.Profile, Labels: m.Labels, Disk: m.Disk}
 		if inv.profiles[m.Profile] == nil {
 			return nil, fmt.Errorf("machine %s %s: profile %q is not defined", m.MAC, m.UUID, m.Profile)
 		}
@@ -158,7 +170,7 @@ func withProfiles(c *config.Config) (*Inventory, error) {
 			return nil, fmt.Errorf("profile %s: cmdline: %w", name, err)
 		}
 		prof := &Profile{Name: name, Kernel: p.Kernel, Initrds: append([]string(nil), p.Initrds...), RootImage: p.RootImage,
-			ControlPlane: p.ControlPlane, cmdline: t}
+			ControlPlane: p.ControlPlane, Disk: p.Disk, cmdline: t}
 		inv.profiles[name] = prof
 		for k, f := range prof.Files() {
 			inv.files[k] = f
@@ -214,10 +226,15 @@ func (inv *Inventory) Lookup(mac hwaddr.MAC, uuid string) (a Assignment, ok bool
 		if name == "" {
 			name = NodeName(mac)
 		}
-		return Assignment{MAC: mac, NodeName: name, Profile: inv.profiles[m.Profile], Labels: m.Labels, Taints: m.Taints, Known: true}, true
+		p := inv.profiles[m.Profile]
+		disk := p.Disk
+		if m.Disk != nil && disk != nil {
+			disk = m.Disk
+		}
+		return Assignment{MAC: mac, NodeName: name, Profile: p, Labels: m.Labels, Taints: m.Taints, Known: true, Disk: disk, Reimage: m.Reimage}, true
 	}
 	if inv.unknown != nil {
-		return Assignment{MAC: mac, NodeName: NodeName(mac), Profile: inv.unknown}, true
+		return Assignment{MAC: mac, NodeName: NodeName(mac), Profile: inv.unknown, Disk: inv.unknown.Disk}, true
 	}
 	return Assignment{MAC: mac}, false
 }

@@ -65,6 +65,9 @@ func FromMachines(base *Inventory, segment string, ms []*machineapi.Machine) Bui
 			if err == nil && inv.profiles[m.Profile] == nil {
 				err = fmt.Errorf("profile %q is not defined in this boot server's configuration: add it under profiles, or change spec.profile", m.Profile)
 			}
+			if err == nil && m.Disk != nil && inv.profiles[m.Profile].Disk == nil {
+				err = fmt.Errorf("spec.disk overrides the disk of profile %q, which is diskless: give the profile a disk in the boot server's configuration, or remove spec.disk", m.Profile)
+			}
 			if err != nil {
 				b.Problems[src.Name] = err.Error()
 			}
@@ -139,8 +142,14 @@ func FromMachines(base *Inventory, segment string, ms []*machineapi.Machine) Bui
 // identifier); a non-nil one with an error is indexed only to be silenced.
 func convert(src *machineapi.Machine) (*Machine, error) {
 	s := src.Spec
-	m := &Machine{Name: src.Name, Profile: s.Profile, Labels: s.Labels, Taints: s.Taints}
+	m := &Machine{Name: src.Name, Profile: s.Profile, Labels: s.Labels, Taints: s.Taints, Disk: s.Disk,
+		Reimage: src.Annotations[machineapi.AnnotationReimage]}
 	var errs []string
+	if s.Disk != nil {
+		if err := s.Disk.Validate(); err != nil {
+			errs = append(errs, fmt.Sprintf("spec.disk: %v", err))
+		}
+	}
 	for _, v := range s.MACs {
 		mac, err := hwaddr.Parse(v)
 		if err != nil {

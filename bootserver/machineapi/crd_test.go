@@ -71,6 +71,12 @@ func TestCRDValidation(t *testing.T) {
 		{"not an address", spec("macs", []any{"52:54:00:aa:bb:09"}, "ipv4", "10.0.0.256"), "ipv4 must be an IPv4 address like 10.0.0.21"},
 		{"bad taint effect", spec("macs", []any{"52:54:00:aa:bb:0a"}, "taints", taint("NoWay")), `Unsupported value: "NoWay"`},
 		{"no profile", map[string]any{"macs": []any{"52:54:00:aa:bb:0b"}}, "spec.profile: Required value"},
+		{"disk by path", spec("macs", []any{"52:54:00:aa:bb:0c"}, "disk", map[string]any{"path": "/dev/disk/by-path/pci-0000:00:04.0", "policy": "wipe"}), ""},
+		{"disk by size", spec("macs", []any{"52:54:00:aa:bb:0d"}, "disk", map[string]any{"minSizeGiB": int64(20)}), ""},
+		{"disk by kernel name", spec("macs", []any{"52:54:00:aa:bb:0e"}, "disk", map[string]any{"path": "/dev/sda"}), "path must be a stable name"},
+		{"disk with a quote", spec("macs", []any{"52:54:00:aa:bb:0f"}, "disk", map[string]any{"path": `/dev/disk/by-id/a"b`}), "path must be a stable name"},
+		{"disk without path or size", spec("macs", []any{"52:54:00:aa:bb:10"}, "disk", map[string]any{"policy": "install"}), "a disk needs path"},
+		{"disk policy", spec("macs", []any{"52:54:00:aa:bb:11"}, "disk", map[string]any{"minSizeGiB": int64(1), "policy": "always"}), `Unsupported value: "always"`},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,8 @@ package machineapi
 
 import (
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
@@ -65,7 +67,17 @@ type MachineSpec struct {
 	Taints []corev1.Taint `json:"taints,omitempty"`
 	// Disabled stops the boot server answering the machine (it gets no DHCP offer).
 	Disabled bool `json:"disabled,omitempty"`
+	// Disk overrides the profile's persistent disk for this machine (the profile must have one).
+	Disk *diskspec.Spec `json:"disk,omitempty"`
 }
+
+// AnnotationReimage on a Machine asks for a re-image: the machine's next boots wipe its disk
+// and join fresh (pxejoin.reimage=1 on the kernel command line) until its agent reports the disk
+// installed with a wipe; the boot server that gets that report removes the annotation (only if
+// its value is still the one that boot carried, so a newer request is not lost). Its value
+// names the request: `bootserver reimage` writes the time (RFC 3339); any other non-empty value
+// works too (kubectl annotate pxm NAME pxejoin.io/reimage=now).
+const AnnotationReimage = "pxejoin.io/reimage"
 
 // MachineStatus is the boot timeline as the boot servers saw it.
 type MachineStatus struct {
@@ -92,6 +104,29 @@ type MachineStatus struct {
 	// Conditions: Conflict (a MAC or UUID is claimed by two Machines: neither is answered),
 	// Ready.
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// Install is what the boot servers know of a persistent machine's disk (nil: diskless, or
+	// not reported yet).
+	Install *InstallStatus `json:"install,omitempty"`
+}
+
+// InstallStatus is a persistent machine's install as its agent reported it.
+type InstallStatus struct {
+	// Installed: the agent reported its disk installed or mounted; its later boots resume
+	// without a join (no token is minted ahead for it).
+	Installed bool `json:"installed,omitempty"`
+	// InstalledAt is when the disk was last partitioned and formatted.
+	InstalledAt *metav1.Time `json:"installedAt,omitempty"`
+	// Disk is the agent's last word on the disk ("mounted /dev/…").
+	Disk string `json:"disk,omitempty"`
+	// LastResume is the last boot that resumed from the disk (no token, no CSR).
+	LastResume *metav1.Time `json:"lastResume,omitempty"`
+	// Rejoins counts the installed machine's joins after its install (the server that served
+	// them counted them); LastRejoin and RejoinReason are the latest one's.
+	Rejoins      int          `json:"rejoins,omitempty"`
+	LastRejoin   *metav1.Time `json:"lastRejoin,omitempty"`
+	RejoinReason string       `json:"rejoinReason,omitempty"`
+	// Reimaged is the re-image request (the annotation's value) the last wipe carried out.
+	Reimaged string `json:"reimaged,omitempty"`
 }
 
 // PhaseStatus is one phase of a boot.

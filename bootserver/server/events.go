@@ -40,9 +40,10 @@ func (s *Server) onDHCP(e dhcpd.Event) {
 		boot := s.status.Record(mac, status.Event{Event: bootstatus.Event{Phase: phase, State: bootstatus.StateStart, Detail: e.VendorClass},
 			Source: status.SourceDHCP, StartsBoot: phase == status.PhaseDHCP})
 		// A firmware DISCOVER is the first sight of a boot: an inventory machine's token is minted
-		// now, so that its join file is ready when its agent asks, seconds later.
+		// now, so that its join file is ready when its agent asks, seconds later. An installed
+		// machine resumes from its disk without one (it is minted if its agent asks).
 		if phase == status.PhaseDHCP && s.tokens != nil {
-			if a, ok := s.inv.Current().Lookup(mac, s.uuids.of(mac)); ok && a.Known {
+			if a, ok := s.inv.Current().Lookup(mac, s.uuids.of(mac)); ok && a.Known && !(a.Disk != nil && s.status.Resumes(mac, a.Reimage)) {
 				s.tokens.MintAhead(mac, a.NodeName, boot)
 			}
 		}

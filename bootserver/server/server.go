@@ -165,6 +165,7 @@ func New(opts Options) (_ *Server, err error) {
 		Inventory: s.inv, Status: s.status, Tokens: tk, ServerURL: s.url, MintAhead: true,
 		APIServerEndpoint: endpoint, CACertHashes: pins, IPXEDir: ipxeDir, Limits: c.HTTP, UUIDOf: s.uuids.of, MACOf: s.macOf,
 		Logger: s.log, Registerer: s.reg, Gatherer: s.reg, LeaseHolder: s.leaseHolder(), OncePerBoot: c.Approval.Mode == config.ApprovalPxejoin,
+		Reimage: s.reimageFunc(cl),
 	}); err != nil {
 		return nil, err
 	}

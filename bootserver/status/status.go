@@ -91,6 +91,8 @@ type Machine struct {
 	LastState   string    `json:"lastState,omitempty"`
 	LastSeen    time.Time `json:"lastSeen,omitzero"`
 	Phases      []Phase   `json:"phases"`
+	// Install is what the machine's agent reported of its persistent disk (install.go).
+	Install Install `json:"install,omitzero"`
 }
 
 // Options configure a Store.
@@ -263,6 +265,7 @@ func (s *Store) update(mac hwaddr.MAC, id *Identity, evs []Event) *entry {
 	changed, important, boot := false, false, e.Boot
 	for i := range evs {
 		if s.recordIn(&e.Machine, evs[i]) {
+			applyInstall(&e.Machine, evs[i], e.LastSeen)
 			s.dirty[mac] = true
 			changed = true
 			important = important || isImportant(evs[i].Event)

@@ -56,6 +56,13 @@ func machineStatus(m *status.Machine, boot int, servedBy string) machineapi.Mach
 			st.NodeRef = &corev1.LocalObjectReference{Name: m.NodeName}
 		}
 	}
+	if in := m.Install; in.Installed || in.Reimaged != "" {
+		st.Install = &machineapi.InstallStatus{
+			Installed: in.Installed, InstalledAt: timePtr(in.InstalledAt), Disk: cut(in.Disk, maxDetail),
+			LastResume: timePtr(in.LastResume), Rejoins: in.Rejoins, LastRejoin: timePtr(in.LastRejoin),
+			RejoinReason: cut(in.RejoinReason, maxDetail), Reimaged: cut(in.Reimaged, maxDetail),
+		}
+	}
 	return st
 }
 

@@ -20,9 +20,11 @@ package statussync
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +34,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
@@ -269,7 +272,7 @@ func (w *Writer) write(ctx context.Context, mac hwaddr.MAC, since time.Time) err
 		"apiVersion": machineapi.GVK.GroupVersion().String(), "kind": machineapi.Kind,
 		"metadata": map[string]any{"name": name}, "status": body,
 	}}
-	_, err = machines.ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	applied, err := machines.ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 	switch {
 	case apierrors.IsNotFound(err):
 		w.writes.WithLabelValues("not-found").Inc()
@@ -283,6 +286,26 @@ func (w *Writer) write(ctx context.Context, mac hwaddr.MAC, since time.Time) err
 	w.writes.WithLabelValues("ok").Inc()
 	w.lag.Observe(w.opts.Now().Sub(since).Seconds())
 	m.last = &st
+	if done := tl.Install.Reimaged; done != "" && applied.GetAnnotations()[machineapi.AnnotationReimage] == done {
+		return w.clearReimage(ctx, name, done)
+	}
+	return nil
+}
+
+// clearReimage removes a Machine's re-image annotation once a wipe carried out its request done:
+// a JSON patch that tests the value first, so that a newer request (another value) stays. An
+// error means "try again" (the next write reads the annotation again).
+func (w *Writer) clearReimage(ctx context.Context, name, done string) error {
+	path := "/metadata/annotations/" + strings.ReplaceAll(machineapi.AnnotationReimage, "/", "~1")
+	patch, err := json.Marshal([]map[string]string{{"op": "test", "path": path, "value": done}, {"op": "remove", "path": path}})
+	if err != nil {
+		return err
+	}
+	if _, err := w.opts.Client.Resource(machineapi.GVR).Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+		w.warn.Warn("cannot remove a Machine's re-image annotation after its wipe; retried", "machine", name, "err", err)
+		return err
+	}
+	w.log.Info("re-image done: annotation removed", "machine", name, "request", done)
 	return nil
 }
 

@@ -136,8 +136,8 @@ func (d *data) kubeletFlags() string {
 	return fmt.Sprintf("KUBELET_KUBEADM_ARGS=%q\n", strings.Join(parts, " "))
 }
 
-// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does; once it
-// passed, it passes without asking again (config and tls-bootstrap both need it).
+// checkExistingNode refuses to join over a Ready Node of the same name, as kubeadm does, unless
+// takeOver proves its kubelet gone; once it passed, it passes without asking again (config and tls-bootstrap both need it).
 func (d *data) checkExistingNode(ctx context.Context, c kubernetes.Interface) error {
 	if d.nodeChecked {
 		return nil
@@ -174,8 +174,9 @@ func (d *data) checkNode(ctx context.Context, c kubernetes.Interface) error {
 	}
 	for _, cond := range n.Status.Conditions {
 		if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
-			return fmt.Errorf("a Node with name %q and status \"Ready\" already exists in the cluster. "+
-				"You must delete the existing Node or change the name of this new joining Node (--node-name)", d.nodeName)
+			// kubeadm refuses here; a machine of the boot server takes the name back once its old
+			// kubelet is proven gone (takeover.go).
+			return d.takeOver(ctx, c)
 		}
 	}
 	d.printf("[kubelet-start] A Node named %q exists but is not Ready: this node takes its place", d.nodeName)

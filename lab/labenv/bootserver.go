@@ -37,6 +37,9 @@ type BootServer struct {
 	// FromAPI takes the inventory from the cluster's Machines (inventory.source: kubernetes) instead
 	// of Machines; the caller creates the Machine objects.
 	FromAPI bool
+	// Disk, if set, makes the profile persistent: the guest's stable name of the disk the agent
+	// installs (e.g. vm.Disk.ByID()), with the default policy (install).
+	Disk string
 
 	cmd *exec.Cmd
 }
@@ -83,9 +86,17 @@ profiles:
     cmdline: >-
       console=ttyS0 pxejoin.mac={{.MAC}} pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
       pxejoin.image={{.RootImageURL}} %s
-machines:
+%smachines:
 %s`, b.Interface, b.URL(), HTTPPort, dhcp, filepath.Join(b.Dir, "tftp"), b.Kubeconfig, filepath.Join(b.Dir, "state"),
-		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, m.String())
+		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, b.diskConfig(), m.String())
+}
+
+// diskConfig is the profile's disk: line, "" for a diskless profile.
+func (b *BootServer) diskConfig() string {
+	if b.Disk == "" {
+		return ""
+	}
+	return fmt.Sprintf("    disk: {path: %q}\n", b.Disk)
 }
 
 // Start writes the configuration and starts the daemon; it returns once /healthz answers.

@@ -183,11 +183,11 @@ type Action string
 
 const (
 	// Mount: the disk already holds pxejoin's state partition.
-	Mount Action = "mounted"
+	Mount Action = diskspec.DiskMounted
 	// Install: the disk is blank; partition and format it.
-	Install Action = "installed"
+	Install Action = diskspec.DiskInstalled
 	// Wipe: erase what the disk holds, then install.
-	Wipe Action = "wiped"
+	Wipe Action = diskspec.DiskWiped
 )
 
 // Plan is the decision for a disk, with the reason an operator reads in the boot's status.

@@ -53,16 +53,16 @@ func (a *Agent) disk(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("mounting %s (ext4) at %s: %w", r.Partition, a.StateDir, err)
 	}
 	a.stateMounted = true
-	return fmt.Sprintf("%s %s: %s", r.Plan.Action, r.Disk.Dev, r.Plan.Reason), nil
+	return diskspec.DiskDetail(string(r.Plan.Action), r.Disk.Dev, r.Plan.Reason), nil
 }
 
 // resume checks the credentials on the disk (phase resume): done means no join this boot.
 func (a *Agent) resume(ctx context.Context) (string, error) {
 	if a.Cmdline.SkipJoin {
-		return "pxejoin.join=skip", errSkipped
+		return diskspec.ResumeSkipped(diskspec.ResumeNoJoin, "pxejoin.join=skip"), errSkipped
 	}
 	if a.Cmdline.Reimage {
-		return "re-image: joining fresh", errSkipped
+		return diskspec.ResumeSkipped(diskspec.ResumeReimage, diskspec.KeyReimage+"=1: joining fresh"), errSkipped
 	}
 	detail, err := CheckResume(a.stateRoot(), a.Cmdline.CAHashes, time.Now())
 	if err != nil {
@@ -70,7 +70,7 @@ func (a *Agent) resume(ctx context.Context) (string, error) {
 	}
 	name, err := os.ReadFile(filepath.Join(a.stateRoot(), nodeNameFile))
 	if err != nil {
-		return fmt.Sprintf("credentials valid but no %s on the disk: joining again", nodeNameFile), errSkipped
+		return diskspec.ResumeSkipped(diskspec.ResumeInvalid, fmt.Sprintf("credentials valid but no %s on the disk: joining again", nodeNameFile)), errSkipped
 	}
 	a.nodeName = strings.TrimSpace(string(name))
 	if err := a.System.SetHostname(a.nodeName); err != nil {

@@ -2,6 +2,7 @@ package initmode
 
 import (
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	certutil "k8s.io/client-go/util/cert"
 
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
@@ -26,18 +28,18 @@ const ResumeMargin = 5 * time.Minute
 func CheckResume(root string, pins []string, now time.Time) (string, error) {
 	kc, err := clientcmd.LoadFromFile(filepath.Join(root, nodefiles.KubeletConf))
 	if os.IsNotExist(err) {
-		return "", fmt.Errorf("no %s on the disk: joining (first boot)", nodefiles.KubeletConf)
+		return "", skipResume(diskspec.ResumeNoCredentials, "no %s on the disk: joining (first boot)", nodefiles.KubeletConf)
 	}
 	if err != nil {
-		return "", fmt.Errorf("%s on the disk is unreadable (%v): joining again", nodefiles.KubeletConf, err)
+		return "", skipResume(diskspec.ResumeInvalid, "%s on the disk is unreadable (%v): joining again", nodefiles.KubeletConf, err)
 	}
 	ctx := kc.Contexts[kc.CurrentContext]
 	if ctx == nil || kc.Clusters[ctx.Cluster] == nil || kc.AuthInfos[ctx.AuthInfo] == nil {
-		return "", fmt.Errorf("%s on the disk has no current context with a cluster and a user: joining again", nodefiles.KubeletConf)
+		return "", skipResume(diskspec.ResumeInvalid, "%s on the disk has no current context with a cluster and a user: joining again", nodefiles.KubeletConf)
 	}
 	cas, err := certutil.ParseCertsPEM(kc.Clusters[ctx.Cluster].CertificateAuthorityData)
 	if err != nil {
-		return "", fmt.Errorf("%s on the disk has no CA certificate (%v): joining again", nodefiles.KubeletConf, err)
+		return "", skipResume(diskspec.ResumeInvalid, "%s on the disk has no CA certificate (%v): joining again", nodefiles.KubeletConf, err)
 	}
 	caPin := pubkeypin.Hash(cas[0])
 	if len(pins) > 0 {
@@ -46,7 +48,7 @@ func CheckResume(root string, pins []string, now time.Time) (string, error) {
 			return "", fmt.Errorf("pxejoin.cahash: %w", err)
 		}
 		if set.CheckAny(cas) != nil {
-			return "", fmt.Errorf("credentials belong to another cluster (CA %s is not this cluster's): joining again", caPin)
+			return "", skipResume(diskspec.ResumeOtherCluster, "credentials belong to another cluster (CA %s is not this cluster's): joining again", caPin)
 		}
 	}
 	certPath := kc.AuthInfos[ctx.AuthInfo].ClientCertificate
@@ -55,21 +57,21 @@ func CheckResume(root string, pins []string, now time.Time) (string, error) {
 	}
 	b, err := os.ReadFile(filepath.Join(root, certPath))
 	if err != nil {
-		return "", fmt.Errorf("the kubelet's client certificate %s is missing on the disk: joining again", certPath)
+		return "", skipResume(diskspec.ResumeInvalid, "the kubelet's client certificate %s is missing on the disk: joining again", certPath)
 	}
 	certs, err := certutil.ParseCertsPEM(b)
 	if err != nil {
-		return "", fmt.Errorf("the kubelet's client certificate %s is unreadable (%v): joining again", certPath, err)
+		return "", skipResume(diskspec.ResumeInvalid, "the kubelet's client certificate %s is unreadable (%v): joining again", certPath, err)
 	}
 	cert := certs[0]
 	if !signedBy(cert, cas) {
-		return "", fmt.Errorf("the kubelet's client certificate %s was not issued by kubelet.conf's CA %s: joining again", certPath, caPin)
+		return "", skipResume(diskspec.ResumeInvalid, "the kubelet's client certificate %s was not issued by kubelet.conf's CA %s: joining again", certPath, caPin)
 	}
 	switch {
 	case !now.Before(cert.NotAfter):
-		return "", fmt.Errorf("the kubelet's client certificate expired at %s: joining again", cert.NotAfter.UTC().Format(time.RFC3339))
+		return "", skipResume(diskspec.ResumeExpired, "the kubelet's client certificate expired at %s: joining again", cert.NotAfter.UTC().Format(time.RFC3339))
 	case now.Add(ResumeMargin).After(cert.NotAfter):
-		return "", fmt.Errorf("the kubelet's client certificate expires at %s, within %s: joining again", cert.NotAfter.UTC().Format(time.RFC3339), ResumeMargin)
+		return "", skipResume(diskspec.ResumeExpired, "the kubelet's client certificate expires at %s, within %s: joining again", cert.NotAfter.UTC().Format(time.RFC3339), ResumeMargin)
 	}
 	pinned := "not pinned (no pxejoin.cahash)"
 	if len(pins) > 0 {
@@ -86,4 +88,10 @@ func signedBy(cert *x509.Certificate, cas []*x509.Certificate) bool {
 		}
 	}
 	return false
+}
+
+// skipResume is CheckResume's answer when the node joins again: the class (diskspec.Resume*) the
+// boot server reads back, then why.
+func skipResume(class, format string, args ...any) error {
+	return errors.New(diskspec.ResumeSkipped(class, fmt.Sprintf(format, args...)))
 }

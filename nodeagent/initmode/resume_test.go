@@ -18,6 +18,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	certutil "k8s.io/client-go/util/cert"
 
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/pubkeypin"
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
 )
@@ -84,20 +85,21 @@ func TestCheckResume(t *testing.T) {
 	pin, otherPin := pubkeypin.Hash(ca.cert), pubkeypin.Hash(other.cert)
 	valid := ca.issue(t, now.Add(-time.Hour), now.Add(365*24*time.Hour))
 	for _, tc := range []struct {
-		name string
-		root string
-		pins []string
-		want string // words of the detail (resume) or of the error (join)
-		ok   bool
+		name  string
+		root  string
+		pins  []string
+		want  string // words of the detail (resume) or of the error (join)
+		ok    bool
+		class string // the error's class, as the boot server reads it (diskspec.ResumeClass)
 	}{
-		{"first boot", t.TempDir(), []string{pin}, "no /etc/kubernetes/kubelet.conf on the disk: joining (first boot)", false},
-		{"valid, pinned", nodeState(t, ca, valid), []string{otherPin, pin}, "system:node:node-1 valid until 2027-11-30T12:00:00Z; CA " + pin + " this cluster's", true},
-		{"valid, no pin", nodeState(t, ca, valid), nil, "not pinned", true},
-		{"another cluster", nodeState(t, ca, valid), []string{otherPin}, "credentials belong to another cluster (CA " + pin + " is not this cluster's): joining again", false},
-		{"expired", nodeState(t, ca, ca.issue(t, now.Add(-48*time.Hour), now.Add(-time.Hour))), []string{pin}, "expired at 2026-11-30T11:00:00Z: joining again", false},
-		{"last minutes", nodeState(t, ca, ca.issue(t, now.Add(-48*time.Hour), now.Add(2*time.Minute))), []string{pin}, "expires at 2026-11-30T12:02:00Z, within 5m0s: joining again", false},
-		{"issued by another CA", nodeState(t, ca, other.issue(t, now.Add(-time.Hour), now.Add(time.Hour))), []string{pin}, "was not issued by kubelet.conf's CA", false},
-		{"no certificate", nodeState(t, ca, nil), []string{pin}, "client certificate /var/lib/kubelet/pki/kubelet-client-current.pem is missing on the disk: joining again", false},
+		{"first boot", t.TempDir(), []string{pin}, "no /etc/kubernetes/kubelet.conf on the disk: joining (first boot)", false, diskspec.ResumeNoCredentials},
+		{"valid, pinned", nodeState(t, ca, valid), []string{otherPin, pin}, "system:node:node-1 valid until 2027-11-30T12:00:00Z; CA " + pin + " this cluster's", true, ""},
+		{"valid, no pin", nodeState(t, ca, valid), nil, "not pinned", true, ""},
+		{"another cluster", nodeState(t, ca, valid), []string{otherPin}, "credentials belong to another cluster (CA " + pin + " is not this cluster's): joining again", false, diskspec.ResumeOtherCluster},
+		{"expired", nodeState(t, ca, ca.issue(t, now.Add(-48*time.Hour), now.Add(-time.Hour))), []string{pin}, "expired at 2026-11-30T11:00:00Z: joining again", false, diskspec.ResumeExpired},
+		{"last minutes", nodeState(t, ca, ca.issue(t, now.Add(-48*time.Hour), now.Add(2*time.Minute))), []string{pin}, "expires at 2026-11-30T12:02:00Z, within 5m0s: joining again", false, diskspec.ResumeExpired},
+		{"issued by another CA", nodeState(t, ca, other.issue(t, now.Add(-time.Hour), now.Add(time.Hour))), []string{pin}, "was not issued by kubelet.conf's CA", false, diskspec.ResumeInvalid},
+		{"no certificate", nodeState(t, ca, nil), []string{pin}, "client certificate /var/lib/kubelet/pki/kubelet-client-current.pem is missing on the disk: joining again", false, diskspec.ResumeInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			detail, err := CheckResume(tc.root, tc.pins, now)
@@ -107,6 +109,9 @@ func TestCheckResume(t *testing.T) {
 			}
 			if (err == nil) != tc.ok || !strings.Contains(got, tc.want) {
 				t.Errorf("CheckResume = %q, %v; want ok=%v %q", detail, err, tc.ok, tc.want)
+			}
+			if err != nil && diskspec.ResumeClass(got) != tc.class {
+				t.Errorf("CheckResume's %q classifies as %q, want %q", got, diskspec.ResumeClass(got), tc.class)
 			}
 		})
 	}

@@ -108,7 +108,7 @@ func TestBuildHostKernel(t *testing.T) {
 		}
 		seen[p] = true
 	}
-	for _, m := range []string{"virtio_net", "virtio_pci", "e1000", "squashfs", "overlay", "loop", "virtio_blk", "nvme", "ext4"} {
+	for _, m := range []string{"virtio_net", "virtio_pci", "e1000", "squashfs", "overlay", "loop", "virtio_blk", "nvme", "crc32c_generic", "ext4"} {
 		if p, ok := g.Path(m); !ok || !loaded[p] {
 			t.Errorf("module %s not carried", m)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +27,7 @@ import (
 // same machine powers on again: it resumes from its disk (phase resume done, no join) and the same
 // Node (same UID) is Ready from the new kubelet, with no CSR and no bootstrap token Secret created
 // on the way (watched in the API from before the power cut), the pod's file read back by a second
-// pod, and containerd's content store (the node's images) the same files (inodes) on the disk. It
+// pod, and containerd's content store (the node's images) still the files (inodes) written before. It
 // prints both boots' power-on → Ready and timelines.
 func TestPersistentPowerCycle(t *testing.T) {
 	r := runPersistent(t)
@@ -40,8 +41,8 @@ func TestPersistentPowerCycle(t *testing.T) {
 	if p := findPhase(r.reboot.phases, bootstatus.PhaseResume); p == nil || p.State != bootstatus.StateDone {
 		t.Errorf("the reboot did not resume from its disk (resume done): %+v", p)
 	}
-	if p := findPhase(r.reboot.phases, bootstatus.PhaseJoin); p != nil {
-		t.Errorf("the reboot joined again: %+v", p)
+	if p := findPhase(r.reboot.phases, bootstatus.PhaseJoin); p != nil && p.State != bootstatus.StateSkipped {
+		t.Errorf("the reboot joined again (join %s, not skipped): %+v", p.State, p)
 	}
 	if r.uid[0] != r.uid[1] {
 		t.Errorf("the Node came back as another object: UID %s, then %s", r.uid[0], r.uid[1])
@@ -52,8 +53,14 @@ func TestPersistentPowerCycle(t *testing.T) {
 	if r.data[1] != r.data[0] {
 		t.Errorf("the hostPath file read after the reboot is %q, want %q (written before it)", r.data[1], r.data[0])
 	}
-	if r.blobs[0] == "" || r.blobs[1] != r.blobs[0] {
-		t.Errorf("containerd's content store changed across the reboot (images not kept on the disk):\nbefore:\n%s\nafter:\n%s", r.blobs[0], r.blobs[1])
+	// Every blob after the reboot is one from before it, the same file (inode) on the disk: nothing was
+	// pulled or imported again. (containerd may collect a blob no image refers to: fewer is fine.)
+	before := strings.Split(r.blobs[0], "\n")
+	for _, b := range strings.Split(r.blobs[1], "\n") {
+		if b == "" || !slices.Contains(before, b) {
+			t.Errorf("containerd's content store after the reboot has %q, not kept on the disk from before it:\nbefore:\n%s\nafter:\n%s", b, r.blobs[0], r.blobs[1])
+			break
+		}
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package initramfs builds the initramfs of a pxejoin node image: nodeagent as /init, the NIC drivers
 // and diskless-root modules (loop, squashfs, overlay) of one kernel with their dependencies and a
 // modules.dep that u-root's kmodule reads, an optional CA bundle, and nothing else (no shell, no
-// busybox). The archive is newc cpio compressed with zstd (Debian's kernel has CONFIG_RD_ZSTD=y).
+// busybox). The archive is newc cpio compressed with xz (or zstd: Compression).
 // The command is initramfs/cmd/initramfs.
 package initramfs
 
@@ -38,8 +38,19 @@ func ReadArchive(path string) ([]cpio.Record, error) {
 		return nil, err
 	}
 	defer f.Close()
+	head := make([]byte, 6)
+	if _, err := io.ReadFull(f, head); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c, err := compressionOf(head)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
 	var b []byte
-	if CompressionOf(path) == XZ {
+	if c == XZ {
 		cmd := exec.Command("xz", "-dc")
 		cmd.Stdin = f
 		if b, err = cmd.Output(); err != nil {

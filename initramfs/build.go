@@ -34,6 +34,8 @@ type Spec struct {
 	ToolFiles []string
 	// ToolsRoot is the root the tools, libraries and files are read from ("/" if empty).
 	ToolsRoot string
+	// Compression is how Build compresses the archive (DefaultCompression if empty).
+	Compression Compression
 }
 
 // ModuleListPath is the file in the initramfs that lists the modules to load, in load order (one module
@@ -139,26 +141,41 @@ func checkStatic(b []byte) error {
 	return nil
 }
 
-// Compression is how an initramfs is compressed; the file name's extension says which (.xz: XZ,
-// otherwise Zstd). Debian's kernel unpacks both (CONFIG_RD_ZSTD, CONFIG_RD_XZ with the x86 BCJ
-// filter).
+// Compression is how an initramfs is compressed. Debian's kernel unpacks both (CONFIG_RD_XZ with
+// the x86 BCJ filter, CONFIG_RD_ZSTD); the file name does not say which (the image ships
+// initramfs.img), the archive's magic number does.
 type Compression string
 
 const (
-	// Zstd (klauspost/compress, best level) is the fastest to unpack.
-	Zstd Compression = "zstd"
 	// XZ is Debian's xz (xz-utils) at -9e with the x86 BCJ filter and the CRC32 check the kernel's
-	// unxz requires: about 2.3 MB smaller than Zstd for the real nodeagent, which keeps the
-	// initramfs within the 15 MB budget (README, "Persistent nodes"; the unpack's cost measured there).
+	// unxz requires: about 4.5 MB smaller than Zstd for the real nodeagent, which keeps the initramfs
+	// within the 15 MB budget; it unpacks slower (README, "Initramfs size").
 	XZ Compression = "xz"
+	// Zstd (klauspost/compress, best level) is the fastest to unpack, but over the budget.
+	Zstd Compression = "zstd"
 )
 
-// CompressionOf is the compression the file name path asks for.
-func CompressionOf(path string) Compression {
-	if strings.HasSuffix(path, ".xz") {
-		return XZ
+// DefaultCompression is what Build uses when the Spec names none.
+const DefaultCompression = XZ
+
+// ParseCompression reads a -compression flag value.
+func ParseCompression(s string) (Compression, error) {
+	switch c := Compression(s); c {
+	case XZ, Zstd:
+		return c, nil
 	}
-	return Zstd
+	return "", fmt.Errorf("unknown compression %q: use %q or %q", s, XZ, Zstd)
+}
+
+// compressionOf tells the compression of an archive from its first bytes (magic numbers).
+func compressionOf(head []byte) (Compression, error) {
+	switch {
+	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
+		return XZ, nil
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return Zstd, nil
+	}
+	return "", fmt.Errorf("neither xz nor zstd (first bytes % x): not an initramfs built by pxejoin", head)
 }
 
 // xzArgs make the kernel-readable xz stream; -T1 keeps it one block and reproducible.
@@ -224,7 +241,11 @@ func Build(s Spec, path string) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if err := Write(tmp, recs, CompressionOf(path)); err != nil {
+	c := s.Compression
+	if c == "" {
+		c = DefaultCompression
+	}
+	if err := Write(tmp, recs, c); err != nil {
 		tmp.Close()
 		return err
 	}

@@ -129,7 +129,7 @@ func TestControlPlaneJoinFileFromBootServer(t *testing.T) {
 	mac := n.MAC(1)
 	// The boot server only serves the image's files; this test boots nothing.
 	imgDir := t.TempDir()
-	img := &labenv.Image{Dir: imgDir, Kernel: filepath.Join(imgDir, "vmlinuz"), Initrd: filepath.Join(imgDir, "initramfs.cpio.zst"),
+	img := &labenv.Image{Dir: imgDir, Kernel: filepath.Join(imgDir, "vmlinuz"), Initrd: filepath.Join(imgDir, "initramfs.img"),
 		Root: filepath.Join(imgDir, "root.squashfs")}
 	for _, f := range []string{img.Kernel, img.Initrd, img.Root} {
 		if err := os.WriteFile(f, []byte("not booted"), 0o644); err != nil {

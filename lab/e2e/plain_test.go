@@ -44,16 +44,16 @@ func (p *Plain) Start() error {
 		return err
 	}
 	// The same kernel command line the boot server's profile renders, pointing here.
-	script := fmt.Sprintf("#!ipxe\nkernel %[1]s/vmlinuz initrd=initramfs.cpio.zst console=ttyS0 pxejoin.mac=%[2]s "+
+	script := fmt.Sprintf("#!ipxe\nkernel %[1]s/vmlinuz initrd=initramfs.img console=ttyS0 pxejoin.mac=%[2]s "+
 		"pxejoin.url=%[1]s/join/%[2]s pxejoin.status=%[1]s/status/%[2]s pxejoin.image=%[1]s/root.squashfs %[3]s\n"+
-		"initrd %[1]s/initramfs.cpio.zst\nboot\n", p.base(), mac, p.Cmdline)
+		"initrd %[1]s/initramfs.img\nboot\n", p.base(), mac, p.Cmdline)
 	files := map[string][]byte{"boot.ipxe": []byte(script), filepath.Join("join", mac): p.Join}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(www, name), data, 0o644); err != nil {
 			return err
 		}
 	}
-	for name, src := range map[string]string{"vmlinuz": p.Kernel, "initramfs.cpio.zst": p.Initrd, "root.squashfs": p.Image} {
+	for name, src := range map[string]string{"vmlinuz": p.Kernel, "initramfs.img": p.Initrd, "root.squashfs": p.Image} {
 		if err := os.Symlink(src, filepath.Join(www, name)); err != nil {
 			return err
 		}

@@ -463,7 +463,7 @@ func startBootServer(ctx context.Context, opts Options, dir string, srv, cli *ne
 			return nil, err
 		}
 	}
-	for _, f := range []string{"vmlinuz", "initramfs.cpio.zst"} {
+	for _, f := range []string{"vmlinuz", "initramfs.img"} {
 		if err := os.WriteFile(filepath.Join(dir, "images", f), []byte(f), 0o644); err != nil {
 			return nil, err
 		}
@@ -496,7 +496,7 @@ profiles:
     initrds: [%s]
     cmdline: console=ttyS0 pxejoin.url={{.JoinURL}} pxejoin.status={{.StatusURL}}
 %s`, serverAddr, httpPort, httpPort, poolStart, poolEnd, kubeconfig, filepath.Join(dir, "state"),
-		filepath.Join(dir, "images", "vmlinuz"), filepath.Join(dir, "images", "initramfs.cpio.zst"), inv.String())
+		filepath.Join(dir, "images", "vmlinuz"), filepath.Join(dir, "images", "initramfs.img"), inv.String())
 	cfgPath := filepath.Join(dir, "bootserver.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err

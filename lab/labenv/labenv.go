@@ -128,6 +128,6 @@ func BuildImage(repo, agent string, logw *os.File) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Dir: dir, Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initramfs.cpio.zst"),
+	return &Image{Dir: dir, Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initramfs.img"),
 		Root: filepath.Join(dir, "root.squashfs")}, nil
 }

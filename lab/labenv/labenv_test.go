@@ -12,7 +12,7 @@ import (
 
 func TestBootServerConfig(t *testing.T) {
 	b := &BootServer{Interface: "br0", Addr: "10.77.42.1", Dir: "/x", Kubeconfig: "/cp/admin.conf",
-		Image:    &Image{Kernel: "/i/vmlinuz", Initrd: "/i/initramfs.cpio.zst", Root: "/i/root.squashfs"},
+		Image:    &Image{Kernel: "/i/vmlinuz", Initrd: "/i/initramfs.img", Root: "/i/root.squashfs"},
 		Machines: map[string]string{"52:54:00:77:2a:01": "node-1"}, Cmdline: "quiet"}
 	var c struct {
 		Interface string `json:"interface"`
@@ -63,7 +63,7 @@ func TestFormatTimeline(t *testing.T) {
 
 func TestPersistentProfileConfig(t *testing.T) {
 	b := &BootServer{Interface: "br0", Addr: "10.77.42.1", Dir: "/x", Kubeconfig: "/cp/admin.conf",
-		Image:    &Image{Kernel: "/i/vmlinuz", Initrd: "/i/initramfs.cpio.zst", Root: "/i/root.squashfs"},
+		Image:    &Image{Kernel: "/i/vmlinuz", Initrd: "/i/initramfs.img", Root: "/i/root.squashfs"},
 		Machines: map[string]string{"52:54:00:77:2a:01": "node-1"}}
 	var c struct {
 		Profiles map[string]struct {

@@ -1,7 +1,9 @@
 // Command initramfs builds the initramfs of a pxejoin node image (see package initramfs).
 //
-//	go run ./initramfs/cmd/initramfs -agent bin/nodeagent -kernel-version 6.1.0-56-amd64 -o out.cpio.zst
-//	go run ./initramfs/cmd/initramfs -list out.cpio.zst
+//	go run ./initramfs/cmd/initramfs -agent bin/nodeagent -kernel-version 6.1.0-56-amd64 -o initramfs.img
+//	go run ./initramfs/cmd/initramfs -list initramfs.img
+//
+// The archive is compressed with xz unless -compression zstd is given (faster to unpack, larger).
 package main
 
 import (
@@ -15,7 +17,7 @@ import (
 
 func main() {
 	var s initramfs.Spec
-	var out, mods, list, tools, files string
+	var out, mods, list, tools, files, comp string
 	flag.StringVar(&s.Agent, "agent", "bin/nodeagent", "the nodeagent binary (static) that becomes /init")
 	flag.StringVar(&s.KernelVersion, "kernel-version", initramfs.NewestKernel(), "kernel whose modules to carry (/lib/modules/<version>)")
 	flag.StringVar(&s.ModulesRoot, "modules-root", "/", "root holding lib/modules")
@@ -23,7 +25,8 @@ func main() {
 	flag.StringVar(&s.CABundle, "ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to carry for https discovery files (empty: none)")
 	flag.StringVar(&tools, "tools", strings.Join(initramfs.DiskTools, ","), "comma-separated programs to carry with their shared libraries (empty: none)")
 	flag.StringVar(&files, "tool-files", strings.Join(initramfs.DiskToolFiles, ","), "comma-separated files the tools read")
-	flag.StringVar(&out, "o", "initramfs.cpio.zst", "output file")
+	flag.StringVar(&comp, "compression", string(initramfs.DefaultCompression), "xz (smallest) or zstd (fastest to unpack)")
+	flag.StringVar(&out, "o", "initramfs.img", "output file")
 	flag.StringVar(&list, "list", "", "list the contents of this initramfs instead of building one")
 	flag.Parse()
 	if list != "" {
@@ -39,6 +42,11 @@ func main() {
 			s.CABundle = ""
 		}
 	}
+	var err error
+	if s.Compression, err = initramfs.ParseCompression(comp); err != nil {
+		fmt.Fprintln(os.Stderr, "initramfs:", err)
+		os.Exit(2)
+	}
 	split := func(v string) []string {
 		return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' })
 	}
@@ -52,5 +60,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, "initramfs:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("%s: %.1f MB (kernel %s)\n", out, float64(st.Size())/1e6, s.KernelVersion)
+	fmt.Printf("%s: %.2f MB, %s (kernel %s)\n", out, float64(st.Size())/1e6, s.Compression, s.KernelVersion)
 }

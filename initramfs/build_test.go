@@ -178,7 +178,7 @@ func TestBudget(t *testing.T) {
 	t.Logf("the image's initramfs (real nodeagent, kernel %s): %d bytes (%.2f MB, budget %.0f MB); zstd would be %.2f MB (+%.2f MB a boot)",
 		kver, shipped, float64(shipped)/1e6, float64(Budget)/1e6, float64(zstd)/1e6, float64(zstd-shipped)/1e6)
 	if shipped > Budget {
-		t.Errorf("the image's initramfs is %d bytes, over the %d byte budget: carry fewer modules or tools, or shrink nodeagent", shipped, Budget)
+		t.Errorf("the image's initramfs is %d bytes, over the %d byte budget: compress with xz (the default), carry fewer modules or tools, or shrink nodeagent", shipped, Budget)
 	}
 }
 

@@ -114,6 +114,11 @@ func TestPersistentReboot(t *testing.T) {
 	if !containsInOrder(first, want) {
 		t.Errorf("first boot's timeline %v lacks %v", first, want)
 	}
+	// The boot server classifies a re-join by the disk and resume reports it has when the join file
+	// is asked for (status.Store.Rejoin): they must be there before.
+	if len(b.atJoin) == 0 || !containsInOrder(b.atJoin[0], []string{"disk done", "resume skipped"}) {
+		t.Errorf("the join file was asked for before the boot server had the disk and resume reports: it had %v", b.atJoin)
+	}
 
 	gets := b.joinGets
 	storage.binds = nil

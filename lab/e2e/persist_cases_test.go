@@ -295,8 +295,8 @@ func TestPersistentReimage(t *testing.T) {
 	if !hasPrefix(created, "csr/") || !hasPrefix(created, "secret/bootstrap-token-") {
 		t.Errorf("the re-image's join created %v in the API; want a CSR and a bootstrap token Secret", created)
 	}
-	if in := m.Install; in.Reimage != "" || in.Reimaged == "" || in.Rejoins != 1 {
-		t.Errorf("after the re-image, the install record is %+v; want the request done (reimaged, none pending) and one re-join", in)
+	if in := m.Install; in.Reimage != "" || in.Reimaged == "" || in.Rejoins != 1 || diskspec.DiskAction(in.RejoinReason) != diskspec.DiskWiped {
+		t.Errorf("after the re-image, the install record is %+v; want the request done (reimaged, none pending) and one re-join for the wipe", in)
 	}
 	if got := probe(ctx, t, cs, node, "probe-reimaged",
 		fmt.Sprintf("test -e /host%s/data && echo present || echo absent; mkdir -p /host%s && echo second > /host%s/data && sync", probeDir, probeDir, probeDir)); got != "absent" {

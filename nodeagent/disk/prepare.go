@@ -198,7 +198,7 @@ type Plan struct {
 
 // Decide applies the policy to what the disk holds. A disk holding anything but pxejoin's partition
 // is written only under diskspec.PolicyWipe or a re-image (pxejoin.reimage=1); otherwise the answer
-// is an error that says what to do.
+// is an error that says what to do (diskspec.DiskNotBlank).
 func Decide(policy diskspec.Policy, reimage bool, d Disk, c Contents) (Plan, error) {
 	switch {
 	case reimage:

@@ -95,7 +95,8 @@ func (h Host) Disks() ([]Disk, error) {
 
 // Select finds the profile's disk: the one answering to spec.Path, else the first one that is not
 // removable and has at least spec.MinSizeGiB. A disk smaller than MinSizeGiB is an error either way.
-// The errors say which disks there are, so that the operator can fix the profile.
+// The errors, in diskspec's words (DiskNotFound, DiskTooSmall), say which disks there are, so that
+// the operator can fix the profile.
 func (h Host) Select(spec diskspec.Spec) (Disk, error) {
 	disks, err := h.Disks()
 	if err != nil {

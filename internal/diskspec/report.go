@@ -51,3 +51,28 @@ func ResumeClass(detail string) string {
 	}
 	return ""
 }
+
+// Why the agent leaves the profile's disk alone: the class its disk error starts with. In each of
+// them nothing was written to any disk; the agent retries the disk phase (a disk may appear late)
+// and never falls back to running diskless.
+const (
+	DiskNotFound = "disk not found" // no disk answers to the profile's path, or none is large enough
+	DiskTooSmall = "disk too small" // the named disk is smaller than the profile's minSizeGiB
+	DiskNotBlank = "disk not blank" // the disk holds other data and the policy is install
+)
+
+var diskRefusals = []string{DiskNotFound, DiskTooSmall, DiskNotBlank}
+
+// DiskRefused is a disk error the agent reports when it leaves the disk alone: the class, then why.
+func DiskRefused(class, why string) string { return class + ": " + why }
+
+// DiskRefusal is the class a disk error starts with (DiskNotFound, DiskTooSmall, DiskNotBlank), ""
+// if it is none of them (a tool failed: something may have been written).
+func DiskRefusal(text string) string {
+	for _, c := range diskRefusals {
+		if strings.HasPrefix(text, c+":") {
+			return c
+		}
+	}
+	return ""
+}

@@ -25,4 +25,15 @@ func TestReportWords(t *testing.T) {
 			t.Errorf("ResumeClass(%q) = %q, want %q", tc.detail, got, tc.class)
 		}
 	}
+	for _, tc := range []struct{ text, class string }{
+		{DiskRefused(DiskNotFound, "no disk is named /dev/disk/by-id/virtio-x"), DiskNotFound},
+		{DiskRefused(DiskTooSmall, "disk /dev/disk/by-id/virtio-state is 1.0 GiB"), DiskTooSmall},
+		{DiskRefused(DiskNotBlank, "disk /dev/vda holds a gpt partition table"), DiskNotBlank},
+		{"installed (/dev/vda was blank): sfdisk: exit status 1", ""}, // a tool failed: not a refusal
+		{"disk not found", ""},
+	} {
+		if got := DiskRefusal(tc.text); got != tc.class {
+			t.Errorf("DiskRefusal(%q) = %q, want %q", tc.text, got, tc.class)
+		}
+	}
 }

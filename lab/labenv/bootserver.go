@@ -44,6 +44,8 @@ type BootServer struct {
 	// Disk, if set, makes the profile persistent: the guest's stable name of the disk the agent
 	// installs (e.g. vm.Disk.ByID()), with the default policy (install).
 	Disk string
+	// DiskMinSizeGiB is the persistent profile's minSizeGiB (0: none).
+	DiskMinSizeGiB int
 
 	cmd *exec.Cmd
 }
@@ -103,6 +105,9 @@ profiles:
 func (b *BootServer) diskConfig() string {
 	if b.Disk == "" {
 		return ""
+	}
+	if b.DiskMinSizeGiB > 0 {
+		return fmt.Sprintf("    disk: {path: %q, minSizeGiB: %d}\n", b.Disk, b.DiskMinSizeGiB)
 	}
 	return fmt.Sprintf("    disk: {path: %q}\n", b.Disk)
 }

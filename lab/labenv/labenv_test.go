@@ -67,17 +67,24 @@ func TestPersistentProfileConfig(t *testing.T) {
 		Machines: map[string]string{"52:54:00:77:2a:01": "node-1"}}
 	var c struct {
 		Profiles map[string]struct {
-			Disk *struct{ Path string } `json:"disk"`
+			Disk *struct {
+				Path       string
+				MinSizeGiB int `json:"minSizeGiB"`
+			} `json:"disk"`
 		} `json:"profiles"`
 	}
-	for _, disk := range []string{"", "/dev/disk/by-id/virtio-state"} {
-		b.Disk = disk
+	for _, tc := range []struct {
+		disk string
+		min  int
+	}{{"", 0}, {"/dev/disk/by-id/virtio-state", 0}, {"/dev/disk/by-id/virtio-state", 2}} {
+		b.Disk, b.DiskMinSizeGiB = tc.disk, tc.min
+		c.Profiles = nil
 		if err := yaml.Unmarshal([]byte(b.config()), &c); err != nil {
 			t.Fatalf("%v\n%s", err, b.config())
 		}
 		got := c.Profiles["node"].Disk
-		if (disk == "") != (got == nil) || (got != nil && got.Path != disk) {
-			t.Errorf("Disk %q: profile's disk %+v", disk, got)
+		if (tc.disk == "") != (got == nil) || (got != nil && (got.Path != tc.disk || got.MinSizeGiB != tc.min)) {
+			t.Errorf("Disk %q, DiskMinSizeGiB %d: profile's disk %+v", tc.disk, tc.min, got)
 		}
 	}
 }

@@ -198,7 +198,7 @@ type Plan struct {
 
 // Decide applies the policy to what the disk holds. A disk holding anything but pxejoin's partition
 // is written only under diskspec.PolicyWipe or a re-image (pxejoin.reimage=1); otherwise the answer
-// is an error that says what to do.
+// is an error that says what to do (diskspec.DiskNotBlank).
 func Decide(policy diskspec.Policy, reimage bool, d Disk, c Contents) (Plan, error) {
 	switch {
 	case reimage:
@@ -210,7 +210,7 @@ func Decide(policy diskspec.Policy, reimage bool, d Disk, c Contents) (Plan, err
 	case policy == diskspec.PolicyWipe:
 		return Plan{Wipe, fmt.Sprintf("%s held %s; the profile's policy is wipe", d.Dev, c)}, nil
 	}
-	return Plan{}, fmt.Errorf("disk %s holds %s; the profile's policy is %s, so pxejoin leaves it alone: set the profile's disk policy: wipe, or run `bootserver reimage <mac>`", d.Dev, c, diskspec.PolicyInstall)
+	return Plan{}, refused(diskspec.DiskNotBlank, "disk %s holds %s; the profile's policy is %s, so pxejoin leaves it alone: set the profile's disk policy: wipe, or run `bootserver reimage <mac>`", d.Dev, c, diskspec.PolicyInstall)
 }
 
 // Preparer partitions and formats disks.

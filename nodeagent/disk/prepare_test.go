@@ -141,13 +141,13 @@ func TestSetupWritesOnlyTheNamedDisk(t *testing.T) {
 
 	for _, path := range []string{"/dev/disk/by-id/virtio-data", "/dev/disk/by-id/virtio-noise"} {
 		_, err = p.Setup(ctx, h, diskspec.Spec{Path: path}, false)
-		if err == nil || !strings.Contains(err.Error(), "pxejoin leaves it alone") {
+		if err == nil || diskspec.DiskRefusal(err.Error()) != diskspec.DiskNotBlank {
 			t.Errorf("%s under policy install: %v; want a refusal", path, err)
 		}
 		unchanged(path+" under policy install", named, ext4, noise)
 	}
 	_, err = p.Setup(ctx, h, diskspec.Spec{Path: "/dev/disk/by-id/virtio-state", MinSizeGiB: 1}, true)
-	if err == nil || !strings.Contains(err.Error(), "smaller than the profile's minSizeGiB 1: nothing was written") {
+	if err == nil || diskspec.DiskRefusal(err.Error()) != diskspec.DiskTooSmall {
 		t.Errorf("a disk below minSizeGiB: %v; want a refusal", err)
 	}
 	unchanged("a disk below minSizeGiB", named, ext4, noise)

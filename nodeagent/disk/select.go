@@ -5,6 +5,7 @@
 package disk
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -94,7 +95,8 @@ func (h Host) Disks() ([]Disk, error) {
 
 // Select finds the profile's disk: the one answering to spec.Path, else the first one that is not
 // removable and has at least spec.MinSizeGiB. A disk smaller than MinSizeGiB is an error either way.
-// The errors say which disks there are, so that the operator can fix the profile.
+// The errors, in diskspec's words (DiskNotFound, DiskTooSmall), say which disks there are, so that
+// the operator can fix the profile.
 func (h Host) Select(spec diskspec.Spec) (Disk, error) {
 	disks, err := h.Disks()
 	if err != nil {
@@ -107,16 +109,21 @@ func (h Host) Select(spec diskspec.Spec) (Disk, error) {
 				return d, nil
 			}
 		}
-		return Disk{}, fmt.Errorf("no disk of at least %d GiB that is not removable (disks here: %s): give the machine a disk, or lower the profile's minSizeGiB", spec.MinSizeGiB, list(disks))
+		return Disk{}, refused(diskspec.DiskNotFound, "no disk of at least %d GiB that is not removable (disks here: %s): give the machine a disk, or lower the profile's minSizeGiB", spec.MinSizeGiB, list(disks))
 	}
 	d, ok := h.byName(spec.Path, disks)
 	if !ok {
-		return Disk{}, fmt.Errorf("no disk is named %s (disks here: %s): fix the profile's disk path (this agent knows by-id/virtio-<serial>, by-id/nvme-<model>_<serial>, by-path/pci-<address> for virtio and by-path/pci-<address>-nvme-<namespace>), or use minSizeGiB alone for the first large enough disk", spec.Path, list(disks))
+		return Disk{}, refused(diskspec.DiskNotFound, "no disk is named %s (disks here: %s): fix the profile's disk path (this agent knows by-id/virtio-<serial>, by-id/nvme-<model>_<serial>, by-path/pci-<address> for virtio and by-path/pci-<address>-nvme-<namespace>), or use minSizeGiB alone for the first large enough disk", spec.Path, list(disks))
 	}
 	if d.Size < min {
-		return Disk{}, fmt.Errorf("disk %s is %s, smaller than the profile's minSizeGiB %d: nothing was written; give the machine a larger disk or lower minSizeGiB", spec.Path, formatSize(d.Size), spec.MinSizeGiB)
+		return Disk{}, refused(diskspec.DiskTooSmall, "disk %s is %s, smaller than the profile's minSizeGiB %d: give the machine a larger disk or lower minSizeGiB", spec.Path, formatSize(d.Size), spec.MinSizeGiB)
 	}
 	return d, nil
+}
+
+// refused is the error of a disk the agent leaves alone, in diskspec's words (diskspec.DiskRefused).
+func refused(class, format string, args ...any) error {
+	return errors.New(diskspec.DiskRefused(class, fmt.Sprintf(format, args...)))
 }
 
 // byName finds the disk answering to a /dev/disk/… path: one of the names computed from /sys, or,

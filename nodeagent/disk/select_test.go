@@ -126,9 +126,9 @@ func TestSelect(t *testing.T) {
 		{diskspec.Spec{MinSizeGiB: 1}, "vda"},
 		{diskspec.Spec{MinSizeGiB: 10}, "vdb"},
 		{diskspec.Spec{MinSizeGiB: 41}, "nvme0n1"},
-		{diskspec.Spec{MinSizeGiB: 1000}, "no disk of at least 1000 GiB"},
-		{diskspec.Spec{Path: "/dev/disk/by-path/pci-0000:00:04.0", MinSizeGiB: 20}, "is 8.0 GiB, smaller than the profile's minSizeGiB 20: nothing was written"},
-		{diskspec.Spec{Path: "/dev/disk/by-id/virtio-other"}, "no disk is named /dev/disk/by-id/virtio-other (disks here: "},
+		{diskspec.Spec{MinSizeGiB: 1000}, "disk not found: no disk of at least 1000 GiB"},
+		{diskspec.Spec{Path: "/dev/disk/by-path/pci-0000:00:04.0", MinSizeGiB: 20}, "disk too small: disk /dev/disk/by-path/pci-0000:00:04.0 is 8.0 GiB, smaller than the profile's minSizeGiB 20"},
+		{diskspec.Spec{Path: "/dev/disk/by-id/virtio-other"}, "disk not found: no disk is named /dev/disk/by-id/virtio-other (disks here: "},
 	} {
 		d, err := h.Select(tc.spec)
 		got := d.Name
@@ -161,7 +161,7 @@ func TestDecide(t *testing.T) {
 		{"re-image wipes a foreign disk", diskspec.PolicyInstall, true, ext4, Wipe, "held a filesystem (ext4)"},
 		{"wipe policy wipes a foreign disk", diskspec.PolicyWipe, false, foreignGPT, Wipe, "held a gpt partition table; the profile's policy is wipe"},
 		{"install refuses a partition table", diskspec.PolicyInstall, false, foreignGPT, "",
-			"disk /dev/vda holds a gpt partition table; the profile's policy is install, so pxejoin leaves it alone: set the profile's disk policy: wipe, or run `bootserver reimage <mac>`"},
+			"disk not blank: disk /dev/vda holds a gpt partition table; the profile's policy is install, so pxejoin leaves it alone: set the profile's disk policy: wipe, or run `bootserver reimage <mac>`"},
 		{"install refuses a filesystem", diskspec.PolicyInstall, false, Contents{Signatures: []string{"xfs"}}, "", "holds a filesystem (xfs)"},
 		{"install refuses unknown data", diskspec.PolicyInstall, false, Contents{Data: true}, "", "holds data no tool recognises"},
 		{"install refuses LVM", diskspec.PolicyInstall, false, Contents{Signatures: []string{"LVM2_member"}}, "", "holds an LVM physical volume"},

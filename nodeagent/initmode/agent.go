@@ -216,6 +216,12 @@ func (a *Agent) joinFile(ctx context.Context) (string, error) {
 	if a.resumed {
 		return "resuming with the disk's credentials", errSkipped
 	}
+	if a.Cmdline.Disk != nil {
+		// The boot server tells why a persistent machine joins again (a re-image, credentials of
+		// another cluster, …) from the disk and resume reports it has when this request arrives:
+		// they go first, not beside it.
+		a.Report.Flush(ctx)
+	}
 	body, err := a.get(ctx, a.Cmdline.JoinURL, 1<<20)
 	if err != nil {
 		return "", err

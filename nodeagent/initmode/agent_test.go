@@ -43,8 +43,9 @@ type bootServer struct {
 	events     []bootstatus.Event
 	bodies     []string
 	joinGets   int
-	statusDown int // answer 503 to this many status posts
-	joinDown   int // answer 503 to this many join file requests, with retryAfter if set
+	atJoin     [][]string // the timeline as each join file GET found it
+	statusDown int        // answer 503 to this many status posts
+	joinDown   int        // answer 503 to this many join file requests, with retryAfter if set
 	retryAfter string
 }
 
@@ -53,6 +54,7 @@ func (b *bootServer) handler(t *testing.T) http.Handler {
 	mux.HandleFunc("GET /join/{mac}", func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		b.joinGets++
+		b.atJoin = append(b.atJoin, b.timelineLocked())
 		down := b.joinDown > 0
 		b.joinDown--
 		b.mu.Unlock()
@@ -102,6 +104,10 @@ discovery:
 func (b *bootServer) timeline() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.timelineLocked()
+}
+
+func (b *bootServer) timelineLocked() []string {
 	var out []string
 	for _, e := range b.events {
 		out = append(out, e.Phase+" "+e.State)

@@ -40,12 +40,21 @@ const nodeNameFile = "etc/pxejoin/node-name"
 // stateRoot is the node's persisted directories on the disk.
 func (a *Agent) stateRoot() string { return filepath.Join(a.StateDir, "root") }
 
+// refusedNext is what a machine whose disk is refused does (a disk error in diskspec.DiskRefused's
+// words). It never runs diskless instead: the profile asked for the node's state to be kept, and a
+// node that silently lost it at every boot would be worse than one that waits to be fixed.
+const refusedNext = "Nothing was written to any disk; the machine stays in its initramfs and retries the disk phase " +
+	"(a disk may show up late), and a changed profile applies at its next boot"
+
 // disk prepares and mounts the profile's disk (phase disk).
 func (a *Agent) disk(ctx context.Context) (string, error) {
 	if a.stateMounted {
 		return "already mounted", nil
 	}
 	r, err := a.Storage.Prepare(ctx, *a.Cmdline.Disk, a.Cmdline.Reimage)
+	if err != nil && diskspec.DiskRefusal(err.Error()) != "" {
+		return "", fmt.Errorf("%w. %s", err, refusedNext)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -114,6 +114,11 @@ func TestPersistentReboot(t *testing.T) {
 	if !containsInOrder(first, want) {
 		t.Errorf("first boot's timeline %v lacks %v", first, want)
 	}
+	// The boot server classifies a re-join by the disk and resume reports it has when the join file
+	// is asked for (status.Store.Rejoin): they must be there before.
+	if len(b.atJoin) == 0 || !containsInOrder(b.atJoin[0], []string{"disk done", "resume skipped"}) {
+		t.Errorf("the join file was asked for before the boot server had the disk and resume reports: it had %v", b.atJoin)
+	}
 
 	gets := b.joinGets
 	storage.binds = nil
@@ -158,5 +163,72 @@ func TestDropFstab(t *testing.T) {
 	want := "# comment\n# on the persistent disk (nodeagent): tmpfs /var/lib/containerd tmpfs mode=0711 0 0\ntmpfs /tmp tmpfs defaults 0 0\n"
 	if string(b) != want {
 		t.Errorf("fstab:\n%s\nwant:\n%s", b, want)
+	}
+}
+
+// refusingStorage leaves the disk alone, as disk.Setup does for a disk too small.
+type refusingStorage struct{ prepares int }
+
+func (f *refusingStorage) Prepare(ctx context.Context, spec diskspec.Spec, reimage bool) (disk.Result, error) {
+	f.prepares++
+	return disk.Result{}, errors.New(diskspec.DiskRefused(diskspec.DiskTooSmall, "disk /dev/disk/by-id/virtio-state is 1.0 GiB, smaller than the profile's minSizeGiB 2"))
+}
+func (f *refusingStorage) Mount(dev, dir string) error { return errors.New("mounted a refused disk") }
+func (f *refusingStorage) Bind(src, dst string) error  { return errors.New("bound a refused disk") }
+
+// TestDiskRefused: a persistent machine whose disk is refused reports it in diskspec's words with
+// what it does next, retries the disk phase and goes no further: no join file, no root image, no
+// switch to a diskless root.
+func TestDiskRefused(t *testing.T) {
+	b := &bootServer{}
+	srv := httptest.NewServer(b.handler(t))
+	defer srv.Close()
+	cl, err := ParseCmdline("BOOTIF=01-52-54-00-12-34-56 pxejoin.url=" + srv.URL + "/join/52:54:00:12:34:56 pxejoin.image=" + srv.URL + "/images/root.squashfs " +
+		"pxejoin.disk=/dev/disk/by-id/virtio-state pxejoin.disk.minsize=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sys, storage, slept := &fakeSystem{cancel: cancel}, &refusingStorage{}, 0
+	var a *Agent
+	a = &Agent{
+		Cmdline: cl, System: sys, Storage: storage, StateDir: t.TempDir(),
+		Report:  &Reporter{URL: cl.StatusURL, RetryEvery: 10 * time.Millisecond},
+		Backoff: Backoff{Initial: time.Second, Max: 4 * time.Second, Factor: 2},
+		WorkDir: t.TempDir(), NewRoot: filepath.Join(t.TempDir(), "newroot"),
+		Sleep: func(ctx context.Context, d time.Duration) {
+			if slept++; slept == 3 {
+				a.Report.Drain(ctx, 5*time.Second)
+				cancel()
+			}
+		},
+		Join: func(context.Context, *joinconfig.JoinConfiguration, string, []string, func(bootstatus.Event)) error {
+			t.Error("joined with a refused disk")
+			return nil
+		},
+	}
+	if err := a.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v", err)
+	}
+	if storage.prepares != 3 || b.joinGets != 0 || sys.mounted != "" || sys.switched != "" {
+		t.Errorf("%d disk attempts, %d join file GETs, root %q mounted, switched to %q; want 3 attempts and nothing else",
+			storage.prepares, b.joinGets, sys.mounted, sys.switched)
+	}
+	errs := 0
+	for _, e := range b.events {
+		switch {
+		case e.Phase == bootstatus.PhaseDisk && e.State == bootstatus.StateError:
+			errs++
+			if diskspec.DiskRefusal(e.Error) != diskspec.DiskTooSmall || !strings.Contains(e.Error, "Nothing was written to any disk") ||
+				!strings.Contains(e.Error, "a changed profile applies at its next boot") {
+				t.Errorf("disk error %q: want diskspec's %q and what the machine does next", e.Error, diskspec.DiskTooSmall)
+			}
+		case e.Phase != bootstatus.PhaseAgentStart && e.Phase != bootstatus.PhaseNetwork && e.Phase != bootstatus.PhaseDisk:
+			t.Errorf("phase %s %s after a refused disk", e.Phase, e.State)
+		}
+	}
+	if errs != 3 {
+		t.Errorf("%d disk errors reported, want 3: %v", errs, b.timeline())
 	}
 }

@@ -119,9 +119,9 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 		return fail(err)
 	}
 	cleanups = append(cleanups, bs.Stop)
+	st.BootServer = bs.URL()
 	log.Printf("boot server at %s (page: %s/)", bs.URL(), bs.URL())
 
-	vmStart := time.Now()
 	vms := map[string]*vm.VM{}
 	for i := 1; i <= nodes; i++ {
 		fw := vm.BIOS
@@ -153,8 +153,8 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 		}
 		for _, nd := range list.Items {
 			for _, c := range nd.Status.Conditions {
-				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && ready[nd.Name] == 0 {
-					ready[nd.Name] = time.Since(vmStart)
+				if v := vms[nd.Name]; v != nil && c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && ready[nd.Name] == 0 {
+					ready[nd.Name] = time.Since(v.Started)
 					log.Printf("%s Ready %.0f s after its VM started", nd.Name, ready[nd.Name].Seconds())
 				}
 			}
@@ -163,14 +163,16 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	var rep strings.Builder
 	if ms, err := labenv.Machines(ctx, bs.URL()); err == nil {
 		for _, m := range ms {
-			rep.WriteString(labenv.FormatTimeline(vmStart, m))
+			if v := vms[m.NodeName]; v != nil {
+				rep.WriteString(labenv.FormatTimeline(v.Started, m))
+			}
 		}
 	}
 	kubectl := filepath.Join(os.Getenv("PXEJOIN_K8S_BIN"), "kubectl")
 	out, _ := exec.Command(kubectl, "--kubeconfig", filepath.Join(dir, "kubeconfig"), "get", "nodes", "-o", "wide").CombinedOutput()
 	rep.WriteString("\n$ kubectl get nodes -o wide\n")
 	rep.Write(out)
-	r := &rebooter{cs: cp.Admin(), bs: bs, vms: vms, record: func() { recordNS(st, n); _ = writeState(dir, st) }}
+	r := &rebooter{cs: cp.Admin(), bs: bs, vms: vms, ready: ready, record: func() { recordNS(st, n); _ = writeState(dir, st) }}
 	stopCtl, err := r.serve(ctx, filepath.Join(dir, controlSocket))
 	if err != nil {
 		return fail(err)

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
@@ -141,12 +142,14 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	_ = writeState(dir, st)
 
 	ready := map[string]time.Duration{}
+	seen := map[string]string{}
 	for len(ready) < nodes {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(2 * time.Second):
 		}
+		progress(ctx, bs.URL(), vms, seen)
 		list, err := cp.Admin().CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			continue
@@ -183,6 +186,28 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	log.Printf("all %d nodes Ready; waiting for lab down (lab reboot node-N power-cycles one)", nodes)
 	<-ctx.Done()
 	return nil
+}
+
+// progress logs each lab machine's latest phase (from the boot server's /machines) when it changed
+// since the last look (seen), so that lab up shows where the boots are while it waits.
+func progress(ctx context.Context, url string, vms map[string]*vm.VM, seen map[string]string) {
+	ms, err := labenv.Machines(ctx, url)
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		v := vms[m.NodeName]
+		now := m.LastPhase + " " + m.LastState
+		if v == nil || m.LastPhase == "" || seen[m.NodeName] == now {
+			continue
+		}
+		seen[m.NodeName] = now
+		line := fmt.Sprintf("%s: %s, %.0f s after power-on", m.NodeName, now, time.Since(v.Started).Seconds())
+		if m.LastState == bootstatus.StateError {
+			line += ": " + m.Reason()
+		}
+		log.Print(line)
+	}
 }
 
 // recordNS records every process in the lab namespace (control plane daemons, boot server, qemu) with

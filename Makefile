@@ -15,8 +15,9 @@ export PATH := /usr/local/go/bin:$(PATH)
 all: build
 
 # Static binaries: nodeagent also runs as the initramfs's /init, where there is no libc.
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/ ./nodeagent ./bootserver ./lab/cmd/lab
+	$(GOBUILD) -o bin/ ./nodeagent ./bootserver ./lab/cmd/lab
 
 deps:
 	lab/install-deps.sh
@@ -51,10 +52,12 @@ bootserver-image: deps
 
 # The whole chain: control plane, boot server and LAB_NODES VMs (default 2) until the Nodes are Ready.
 lab: deps k8s build
-	bin/lab up
+	bin/lab up -agent bin/nodeagent
 
+# bin/lab as make build made it (built only when missing, with build's flags so the build cache
+# serves it: other flags recompiled client-go, minutes on a loaded machine).
 lab-down:
-	CGO_ENABLED=0 $(GO) build -o bin/ ./lab/cmd/lab
+	test -x bin/lab || $(GOBUILD) -o bin/ ./lab/cmd/lab
 	bin/lab down
 
 # Quick iteration: pure-logic tests only (no control plane, no namespaces, no VM).

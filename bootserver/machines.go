@@ -98,9 +98,13 @@ func printAttempts(out io.Writer, m *status.Machine) {
 		if a.Attempt > 0 {
 			n = strconv.Itoa(a.Attempt)
 		}
+		at := a.Start
+		if at.IsZero() { // an event without a duration (agent-start, node-ready): when it happened
+			at = a.End
+		}
 		start := "-"
-		if !a.Start.IsZero() && !m.BootStarted.IsZero() {
-			start = "+" + a.Start.Sub(m.BootStarted).Round(time.Millisecond).String()
+		if !at.IsZero() && !m.BootStarted.IsZero() {
+			start = "+" + at.Sub(m.BootStarted).Round(time.Millisecond).String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.3f\t%s\n", p.Phase, n, a.State, start, a.Seconds, text)
 	}
@@ -113,7 +117,7 @@ func printAttempts(out io.Writer, m *status.Machine) {
 		if text == "" {
 			text = p.Detail
 		}
-		line(p, status.Attempt{Attempt: p.Attempt, State: p.State, Start: p.Start, Seconds: p.Seconds}, text)
+		line(p, status.Attempt{Attempt: p.Attempt, State: p.State, Start: p.Start, End: p.End, Seconds: p.Seconds}, text)
 	}
 	tw.Flush()
 }

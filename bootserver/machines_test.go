@@ -22,7 +22,7 @@ func TestMachinesCommand(t *testing.T) {
 			Phases: []status.Phase{{Phase: "preflight", State: "error", Error: "no container runtime"}}},
 		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 3}, NodeName: "worker-3", Profile: "worker", Known: true},
 		{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 4}, NodeName: "worker-4", Profile: "worker", Known: true, Boot: 1, LastPhase: "preflight", LastState: "done", LastSeen: now,
-			BootStarted: now.Add(-80 * time.Second), Phases: []status.Phase{{Phase: "preflight", State: "done", Attempt: 3, Start: now.Add(-20 * time.Second), Seconds: 1.5,
+			BootStarted: now.Add(-80 * time.Second), Phases: []status.Phase{{Phase: "agent-start", State: "done", Attempt: 1, End: now.Add(-75 * time.Second)}, {Phase: "preflight", State: "done", Attempt: 3, Start: now.Add(-20 * time.Second), Seconds: 1.5,
 				Attempts: []status.Attempt{
 					{Attempt: 1, State: "error", Start: now.Add(-70 * time.Second), Seconds: 1, Error: `a Node with name "worker-4" and status "Ready" already exists`},
 					{Attempt: 2, State: "error", Start: now.Add(-50 * time.Second), Seconds: 1, Error: `a Node with name "worker-4" and status "Ready" already exists`},
@@ -67,6 +67,7 @@ func TestMachinesCommand(t *testing.T) {
 	for i, want := range []string{
 		"52:54:00:00:00:04 worker-4 boot 1, 2 failed attempts",
 		"PHASE ATTEMPT STATE START SECONDS ERROR / DETAIL",
+		"agent-start 1 done +5s 0.000", // an event: when it happened
 		`preflight 1 error +10s 1.000 a Node with name "worker-4" and status "Ready" already exists`,
 		`preflight 2 error +30s 1.000 a Node with name "worker-4" and status "Ready" already exists`,
 		"preflight 3 done +1m0s 1.500",

@@ -143,6 +143,23 @@ type PhaseStatus struct {
 	Attempt int          `json:"attempt,omitempty"`
 	Detail  string       `json:"detail,omitempty"`
 	Error   string       `json:"error,omitempty"`
+	// Attempts are the phase's earlier attempts in this boot, oldest first (a failed join the agent
+	// retried, with its error); the fields above are the latest attempt. At most MaxAttempts over
+	// all phases of a boot.
+	Attempts []AttemptStatus `json:"attempts,omitempty"`
+}
+
+// MaxAttempts is the most earlier attempts Machine.status holds per boot (the boot server's
+// status store keeps as many: status.MaxAttempts).
+const MaxAttempts = 32
+
+// AttemptStatus is one earlier attempt of a phase.
+type AttemptStatus struct {
+	Attempt int          `json:"attempt,omitempty"`
+	State   string       `json:"state"`
+	Start   *metav1.Time `json:"start,omitempty"`
+	End     *metav1.Time `json:"end,omitempty"`
+	Error   string       `json:"error,omitempty"`
 }
 
 // BootResult is how one earlier boot ended.

@@ -39,12 +39,13 @@ func machineStatus(m *status.Machine, boot int, servedBy string) machineapi.Mach
 		LastEvent:   lastEvent(m),
 		ServedBy:    servedBy,
 	}
+	kept := 0 // earlier attempts written, at most machineapi.MaxAttempts
 	for i := range m.Phases[:min(len(m.Phases), machineapi.MaxPhases)] {
 		p := &m.Phases[i]
 		st.Phases = append(st.Phases, machineapi.PhaseStatus{
 			Name: cut(p.Phase, maxName), State: cut(p.State, maxState), Source: cut(p.Source, maxSource),
 			Start: timePtr(p.Start), End: timePtr(p.End), Attempt: p.Attempt,
-			Detail: cut(p.Detail, maxDetail), Error: cut(p.Error, maxError),
+			Detail: cut(p.Detail, maxDetail), Error: cut(p.Error, maxError), Attempts: attempts(p.Attempts, &kept),
 		})
 		// The DHCP ACKs' details start with the address given ("10.0.0.5 file=…").
 		if p.Source == status.SourceDHCP && p.State == bootstatus.StateDone && len(st.Addresses) < maxAddresses {
@@ -64,6 +65,21 @@ func machineStatus(m *status.Machine, boot int, servedBy string) machineapi.Mach
 		}
 	}
 	return st
+}
+
+// attempts maps a phase's earlier attempts, while *kept (the boot's so far) is under
+// machineapi.MaxAttempts.
+func attempts(as []status.Attempt, kept *int) []machineapi.AttemptStatus {
+	var out []machineapi.AttemptStatus
+	for _, a := range as {
+		if *kept >= machineapi.MaxAttempts {
+			break
+		}
+		*kept++
+		out = append(out, machineapi.AttemptStatus{Attempt: a.Attempt, State: cut(a.State, maxState),
+			Start: timePtr(a.Start), End: timePtr(a.End), Error: cut(a.Error, maxError)})
+	}
+	return out
 }
 
 // summary is the boot's summary phase: its last phase, or Failed if that failed.

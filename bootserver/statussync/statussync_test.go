@@ -204,6 +204,44 @@ func TestBootReachesStatus(t *testing.T) {
 	}
 }
 
+// TestAttemptsReachStatus: a join the agent retried twice after failures reaches Machine.status as
+// one phase, the latest attempt (done) in its fields and the two failed ones in attempts, oldest
+// first, each with its error.
+func TestAttemptsReachStatus(t *testing.T) {
+	cp, admin := setup(t)
+	mac, name := hwaddr.MAC{0x52, 0x54, 0, 0x5e, 0, 9}, "ss-attempts-1"
+	createMachine(t, admin, name, mac)
+	f := newFixture(t, cp, Options{}, map[hwaddr.MAC]string{mac: name})
+	f.st.SetIdentity(mac, name, "worker", true)
+	f.st.Record(mac, status.Event{Event: bootstatus.Event{Phase: status.PhaseDHCP, State: bootstatus.StateStart}, Source: status.SourceDHCP, StartsBoot: true})
+	for a := 1; a <= 3; a++ {
+		end := bootstatus.Event{Phase: bootstatus.PhaseJoin, State: bootstatus.StateDone, Attempt: a}
+		if a < 3 {
+			end.State, end.Error = bootstatus.StateError, fmt.Sprintf("discovery timed out (attempt %d)", a)
+		}
+		f.st.Record(mac, status.Event{Event: bootstatus.Event{Phase: bootstatus.PhaseJoin, State: bootstatus.StateStart, Attempt: a}, Source: status.SourceAgent})
+		f.st.Record(mac, status.Event{Event: end, Source: status.SourceAgent})
+	}
+	var join machineapi.PhaseStatus
+	eventually.True(t, "the join's third attempt reaches Machine.status", func() bool {
+		for _, p := range machineStatusOf(t, admin, name).Phases {
+			if p.Name == bootstatus.PhaseJoin && p.Attempt == 3 {
+				join = p
+				return true
+			}
+		}
+		return false
+	})
+	if join.State != bootstatus.StateDone || len(join.Attempts) != 2 {
+		t.Fatalf("join in Machine.status: %+v, want done with two earlier attempts", join)
+	}
+	for i, a := range join.Attempts {
+		if a.Attempt != i+1 || a.State != bootstatus.StateError || a.Error != fmt.Sprintf("discovery timed out (attempt %d)", i+1) || a.Start == nil {
+			t.Errorf("attempt %d: %+v", i+1, a)
+		}
+	}
+}
+
 // TestBootCountAcrossServers: a second server (a new local store) that first sees a machine whose
 // Machine says boot 2 counts its boot as boot 3, and the history carries on.
 func TestBootCountAcrossServers(t *testing.T) {

@@ -231,22 +231,39 @@ func Machines(ctx context.Context, url string) ([]Machine, error) {
 	return out.Machines, nil
 }
 
-// FormatTimeline prints a machine's phases, times relative to t0.
+// FormatTimeline prints a machine's phases in the order they ended, each with the time it ended
+// relative to t0 (its start when it has no end) and how long it took.
 func FormatTimeline(t0 time.Time, m Machine) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s (%s), boot %d:\n", m.MAC, m.NodeName, m.Boot)
-	for _, p := range m.Phases {
-		at := p.End
-		if at.IsZero() {
-			at = p.Start
-		}
-		fmt.Fprintf(&b, "  %7.2fs %-28s %-7s %-8s %6.2fs %s", at.Sub(t0).Seconds(), p.Phase, p.State, p.Source, p.Seconds, p.Detail)
+	fmt.Fprintf(&b, "  %8s %-28s %-7s %-8s %7s %s\n", "ended", "phase", "state", "source", "took", "detail")
+	for _, p := range byEnd(m.Phases) {
+		fmt.Fprintf(&b, "  %7.2fs %-28s %-7s %-8s %6.2fs %s", phaseEnd(p).Sub(t0).Seconds(), p.Phase, p.State, p.Source, p.Seconds, p.Detail)
 		if p.Error != "" {
 			fmt.Fprintf(&b, " error: %s", p.Error)
+		}
+		if p.Attempt > 1 {
+			fmt.Fprintf(&b, " (attempt %d)", p.Attempt)
 		}
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// phaseEnd is when p ended, or began when it has not ended.
+func phaseEnd(p MachinePhase) time.Time {
+	if p.End.IsZero() {
+		return p.Start
+	}
+	return p.End
+}
+
+// byEnd is phases in the order they ended (a phase still running: by its start); the boot server
+// lists them in the order they began, so a phase that contains others (join) comes before them.
+func byEnd(phases []MachinePhase) []MachinePhase {
+	out := slices.Clone(phases)
+	slices.SortStableFunc(out, func(a, b MachinePhase) int { return phaseEnd(a).Compare(phaseEnd(b)) })
+	return out
 }
 
 // Boot is one boot of a machine for CompareTimelines: a column's name, the boot's power-on and the
@@ -257,7 +274,7 @@ type Boot struct {
 	Machine Machine
 }
 
-// CompareTimelines prints boots side by side: one row per phase, in the order the boots reached
+// CompareTimelines prints boots side by side: one row per phase, in the order the boots ended
 // them, with each boot's time from its own power-on (the phase's end, else its start) and state;
 // "-" where a boot did not go through the phase.
 func CompareTimelines(boots []Boot) string {
@@ -266,11 +283,8 @@ func CompareTimelines(boots []Boot) string {
 	for i, bt := range boots {
 		at[i] = map[string]string{}
 		after := -1 // where this boot's previous phase is in order
-		for _, p := range bt.Machine.Phases {
-			t := p.End
-			if t.IsZero() {
-				t = p.Start
-			}
+		for _, p := range byEnd(bt.Machine.Phases) {
+			t := phaseEnd(p)
 			if k := slices.Index(order, p.Phase); k >= 0 {
 				after = k
 			} else { // a phase only this boot went through: right after its predecessor

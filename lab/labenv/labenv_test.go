@@ -52,12 +52,20 @@ func TestFormatTimeline(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	got := FormatTimeline(t0, Machine{MAC: hwaddr.MAC{0x52, 0x54, 0, 0, 0, 1}, NodeName: "n", Boot: 1, Phases: []MachinePhase{
 		{Phase: "dhcp", State: "done", Source: "dhcp", End: t0.Add(2500 * time.Millisecond)},
-		{Phase: "join", State: "error", Source: "agent", Start: t0.Add(10 * time.Second), Error: "pin mismatch"},
+		{Phase: "join", State: "error", Source: "agent", Start: t0.Add(10 * time.Second), End: t0.Add(14 * time.Second), Error: "pin mismatch", Attempt: 2},
+		{Phase: "discovery", State: "done", Source: "agent", Start: t0.Add(11 * time.Second), End: t0.Add(12 * time.Second)},
+		{Phase: "node-ready", State: "done", Source: "cluster", Start: t0.Add(60 * time.Second)},
 	}})
-	for _, w := range []string{"52:54:00:00:00:01 (n), boot 1", "2.50s dhcp", "10.00s join", "error: pin mismatch"} {
-		if !strings.Contains(got, w) {
-			t.Errorf("missing %q in\n%s", w, got)
+	// In the order the phases ended: discovery, inside the join, before it.
+	order := []string{"52:54:00:00:00:01 (n), boot 1", "ended", "2.50s dhcp", "12.00s discovery", "14.00s join",
+		"error: pin mismatch (attempt 2)", "60.00s node-ready"}
+	rest := got
+	for _, w := range order {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("missing %q (or out of order) in\n%s", w, got)
 		}
+		rest = rest[i+len(w):]
 	}
 }
 
@@ -94,6 +102,7 @@ func TestCompareTimelines(t *testing.T) {
 	first := Machine{Boot: 1, Phases: []MachinePhase{
 		{Phase: "dhcp", State: "done", End: t0.Add(2 * time.Second)},
 		{Phase: "join", State: "done", End: t0.Add(30 * time.Second)},
+		{Phase: "preflight", State: "done", End: t0.Add(25 * time.Second)}, // inside the join: listed after it, ended before
 		{Phase: "node-ready", State: "done", End: t0.Add(60 * time.Second)},
 	}}
 	second := Machine{Boot: 2, Phases: []MachinePhase{
@@ -104,7 +113,7 @@ func TestCompareTimelines(t *testing.T) {
 	got := CompareTimelines([]Boot{{"boot 1", t0, first}, {"boot 2", t1, second}})
 	lines := strings.Split(strings.TrimSpace(got), "\n")
 	want := [][]string{{"phase", "boot 1", "boot 2"}, {"dhcp", "2.0s done", "3.0s done"}, {"resume", "-", "20.0s done"},
-		{"join", "30.0s done", "-"}, {"node-ready", "60.0s done", "40.0s done"}}
+		{"preflight", "25.0s done", "-"}, {"join", "30.0s done", "-"}, {"node-ready", "60.0s done", "40.0s done"}}
 	if len(lines) != len(want) {
 		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), got)
 	}

@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/pxejoin/pxejoin/nodeagent/nodefiles"
@@ -38,6 +39,8 @@ type State struct {
 	NetNS      string `json:"netns,omitempty"`
 	HostIf     string `json:"hostIf,omitempty"`
 	Procs      []Proc `json:"procs,omitempty"`
+	// BootServer is the boot server's URL (its status page, /machines).
+	BootServer string `json:"bootServer,omitempty"`
 	// Phase is "starting", "ready" or "failed".
 	Phase  string `json:"phase"`
 	Error  string `json:"error,omitempty"`
@@ -125,7 +128,7 @@ func up(dir string, args []string, timeout time.Duration) error {
 		switch st.Phase {
 		case "ready":
 			fmt.Println(st.Report)
-			fmt.Printf("lab is up: kubectl --kubeconfig %s get nodes; make lab-down removes it\n", filepath.Join(dir, "kubeconfig"))
+			fmt.Print(nextSteps(dir, st.BootServer))
 			return nil
 		case "failed":
 			return fmt.Errorf("lab failed: %s (log: %s; make lab-down cleans up)", st.Error, filepath.Join(dir, "lab.log"))
@@ -135,6 +138,26 @@ func up(dir string, args []string, timeout time.Duration) error {
 		}
 	}
 	return fmt.Errorf("nodes not Ready after %s; the lab still runs (make lab-down removes it)", timeout)
+}
+
+// nextSteps is what a user of the lab can do once it is up.
+func nextSteps(dir, bootServer string) string {
+	rel := dir
+	if wd, err := os.Getwd(); err == nil {
+		if r, err := filepath.Rel(wd, dir); err == nil && !strings.HasPrefix(r, "..") {
+			rel = r
+		}
+	}
+	var b strings.Builder
+	b.WriteString("lab is up:\n")
+	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "  kubectl --kubeconfig %s get nodes\n", filepath.Join(rel, "kubeconfig"))
+	fmt.Fprintf(tw, "  bin/lab reboot node-1\t# power-cycle node-1: its two boots side by side\n")
+	fmt.Fprintf(tw, "  bin/bootserver machines --server %s [node-1]\t# the boot server's view: failures first, every attempt\n", bootServer)
+	fmt.Fprintf(tw, "  %s/\t# the status page, in a browser on this host\n", bootServer)
+	fmt.Fprintf(tw, "  make lab-down\t# removes everything\n")
+	tw.Flush()
+	return b.String()
 }
 
 // follow prints the log's new lines.

@@ -52,8 +52,9 @@ type rebooter struct {
 	mu     sync.Mutex
 	cs     kubernetes.Interface
 	bs     *labenv.BootServer
-	vms    map[string]*vm.VM // by node name; a power cycle replaces the entry
-	record func()            // records the new qemu for lab down
+	vms    map[string]*vm.VM        // by node name; a power cycle replaces the entry
+	ready  map[string]time.Duration // by node name: power-on → Ready of its latest boot
+	record func()                   // records the new qemu for lab down
 }
 
 // serve answers POST /reboot?node=NAME on the unix socket path until ctx ends; the returned function
@@ -109,7 +110,13 @@ func (r *rebooter) reboot(ctx context.Context, node string) (string, error) {
 		return "", err
 	}
 	log.Printf("%s: Ready %.1f s after power-on", node, ready.Seconds())
-	return fmt.Sprintf("%s Ready %.1f s after power-on (boot %d)\n\n%s\nboot %d in full:\n%s", node, ready.Seconds(), second.Boot,
+	before := "?"
+	if d, ok := r.ready[node]; ok {
+		before = fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	r.ready[node] = ready
+	return fmt.Sprintf("%s Ready %.1f s after power-on in boot %d (boot %d: %s)\n\n%s\nboot %d in full:\n%s", node, ready.Seconds(),
+		second.Boot, first.Boot, before,
 		labenv.CompareTimelines([]labenv.Boot{
 			{Name: fmt.Sprintf("boot %d", first.Boot), PowerOn: v.Started, Machine: first},
 			{Name: fmt.Sprintf("boot %d", second.Boot), PowerOn: v2.Started, Machine: second},

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
@@ -119,9 +120,9 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 		return fail(err)
 	}
 	cleanups = append(cleanups, bs.Stop)
+	st.BootServer = bs.URL()
 	log.Printf("boot server at %s (page: %s/)", bs.URL(), bs.URL())
 
-	vmStart := time.Now()
 	vms := map[string]*vm.VM{}
 	for i := 1; i <= nodes; i++ {
 		fw := vm.BIOS
@@ -141,20 +142,22 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	_ = writeState(dir, st)
 
 	ready := map[string]time.Duration{}
+	seen := map[string]string{}
 	for len(ready) < nodes {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(2 * time.Second):
 		}
+		progress(ctx, bs.URL(), vms, seen)
 		list, err := cp.Admin().CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			continue
 		}
 		for _, nd := range list.Items {
 			for _, c := range nd.Status.Conditions {
-				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && ready[nd.Name] == 0 {
-					ready[nd.Name] = time.Since(vmStart)
+				if v := vms[nd.Name]; v != nil && c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && ready[nd.Name] == 0 {
+					ready[nd.Name] = time.Since(v.Started)
 					log.Printf("%s Ready %.0f s after its VM started", nd.Name, ready[nd.Name].Seconds())
 				}
 			}
@@ -163,14 +166,16 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	var rep strings.Builder
 	if ms, err := labenv.Machines(ctx, bs.URL()); err == nil {
 		for _, m := range ms {
-			rep.WriteString(labenv.FormatTimeline(vmStart, m))
+			if v := vms[m.NodeName]; v != nil {
+				rep.WriteString(labenv.FormatTimeline(v.Started, m))
+			}
 		}
 	}
 	kubectl := filepath.Join(os.Getenv("PXEJOIN_K8S_BIN"), "kubectl")
 	out, _ := exec.Command(kubectl, "--kubeconfig", filepath.Join(dir, "kubeconfig"), "get", "nodes", "-o", "wide").CombinedOutput()
 	rep.WriteString("\n$ kubectl get nodes -o wide\n")
 	rep.Write(out)
-	r := &rebooter{cs: cp.Admin(), bs: bs, vms: vms, record: func() { recordNS(st, n); _ = writeState(dir, st) }}
+	r := &rebooter{cs: cp.Admin(), bs: bs, vms: vms, ready: ready, record: func() { recordNS(st, n); _ = writeState(dir, st) }}
 	stopCtl, err := r.serve(ctx, filepath.Join(dir, controlSocket))
 	if err != nil {
 		return fail(err)
@@ -181,6 +186,28 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	log.Printf("all %d nodes Ready; waiting for lab down (lab reboot node-N power-cycles one)", nodes)
 	<-ctx.Done()
 	return nil
+}
+
+// progress logs each lab machine's latest phase (from the boot server's /machines) when it changed
+// since the last look (seen), so that lab up shows where the boots are while it waits.
+func progress(ctx context.Context, url string, vms map[string]*vm.VM, seen map[string]string) {
+	ms, err := labenv.Machines(ctx, url)
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		v := vms[m.NodeName]
+		now := m.LastPhase + " " + m.LastState
+		if v == nil || m.LastPhase == "" || seen[m.NodeName] == now {
+			continue
+		}
+		seen[m.NodeName] = now
+		line := fmt.Sprintf("%s: %s, %.0f s after power-on", m.NodeName, now, time.Since(v.Started).Seconds())
+		if m.LastState == bootstatus.StateError {
+			line += ": " + m.Reason()
+		}
+		log.Print(line)
+	}
 }
 
 // recordNS records every process in the lab namespace (control plane daemons, boot server, qemu) with

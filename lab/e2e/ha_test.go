@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net/netip"
 	"os"
@@ -11,20 +13,28 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
 	"github.com/pxejoin/pxejoin/deploy/crd"
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
+	"github.com/pxejoin/pxejoin/internal/joinconfig"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/labenv"
 	"github.com/pxejoin/pxejoin/lab/netlab"
+	"github.com/pxejoin/pxejoin/lab/testenv"
 	"github.com/pxejoin/pxejoin/lab/vm"
+	"github.com/pxejoin/pxejoin/nodeagent/initmode"
 )
 
 // TestHAServerKilledMidBoot: two real boot servers (dhcp.ha with address claims, the Machine
@@ -39,40 +49,17 @@ func TestHAServerKilledMidBoot(t *testing.T) {
 	n := labNet(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 20*time.Minute))
 	cp, _ := startControlPlane(ctx, t, n)
-	dyn, err := dynamic.NewForConfig(cp.AdminConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := crd.Install(ctx, dyn, crd.Machines, "pxejoin-test"); err != nil {
-		t.Fatal(err)
-	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: config.DefaultHANamespace}}
-	if _, err := cp.Admin().CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
 	// No spec.ipv4: the address is claimed on the first DHCP, from the claims range.
 	node, mac := "vm-ha", n.MAC(1)
-	m := &machineapi.Machine{Spec: machineapi.MachineSpec{MACs: []string{mac.String()}, Profile: "node"}}
-	m.APIVersion, m.Kind, m.Name = machineapi.GVK.GroupVersion().String(), machineapi.Kind, node
-	u, err := machineapi.ToUnstructured(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dyn.Resource(machineapi.GVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// Only the boot servers' approvers may approve the node's certificate.
-	if err := cp.SetAutoApprove(ctx, false); err != nil {
-		t.Fatal(err)
-	}
+	dyn := haMachine(ctx, t, cp, node, mac)
 	servers := []*labenv.BootServer{haServer(ctx, t, n, cp, img, "a", 2), haServer(ctx, t, n, cp, img, "b", 3)}
 	// Each names the other in its scripts once it has seen the other's presence Lease.
 	for _, s := range servers {
 		if !eventually.Within(time.Minute, func() bool {
-			script, err := httpGet(s.URL() + "/boot/" + mac.String() + ".ipxe")
-			return err == nil && strings.Contains(script, "pxejoin.servers=") && strings.Contains(script, ":server1")
+			metrics, err := httpGet(s.URL() + "/metrics")
+			return err == nil && strings.Contains(metrics, "\npxejoin_peers_live 1\n")
 		}) {
-			t.Fatalf("the script of %s does not name the other server; log:\n%s", s.URL(), s.LogTail(40))
+			t.Fatalf("%s does not see the other server (pxejoin_peers_live); log:\n%s", s.URL(), s.LogTail(40))
 		}
 	}
 
@@ -234,4 +221,157 @@ func nextAfter(m labenv.Machine, t time.Time) (*labenv.MachinePhase, time.Time) 
 		}
 	}
 	return next, when
+}
+
+// TestJoinFileFromTheOtherServer: a machine's DHCP and script come from one boot server, its join
+// file from the other (as when the first dies before the agent asks), and the other server's token
+// works: the agent's join (TLS bootstrap into a node root) against the real control plane gets a
+// client certificate for the node, approved by a boot server's approver (kubeadm's auto-approval
+// is off). Each server hands the join file out once per boot: a second fetch from the same server
+// gets 409.
+func TestJoinFileFromTheOtherServer(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireK8s(t)
+	ctx := ctxFor(t, 8*time.Minute)
+	n := labNet(t)
+	cp, _ := startControlPlane(ctx, t, n)
+	node, mac := "ha-join", n.MAC(2)
+	haMachine(ctx, t, cp, node, mac)
+	// The servers only serve the image's files; this test boots nothing.
+	imgDir := t.TempDir()
+	img := &labenv.Image{Dir: imgDir, Kernel: filepath.Join(imgDir, "vmlinuz"), Initrd: filepath.Join(imgDir, "initramfs.cpio.zst"),
+		Root: filepath.Join(imgDir, "root.squashfs")}
+	for _, f := range []string{img.Kernel, img.Initrd, img.Root} {
+		if err := os.WriteFile(f, []byte("not booted"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	servers := []*labenv.BootServer{haServer(ctx, t, n, cp, img, "a", 2), haServer(ctx, t, n, cp, img, "b", 3)}
+
+	// The machine: a namespace on the lab bridge with the Machine's MAC, addressed by DHCP.
+	ns := netlab.New(t, "ham")
+	netlab.Veth(t, ns, "eth0", "", n.NS, "ham0", "")
+	ns.MustExec(t, "ip", "link", "set", "eth0", "address", mac.String())
+	ns.MustExec(t, "ip", "link", "set", "lo", "up")
+	n.NS.MustExec(t, "ip", "link", "set", "ham0", "master", n.Bridge)
+	var ack *dhcpv4.DHCPv4
+	if !eventually.Within(2*time.Minute, func() bool {
+		// Until both informers have the Machine, a server does not answer it.
+		return ns.Do(func() error {
+			c, err := nclient4.New("eth0", nclient4.WithTimeout(5*time.Second), nclient4.WithRetry(2))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			lease, err := c.Request(ctx)
+			if err == nil {
+				ack = lease.ACK
+			}
+			return err
+		}) == nil
+	}) {
+		t.Fatalf("no DHCP lease from either server; logs:\n%s\n%s", servers[0].LogTail(20), servers[1].LogTail(20))
+	}
+	addr := ack.YourIPAddr.String()
+	ns.MustExec(t, "ip", "addr", "add", addr+"/24", "dev", "eth0")
+	first, other := servers[0], servers[1]
+	if ack.ServerIdentifier().String() == other.Addr {
+		first, other = other, first
+	}
+	t.Logf("%s ACKed %s; the join file comes from %s", first.ServerName, addr, other.ServerName)
+
+	script := string(ns.MustExec(t, "curl", "-sS", "--fail", "--max-time", "60", first.URL()+"/boot/"+mac.String()+".ipxe"))
+	if !strings.Contains(script, "pxejoin.url="+first.URL()+"/join/") || !strings.Contains(script, "pxejoin.servers="+other.URL()) {
+		t.Fatalf("%s's script does not name itself first and %s as the other server:\n%s", first.ServerName, other.ServerName, script)
+	}
+	body := ns.MustExec(t, "curl", "-sS", "--fail", "--max-time", "60", other.URL()+"/join/"+mac.String())
+	jc, err := joinconfig.Parse(body)
+	if err != nil {
+		t.Fatalf("the join file is not a JoinConfiguration: %v", err)
+	}
+	id, _, _ := strings.Cut(jc.Discovery.TLSBootstrapToken, ".")
+
+	// The agent's join with it: discovery, TLS bootstrap with the other server's token.
+	rootfs := t.TempDir()
+	joinPath := filepath.Join(t.TempDir(), "join.yaml")
+	if err := os.WriteFile(joinPath, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ns.Command(agentBin(t), "join", "--config", joinPath, "--rootfs", rootfs, "--skip-phases", strings.Join(initmode.SkipPhases, ",")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("join with %s's join file: %v\n%s", other.ServerName, err, out)
+	}
+	raw, err := os.ReadFile(filepath.Join(rootfs, "var/lib/kubelet/pki/kubelet-client-current.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(raw)
+	if blk == nil {
+		t.Fatal("kubelet-client-current.pem holds no certificate")
+	}
+	crt, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crt.Subject.CommonName != "system:node:"+node {
+		t.Errorf("the client certificate is for %q, want system:node:%s", crt.Subject.CommonName, node)
+	}
+	csrs, err := cp.Admin().CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range csrs.Items {
+		if c.Spec.Username != bootstrapapi.BootstrapUserPrefix+id {
+			continue
+		}
+		for _, cond := range c.Status.Conditions {
+			if cond.Type == certificatesv1.CertificateApproved {
+				found = true
+				t.Logf("CSR %s (token of %s) approved: %s: %s", c.Name, other.ServerName, cond.Reason, cond.Message)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no approved CSR made with %s's token", other.ServerName)
+	}
+
+	// Once per boot, per server: the other server refuses a second fetch.
+	code := ns.MustExec(t, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", other.URL()+"/join/"+mac.String())
+	if string(code) != "409" {
+		t.Errorf("a second fetch from %s answered %s, want 409 (once per boot)", other.ServerName, code)
+	}
+	code = ns.MustExec(t, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", first.URL()+"/join/"+mac.String())
+	t.Logf("a fetch from %s, which has not handed it out this boot, answers %s", first.ServerName, code)
+}
+
+// haMachine creates the Machines CRD, dhcp.ha's namespace and a Machine for mac without spec.ipv4
+// (its address is claimed), and turns kubeadm's auto-approval off: only the boot servers'
+// approvers approve its certificates.
+func haMachine(ctx context.Context, t *testing.T, cp *controlplane.ControlPlane, node string, mac hwaddr.MAC) *dynamic.DynamicClient {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(cp.AdminConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crd.Install(ctx, dyn, crd.Machines, "pxejoin-test"); err != nil {
+		t.Fatal(err)
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: config.DefaultHANamespace}}
+	if _, err := cp.Admin().CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	m := &machineapi.Machine{Spec: machineapi.MachineSpec{MACs: []string{mac.String()}, Profile: "node"}}
+	m.APIVersion, m.Kind, m.Name = machineapi.GVK.GroupVersion().String(), machineapi.Kind, node
+	u, err := machineapi.ToUnstructured(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(machineapi.GVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.SetAutoApprove(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	return dyn
 }

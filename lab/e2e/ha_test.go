@@ -39,18 +39,28 @@ import (
 
 // TestHAServerKilledMidBoot: two real boot servers (dhcp.ha with address claims, the Machine
 // inventory) answer the VM's segment. The server that ACKed the VM's firmware DHCP is SIGKILLed
-// once the VM asked it for the kernel; the VM still becomes a Ready Node, through the survivor
-// (the iPXE script's next server, or the agent's pxejoin.servers=), with one address throughout:
-// the one claimed on its first DHCP and recorded in its Machine's status.
+// mid-boot; the VM still becomes a Ready Node through the survivor, with one address throughout:
+// the one claimed on its first DHCP and recorded in its Machine's status. Killed once the VM asked
+// it for the kernel ("kernel"), iPXE goes on with the script's next server (unless the initramfs
+// was loaded before the kill lands); killed once the agent reported its start ("agent"), the agent
+// takes its join file and root image from pxejoin.servers=.
 func TestHAServerKilledMidBoot(t *testing.T) {
 	extended(t)
 	needRoot(t)
+	for _, killAt := range []string{bootstatus.PhaseKernel, bootstatus.PhaseAgentStart} {
+		t.Run(strings.TrimSuffix(killAt, "-start"), func(t *testing.T) { runHAKill(t, killAt) })
+	}
+}
+
+// runHAKill boots a VM through two servers and kills the one that ACKed its firmware's DHCP once
+// that server recorded phase killAt.
+func runHAKill(t *testing.T, killAt string) {
 	img := image(t)
 	n := labNet(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 20*time.Minute))
 	cp, _ := startControlPlane(ctx, t, n)
 	// No spec.ipv4: the address is claimed on the first DHCP, from the claims range.
-	node, mac := "vm-ha", n.MAC(1)
+	node, mac := "vm-"+strings.TrimSuffix(killAt, "-start"), n.MAC(1)
 	dyn := haMachine(ctx, t, cp, node, mac)
 	servers := []*labenv.BootServer{haServer(ctx, t, n, cp, img, "a", 2), haServer(ctx, t, n, cp, img, "b", 3)}
 	// Each names the other in its scripts once it has seen the other's presence Lease.
@@ -89,16 +99,16 @@ func TestHAServerKilledMidBoot(t *testing.T) {
 	var killedAt time.Time
 	if !eventually.Within(5*time.Minute, func() bool {
 		m, ok := real{first}.machine(mac.String())
-		if ok && phaseOf(m, bootstatus.PhaseKernel) != nil {
+		if ok && phaseOf(m, killAt) != nil {
 			first.Kill()
 			killedAt = time.Now()
 			return true
 		}
 		return false
 	}) {
-		t.Fatalf("%s did not see the kernel's download; its log:\n%s", first.ServerName, first.LogTail(40))
+		t.Fatalf("%s did not record %s; its log:\n%s", first.ServerName, killAt, first.LogTail(40))
 	}
-	t.Logf("%s killed (SIGKILL) %.1fs after power-on, once it recorded the kernel's download", first.ServerName, killedAt.Sub(v.Started).Seconds())
+	t.Logf("%s killed (SIGKILL) %.1fs after power-on, once it recorded %s", first.ServerName, killedAt.Sub(v.Started).Seconds(), killAt)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("log of the killed server %s:\n%s", first.ServerName, first.LogTail(40))
@@ -119,9 +129,12 @@ func TestHAServerKilledMidBoot(t *testing.T) {
 		t.Fatalf("%s recorded nothing of %s after the kill", survivor.ServerName, mac)
 	}
 	t.Logf("%s served the VM's next request (%s, from %s) %.1fs after the kill", survivor.ServerName, next.Phase, next.Source, at.Sub(killedAt).Seconds())
-	if p := phaseOf(sm, bootstatus.PhaseKernel); p != nil && p.State == bootstatus.StateDone {
+	switch p := phaseOf(sm, bootstatus.PhaseKernel); {
+	case p != nil && p.State == bootstatus.StateDone && killAt == bootstatus.PhaseAgentStart:
+		t.Errorf("%s served the kernel, although the agent of the first server's kernel ran", survivor.ServerName)
+	case p != nil && p.State == bootstatus.StateDone:
 		t.Logf("iPXE took the script's next server: %s served the kernel", survivor.ServerName)
-	} else {
+	default:
 		t.Logf("the initramfs was loaded before the kill: the agent took pxejoin.servers=")
 	}
 	if p := phaseOf(sm, bootstatus.PhaseJoinFile); p == nil || p.State != bootstatus.StateDone {
@@ -185,6 +198,7 @@ func haServer(ctx context.Context, t *testing.T, n *labenv.Net, cp *controlplane
 		t.Fatalf("ip route: %v: %s", err, out)
 	}
 	dir := t.TempDir()
+	keep := strings.ReplaceAll(t.Name(), "/", "-") + "-" + id
 	bs := &labenv.BootServer{Bin: bootserverBin(t), NS: sns, Interface: "eth0", Addr: addr, Dir: dir,
 		Kubeconfig: cp.AdminKubeconfig(), Image: img, FromAPI: true, ServerName: "bs-" + id,
 		HA: fmt.Sprintf("{identity: bs-%s, claims: {start: %s.20, end: %s.40}}", id, prefix, prefix)}
@@ -193,9 +207,9 @@ func haServer(ctx context.Context, t *testing.T, n *labenv.Net, cp *controlplane
 	}
 	t.Cleanup(func() {
 		bs.Stop()
-		if keep := os.Getenv("PXEJOIN_KEEP"); keep != "" {
+		if dst := os.Getenv("PXEJOIN_KEEP"); dst != "" {
 			b, _ := os.ReadFile(filepath.Join(dir, "bootserver.log"))
-			os.WriteFile(filepath.Join(keep, "bootserver-"+id+".log"), b, 0o644)
+			os.WriteFile(filepath.Join(dst, keep+".log"), b, 0o644)
 		}
 	})
 	return bs

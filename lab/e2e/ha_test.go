@@ -100,8 +100,8 @@ func runHAKill(t *testing.T, killAt string) {
 	if !eventually.Within(5*time.Minute, func() bool {
 		m, ok := real{first}.machine(mac.String())
 		if ok && phaseOf(m, killAt) != nil {
+			killedAt = time.Now() // Kill waits a little after the signal
 			first.Kill()
-			killedAt = time.Now()
 			return true
 		}
 		return false

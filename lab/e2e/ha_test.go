@@ -40,27 +40,39 @@ import (
 // TestHAServerKilledMidBoot: two real boot servers (dhcp.ha with address claims, the Machine
 // inventory) answer the VM's segment. The server that ACKed the VM's firmware DHCP is SIGKILLed
 // mid-boot; the VM still becomes a Ready Node through the survivor, with one address throughout:
-// the one claimed on its first DHCP and recorded in its Machine's status. Killed once the VM asked
-// it for the kernel ("kernel"), iPXE goes on with the script's next server (unless the initramfs
-// was loaded before the kill lands); killed once the agent reported its start ("agent"), the agent
-// takes its join file and root image from pxejoin.servers=.
+// the one claimed on its first DHCP and recorded in its Machine's status. Killed once it served
+// the kernel ("kernel"), while the initramfs downloads, iPXE goes on with the script's next
+// server; killed once it served the initramfs ("initrd"), the agent of the kernel it served takes
+// its join file and root image from pxejoin.servers=. In "host" the dead server's link goes down
+// too, as when its host dies: nothing refuses the agent's connections any more.
 func TestHAServerKilledMidBoot(t *testing.T) {
 	extended(t)
 	needRoot(t)
-	for _, killAt := range []string{bootstatus.PhaseKernel, bootstatus.PhaseAgentStart} {
-		t.Run(strings.TrimSuffix(killAt, "-start"), func(t *testing.T) { runHAKill(t, killAt) })
+	for _, c := range []struct {
+		killAt   string
+		hostDown bool
+	}{
+		{bootstatus.PhaseKernel, false},
+		{bootstatus.PhaseInitrd, false},
+		{bootstatus.PhaseInitrd, true},
+	} {
+		name := c.killAt
+		if c.hostDown {
+			name = "host"
+		}
+		t.Run(name, func(t *testing.T) { runHAKill(t, name, c.killAt, c.hostDown) })
 	}
 }
 
-// runHAKill boots a VM through two servers and kills the one that ACKed its firmware's DHCP once
-// that server recorded phase killAt.
-func runHAKill(t *testing.T, killAt string) {
+// runHAKill boots VM vm-<name> through two servers and kills the one that ACKed its firmware's
+// DHCP once that server recorded phase killAt done; hostDown takes its link down too.
+func runHAKill(t *testing.T, name, killAt string, hostDown bool) {
 	img := image(t)
 	n := labNet(t)
 	ctx := ctxFor(t, durationEnv("PXEJOIN_JOIN_TIMEOUT", 20*time.Minute))
 	cp, _ := startControlPlane(ctx, t, n)
 	// No spec.ipv4: the address is claimed on the first DHCP, from the claims range.
-	node, mac := "vm-"+strings.TrimSuffix(killAt, "-start"), n.MAC(1)
+	node, mac := "vm-"+name, n.MAC(1)
 	dyn := haMachine(ctx, t, cp, node, mac)
 	servers := []*labenv.BootServer{haServer(ctx, t, n, cp, img, "a", 2), haServer(ctx, t, n, cp, img, "b", 3)}
 	// Each names the other in its scripts once it has seen the other's presence Lease.
@@ -99,16 +111,19 @@ func runHAKill(t *testing.T, killAt string) {
 	var killedAt time.Time
 	if !eventually.Within(5*time.Minute, func() bool {
 		m, ok := real{first}.machine(mac.String())
-		if ok && phaseOf(m, killAt) != nil {
+		if p := phaseOf(m, killAt); ok && p != nil && p.State == bootstatus.StateDone {
 			killedAt = time.Now() // Kill waits a little after the signal
 			first.Kill()
+			if hostDown {
+				first.NS.MustExec(t, "ip", "link", "set", "eth0", "down")
+			}
 			return true
 		}
 		return false
 	}) {
 		t.Fatalf("%s did not record %s; its log:\n%s", first.ServerName, killAt, first.LogTail(40))
 	}
-	t.Logf("%s killed (SIGKILL) %.1fs after power-on, once it recorded %s", first.ServerName, killedAt.Sub(v.Started).Seconds(), killAt)
+	t.Logf("%s killed (SIGKILL) %.1fs after power-on, once it served the %s (link down too: %v)", first.ServerName, killedAt.Sub(v.Started).Seconds(), killAt, hostDown)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("log of the killed server %s:\n%s", first.ServerName, first.LogTail(40))
@@ -130,7 +145,7 @@ func runHAKill(t *testing.T, killAt string) {
 	}
 	t.Logf("%s served the VM's next request (%s, from %s) %.1fs after the kill", survivor.ServerName, next.Phase, next.Source, at.Sub(killedAt).Seconds())
 	switch p := phaseOf(sm, bootstatus.PhaseKernel); {
-	case p != nil && p.State == bootstatus.StateDone && killAt == bootstatus.PhaseAgentStart:
+	case p != nil && p.State == bootstatus.StateDone && killAt != bootstatus.PhaseKernel:
 		t.Errorf("%s served the kernel, although the agent of the first server's kernel ran", survivor.ServerName)
 	case p != nil && p.State == bootstatus.StateDone:
 		t.Logf("iPXE took the script's next server: %s served the kernel", survivor.ServerName)

@@ -143,7 +143,7 @@ func runHAKill(t *testing.T, name, killAt string, hostDown bool) {
 	if next == nil {
 		t.Fatalf("%s recorded nothing of %s after the kill", survivor.ServerName, mac)
 	}
-	t.Logf("%s served the VM's next request (%s, from %s) %.1fs after the kill", survivor.ServerName, next.Phase, next.Source, at.Sub(killedAt).Seconds())
+	t.Logf("%s served the VM's next request (%s, from %s) %.2fs after the kill", survivor.ServerName, next.Phase, next.Source, at.Sub(killedAt).Seconds())
 	switch p := phaseOf(sm, bootstatus.PhaseKernel); {
 	case p != nil && p.State == bootstatus.StateDone && killAt != bootstatus.PhaseKernel:
 		t.Errorf("%s served the kernel, although the agent of the first server's kernel ran", survivor.ServerName)

@@ -87,8 +87,8 @@ func runHAKill(t *testing.T, name, killAt string, hostDown bool) {
 
 	v := startVM(t, n, node, mac, vm.BIOS, 2048)
 
-	// The server that ACKed the firmware's DHCP serves the script and the kernel: it is killed
-	// as soon as it records the kernel's download.
+	// The server that ACKed the firmware's DHCP serves the script, kernel and initramfs: it is
+	// killed once it has served killAt.
 	var first, survivor *labenv.BootServer
 	var acked netip.Addr
 	if !eventually.Within(10*time.Minute, func() bool {

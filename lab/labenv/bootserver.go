@@ -46,6 +46,9 @@ type BootServer struct {
 	Disk string
 	// DiskMinSizeGiB is the persistent profile's minSizeGiB (0: none).
 	DiskMinSizeGiB int
+	// HA, if set, is dhcp.ha in YAML's flow style (several boot servers on one segment, e.g.
+	// "{identity: a, claims: {start: 10.77.1.20, end: 10.77.1.40}}"); ServerName is api.serverName.
+	HA, ServerName string
 
 	cmd *exec.Cmd
 }
@@ -61,6 +64,12 @@ func (b *BootServer) config() string {
 	dhcp := fmt.Sprintf("dhcp:\n  mode: full\n  pool: {start: %s.100, end: %s.200, router: %s}\n  leaseTime: 12h", prefix, prefix, b.Addr)
 	if b.DHCPMode == "proxy" {
 		dhcp = "dhcp:\n  mode: proxy"
+	}
+	if b.HA != "" {
+		dhcp += "\n  ha: " + b.HA
+	}
+	if b.ServerName != "" {
+		dhcp += fmt.Sprintf("\napi: {serverName: %q}", b.ServerName)
 	}
 	var m strings.Builder
 	for mac, name := range b.Machines {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -67,7 +68,7 @@ func Main(c Config) {
 	logf("loaded %d modules in %s", n, time.Since(start).Round(time.Millisecond))
 	waitEntropy(logf)
 
-	rep := &Reporter{URL: cl.StatusURL, Client: &http.Client{Timeout: 10 * time.Second},
+	rep := &Reporter{URL: cl.StatusURL, Client: bootClient(10 * time.Second),
 		Log: func(ev bootstatus.Event) {
 			msg := ev.Phase + " " + ev.State
 			if ev.Detail != "" {
@@ -83,7 +84,7 @@ func Main(c Config) {
 		System:   &Linux{Logf: logf, RunDir: "/run/pxejoin"},
 		Join:     c.Join,
 		Report:   rep,
-		HTTP:     &http.Client{Timeout: 0},
+		HTTP:     bootClient(0),
 		Backoff:  DefaultBackoff,
 		WorkDir:  "/run/pxejoin/image",
 		NewRoot:  "/newroot",
@@ -93,6 +94,20 @@ func Main(c Config) {
 	}
 	err = a.Run(ctx)
 	hang(logf, fmt.Errorf("init sequence ended: %v", err))
+}
+
+// connectTimeout bounds a TCP connect to a boot server. On the machine's own link a connect takes
+// milliseconds; a server whose host died answers nothing, not even a refusal, and without a bound
+// the next server of pxejoin.servers= would be asked only after TCP's SYN retries (30 s per
+// request measured in lab/e2e's TestHAServerKilledMidBoot/host).
+const connectTimeout = 5 * time.Second
+
+// bootClient is an HTTP client for the boot servers whose connects give up after connectTimeout;
+// timeout bounds a whole request (0: none, a root image may take minutes).
+func bootClient(timeout time.Duration) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: connectTimeout, KeepAlive: 15 * time.Second}).DialContext
+	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
 // mountPseudo mounts /proc, /sys, /dev (devtmpfs), /run and /tmp (tmpfs), skipping what is mounted.

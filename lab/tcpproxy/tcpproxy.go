@@ -28,10 +28,17 @@ func Start(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := New(ln, target)
+	t.Cleanup(p.Close)
+	return p
+}
+
+// New forwards the connections ln accepts to target (dialed from the caller's network namespace,
+// whatever ln's is) until Close.
+func New(ln net.Listener, target string) *Proxy {
 	p := &Proxy{ln: ln, target: target, healed: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	close(p.healed)
 	go p.accept()
-	t.Cleanup(p.Close)
 	return p
 }
 

@@ -146,6 +146,9 @@ func (m *Manager) giveBack(s *shard, why string) {
 	<-done
 }
 
+// errNotHolder refuses to release a Lease another server holds.
+var errNotHolder = errors.New("shards: not released, another server holds the Lease")
+
 // errNoRelease keeps client-go from releasing a Lease whose bindings are not mirrored.
 var errNoRelease = errors.New("shards: not released, the bindings are not mirrored; the Lease expires instead")
 
@@ -176,6 +179,12 @@ func (l *fencedLock) Create(ctx context.Context, r resourcelock.LeaderElectionRe
 }
 
 func (l *fencedLock) Update(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	if r.HolderIdentity == "" && l.seen != l.m.cfg.Identity {
+		// client-go's tryRelease reads the Lease, then releases it if its own last observed record
+		// says it leads: after a SIGSTOP that record is stale, and it would release the Lease of the
+		// server that took the shard meanwhile (TestHAStop found it). Release only our own.
+		return errNotHolder
+	}
 	if r.HolderIdentity == "" {
 		l.s.mu.Lock()
 		keep := l.s.noRelease

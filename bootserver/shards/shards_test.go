@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -268,5 +269,37 @@ func TestPartition(t *testing.T) {
 	}
 	if decisions(a, "adopt") != 0 {
 		t.Errorf("a adopted the shards b gave back")
+	}
+}
+
+// TestReleaseOnlyOwnLease: client-go releases with a fresh Get but decides on its last observed
+// record; after a SIGSTOP that record still names this server while another holds the Lease. The
+// fenced lock refuses such a release (pure logic: a fake clientset).
+func TestReleaseOnlyOwnLease(t *testing.T) {
+	cs := fake.NewClientset()
+	m, err := New(Config{Start: netip.MustParseAddr("10.0.0.1"), End: netip.MustParseAddr("10.0.0.9"), Shards: 1,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, MCLT: time.Minute, MirrorInterval: time.Second,
+		Identity: "a", Namespace: "ns", NamePrefix: "p-", Client: cs, Store: &leases.Store{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &fencedLock{m: m, s: m.shards[0], Interface: &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p-0"},
+		Client: cs.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: "b"}}}
+	ctx := context.Background()
+	now := metav1.Now()
+	if err := other.Interface.Create(ctx, resourcelock.LeaderElectionRecord{HolderIdentity: "b", LeaseDurationSeconds: 15, RenewTime: now, AcquireTime: now}); err != nil {
+		t.Fatal(err)
+	}
+	mine := &fencedLock{m: m, s: m.shards[0], Interface: &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p-0"},
+		Client: cs.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: "a"}}}
+	if _, _, err := mine.Get(ctx); err != nil { // what tryRelease does first
+		t.Fatal(err)
+	}
+	if err := mine.Update(ctx, resourcelock.LeaderElectionRecord{LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now}); err == nil {
+		t.Fatal("released a Lease b holds")
+	}
+	r, _, err := other.Get(ctx)
+	if err != nil || r.HolderIdentity != "b" {
+		t.Errorf("the Lease is now %+v, %v; want b's", r, err)
 	}
 }

@@ -75,6 +75,10 @@ type HA struct {
 
 	mu   sync.Mutex
 	acks []Ack
+	// kill, if set, is SIGKILLed when the killAt-th ACK arrives (KillAt).
+	kill   *HAServer
+	killAt int
+	killed chan time.Time
 }
 
 // HAServer is one real bootserver process in its own namespace, reaching the apiserver through a
@@ -166,7 +170,27 @@ func (h *HA) record(m *dhcpv4.DHCPv4) {
 	ip, _ := netip.AddrFromSlice(m.YourIPAddr.To4())
 	h.mu.Lock()
 	h.acks = append(h.acks, Ack{At: time.Now(), Server: srv, MAC: mac, IP: ip, Lease: m.IPAddressLeaseTime(0)})
+	if h.kill != nil && len(h.acks) == h.killAt {
+		_ = h.kill.bs.cmd.Kill() // at once, from the client's read loop: the burst goes on
+		h.killed <- time.Now()
+		h.kill = nil
+	}
 	h.mu.Unlock()
+}
+
+// KillAt SIGKILLs s when the n-th ACK (counted from now) arrives; the channel gets the time.
+func (h *HA) KillAt(s *HAServer, n int) <-chan time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.kill, h.killAt, h.killed = s, len(h.acks)+n, make(chan time.Time, 1)
+	return h.killed
+}
+
+// Log is the end of server s's log (for a failing test).
+func (s *HAServer) Log(lines int) string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "bootserver.log"))
+	all := strings.Split(string(b), "\n")
+	return strings.Join(all[max(0, len(all)-lines):], "\n")
 }
 
 // Acks returns every ACK seen so far, in the order they arrived.

@@ -58,6 +58,13 @@ func startHA(t *testing.T, prefix string) *HA {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, s := range h.Servers {
+				t.Logf("%s's log ends:\n%s", s.Name, s.Log(60))
+			}
+		}
+	})
 	eventually.True(t, "each server holds half the shards", func() bool {
 		return len(h.held(t, 0)) == h.opts.Shards/2 && len(h.held(t, 1)) == h.opts.Shards/2
 	})
@@ -144,21 +151,7 @@ func TestHAKill(t *testing.T) {
 	n := haN(t)
 	dead, survivor := h.Servers[0], h.Servers[1]
 	deadShards := h.held(t, 0)
-	var acked atomic.Int64
-	var killedAt atomic.Int64
-	stop := make(chan struct{})
-	go func() {
-		for acked.Load() < int64(n*3/10) {
-			select {
-			case <-stop:
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-		killedAt.Store(time.Now().UnixNano())
-		dead.Kill()
-		t.Logf("killed %s after %d of %d machines", dead.Name, acked.Load(), n)
-	}()
+	killed := h.KillAt(dead, n*3/10)
 	t0 := time.Now()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -167,11 +160,9 @@ func TestHAKill(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			_, errs[i] = h.DORA(haMAC(1, i))
-			acked.Add(1)
 		}()
 	}
 	wg.Wait()
-	close(stop)
 	total := time.Since(t0)
 	for i, err := range errs {
 		if err != nil {
@@ -182,10 +173,13 @@ func TestHAKill(t *testing.T) {
 	if err := CheckAcks(acks); err != nil {
 		t.Error(err)
 	}
-	if killedAt.Load() == 0 {
+	var tKill time.Time
+	select {
+	case tKill = <-killed:
+	default:
 		t.Fatal("the server was never killed")
 	}
-	tKill := time.Unix(0, killedAt.Load())
+	dead.Kill() // reaped
 	o := h.opts
 	expiry := tKill.Add(o.LeaseDuration - o.RetryPeriod) // the dead server renewed at most a retry period before
 	first := map[netip.Addr]bool{}
@@ -211,10 +205,39 @@ func TestHAKill(t *testing.T) {
 		}
 	}
 	checkOwners(t, acks, o.Shards, 2)
+	eventually.True(t, "the survivor adopts the dead server's shards", func() bool {
+		return len(h.held(t, 1)) == o.Shards
+	})
+	adopted := time.Since(tKill) // an upper bound: polled after the burst
 	if got := h.decisions(t, 1, "adopt"); got != float64(len(deadShards)) {
 		t.Errorf("%s adopted %v shards, want %d", survivor.Name, got, len(deadShards))
 	}
-	t.Logf("%d machines in %v (%.0f DORA/s); first address of a dead server's shard handed out %v after the kill", n, total, float64(n)/total.Seconds(), firstAfter.Sub(tKill))
+	// The dead server's machines, booting again, get their addresses from the survivor.
+	last := map[string]Ack{}
+	for _, a := range acks {
+		last[a.MAC.String()] = a
+	}
+	again := 0
+	for mac, a := range last {
+		if a.Server != dead.IP {
+			continue
+		}
+		hw, _ := net.ParseMAC(mac)
+		ack, err := h.DORA(hw)
+		if err != nil {
+			t.Errorf("%s (bound by the dead server): %v", mac, err)
+			continue
+		}
+		if got, _ := netip.AddrFromSlice(ack.YourIPAddr.To4()); got != a.IP {
+			t.Errorf("%s had %s from the dead server, the survivor gave %s", mac, a.IP, got)
+		}
+		again++
+	}
+	if err := CheckAcks(h.Acks()); err != nil {
+		t.Error(err)
+	}
+	t.Logf("%d machines in %v (%.0f DORA/s); killed at ACK %d; survivor held every shard within %v of the kill; %d of the dead server's machines served again with their address; first adopted address handed out %v after the kill",
+		n, total, float64(n)/total.Seconds(), n*3/10, adopted, again, firstAfter.Sub(tKill))
 }
 
 // TestHAPartition: a server cut off from the API stops allocating from its shards before the other

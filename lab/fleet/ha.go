@@ -358,20 +358,21 @@ func (h *HA) Close() {
 	}
 }
 
-// CheckAcks reports every address ACKed to two MACs (no client here releases an address).
+// CheckAcks reports every address ACKed to a machine while another machine's lease on it was
+// still running (no client here releases an address).
 func CheckAcks(acks []Ack) error {
 	holder := map[netip.Addr]Ack{}
 	var errs []string
 	for _, a := range acks {
-		if b, ok := holder[a.IP]; ok && b.MAC != a.MAC {
-			errs = append(errs, fmt.Sprintf("%s ACKed to %s by %s at %s and to %s by %s at %s", a.IP, b.MAC, b.Server, b.At.Format(time.StampMilli),
-				a.MAC, a.Server, a.At.Format(time.StampMilli)))
+		if b, ok := holder[a.IP]; ok && b.MAC != a.MAC && a.At.Before(b.At.Add(b.Lease)) {
+			errs = append(errs, fmt.Sprintf("%s ACKed to %s by %s at %s (for %s) and to %s by %s at %s", a.IP, b.MAC, b.Server, b.At.Format(time.StampMilli),
+				b.Lease, a.MAC, a.Server, a.At.Format(time.StampMilli)))
 			continue
 		}
 		holder[a.IP] = a
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%d addresses ACKed to two machines:\n%s", len(errs), strings.Join(errs, "\n"))
+		return fmt.Errorf("%d addresses ACKed to two machines at once:\n%s", len(errs), strings.Join(errs, "\n"))
 	}
 	return nil
 }

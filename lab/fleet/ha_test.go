@@ -212,12 +212,14 @@ func TestHAKill(t *testing.T) {
 	if got := h.decisions(t, 1, "adopt"); got != float64(len(deadShards)) {
 		t.Errorf("%s adopted %v shards, want %d", survivor.Name, got, len(deadShards))
 	}
-	// The dead server's machines, booting again, get their addresses from the survivor.
+	// The dead server's machines, booting again, are served by the survivor: with the address they
+	// had when their binding was mirrored before the kill, else (a short lease, at most MCLT) with
+	// any; CheckAcks below shows no old address went to another machine while its lease ran.
 	last := map[string]Ack{}
 	for _, a := range acks {
 		last[a.MAC.String()] = a
 	}
-	again := 0
+	again, same := 0, 0
 	for mac, a := range last {
 		if a.Server != dead.IP {
 			continue
@@ -228,16 +230,21 @@ func TestHAKill(t *testing.T) {
 			t.Errorf("%s (bound by the dead server): %v", mac, err)
 			continue
 		}
-		if got, _ := netip.AddrFromSlice(ack.YourIPAddr.To4()); got != a.IP {
-			t.Errorf("%s had %s from the dead server, the survivor gave %s", mac, a.IP, got)
+		if got, _ := netip.AddrFromSlice(ack.YourIPAddr.To4()); got == a.IP {
+			same++
+		} else if a.Lease > o.MCLT {
+			t.Errorf("%s had %s from the dead server for %v (mirrored), the survivor gave %s", mac, a.IP, a.Lease, got)
 		}
 		again++
 	}
 	if err := CheckAcks(h.Acks()); err != nil {
 		t.Error(err)
 	}
-	t.Logf("%d machines in %v (%.0f DORA/s); killed at ACK %d; survivor held every shard within %v of the kill; %d of the dead server's machines served again with their address; first adopted address handed out %v after the kill",
-		n, total, float64(n)/total.Seconds(), n*3/10, adopted, again, firstAfter.Sub(tKill))
+	t.Logf("%d machines in %v; killed at ACK %d; survivor held every shard within %v of the kill; %d of the dead server's machines served again, %d with their address",
+		n, total, n*3/10, adopted, again, same)
+	if !firstAfter.IsZero() {
+		t.Logf("first address of an adopted shard handed out %v after the kill", firstAfter.Sub(tKill))
+	}
 }
 
 // TestHAPartition: a server cut off from the API stops allocating from its shards before the other

@@ -193,6 +193,11 @@ func (s *HAServer) Log(lines int) string {
 	return strings.Join(all[max(0, len(all)-lines):], "\n")
 }
 
+// haMAC is unknown machine i of HA run run (another block than the fleet's).
+func haMAC(run, i int) net.HardwareAddr {
+	return net.HardwareAddr{0x52, 0x54, 0x03, byte(run), byte(i >> 8), byte(i)}
+}
+
 // Acks returns every ACK seen so far, in the order they arrived.
 func (h *HA) Acks() []Ack {
 	h.mu.Lock()

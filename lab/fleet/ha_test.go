@@ -20,11 +20,6 @@ import (
 	"github.com/pxejoin/pxejoin/lab/testenv"
 )
 
-// haMAC is unknown machine i of an HA test (another block than the fleet's).
-func haMAC(run, i int) net.HardwareAddr {
-	return net.HardwareAddr{0x52, 0x54, 0x03, byte(run), byte(i >> 8), byte(i)}
-}
-
 // haN is the machines of TestHAKill: PXEJOIN_HA_N, default 200 (make test); make bench-fleet runs 1,000.
 func haN(t *testing.T) int {
 	if v := os.Getenv("PXEJOIN_HA_N"); v != "" {
@@ -72,19 +67,7 @@ func startHA(t *testing.T, prefix string) *HA {
 }
 
 // held is the shards server i says it may allocate from.
-func (h *HA) held(t *testing.T, i int) []int {
-	m, err := h.Metrics(context.Background(), h.Servers[i])
-	if err != nil {
-		return nil
-	}
-	var held []int
-	for s := range h.opts.Shards {
-		if m[fmt.Sprintf(`pxejoin_dhcp_shard_held{shard="%d"}`, s)] == 1 {
-			held = append(held, s)
-		}
-	}
-	return held
-}
+func (h *HA) held(t *testing.T, i int) []int { return h.heldOf(i) }
 
 func (h *HA) decisions(t *testing.T, i int, d string) float64 {
 	m, err := h.Metrics(context.Background(), h.Servers[i])

@@ -59,9 +59,16 @@ func RunHA(ctx context.Context, opts Options) (*HAResult, error) {
 				time.Sleep(100 * time.Millisecond)
 			}
 		}
-		var killed <-chan time.Time
+		adopted := make(chan time.Duration, 1)
 		if run == 2 {
-			killed = h.KillAt(h.Servers[0], opts.N*3/10)
+			killed := h.KillAt(h.Servers[0], opts.N*3/10)
+			go func() { // from the kill on, not after the burst: the burst waits out its lost offers
+				tKill := <-killed
+				for len(h.heldOf(1)) != h.opts.Shards && time.Since(tKill) < 2*time.Minute {
+					time.Sleep(50 * time.Millisecond)
+				}
+				adopted <- time.Since(tKill)
+			}()
 		}
 		t0 := time.Now()
 		var wg sync.WaitGroup
@@ -85,12 +92,8 @@ func RunHA(ctx context.Context, opts Options) (*HAResult, error) {
 		case 1:
 			res.TwoServers = rate
 		case 2:
-			tKill := <-killed
 			res.Limit = h.opts.LeaseDuration + h.opts.MCLT
-			for len(h.heldOf(1)) != h.opts.Shards && time.Since(tKill) < 2*time.Minute {
-				time.Sleep(50 * time.Millisecond)
-			}
-			res.Adopted = time.Since(tKill)
+			res.Adopted = <-adopted
 			if err := CheckAcks(h.Acks()); err != nil {
 				h.Close()
 				return nil, err

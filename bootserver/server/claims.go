@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
+	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -65,13 +66,24 @@ func (s *Server) address(mac hwaddr.MAC, uuid []byte) (netip.Addr, string, error
 	return a.IPv4, a.NodeName, nil
 }
 
-// newPeers makes this server's presence among the segment's servers when dhcp.ha is set.
-func (s *Server) newPeers(read kubernetes.Interface) error {
+// newPeers makes this server's presence among the segment's servers when dhcp.ha is set, and the
+// client that the presence and the shards' Leases share (s.haClient).
+func (s *Server) newPeers(cl *Cluster) error {
 	h := s.cfg.DHCP.HA
 	if h == nil {
 		return nil
 	}
-	p, err := peers.New(peers.Options{Client: read, Namespace: h.Namespace, Prefix: h.NamePrefix, Identity: h.Identity, URL: s.url,
+	s.haClient = cl.Client
+	if cl.Config != nil {
+		// A budget of its own: the presence and every shard are renewed or tried each retry
+		// period, and Lease renewals must never wait behind token or status writes.
+		qps := float32(h.Shards)/float32(h.RetryPeriod.Seconds())*2 + float32(h.Shards)/float32(h.MirrorInterval.Seconds()) + 10
+		var err error
+		if s.haClient, err = kubernetes.NewForConfig(budgeted(cl.Config, config.Budget{QPS: qps, Burst: int(qps) * 2})); err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+	}
+	p, err := peers.New(peers.Options{Client: s.haClient, Namespace: h.Namespace, Prefix: h.NamePrefix, Identity: h.Identity, URL: s.url,
 		LeaseDuration: h.LeaseDuration, RetryPeriod: h.RetryPeriod, Logger: s.log, Registerer: s.reg})
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
 	"github.com/pxejoin/pxejoin/bootserver/approver"
@@ -81,6 +82,7 @@ type Server struct {
 	approver  *approver.Controller // nil without a cluster or with approval.mode kubeadm
 	claims    *addrclaim.Claimer   // nil without dhcp.ha.claims
 	peers     *peers.Peers         // nil without dhcp.ha
+	haClient  kubernetes.Interface // the presence's and the shards' Leases (claims.go)
 
 	shards *shards.Manager   // nil without dhcp.ha (shards.go)
 	prober *dhcpd.ICMPProber // nil without dhcp.ha
@@ -160,7 +162,7 @@ func New(opts Options) (_ *Server, err error) {
 		if err := s.newClaimer(cl, api.read); err != nil {
 			return nil, err
 		}
-		if err := s.newPeers(api.read); err != nil {
+		if err := s.newPeers(cl); err != nil {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins

@@ -6,9 +6,6 @@ import (
 	"net/netip"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
-	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/dhcpd"
 	"github.com/pxejoin/pxejoin/bootserver/shards"
 )
@@ -18,29 +15,20 @@ import (
 const probeTimeout = 200 * time.Millisecond
 
 // newShards sets dc up for several servers on one segment (dhcp.ha): the pool's shards owned
-// through Leases, and a probe before an address is offered again. It needs the lease store.
+// through Leases and divided among the live servers (s.peers), and a probe before an address is
+// offered again. It needs the lease store.
 func (s *Server) newShards(dc *dhcpd.Config, p dhcpd.Pool) error {
 	h := s.cfg.DHCP.HA
 	if h == nil {
 		return nil
 	}
-	if s.cluster == nil {
+	if s.peers == nil {
 		return fmt.Errorf("dhcp.ha needs the cluster: set cluster.kubeconfig (--kubeconfig)")
-	}
-	client := s.cluster.Client
-	if s.cluster.Config != nil {
-		// A budget of its own: every shard is renewed or tried each retry period, and Lease
-		// renewals must never wait behind token or status writes.
-		qps := float32(h.Shards)/float32(h.RetryPeriod.Seconds())*2 + float32(h.Shards)/float32(h.MirrorInterval.Seconds()) + 10
-		var err error
-		if client, err = kubernetes.NewForConfig(budgeted(s.cluster.Config, config.Budget{QPS: qps, Burst: int(qps) * 2})); err != nil {
-			return err
-		}
 	}
 	m, err := shards.New(shards.Config{Start: p.Start, End: p.End, Shards: h.Shards, MCLT: h.MCLT,
 		LeaseDuration: h.LeaseDuration, RenewDeadline: h.RenewDeadline, RetryPeriod: h.RetryPeriod,
 		MirrorInterval: h.MirrorInterval, LeaseTime: p.LeaseTime, Namespace: h.Namespace, NamePrefix: h.NamePrefix,
-		Identity: h.Identity, Client: client, Store: s.leases, Logger: s.log, Registerer: s.reg})
+		Identity: h.Identity, Live: s.peers.Live, Client: s.haClient, Store: s.leases, Logger: s.log, Registerer: s.reg})
 	if err != nil {
 		return err
 	}

@@ -5,71 +5,20 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"slices"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
-	"k8s.io/utils/ptr"
 )
 
-// presenceLabel marks the presence Leases of the servers sharing one pool; its value is a hash of
-// the name prefix (the pool's shards).
-const presenceLabel = "pxejoin.io/dhcp-servers"
+// mirrorLabel marks the ConfigMaps mirroring the shards of one pool; its value is a hash of the
+// name prefix (the pool's shards).
+const mirrorLabel = "pxejoin.io/dhcp-servers"
 
-func (m *Manager) presenceValue() string {
+func (m *Manager) mirrorValue() string {
 	sum := sha256.Sum256([]byte(m.cfg.NamePrefix))
 	return hex.EncodeToString(sum[:8])
-}
-
-// heartbeat renews this server's presence Lease and returns the live servers, sorted: those whose
-// presence Lease was renewed within its duration (by the renewing server's clock; a skew only moves
-// shards between servers, the shards' own Leases keep allocation safe).
-func (m *Manager) heartbeat(ctx context.Context) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.RenewDeadline)
-	defer cancel()
-	leasesAPI := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace)
-	now := metav1.NewMicroTime(time.Now())
-	spec := coordinationv1.LeaseSpec{HolderIdentity: ptr.To(m.cfg.Identity), RenewTime: &now,
-		LeaseDurationSeconds: ptr.To(int32(m.cfg.LeaseDuration / time.Second))}
-	l, err := leasesAPI.Get(ctx, m.presence, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = leasesAPI.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: m.presence,
-			Labels: map[string]string{presenceLabel: m.presenceValue()}}, Spec: spec}, metav1.CreateOptions{})
-	case err == nil:
-		l.Spec = spec
-		_, err = leasesAPI.Update(ctx, l, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		return nil, err
-	}
-	list, err := leasesAPI.List(ctx, metav1.ListOptions{LabelSelector: presenceLabel + "=" + m.presenceValue()})
-	if err != nil {
-		return nil, err
-	}
-	live := []string{m.cfg.Identity}
-	for _, l := range list.Items {
-		s := l.Spec
-		if s.HolderIdentity == nil || s.RenewTime == nil || s.LeaseDurationSeconds == nil || *s.HolderIdentity == m.cfg.Identity {
-			continue
-		}
-		if time.Since(s.RenewTime.Time) < time.Duration(*s.LeaseDurationSeconds)*time.Second {
-			live = append(live, *s.HolderIdentity)
-		}
-	}
-	slices.Sort(live)
-	return slices.Compact(live), nil
-}
-
-// leave deletes the presence Lease, so that the others take this server's shards at once.
-func (m *Manager) leave() {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.RenewDeadline)
-	defer cancel()
-	_ = m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Delete(ctx, m.presence, metav1.DeleteOptions{})
 }
 
 // runCandidate starts a leader election for s; when it ends (given back, or lost) s is free to run

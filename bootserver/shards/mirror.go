@@ -100,7 +100,7 @@ func (m *Manager) flush(ctx context.Context, s *shard, givingBack bool) error {
 	}
 	m.metrics.lag.WithLabelValues(s.label()).Set(now.Sub(s.syncedAt()).Seconds())
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: m.cfg.Namespace, ResourceVersion: rv,
-		Labels: map[string]string{presenceLabel: m.presenceValue()}}, Data: map[string]string{}}
+		Labels: map[string]string{mirrorLabel: m.mirrorValue()}}, Data: map[string]string{}}
 	for ip, b := range want {
 		cm.Data[ip.String()] = encodeBinding(b)
 	}

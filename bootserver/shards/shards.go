@@ -7,8 +7,8 @@
 // scan stay in order. Each shard is owned through a coordination.k8s.io Lease (client-go leader
 // election); a server allocates only from shards it holds.
 //
-// Who should hold what: every server renews a presence Lease of its own (<prefix>server-<hash>);
-// the live servers, sorted, divide the shards round robin (shard i's home is live[i % len(live)]), so
+// Who should hold what: the live servers (Config.Live: bootserver/peers' presence Leases), sorted,
+// divide the shards round robin (shard i's home is live[i % len(live)]), so
 // each holds its fair share. A server runs a candidate for its home shards and gives back, cleanly,
 // any shard whose home is another live server: it stops allocating, writes the shard's bindings to
 // the API, then releases the Lease, and the home server takes it at once.
@@ -29,9 +29,7 @@ package shards
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +65,11 @@ type Config struct {
 	Namespace, NamePrefix string
 	// Identity is this server's name as Lease holder.
 	Identity string
+	// Live returns the identities of the live servers of the pool, sorted, Identity included, or
+	// nil while they are not known yet (bootserver/peers' Live): a server whose presence is gone
+	// from the API (deleted when it stopped, or expired) no longer counts, and its shards are
+	// re-homed.
+	Live func() []string
 	// Client talks to the API.
 	Client kubernetes.Interface
 	// Store is the local durable lease store (the hot path); adopted bindings are written into it.
@@ -85,11 +88,6 @@ type Manager struct {
 	shards  []*shard
 	metrics *metrics
 	log     *slog.Logger
-	// presence is this server's presence Lease name.
-	presence string
-
-	mu   sync.Mutex
-	live []string // live servers, sorted (guarded by mu)
 }
 
 // shard is one part of the range and what this server knows of it.
@@ -130,8 +128,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("shards: lease duration %v is not a whole number of seconds", cfg.LeaseDuration)
 	case cfg.RenewDeadline >= cfg.LeaseDuration || cfg.RetryPeriod <= 0 || cfg.MCLT <= 0 || cfg.MirrorInterval <= 0:
 		return nil, errors.New("shards: want RetryPeriod < RenewDeadline < LeaseDuration and positive MCLT and MirrorInterval")
-	case cfg.Identity == "" || cfg.Namespace == "" || cfg.NamePrefix == "":
-		return nil, errors.New("shards: identity, namespace and name prefix are needed")
+	case cfg.Identity == "" || cfg.Namespace == "" || cfg.NamePrefix == "" || cfg.Live == nil:
+		return nil, errors.New("shards: identity, namespace, name prefix and the live servers are needed")
 	}
 	start, end := u32(cfg.Start), u32(cfg.End)
 	size := end - start + 1
@@ -141,9 +139,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	sum := sha256.Sum256([]byte(cfg.Identity))
-	m := &Manager{cfg: cfg, start: start, size: size, log: cfg.Logger,
-		presence: cfg.NamePrefix + "server-" + hex.EncodeToString(sum[:6])}
+	m := &Manager{cfg: cfg, start: start, size: size, log: cfg.Logger}
 	n := uint32(cfg.Shards)
 	for i := uint32(0); i < n; i++ {
 		first := i*(size/n) + min(i, size%n)
@@ -247,8 +243,9 @@ func (m *Manager) Held(now time.Time) []int {
 	return held
 }
 
-// Serve runs the presence Lease, the candidates and the mirror until ctx ends; then it gives every
-// held shard back (mirrored first), leaves, and returns.
+// Serve runs the candidates and the mirror until ctx ends; then it gives every held shard back
+// (mirrored first) and returns. The presence (Config.Live) is kept by its owner, which deletes it
+// when it stops.
 func (m *Manager) Serve(ctx context.Context) error {
 	// The candidates outlive ctx until each shard is given back: canceling one releases its Lease.
 	cands, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -259,36 +256,30 @@ func (m *Manager) Serve(ctx context.Context) error {
 	tick := time.NewTicker(m.cfg.RetryPeriod)
 	defer tick.Stop()
 	for {
-		m.balance(ctx, cands)
+		m.balance(cands)
 		select {
 		case <-ctx.Done():
 			wg.Wait()
 			for _, s := range m.shards {
 				m.giveBack(s, "stopping")
 			}
-			m.leave()
 			return nil
 		case <-tick.C:
 		}
 	}
 }
 
-// balance renews the presence Lease, reads who is live, and starts or gives back candidates so that
-// this server runs one for exactly its home shards.
-func (m *Manager) balance(ctx, cands context.Context) {
-	live, err := m.heartbeat(ctx)
-	if err != nil {
-		m.log.Debug("dhcp shards: presence not renewed", "err", err)
-		m.mu.Lock()
-		live = m.live // keep the last view: the shards' own Leases keep this safe
-		m.mu.Unlock()
-	} else {
-		m.mu.Lock()
-		m.live = live
-		m.mu.Unlock()
+// balance reads who is live and starts or gives back candidates so that this server runs one for
+// exactly its home shards. Until the live servers are known it runs none (a view without the others
+// would start a candidate for every shard, only to give most back). A stale view only moves shards
+// between servers: the shards' own Leases keep allocation safe.
+func (m *Manager) balance(cands context.Context) {
+	m.stepDown(time.Now())
+	live := m.cfg.Live()
+	if len(live) == 0 {
+		return
 	}
 	m.metrics.live.Set(float64(len(live)))
-	m.stepDown(time.Now())
 	me := slices.Index(live, m.cfg.Identity)
 	for _, s := range m.shards {
 		home := me < 0 || live[s.i%len(live)] == m.cfg.Identity

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/pxejoin/pxejoin/bootserver/leases"
+	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 	"github.com/pxejoin/pxejoin/lab/eventually"
@@ -38,7 +39,7 @@ func TestRanges(t *testing.T) {
 	}{{"10.0.0.100", "10.0.0.200", 12}, {"10.0.0.1", "10.0.0.1", 1}, {"10.0.0.250", "10.0.1.9", 4}, {"10.0.0.0", "10.0.3.255", 7}} {
 		m, err := New(Config{Start: netip.MustParseAddr(tt.start), End: netip.MustParseAddr(tt.end), Shards: tt.n,
 			LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, MCLT: time.Minute, MirrorInterval: time.Second,
-			Identity: "a", Namespace: "ns", NamePrefix: "p-", Client: fake.NewClientset(), Store: &leases.Store{}})
+			Identity: "a", Namespace: "ns", NamePrefix: "p-", Live: func() []string { return []string{"a"} }, Client: fake.NewClientset(), Store: &leases.Store{}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,14 +122,24 @@ func startServer(t *testing.T, cp *controlplane.ControlPlane, cfg Config) *testS
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	cfg.Client, cfg.Store, cfg.Registerer = cs, st, reg
+	// The presence, as the boot server keeps it (bootserver/server): through the same proxy.
+	pr, err := peers.New(peers.Options{Client: cs, Namespace: cfg.Namespace, Prefix: cfg.NamePrefix, Identity: cfg.Identity,
+		URL: "http://" + cfg.Identity, LeaseDuration: cfg.LeaseDuration, RetryPeriod: cfg.RetryPeriod, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Client, cfg.Store, cfg.Registerer, cfg.Live = cs, st, reg, pr.Live
 	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &testServer{id: cfg.Identity, m: m, store: st, proxy: p, reg: reg, stop: cancel, done: make(chan struct{})}
-	go func() { defer close(s.done); _ = m.Serve(ctx) }()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = pr.Run(ctx) }()
+	go func() { defer wg.Done(); _ = m.Serve(ctx) }()
+	go func() { wg.Wait(); close(s.done) }()
 	t.Cleanup(func() { s.proxy.Heal(); cancel(); <-s.done; st.Close() })
 	return s
 }
@@ -279,7 +290,7 @@ func TestReleaseOnlyOwnLease(t *testing.T) {
 	cs := fake.NewClientset()
 	m, err := New(Config{Start: netip.MustParseAddr("10.0.0.1"), End: netip.MustParseAddr("10.0.0.9"), Shards: 1,
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, MCLT: time.Minute, MirrorInterval: time.Second,
-		Identity: "a", Namespace: "ns", NamePrefix: "p-", Client: cs, Store: &leases.Store{}})
+		Identity: "a", Namespace: "ns", NamePrefix: "p-", Live: func() []string { return []string{"a"} }, Client: cs, Store: &leases.Store{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -42,16 +43,20 @@ type HAOptions struct {
 	Shards                                                    int
 	LeaseDuration, RenewDeadline, RetryPeriod, MirrorInterval time.Duration
 	MCLT                                                      time.Duration
+	// Known machines have a Machine (inventory.source kubernetes), half of them a reserved address,
+	// half one claimed from dhcp.ha.claims (haknown.go); at most MaxKnown, and only with Servers > 1.
+	Known int
 	// Logf receives progress lines; may be nil.
 	Logf func(format string, args ...any)
 }
 
 // The HA segment: a bridge in a namespace of its own; boot server i at 10.80.0.(1+i) in its own
-// namespace, the machines at 10.80.0.200; the pool after them.
+// namespace, the machines at 10.80.0.200; claims and reservations next (haknown.go); the pool after
+// them.
 const (
 	haPrefixLen = 20
 	haClient    = "10.80.0.200"
-	haPoolStart = "10.80.1.1"
+	haPoolStart = "10.80.5.1"
 	haPoolEnd   = "10.80.15.254"
 )
 
@@ -72,6 +77,7 @@ type HA struct {
 	Servers []*HAServer
 	dhcp    *dhcpClient
 	web     *http.Client
+	dyn     dynamic.Interface // Machines (Known > 0)
 
 	mu   sync.Mutex
 	acks []Ack
@@ -113,6 +119,9 @@ func (o *HAOptions) defaults() {
 // StartHA builds the segment and starts every server; Close removes it all.
 func StartHA(ctx context.Context, opts HAOptions) (_ *HA, err error) {
 	opts.defaults()
+	if opts.Known < 0 || opts.Known > MaxKnown || opts.Known > 0 && opts.Servers < 2 {
+		return nil, fmt.Errorf("ha: %d known machines: choose 0 to %d, with two servers or more (claims need dhcp.ha)", opts.Known, MaxKnown)
+	}
 	h := &HA{opts: opts}
 	defer func() {
 		if err != nil {
@@ -136,6 +145,11 @@ func StartHA(ctx context.Context, opts HAOptions) (_ *HA, err error) {
 	}
 	if _, err = opts.CP.Admin().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "pxejoin-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
+	}
+	if opts.Known > 0 {
+		if err = h.writeKnown(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if h.dhcp, err = newDHCPClient(h.cli, "c0"); err != nil {
 		return nil, err
@@ -241,11 +255,19 @@ func (h *HA) startServer(ctx context.Context, i int) (*HAServer, error) {
 	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
 		return nil, err
 	}
-	ha := ""
+	ha, known := "", ""
 	if h.opts.Servers > 1 {
 		o := h.opts
-		ha = fmt.Sprintf("  ha: {shards: %d, mclt: %s, leaseDuration: %s, renewDeadline: %s, retryPeriod: %s, mirrorInterval: %s, namePrefix: %s, identity: %s}\n",
-			o.Shards, o.MCLT, o.LeaseDuration, o.RenewDeadline, o.RetryPeriod, o.MirrorInterval, o.Prefix, name)
+		claims := ""
+		if o.Known > 0 {
+			claims = fmt.Sprintf(", claims: {start: %s, end: %s}", haClaimsStart, haClaimsEnd)
+			known, err = knownConfig(s.dir)
+			if err != nil {
+				return nil, err
+			}
+		}
+		ha = fmt.Sprintf("  ha: {shards: %d, mclt: %s, leaseDuration: %s, renewDeadline: %s, retryPeriod: %s, mirrorInterval: %s, namePrefix: %s, identity: %s%s}\n",
+			o.Shards, o.MCLT, o.LeaseDuration, o.RenewDeadline, o.RetryPeriod, o.MirrorInterval, o.Prefix, name, claims)
 	}
 	cfg := fmt.Sprintf(`interface: s0
 serverURL: http://%s:%d
@@ -261,7 +283,7 @@ cluster: {kubeconfig: %s}
 approval: {mode: pxejoin, selfCheck: warn}
 api: {serverName: %s}
 stateDir: %s
-`, s.IP, httpPort, httpPort, haPoolStart, haPoolEnd, ha, kubeconfig, name, filepath.Join(s.dir, "state"))
+%s`, s.IP, httpPort, httpPort, haPoolStart, haPoolEnd, ha, kubeconfig, name, filepath.Join(s.dir, "state"), known)
 	cfgPath := filepath.Join(s.dir, "bootserver.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err

@@ -32,8 +32,9 @@ func haN(t *testing.T) int {
 	return 200
 }
 
-// startHA builds the boot server, starts a control plane and a segment of two servers.
-func startHA(t *testing.T, prefix string) *HA {
+// startHA builds the boot server, starts a control plane and a segment of two servers; known
+// machines have a Machine (HAOptions.Known).
+func startHA(t *testing.T, prefix string, known int) *HA {
 	testenv.RequireRoot(t)
 	testenv.RequireK8s(t)
 	dir := t.TempDir()
@@ -48,7 +49,7 @@ func startHA(t *testing.T, prefix string) *HA {
 		t.Fatal(err)
 	}
 	t.Cleanup(cp.Stop)
-	h, err := StartHA(ctx, HAOptions{Servers: 2, Bootserver: bin, Dir: dir, CP: cp, Prefix: prefix, Logf: t.Logf})
+	h, err := StartHA(ctx, HAOptions{Servers: 2, Bootserver: bin, Dir: dir, CP: cp, Prefix: prefix, Known: known, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +84,9 @@ func checkOwners(t *testing.T, acks []Ack, shards, maxRuns int) {
 	t.Helper()
 	runs := map[int][]Ack{}
 	for _, a := range acks {
+		if !InPool(a.IP) {
+			continue // reserved or claimed: every server's
+		}
 		s := ShardOf(a.IP, shards)
 		r := runs[s]
 		if len(r) == 0 || r[len(r)-1].Server != a.Server {
@@ -126,12 +130,14 @@ func trickle(h *HA, run int, every time.Duration) (stop func() int) {
 	return func() int { close(quit); wg.Wait(); return int(failed.Load()) }
 }
 
-// TestHAKill: two servers, unknown machines booting at once; one server is SIGKILLed at 30% of the
-// burst. Every machine gets a lease, no address is ACKed to two machines, and the survivor hands
-// out the dead server's addresses only after its Leases expired, new ones only after MCLT more.
+// TestHAKill: two servers, machines booting at once, half of them with an address (a Machine with
+// spec.ipv4, or one claimed through the API: dhcp.ha.claims), the rest unknown; one server is
+// SIGKILLed at 30% of the burst. Every machine gets a lease, no address is ACKed to two machines,
+// the survivor hands out the dead server's pool addresses only after its Leases expired, new ones
+// only after MCLT more, and the machines with an address keep it, recorded in their Machine.
 func TestHAKill(t *testing.T) {
-	h := startHA(t, "kill-")
 	n := haN(t)
+	h := startHA(t, "kill-", n/2)
 	dead, survivor := h.Servers[0], h.Servers[1]
 	deadShards := h.held(t, 0)
 	killed := h.KillAt(dead, n*3/10)
@@ -142,7 +148,7 @@ func TestHAKill(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = h.DORA(haMAC(1, i))
+			_, errs[i] = h.DORA(haMAC(KnownRun, i))
 		}()
 	}
 	wg.Wait()
@@ -169,6 +175,9 @@ func TestHAKill(t *testing.T) {
 	var firstAfter time.Time
 	seen := map[string]bool{}
 	for _, a := range acks {
+		if !InPool(a.IP) {
+			continue // a known machine's: checked by CheckKnown
+		}
 		if !seen[a.MAC.String()] && a.Lease > o.MCLT {
 			t.Errorf("%s's first lease is %v, more than MCLT %v (not yet mirrored)", a.MAC, a.Lease, o.MCLT)
 		}
@@ -215,7 +224,7 @@ func TestHAKill(t *testing.T) {
 		}
 		if got, _ := netip.AddrFromSlice(ack.YourIPAddr.To4()); got == a.IP {
 			same++
-		} else if a.Lease > o.MCLT {
+		} else if a.Lease > o.MCLT || !InPool(a.IP) {
 			t.Errorf("%s had %s from the dead server for %v (mirrored), the survivor gave %s", mac, a.IP, a.Lease, got)
 		}
 		again++
@@ -223,8 +232,16 @@ func TestHAKill(t *testing.T) {
 	if err := CheckAcks(h.Acks()); err != nil {
 		t.Error(err)
 	}
-	t.Logf("%d machines in %v; killed at ACK %d; survivor held every shard within %v of the kill; %d of the dead server's machines served again, %d with their address",
-		n, total, n*3/10, adopted, again, same)
+	// Machine status is written behind the ACKs: wait for it, then report what is still wrong.
+	var known error
+	if !eventually.Within(eventually.Patience, func() bool {
+		known = h.CheckKnown(context.Background(), h.Acks())
+		return known == nil
+	}) {
+		t.Errorf("known machines, after %v: %v", eventually.Patience, known)
+	}
+	t.Logf("%d machines (%d with an address) in %v; killed at ACK %d; survivor held every shard within %v of the kill; %d of the dead server's machines served again, %d with their address",
+		n, n/2, total, n*3/10, adopted, again, same)
 	if !firstAfter.IsZero() {
 		t.Logf("first address of an adopted shard handed out %v after the kill", firstAfter.Sub(tKill))
 	}
@@ -233,7 +250,7 @@ func TestHAKill(t *testing.T) {
 // TestHAPartition: a server cut off from the API stops allocating from its shards before the other
 // takes them; on heal the other gives them back cleanly.
 func TestHAPartition(t *testing.T) {
-	h := startHA(t, "part-")
+	h := startHA(t, "part-", 0)
 	cut := h.Servers[0]
 	before := h.held(t, 0)
 	stopTrickle := trickle(h, 2, 20*time.Millisecond)
@@ -271,7 +288,7 @@ func TestHAPartition(t *testing.T) {
 // TestHAStop: a server SIGSTOPped shorter than the Lease keeps its shards; longer, the other adopts
 // them, and the thawed server never allocates from them again until given back.
 func TestHAStop(t *testing.T) {
-	h := startHA(t, "stop-")
+	h := startHA(t, "stop-", 0)
 	s := h.Servers[0]
 	n := len(h.held(t, 0))
 	stopTrickle := trickle(h, 3, 20*time.Millisecond)

@@ -32,7 +32,7 @@ func main() {
 	keep := flag.String("keep", "", "work in this directory and keep it (logs, configurations, the machines' roots)")
 	noRef := flag.Bool("no-reference", false, "skip the control-plane-only reference run")
 	maxJoins := flag.Int("max-joins", 100, "agent joins running at once in this process (both runs)")
-	ha := flag.Bool("ha", false, "the HA DHCP benchmark instead: N unknown machines through one boot server, through two (dhcp.ha), and with one of two killed")
+	ha := flag.Bool("ha", false, "the HA DHCP benchmark instead: N unknown machines through one boot server, through two (dhcp.ha), and with one of two killed (half of those machines with a reserved or claimed address)")
 	inventory := flag.String("inventory", fleet.InventoryFile, "the boot server's inventory: file (its YAML), kubernetes (N Machine resources) or both (one run each)")
 	flag.Parse()
 	dir := *keep

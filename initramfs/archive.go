@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"slices"
 
 	"github.com/klauspost/compress/zstd"
@@ -37,14 +38,22 @@ func ReadArchive(path string) ([]cpio.Record, error) {
 		return nil, err
 	}
 	defer f.Close()
-	zr, err := zstd.NewReader(f)
-	if err != nil {
-		return nil, err
-	}
-	defer zr.Close()
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		return nil, err
+	var b []byte
+	if CompressionOf(path) == XZ {
+		cmd := exec.Command("xz", "-dc")
+		cmd.Stdin = f
+		if b, err = cmd.Output(); err != nil {
+			return nil, fmt.Errorf("xz -d %s: %w", path, err)
+		}
+	} else {
+		zr, err := zstd.NewReader(f)
+		if err != nil {
+			return nil, err
+		}
+		defer zr.Close()
+		if b, err = io.ReadAll(zr); err != nil {
+			return nil, err
+		}
 	}
 	return cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(b)))
 }

@@ -10,12 +10,16 @@ import (
 )
 
 // DefaultModules are the kernel modules an initramfs carries unless -modules says otherwise: NIC drivers
-// (virtio and the common server NICs) and what the diskless root needs (loop, squashfs, overlay).
+// (virtio and the common server NICs), what the diskless root needs (loop, squashfs, overlay) and what a
+// persistent node's disk needs (virtio_blk, nvme, ext4; SATA's ahci and sd_mod, 1.7 MB with libata and
+// scsi_mod, are left to -modules to keep the initramfs small).
 // virtio_net does not depend on virtio_pci in modules.dep (the bus driver binds the device), so both are
-// listed.
+// listed; ext4 needs the crc32c crypto driver (a softdep in modules.softdep, which Build does not
+// follow: without it the mount fails with "Cannot load crc32c driver"), so crc32c_generic is listed.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_net", "e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en",
 	"virtio_rng", "loop", "squashfs", "overlay",
+	"virtio_blk", "nvme", "crc32c_generic", "ext4",
 }
 
 // DepGraph is a parsed modules.dep: module paths (relative to /lib/modules/<version>) and their

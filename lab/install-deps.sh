@@ -12,6 +12,7 @@ pkgs=(
   nghttp2-client                     # h2load, the HTTP benchmark client
   qemu-system-x86 ipxe-qemu ipxe ovmf linux-image-amd64   # the PXE lab
   squashfs-tools debootstrap cpio zstd xz-utils           # images
+  fdisk util-linux e2fsprogs         # sfdisk, wipefs, mkfs.ext4: the initramfs carries them for persistent disks
   openssl curl ca-certificates
   vagrant vagrant-libvirt            # `vagrant validate` of the libvirt lab in make test
   chromium                           # headless, loads the status page in make test

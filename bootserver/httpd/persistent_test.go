@@ -107,11 +107,11 @@ func TestPersistentScript(t *testing.T) {
 	if err := f.store.RequestReimage(db1, status.Identity{NodeName: "db-1", Profile: "worker", Known: true}, "2026-11-30T14:05:00Z"); err != nil {
 		t.Fatal(err)
 	}
-	report("52:54:00:00:00:07", `[{"phase":"disk","state":"done","detail":"installed /dev/vdb (wiped: reimage)"}]`)
+	report("52:54:00:00:00:07", `[{"phase":"disk","state":"done","detail":"wiped /dev/vdb: reimage"}]`)
 	if s := script("52:54:00:00:00:07"); !strings.Contains(s, "pxejoin.reimage=1") {
 		t.Fatalf("the newer request must stay pending:\n%s", s)
 	}
-	report("52:54:00:00:00:07", `[{"phase":"disk","state":"done","detail":"installed /dev/vdb (wiped: reimage)"}]`)
+	report("52:54:00:00:00:07", `[{"phase":"disk","state":"done","detail":"wiped /dev/vdb: reimage"}]`)
 	if s := script("52:54:00:00:00:07"); strings.Contains(s, "pxejoin.reimage") {
 		t.Fatalf("the wipe carried the request out:\n%s", s)
 	}
@@ -130,7 +130,7 @@ func TestInventoryReimage(t *testing.T) {
 	if w := get(t, h, "GET", "/boot/52:54:00:00:00:08.ipxe", nil); !strings.Contains(w.Body.String(), "pxejoin.reimage=1") {
 		t.Fatalf("the annotation's request is not carried:\n%s", w.Body)
 	}
-	if w := get(t, h, "POST", "/status/52:54:00:00:00:08", []byte(`[{"phase":"disk","state":"done","detail":"installed /dev/vda (wiped: reimage)"}]`)); w.Code != 204 {
+	if w := get(t, h, "POST", "/status/52:54:00:00:00:08", []byte(`[{"phase":"disk","state":"done","detail":"wiped /dev/vda: reimage"}]`)); w.Code != 204 {
 		t.Fatal(w.Code)
 	}
 	if w := get(t, h, "GET", "/boot/52:54:00:00:00:08.ipxe", nil); strings.Contains(w.Body.String(), "pxejoin.reimage") {

@@ -22,6 +22,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
 	"github.com/pxejoin/pxejoin/deploy/crd"
+	"github.com/pxejoin/pxejoin/internal/hwaddr"
 	labeventually "github.com/pxejoin/pxejoin/lab/eventually"
 	"github.com/pxejoin/pxejoin/lab/netlab"
 )
@@ -114,7 +115,12 @@ func TestClaimsTwoServers(t *testing.T) {
 	const mac = "52:54:00:56:00:01"
 	a.apply(t, "ha-1", map[string]any{"profile": "worker", "macs": []any{mac}})
 	var ip string
+	hw, _ := hwaddr.Parse(mac)
 	labeventually.True(t, "server a offers a claimed address", func() bool {
+		// Until its informer has the Machine, a's pool answers the MAC as a stranger's.
+		if asg, ok := a.srv.inv.Current().Lookup(hw, ""); !ok || !asg.Known {
+			return false
+		}
 		r := a.discover(t, mac)
 		if r == nil {
 			return false

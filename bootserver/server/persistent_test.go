@@ -90,8 +90,8 @@ func TestInstalledMachineResumes(t *testing.T) {
 	}
 	// Boot 1, as the agent reported it: the disk installed, no credentials yet, joined, ready.
 	s.status.Record(mac, status.Event{Event: evt(status.PhaseScript, bootstatus.StateDone), Source: status.SourceHTTP, StartsBoot: true})
-	do("POST", "/status/"+mac.String(), `[{"phase":"disk","state":"done","detail":"installed /dev/vda"},`+
-		`{"phase":"resume","state":"skipped","detail":"no credentials"},{"phase":"node-ready","state":"done"}]`)
+	do("POST", "/status/"+mac.String(), `[{"phase":"disk","state":"done","detail":"installed /dev/vda: /dev/vda was blank"},`+
+		`{"phase":"resume","state":"skipped","detail":"no credentials: no /etc/kubernetes/kubelet.conf on the disk: joining (first boot)"},{"phase":"node-ready","state":"done"}]`)
 	if m, _ := s.status.Get(mac); !m.Install.Installed || m.Install.InstalledBoot != 1 {
 		t.Fatalf("not installed: %+v", m.Install)
 	}
@@ -109,7 +109,7 @@ func TestInstalledMachineResumes(t *testing.T) {
 	}
 
 	// Its credentials expired: the agent says so and asks for a join file, which mints a token.
-	do("POST", "/status/"+mac.String(), `[{"phase":"resume","state":"skipped","detail":"client certificate expired"}]`)
+	do("POST", "/status/"+mac.String(), `[{"phase":"resume","state":"skipped","detail":"credentials expired: the kubelet's client certificate expired at 2026-11-30T11:00:00Z: joining again"}]`)
 	do("GET", "/join/"+mac.String(), "")
 	if n := secrets(); n != 2 { // the Secret and this server's record of it
 		t.Errorf("re-join: %d tokens (Secrets and records), want the one", n)
@@ -124,7 +124,7 @@ func TestInstalledMachineResumes(t *testing.T) {
 		}
 		installed, _, _ := unstructured.NestedBool(got.Object, "status", "install", "installed")
 		reason, _, _ := unstructured.NestedString(got.Object, "status", "install", "rejoinReason")
-		return installed && reason == "client certificate expired"
+		return installed && reason == "credentials expired: the kubelet's client certificate expired at 2026-11-30T11:00:00Z: joining again"
 	})
 }
 

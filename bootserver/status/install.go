@@ -1,13 +1,13 @@
 package status
 
 import (
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
 	"github.com/pxejoin/pxejoin/internal/bootstraptoken"
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -55,13 +55,11 @@ const (
 	RejoinOther        = "other"         // any other reason the agent gave
 )
 
-// What the agent's details say (bootstatus.PhaseDisk, PhaseResume), and bounds of what is kept.
+// Bounds of what is kept. (What the agent's details say is read with diskspec.DiskAction and
+// diskspec.ResumeClass, the words the agent writes them with.)
 const (
-	installedMark       = "installed"      // disk done detail of a fresh install starts so
-	wipedMark           = "wiped"          // in the disk done detail when the disk was wiped
-	noCredentialsMark   = "no credentials" // in the resume skipped detail
-	maxInstallDetail    = 256              // bytes kept of an agent's detail
-	reimageRequestBytes = 64               // bound of a request's value
+	maxInstallDetail    = 256 // bytes kept of an agent's detail
+	reimageRequestBytes = 64  // bound of a request's value
 )
 
 // RejoinReasons are the values RejoinReason classifies into.
@@ -81,10 +79,11 @@ func applyInstall(m *Machine, ev Event, t time.Time) {
 			in.InstalledBoot = m.Boot
 		}
 		in.Installed, in.Disk = true, detail
-		if strings.HasPrefix(detail, installedMark) {
+		action := diskspec.DiskAction(detail)
+		if action == diskspec.DiskInstalled || action == diskspec.DiskWiped {
 			in.InstalledAt = t
 		}
-		if strings.Contains(detail, wipedMark) && in.ReimageBoot != "" {
+		if action == diskspec.DiskWiped && in.ReimageBoot != "" {
 			// The request this boot carried is done; a newer one (made after the script) stays.
 			in.Reimaged = in.ReimageBoot
 			if in.Reimage == in.ReimageBoot {
@@ -160,7 +159,7 @@ func (s *Store) Rejoin(mac hwaddr.MAC) (reason string, rejoin bool) {
 	m := &e.Machine
 	text := ""
 	switch disk, resume := m.phase(bootstatus.PhaseDisk), m.phase(bootstatus.PhaseResume); {
-	case disk != nil && disk.State == bootstatus.StateDone && strings.Contains(disk.Detail, wipedMark):
+	case disk != nil && disk.State == bootstatus.StateDone && diskspec.DiskAction(disk.Detail) == diskspec.DiskWiped:
 		reason, text = RejoinReimage, disk.Detail
 	case m.Install.InstalledBoot >= m.Boot:
 		return "", false // the first install's join
@@ -183,14 +182,15 @@ func (s *Store) Rejoin(mac hwaddr.MAC) (reason string, rejoin bool) {
 // classifyResume maps the agent's reason for not resuming (resume skipped) to a RejoinReasons
 // value.
 func classifyResume(detail string) string {
-	d := strings.ToLower(detail)
-	switch {
-	case strings.Contains(d, "expired"):
+	switch diskspec.ResumeClass(detail) {
+	case diskspec.ResumeExpired:
 		return RejoinExpired
-	case strings.Contains(d, "ca differs"), strings.Contains(d, "ca changed"), strings.Contains(d, "another cluster"):
+	case diskspec.ResumeOtherCluster:
 		return RejoinCAChanged
-	case strings.Contains(d, noCredentialsMark):
+	case diskspec.ResumeNoCredentials:
 		return RejoinDiskReplaced
+	case diskspec.ResumeReimage:
+		return RejoinReimage
 	}
 	return RejoinOther
 }

@@ -8,6 +8,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pxejoin/pxejoin/internal/bootstatus"
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -42,18 +43,18 @@ func TestRejoin(t *testing.T) {
 		reason string  // "": not a re-join
 	}{
 		{"diskless", nil, []Event{agentEvent(bootstatus.PhaseJoin, "done", "")}, ""},
-		{"first install", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda"), agentEvent(bootstatus.PhaseResume, "skipped", "no credentials")}, nil, ""},
+		{"first install", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda"), agentEvent(bootstatus.PhaseResume, "skipped", diskspec.ResumeSkipped(diskspec.ResumeNoCredentials, "no /etc/kubernetes/kubelet.conf on the disk: joining (first boot)"))}, nil, ""},
 		{"expired", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda")},
-			[]Event{agentEvent(bootstatus.PhaseDisk, "done", "mounted /dev/vda"), agentEvent(bootstatus.PhaseResume, "skipped", "client certificate expired")}, RejoinExpired},
+			[]Event{agentEvent(bootstatus.PhaseDisk, "done", "mounted /dev/vda"), agentEvent(bootstatus.PhaseResume, "skipped", diskspec.ResumeSkipped(diskspec.ResumeExpired, "the kubelet's client certificate expired at 2026-11-30T11:00:00Z: joining again"))}, RejoinExpired},
 		{"CA differs", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda")},
-			[]Event{agentEvent(bootstatus.PhaseResume, "skipped", "CA differs: the credentials are for another cluster")}, RejoinCAChanged},
+			[]Event{agentEvent(bootstatus.PhaseResume, "skipped", diskspec.ResumeSkipped(diskspec.ResumeOtherCluster, "credentials belong to another cluster (CA sha256:ab is not this cluster's): joining again"))}, RejoinCAChanged},
 		{"disk replaced", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda")},
-			[]Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vdb"), agentEvent(bootstatus.PhaseResume, "skipped", "no credentials")}, RejoinDiskReplaced},
+			[]Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vdb"), agentEvent(bootstatus.PhaseResume, "skipped", diskspec.ResumeSkipped(diskspec.ResumeNoCredentials, "no /etc/kubernetes/kubelet.conf on the disk: joining (first boot)"))}, RejoinDiskReplaced},
 		{"reimage", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda")},
-			[]Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda (wiped: reimage)")}, RejoinReimage},
+			[]Event{agentEvent(bootstatus.PhaseDisk, "done", diskspec.DiskDetail(diskspec.DiskWiped, "/dev/vda", "/dev/vda held ext4; re-image asked (pxejoin.reimage=1)"))}, RejoinReimage},
 		{"not reported", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda")}, []Event{}, RejoinNotResumed},
 		{"other", []Event{agentEvent(bootstatus.PhaseDisk, "done", "installed /dev/vda")},
-			[]Event{agentEvent(bootstatus.PhaseResume, "skipped", "kubelet.conf unreadable")}, RejoinOther},
+			[]Event{agentEvent(bootstatus.PhaseResume, "skipped", diskspec.ResumeSkipped(diskspec.ResumeInvalid, "/etc/kubernetes/kubelet.conf on the disk is unreadable (EOF): joining again"))}, RejoinOther},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openStoreAt(t, filepath.Join(t.TempDir(), "s.db"))

@@ -39,7 +39,7 @@ func TestReimageAnnotationCleared(t *testing.T) {
 	done, newer := hwaddr.MAC{0x52, 0x54, 0, 0x5e, 0x10, 1}, hwaddr.MAC{0x52, 0x54, 0, 0x5e, 0x10, 2}
 	names := map[hwaddr.MAC]string{done: "ss-reimage-1", newer: "ss-reimage-2"}
 	f := newFixture(t, cp, Options{}, names)
-	wipe := status.Event{Event: bootstatus.Event{Phase: bootstatus.PhaseDisk, State: bootstatus.StateDone, Detail: "installed /dev/vda (wiped: reimage)"}, Source: status.SourceAgent}
+	wipe := status.Event{Event: bootstatus.Event{Phase: bootstatus.PhaseDisk, State: bootstatus.StateDone, Detail: "wiped /dev/vda: reimage"}, Source: status.SourceAgent}
 	for mac, name := range names {
 		createMachine(t, admin, name, mac)
 		annotate(name, "r1")

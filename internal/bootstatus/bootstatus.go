@@ -42,7 +42,7 @@ const (
 	PhaseSwitchRoot = "switch-root"
 	PhaseNodeReady  = "node-ready"
 	// PhaseDisk is the persistent disk: found, partitioned and formatted on an install, mounted on
-	// every boot. Detail names the disk and what was done ("installed /dev/… (wiped: reimage)",
+	// every boot. Detail names the disk and what was done ("wiped /dev/…: reimage", see diskspec.DiskDetail;
 	// "mounted /dev/…"); an error says why nothing was written.
 	PhaseDisk = "disk"
 	// PhaseResume is a persistent machine's check of the credentials on its disk: done means they

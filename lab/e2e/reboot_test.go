@@ -95,7 +95,7 @@ func runReboot(t testing.TB) rebootRun {
 	r.first.phases, r.first.timeline = m.Phases, labenv.FormatTimeline(v.Started, m)
 
 	// The plug is pulled while the Node reads Ready and its kubelet renews its Lease.
-	v2, err := vm.PowerCycle(v, t.TempDir())
+	v2, err := v.PowerCycle()
 	if err != nil {
 		t.Fatal(err)
 	}

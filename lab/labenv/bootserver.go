@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,9 @@ type BootServer struct {
 	// CertificateKeyFile, if set, makes the profile a control-plane profile whose join files carry
 	// the certificate key in that file (profiles.node.controlPlane.certificateKeyFile).
 	CertificateKeyFile string
+	// Disk, if set, makes the profile persistent: the guest's stable name of the disk the agent
+	// installs (e.g. vm.Disk.ByID()), with the default policy (install).
+	Disk string
 
 	cmd *exec.Cmd
 }
@@ -92,7 +96,15 @@ profiles:
       pxejoin.image={{.RootImageURL}} %s
 %smachines:
 %s`, b.Interface, b.URL(), HTTPPort, dhcp, filepath.Join(b.Dir, "tftp"), b.Kubeconfig, filepath.Join(b.Dir, "state"),
-		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, profile, m.String())
+		b.Image.Kernel, b.Image.Initrd, b.Image.Root, b.Cmdline, profile+b.diskConfig(), m.String())
+}
+
+// diskConfig is the profile's disk: line, "" for a diskless profile.
+func (b *BootServer) diskConfig() string {
+	if b.Disk == "" {
+		return ""
+	}
+	return fmt.Sprintf("    disk: {path: %q}\n", b.Disk)
 }
 
 // Start writes the configuration and starts the daemon; it returns once /healthz answers.
@@ -226,6 +238,57 @@ func FormatTimeline(t0 time.Time, m Machine) string {
 		fmt.Fprintf(&b, "  %7.2fs %-28s %-7s %-8s %6.2fs %s", at.Sub(t0).Seconds(), p.Phase, p.State, p.Source, p.Seconds, p.Detail)
 		if p.Error != "" {
 			fmt.Fprintf(&b, " error: %s", p.Error)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// Boot is one boot of a machine for CompareTimelines: a column's name, the boot's power-on and the
+// boot server's status of it.
+type Boot struct {
+	Name    string
+	PowerOn time.Time
+	Machine Machine
+}
+
+// CompareTimelines prints boots side by side: one row per phase, in the order the boots reached
+// them, with each boot's time from its own power-on (the phase's end, else its start) and state;
+// "-" where a boot did not go through the phase.
+func CompareTimelines(boots []Boot) string {
+	var order []string
+	at := make([]map[string]string, len(boots))
+	for i, bt := range boots {
+		at[i] = map[string]string{}
+		after := -1 // where this boot's previous phase is in order
+		for _, p := range bt.Machine.Phases {
+			t := p.End
+			if t.IsZero() {
+				t = p.Start
+			}
+			if k := slices.Index(order, p.Phase); k >= 0 {
+				after = k
+			} else { // a phase only this boot went through: right after its predecessor
+				after++
+				order = slices.Insert(order, after, p.Phase)
+			}
+			at[i][p.Phase] = fmt.Sprintf("%7.1fs %-7s", t.Sub(bt.PowerOn).Seconds(), p.State)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-28s", "phase (s from power-on)")
+	for _, bt := range boots {
+		fmt.Fprintf(&b, " %-16s", bt.Name)
+	}
+	b.WriteString("\n")
+	for _, ph := range order {
+		fmt.Fprintf(&b, "%-28s", ph)
+		for i := range boots {
+			s, ok := at[i][ph]
+			if !ok {
+				s = fmt.Sprintf("%8s %-7s", "-", "")
+			}
+			fmt.Fprintf(&b, " %-16s", s)
 		}
 		b.WriteString("\n")
 	}

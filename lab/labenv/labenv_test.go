@@ -60,3 +60,53 @@ func TestFormatTimeline(t *testing.T) {
 		}
 	}
 }
+
+func TestPersistentProfileConfig(t *testing.T) {
+	b := &BootServer{Interface: "br0", Addr: "10.77.42.1", Dir: "/x", Kubeconfig: "/cp/admin.conf",
+		Image:    &Image{Kernel: "/i/vmlinuz", Initrd: "/i/initramfs.cpio.zst", Root: "/i/root.squashfs"},
+		Machines: map[string]string{"52:54:00:77:2a:01": "node-1"}}
+	var c struct {
+		Profiles map[string]struct {
+			Disk *struct{ Path string } `json:"disk"`
+		} `json:"profiles"`
+	}
+	for _, disk := range []string{"", "/dev/disk/by-id/virtio-state"} {
+		b.Disk = disk
+		if err := yaml.Unmarshal([]byte(b.config()), &c); err != nil {
+			t.Fatalf("%v\n%s", err, b.config())
+		}
+		got := c.Profiles["node"].Disk
+		if (disk == "") != (got == nil) || (got != nil && got.Path != disk) {
+			t.Errorf("Disk %q: profile's disk %+v", disk, got)
+		}
+	}
+}
+
+func TestCompareTimelines(t *testing.T) {
+	t0, t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 1, 1, 1, 0, 0, 0, time.UTC)
+	first := Machine{Boot: 1, Phases: []MachinePhase{
+		{Phase: "dhcp", State: "done", End: t0.Add(2 * time.Second)},
+		{Phase: "join", State: "done", End: t0.Add(30 * time.Second)},
+		{Phase: "node-ready", State: "done", End: t0.Add(60 * time.Second)},
+	}}
+	second := Machine{Boot: 2, Phases: []MachinePhase{
+		{Phase: "dhcp", State: "done", End: t1.Add(3 * time.Second)},
+		{Phase: "resume", State: "done", End: t1.Add(20 * time.Second)},
+		{Phase: "node-ready", State: "done", End: t1.Add(40 * time.Second)},
+	}}
+	got := CompareTimelines([]Boot{{"boot 1", t0, first}, {"boot 2", t1, second}})
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	want := [][]string{{"phase", "boot 1", "boot 2"}, {"dhcp", "2.0s done", "3.0s done"}, {"resume", "-", "20.0s done"},
+		{"join", "30.0s done", "-"}, {"node-ready", "60.0s done", "40.0s done"}}
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), got)
+	}
+	for i, w := range want {
+		fields := strings.Join(strings.Fields(lines[i]), " ")
+		for _, s := range w {
+			if !strings.Contains(fields, s) {
+				t.Errorf("line %d %q lacks %q", i, lines[i], s)
+			}
+		}
+	}
+}

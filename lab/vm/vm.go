@@ -70,6 +70,50 @@ type Options struct {
 	Extra []string
 	// KVM uses /dev/kvm if present (default: TCG, which is what the notes measured).
 	KVM bool
+	// Disk, if set, is a virtio disk kept across power cycles (a persistent node's).
+	Disk *Disk
+}
+
+// Disk is a raw disk image file attached as virtio-blk. The guest sees it as
+// /dev/disk/by-id/virtio-<Serial> and /dev/disk/by-path/pci-<address>.
+type Disk struct {
+	// Path is the image file; Start creates it (sparse, SizeGiB) when it does not exist and keeps it
+	// otherwise, so that a power cycle finds what the guest wrote.
+	Path string
+	// SizeGiB is the size of a new image (default 8).
+	SizeGiB int
+	// Serial is the disk's serial number (default "state").
+	Serial string
+}
+
+// ByID is the guest's stable name of the disk.
+func (d Disk) ByID() string { return "/dev/disk/by-id/virtio-" + d.serial() }
+
+func (d Disk) serial() string {
+	if d.Serial == "" {
+		return "state"
+	}
+	return d.Serial
+}
+
+// create makes the image file if it is missing.
+func (d Disk) create() error {
+	if _, err := os.Stat(d.Path); err == nil {
+		return nil
+	}
+	size := d.SizeGiB
+	if size == 0 {
+		size = 8
+	}
+	f, err := os.OpenFile(d.Path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("vm: disk image: %w", err)
+	}
+	if err := f.Truncate(int64(size) << 30); err != nil {
+		f.Close()
+		return fmt.Errorf("vm: disk image: %w", err)
+	}
+	return f.Close()
 }
 
 // VM is a running qemu.
@@ -108,6 +152,11 @@ func Start(o Options) (*VM, error) {
 	}
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, err
+	}
+	if o.Disk != nil {
+		if err := o.Disk.create(); err != nil {
+			return nil, err
+		}
 	}
 	if err := o.tap(); err != nil {
 		return nil, err
@@ -206,7 +255,32 @@ func (o Options) qemuArgs() ([]string, error) {
 		return nil, fmt.Errorf("vm: unknown firmware %q", o.Firmware)
 	}
 	args = append(args, "-netdev", fmt.Sprintf("tap,id=n0,ifname=%s,script=no,downscript=no", o.Tap), "-device", nic)
+	if d := o.Disk; d != nil {
+		if strings.ContainsAny(d.Path+d.serial(), ",") {
+			return nil, fmt.Errorf("vm: disk path %q or serial %q has a comma, which qemu's -drive cannot take", d.Path, d.serial())
+		}
+		args = append(args, "-drive", "file="+d.Path+",if=none,id=d0,format=raw",
+			"-device", "virtio-blk-pci,drive=d0,serial="+d.serial())
+	}
 	return append(args, o.Extra...), nil
+}
+
+// PowerCycle stops the VM as a power cut does (qemu killed; the disk image keeps what reached it)
+// and starts it again with the same options: the same MAC and disk. The first run's console is kept
+// as <name>.console.1 (then .2, …) beside the new one.
+func (v *VM) PowerCycle() (*VM, error) {
+	v.Stop()
+	console := filepath.Join(v.Opts.Dir, v.Opts.Name+".console")
+	for n := 1; ; n++ {
+		prev := console + "." + strconv.Itoa(n)
+		if _, err := os.Stat(prev); os.IsNotExist(err) {
+			if err := os.Rename(console, prev); err != nil && !os.IsNotExist(err) {
+				return nil, err
+			}
+			break
+		}
+	}
+	return Start(v.Opts)
 }
 
 // Done is closed when qemu has ended.

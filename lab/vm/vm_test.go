@@ -52,8 +52,39 @@ func TestQemuArgs(t *testing.T) {
 			}
 		})
 	}
+	o := Options{Name: "t", MAC: mac, Firmware: BIOS, Dir: t.TempDir(), Tap: "tap-t", NIC: "virtio-net-pci", Disk: &Disk{Path: "/var/lib/lab/node-1.img"}}
+	args, err := o.qemuArgs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := strings.Join(args, " "); !strings.Contains(line, "-drive file=/var/lib/lab/node-1.img,if=none,id=d0,format=raw -device virtio-blk-pci,drive=d0,serial=state") {
+		t.Errorf("no virtio disk in %s", line)
+	}
+	if o.Disk.ByID() != "/dev/disk/by-id/virtio-state" {
+		t.Errorf("ByID = %s", o.Disk.ByID())
+	}
 	if _, err := (Options{Firmware: "coreboot", Dir: t.TempDir()}).qemuArgs(); err == nil {
 		t.Error("unknown firmware accepted")
+	}
+}
+
+// TestDiskKept: the image is made once and kept (a power cycle finds what the guest wrote).
+func TestDiskKept(t *testing.T) {
+	d := Disk{Path: filepath.Join(t.TempDir(), "d.img"), SizeGiB: 1}
+	if err := d.create(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(d.Path); err != nil || st.Size() != 1<<30 {
+		t.Fatalf("new image: %v, %v", st, err)
+	}
+	if err := os.WriteFile(d.Path, []byte("guest data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.create(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(d.Path); string(b) != "guest data" {
+		t.Errorf("the image was made again: %q", b)
 	}
 }
 

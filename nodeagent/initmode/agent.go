@@ -65,11 +65,18 @@ type Agent struct {
 	Logf func(format string, args ...any)
 	// Sleep waits (tests replace it); it returns early when ctx ends.
 	Sleep func(ctx context.Context, d time.Duration)
+	// Storage prepares and mounts a persistent node's disk (pxejoin.disk=).
+	Storage Storage
+	// StateDir is where the disk's state partition is mounted (/run/pxejoin/state).
+	StateDir string
 
-	cfg         *joinconfig.JoinConfiguration
-	joinBody    []byte // the join file as fetched (kept on a control-plane node for the unit)
-	attempt     int
-	rootMounted bool
+	cfg          *joinconfig.JoinConfiguration
+	nodeName     string
+	stateMounted bool
+	resumed      bool   // the disk's credentials are this boot's: no join
+	joinBody     []byte // the join file as fetched (kept on a control-plane node for the unit)
+	attempt      int
+	rootMounted  bool
 }
 
 // Phase is one step of the sequence. On failure the sequence restarts at RetryFrom after a backoff.
@@ -93,14 +100,25 @@ var SkipPhases = []string{"kubelet-start/start"}
 // staging directory that root-image copies into the mounted root: the node has its credentials a
 // second after the agent starts, whatever the image's size. A join failure (wrong CA pin, expired
 // token) re-fetches the join file, since the boot server may have written a new one.
+//
+// A persistent node (pxejoin.disk=) prepares and mounts its disk after the network, and checks the
+// credentials on it (resume): when they are valid for this cluster, the join file is not fetched
+// and the join does not run.
 func (a *Agent) Phases() []Phase {
-	return []Phase{
+	phases := []Phase{
 		{Name: bootstatus.PhaseNetwork, Timeout: 2 * time.Minute, RetryFrom: bootstatus.PhaseNetwork, Run: a.network},
+	}
+	if a.Cmdline.Disk != nil {
+		phases = append(phases,
+			Phase{Name: bootstatus.PhaseDisk, Timeout: 10 * time.Minute, RetryFrom: bootstatus.PhaseDisk, Run: a.disk},
+			Phase{Name: bootstatus.PhaseResume, Timeout: time.Minute, RetryFrom: bootstatus.PhaseResume, Run: a.resume})
+	}
+	return append(phases, []Phase{
 		{Name: bootstatus.PhaseJoinFile, Timeout: time.Minute, RetryFrom: bootstatus.PhaseJoinFile, Run: a.joinFile},
 		{Name: PhaseJoin, Timeout: 10 * time.Minute, RetryFrom: bootstatus.PhaseJoinFile, Run: a.join},
 		{Name: bootstatus.PhaseRootImage, Timeout: 15 * time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.rootImage},
 		{Name: bootstatus.PhaseSwitchRoot, Timeout: time.Minute, RetryFrom: bootstatus.PhaseRootImage, Run: a.switchRoot},
-	}
+	}...)
 }
 
 // Run reports agent-start and runs the phases until the last one succeeds (switch_root does not return
@@ -195,6 +213,9 @@ func (a *Agent) joinFile(ctx context.Context) (string, error) {
 	if a.Cmdline.SkipJoin {
 		return "pxejoin.join=skip", errSkipped
 	}
+	if a.resumed {
+		return "resuming with the disk's credentials", errSkipped
+	}
 	body, err := a.get(ctx, a.Cmdline.JoinURL, 1<<20)
 	if err != nil {
 		return "", err
@@ -210,7 +231,7 @@ func (a *Agent) joinFile(ctx context.Context) (string, error) {
 	if cfg.ControlPlane != nil {
 		a.Report.AddSecret(cfg.ControlPlane.CertificateKey)
 	}
-	a.cfg, a.joinBody = cfg, body
+	a.cfg, a.joinBody, a.nodeName = cfg, body, cfg.NodeRegistration.Name
 	if n := cfg.NodeRegistration.Name; n != "" {
 		if err := a.System.SetHostname(n); err != nil {
 			return "", fmt.Errorf("set host name %q: %w", n, err)
@@ -226,23 +247,37 @@ func (a *Agent) rootImage(ctx context.Context) (string, error) {
 	if a.rootMounted {
 		return "already mounted", a.install()
 	}
-	if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
-		return "", err
-	}
-	img := filepath.Join(a.WorkDir, "root.squashfs")
-	n, err := a.download(ctx, a.Cmdline.ImageURL, img)
-	if err != nil {
-		os.Remove(img)
-		return "", err
+	var img, detail string
+	if a.Cmdline.Disk != nil {
+		var err error
+		if img, detail, err = a.cachedImage(ctx); err != nil {
+			return "", err
+		}
+	} else {
+		if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
+			return "", err
+		}
+		img = filepath.Join(a.WorkDir, "root.squashfs")
+		n, err := a.download(ctx, a.Cmdline.ImageURL, img)
+		if err != nil {
+			os.Remove(img)
+			return "", err
+		}
+		detail = fmt.Sprintf("%.1f MB from %s", float64(n)/1e6, a.Cmdline.ImageURL)
 	}
 	if err := a.System.MountRoot(img, a.NewRoot); err != nil {
 		return "", err
 	}
 	a.rootMounted = true
+	if a.Cmdline.Disk != nil {
+		if err := a.persist(); err != nil {
+			return "", err
+		}
+	}
 	if err := a.install(); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%.1f MB from %s", float64(n)/1e6, a.Cmdline.ImageURL), nil
+	return detail, nil
 }
 
 // install copies the join's files and the node name into the mounted root (nothing without a join).
@@ -250,11 +285,18 @@ func (a *Agent) install() error {
 	if a.Cmdline.SkipJoin {
 		return nil
 	}
-	if err := copyTree(a.stage(), a.NewRoot); err != nil {
-		return fmt.Errorf("installing the join's files into the root: %w", err)
+	if !a.resumed {
+		if err := copyTree(a.stage(), a.NewRoot); err != nil {
+			return fmt.Errorf("installing the join's files into the root: %w", err)
+		}
 	}
-	if name := a.cfg.NodeRegistration.Name; name != "" {
+	if name := a.nodeName; name != "" {
 		_ = os.WriteFile(filepath.Join(a.NewRoot, "etc/hostname"), []byte(name+"\n"), 0o644)
+		if a.Cmdline.Disk != nil { // etc/pxejoin is on the disk: the name for the next boot's resume
+			if err := nodefiles.Root(a.NewRoot).Write(nodefiles.File{Path: nodeNameFile, Data: []byte(name + "\n"), Mode: 0o644}); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -305,6 +347,9 @@ func copyTree(src, dst string) error {
 func (a *Agent) join(ctx context.Context) (string, error) {
 	if a.Cmdline.SkipJoin {
 		return "pxejoin.join=skip", errSkipped
+	}
+	if a.resumed {
+		return "resuming with the disk's credentials", errSkipped
 	}
 	root := a.rootfs()
 	if HasValidCredentials(root, time.Now()) {

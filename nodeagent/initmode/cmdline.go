@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
@@ -31,6 +32,14 @@ type Cmdline struct {
 	// inside the image (`nodeagent join` with kubeadm's flags, by hand, from a unit or from systemd.run=,
 	// as on an installed machine). It needs pxejoin.image= and no pxejoin.url=.
 	SkipJoin bool
+	// Disk is a persistent node's disk (pxejoin.disk=, pxejoin.disk.minsize=, pxejoin.disk.policy=;
+	// see internal/diskspec); nil: the node is diskless.
+	Disk *diskspec.Spec
+	// Reimage (pxejoin.reimage=1) wipes the disk and joins fresh.
+	Reimage bool
+	// CAHashes (pxejoin.cahash=sha256:<hex>,…) are the cluster CA's pins: credentials on the disk
+	// resume only when their CA matches one.
+	CAHashes []string
 	// Servers (pxejoin.servers=URL,URL) are the other boot servers of the segment: a request to
 	// the boot server of JoinURL that gets no answer at all (it died) is tried on each of them
 	// with the same path (Mirrors).
@@ -58,10 +67,24 @@ func (c Cmdline) Mirrors(u string) []string {
 // ParseCmdline parses a kernel command line. Unknown parameters are ignored; values may be double-quoted.
 func ParseCmdline(s string) (Cmdline, error) {
 	var c Cmdline
+	var disk diskspec.Spec
 	for _, f := range splitCmdline(s) {
 		k, v, _ := strings.Cut(f, "=")
+		if ok, err := disk.Set(k, v); ok {
+			if err != nil {
+				return c, fmt.Errorf("kernel command line: %w", err)
+			}
+			if k == diskspec.KeyDisk {
+				c.Disk = &disk
+			}
+			continue
+		}
 		var err error
 		switch k {
+		case diskspec.KeyReimage:
+			c.Reimage = v == "1" || v == "true" || v == "yes"
+		case diskspec.KeyCAHash:
+			c.CAHashes = strings.FieldsFunc(v, func(r rune) bool { return r == ',' })
 		case "BOOTIF":
 			// pxelinux/iPXE form: ARP hardware type "01-" then the MAC with dashes.
 			if !c.MAC.IsZero() { // pxejoin.mac wins
@@ -99,6 +122,14 @@ func ParseCmdline(s string) (Cmdline, error) {
 		}
 		if err != nil {
 			return c, fmt.Errorf("kernel command line %s: %w", k, err)
+		}
+	}
+	if c.Disk != nil {
+		if err := c.Disk.Validate(); err != nil {
+			return c, fmt.Errorf("kernel command line %s: %w", diskspec.KeyDisk, err)
+		}
+		if c.ImageURL == "" {
+			return c, fmt.Errorf("kernel command line has %s= but no pxejoin.image=: a persistent node keeps its root image's state on the disk; give the profile an image", diskspec.KeyDisk)
 		}
 	}
 	if c.SkipJoin {

@@ -3,6 +3,8 @@ package initmode
 import (
 	"reflect"
 	"testing"
+
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 )
 
 func TestParseCmdline(t *testing.T) {
@@ -47,6 +49,24 @@ func TestParseCmdline(t *testing.T) {
 				Servers: []string{"http://10.0.0.2:8080", "http://10.0.0.3:8080"}},
 		},
 		{name: "bad server url", in: "pxejoin.url=http://h/join/x pxejoin.servers=http://b,10.0.0.3", wantErr: true},
+		{
+			name: "persistent disk",
+			in: "pxejoin.url=http://h/join/x pxejoin.image=http://h/root.squashfs pxejoin.disk.minsize=20 pxejoin.disk=/dev/disk/by-id/virtio-state " +
+				"pxejoin.disk.policy=wipe pxejoin.reimage=1 pxejoin.cahash=sha256:aa,sha256:bb",
+			want: Cmdline{JoinURL: "http://h/join/x", StatusURL: "http://h/status/x", ImageURL: "http://h/root.squashfs",
+				Disk:    &diskspec.Spec{Path: "/dev/disk/by-id/virtio-state", MinSizeGiB: 20, Policy: diskspec.PolicyWipe},
+				Reimage: true, CAHashes: []string{"sha256:aa", "sha256:bb"}},
+		},
+		{
+			name: "auto disk",
+			in:   "pxejoin.url=http://h/join/x pxejoin.image=http://h/root.squashfs pxejoin.disk=auto pxejoin.disk.minsize=8",
+			want: Cmdline{JoinURL: "http://h/join/x", StatusURL: "http://h/status/x", ImageURL: "http://h/root.squashfs",
+				Disk: &diskspec.Spec{MinSizeGiB: 8}},
+		},
+		{name: "auto disk without a size", in: "pxejoin.url=http://h/join/x pxejoin.image=http://h/r pxejoin.disk=auto", wantErr: true},
+		{name: "disk without image", in: "pxejoin.url=http://h/join/x pxejoin.disk=/dev/disk/by-id/virtio-state", wantErr: true},
+		{name: "unstable disk name", in: "pxejoin.url=http://h/join/x pxejoin.image=http://h/r pxejoin.disk=/dev/sda", wantErr: true},
+		{name: "bad disk size", in: "pxejoin.url=http://h/join/x pxejoin.image=http://h/r pxejoin.disk=auto pxejoin.disk.minsize=big", wantErr: true},
 		{name: "skip join without image", in: "pxejoin.join=skip", wantErr: true},
 		{name: "unknown join mode", in: "pxejoin.url=http://h/join/x pxejoin.join=later", wantErr: true},
 		{name: "no url", in: "console=ttyS0 BOOTIF=01-52-54-00-12-34-56", wantErr: true},

@@ -79,15 +79,17 @@ func Main(c Config) {
 			logf("%s", msg)
 		}}
 	a := &Agent{
-		Cmdline: cl,
-		System:  &Linux{Logf: logf, RunDir: "/run/pxejoin"},
-		Join:    c.Join,
-		Report:  rep,
-		HTTP:    &http.Client{Timeout: 0},
-		Backoff: DefaultBackoff,
-		WorkDir: "/run/pxejoin/image",
-		NewRoot: "/newroot",
-		Logf:    logf,
+		Cmdline:  cl,
+		System:   &Linux{Logf: logf, RunDir: "/run/pxejoin"},
+		Join:     c.Join,
+		Report:   rep,
+		HTTP:     &http.Client{Timeout: 0},
+		Backoff:  DefaultBackoff,
+		WorkDir:  "/run/pxejoin/image",
+		NewRoot:  "/newroot",
+		Logf:     logf,
+		Storage:  LinuxStorage{},
+		StateDir: "/run/pxejoin/state",
 	}
 	err = a.Run(ctx)
 	hang(logf, fmt.Errorf("init sequence ended: %v", err))

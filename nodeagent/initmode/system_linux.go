@@ -17,7 +17,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/pxejoin/pxejoin/internal/diskspec"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
+	"github.com/pxejoin/pxejoin/nodeagent/disk"
 )
 
 // Linux is the real System: netlink, u-root's dhclient, loop + squashfs + overlayfs, switch_root.
@@ -240,4 +242,29 @@ func crngReady() bool {
 	var b [1]byte
 	_, err := unix.Getrandom(b[:], unix.GRND_NONBLOCK)
 	return !errors.Is(err, unix.EAGAIN)
+}
+
+// LinuxStorage is the machine's Storage: package disk with the initramfs's tools, ext4 and bind
+// mounts.
+type LinuxStorage struct{}
+
+// Prepare runs disk.Preparer.Setup on the machine's disks.
+func (LinuxStorage) Prepare(ctx context.Context, spec diskspec.Spec, reimage bool) (disk.Result, error) {
+	if os.Getenv("PATH") == "" { // PID 1 gets no PATH from the kernel; the tools are in /usr/sbin
+		os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	return disk.Preparer{}.Setup(ctx, disk.Linux, spec, reimage)
+}
+
+// Mount mounts an ext4 partition at dir.
+func (LinuxStorage) Mount(dev, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return unix.Mount(dev, dir, "ext4", 0, "")
+}
+
+// Bind bind-mounts src onto dst.
+func (LinuxStorage) Bind(src, dst string) error {
+	return unix.Mount(src, dst, "", unix.MS_BIND, "")
 }

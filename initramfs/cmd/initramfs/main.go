@@ -15,12 +15,14 @@ import (
 
 func main() {
 	var s initramfs.Spec
-	var out, mods, list string
+	var out, mods, list, tools, files string
 	flag.StringVar(&s.Agent, "agent", "bin/nodeagent", "the nodeagent binary (static) that becomes /init")
 	flag.StringVar(&s.KernelVersion, "kernel-version", initramfs.NewestKernel(), "kernel whose modules to carry (/lib/modules/<version>)")
 	flag.StringVar(&s.ModulesRoot, "modules-root", "/", "root holding lib/modules")
 	flag.StringVar(&mods, "modules", strings.Join(initramfs.DefaultModules, ","), "comma-separated module names (dependencies are added)")
 	flag.StringVar(&s.CABundle, "ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to carry for https discovery files (empty: none)")
+	flag.StringVar(&tools, "tools", strings.Join(initramfs.DiskTools, ","), "comma-separated programs to carry with their shared libraries (empty: none)")
+	flag.StringVar(&files, "tool-files", strings.Join(initramfs.DiskToolFiles, ","), "comma-separated files the tools read")
 	flag.StringVar(&out, "o", "initramfs.cpio.zst", "output file")
 	flag.StringVar(&list, "list", "", "list the contents of this initramfs instead of building one")
 	flag.Parse()
@@ -37,7 +39,10 @@ func main() {
 			s.CABundle = ""
 		}
 	}
-	s.Modules = strings.FieldsFunc(mods, func(r rune) bool { return r == ',' || r == ' ' })
+	split := func(v string) []string {
+		return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' })
+	}
+	s.Modules, s.Tools, s.ToolFiles = split(mods), split(tools), split(files)
 	if err := initramfs.Build(s, out); err != nil {
 		fmt.Fprintln(os.Stderr, "initramfs:", err)
 		os.Exit(1)

@@ -4,12 +4,16 @@
 //
 //	lab up   [-nodes N] [-dir .lab] [-agent BIN] [-bootserver BIN]   returns once every node is Ready
 //	lab down [-dir .lab]                                              removes everything up made
+//	lab reboot [-dir .lab] node-N                                     power-cycles a node, prints both boots
 //
 // `lab up` starts a supervisor (`lab serve`, its own session, log in DIR/lab.log) that owns the
 // daemons and VMs, waits until it reports the nodes Ready, prints each machine's timeline from the boot
 // server's /machines and `kubectl get nodes`, and exits; the lab keeps running. `lab down` stops the
 // supervisor and every process it recorded (by PID, after checking /proc/PID/exe), deletes the
-// namespace and the host's veth, and removes DIR.
+// namespace and the host's veth, and removes DIR. Every lab machine has a virtio disk and a persistent
+// profile: `lab reboot node-1` pulls its plug (through the supervisor, which owns the VMs), powers it on
+// again with the same MAC and disk, waits until the same Node is Ready and prints the boot server's
+// timeline of that boot beside the first.
 package main
 
 import (
@@ -49,7 +53,7 @@ type Proc struct {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: lab up|down [flags]")
+		fmt.Fprintln(os.Stderr, "usage: lab up|down|reboot [flags] [node]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("lab "+os.Args[1], flag.ExitOnError)
@@ -70,8 +74,14 @@ func main() {
 		err = serve(abs, *nodes, *agent, *bootserver)
 	case "down":
 		err = down(abs)
+	case "reboot":
+		if fs.NArg() != 1 {
+			err = errors.New("usage: lab reboot [-dir .lab] node-N")
+			break
+		}
+		err = reboot(abs, fs.Arg(0))
 	default:
-		err = fmt.Errorf("unknown command %q: up or down", os.Args[1])
+		err = fmt.Errorf("unknown command %q: up, down or reboot", os.Args[1])
 	}
 	if err != nil {
 		die(err)

@@ -109,8 +109,12 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	for i := 1; i <= nodes; i++ {
 		machines[n.MAC(i).String()] = fmt.Sprintf("node-%d", i)
 	}
+	// Every lab machine has a disk and the profile is persistent: a power cycle (lab reboot) resumes.
+	disk := func(i int) *vm.Disk {
+		return &vm.Disk{Path: filepath.Join(dir, "vms", fmt.Sprintf("node-%d.disk", i)), SizeGiB: 8}
+	}
 	bs := &labenv.BootServer{Bin: bsBin, NS: n.NS, Interface: n.Bridge, Addr: n.BridgeAddr, Dir: filepath.Join(dir, "bootserver"),
-		Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: machines}
+		Kubeconfig: cp.AdminKubeconfig(), Image: img, Machines: machines, Disk: disk(1).ByID()}
 	if err := bs.Start(ctx); err != nil {
 		return fail(err)
 	}
@@ -118,17 +122,19 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	log.Printf("boot server at %s (page: %s/)", bs.URL(), bs.URL())
 
 	vmStart := time.Now()
+	vms := map[string]*vm.VM{}
 	for i := 1; i <= nodes; i++ {
 		fw := vm.BIOS
 		if i%2 == 0 {
 			fw = vm.UEFI
 		}
 		v, err := vm.Start(vm.Options{Name: fmt.Sprintf("node-%d", i), NetNS: n.NS.Name, Bridge: n.Bridge, MAC: n.MAC(i),
-			Firmware: fw, MemoryMB: 2048, Dir: filepath.Join(dir, "vms")})
+			Firmware: fw, MemoryMB: 2048, Dir: filepath.Join(dir, "vms"), Disk: disk(i)})
 		if err != nil {
 			return fail(err)
 		}
-		cleanups = append(cleanups, v.Stop)
+		vms[v.Opts.Name] = v
+		cleanups = append(cleanups, func() { vms[v.Opts.Name].Stop() })
 		log.Printf("node-%d: %s VM, MAC %s, console %s", i, fw, n.MAC(i), filepath.Join(dir, "vms", fmt.Sprintf("node-%d.console", i)))
 	}
 	recordNS(st, n)
@@ -164,9 +170,15 @@ func serve(dir string, nodes int, agent, bootserverBin string) error {
 	out, _ := exec.Command(kubectl, "--kubeconfig", filepath.Join(dir, "kubeconfig"), "get", "nodes", "-o", "wide").CombinedOutput()
 	rep.WriteString("\n$ kubectl get nodes -o wide\n")
 	rep.Write(out)
+	r := &rebooter{cs: cp.Admin(), bs: bs, vms: vms, record: func() { recordNS(st, n); _ = writeState(dir, st) }}
+	stopCtl, err := r.serve(ctx, filepath.Join(dir, controlSocket))
+	if err != nil {
+		return fail(err)
+	}
+	cleanups = append(cleanups, stopCtl)
 	st.Phase, st.Report = "ready", rep.String()
 	_ = writeState(dir, st)
-	log.Printf("all %d nodes Ready; waiting for lab down", nodes)
+	log.Printf("all %d nodes Ready; waiting for lab down (lab reboot node-N power-cycles one)", nodes)
 	<-ctx.Done()
 	return nil
 }

@@ -107,8 +107,11 @@ type fencedLock struct {
 	resourcelock.Interface
 	m *Manager
 	s *shard
-	// seen is the holder in the last record Get returned (only the elector's goroutine uses it).
+	// seen is the holder in the last record Get returned, or this server after its own write (only
+	// the elector's goroutine uses it).
 	seen string
+	// acquired is set once this candidate took the Lease: from then on it may only renew.
+	acquired bool
 }
 
 func (l *fencedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
@@ -123,9 +126,14 @@ func (l *fencedLock) Create(ctx context.Context, r resourcelock.LeaderElectionRe
 	err := l.Interface.Create(ctx, r)
 	if err == nil {
 		l.m.renewed(l.s, r.RenewTime.Time, "")
+		l.seen, l.acquired = r.HolderIdentity, true
 	}
 	return err
 }
+
+// errTakenMeanwhile ends a candidate whose Lease another server held (or released) since its last
+// renewal.
+var errTakenMeanwhile = errors.New("shards: the Lease changed hands since this server last renewed it; starting over")
 
 func (l *fencedLock) Update(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
 	if r.HolderIdentity == "" && l.seen != l.m.cfg.Identity {
@@ -142,8 +150,17 @@ func (l *fencedLock) Update(ctx context.Context, r resourcelock.LeaderElectionRe
 			return errNoRelease
 		}
 	}
+	if r.HolderIdentity == l.m.cfg.Identity && l.acquired && l.seen != l.m.cfg.Identity {
+		// client-go's renew loop takes a Lease it finds free or expired as if it were a renewal:
+		// after a SIGSTOP longer than the Lease, it took back a shard another server had adopted
+		// and released meanwhile, and this server renewed it forever without loading the shard's
+		// bindings or allocating from it (TestHAStop). End the candidate instead: a new one
+		// acquires the shard, loads its mirrored bindings, and adopts it if needed.
+		return errTakenMeanwhile
+	}
 	err := l.Interface.Update(ctx, r)
 	if err == nil && r.HolderIdentity == l.m.cfg.Identity {
+		l.acquired = true
 		// RenewTime is the elector's clock before the request: the holder stops at most
 		// RenewDeadline after it, before any other server counts LeaseDuration from seeing it.
 		l.m.renewed(l.s, r.RenewTime.Time, l.seen)

@@ -296,13 +296,18 @@ func (m *Manager) balance(cands context.Context) {
 }
 
 // stepDown marks the shards whose renew deadline passed as lost: allocation stopped at the deadline
-// already (Serves); this makes the metrics and the log say so without waiting for client-go.
+// already (Serves); this makes the metrics and the log say so without waiting for client-go, and
+// ends the shard's candidate so that a late renewal cannot keep a Lease this server no longer uses.
+// The Lease is left to expire (its bindings may not be mirrored): the next holder adopts it.
 func (m *Manager) stepDown(now time.Time) {
 	for _, s := range m.shards {
 		s.mu.Lock()
 		lost := s.ready && !now.Before(s.validUntil)
 		if lost {
-			s.ready = false
+			s.ready, s.noRelease = false, true
+			if s.cancel != nil {
+				s.cancel()
+			}
 		}
 		s.mu.Unlock()
 		if lost {

@@ -2,6 +2,7 @@ package shards
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -312,5 +313,60 @@ func TestReleaseOnlyOwnLease(t *testing.T) {
 	r, _, err := other.Get(ctx)
 	if err != nil || r.HolderIdentity != "b" {
 		t.Errorf("the Lease is now %+v, %v; want b's", r, err)
+	}
+}
+
+// TestNoTakeBackWhileRenewing: client-go's renew loop takes a Lease it finds released as if it were
+// a renewal. After a SIGSTOP longer than the Lease, the thawed server took back a shard the other
+// had adopted and released, and renewed it forever without loading or serving it (TestHAStop held
+// 3 of 4 shards there). The fenced lock refuses that write; a new candidate may take the Lease.
+func TestNoTakeBackWhileRenewing(t *testing.T) {
+	cs := fake.NewClientset()
+	m, err := New(Config{Start: netip.MustParseAddr("10.0.0.1"), End: netip.MustParseAddr("10.0.0.9"), Shards: 1,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, MCLT: time.Minute, MirrorInterval: time.Second,
+		Identity: "a", Namespace: "ns", NamePrefix: "p-", Live: func() []string { return []string{"a"} }, Client: cs, Store: &leases.Store{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock := func(id string) *fencedLock {
+		return &fencedLock{m: m, s: m.shards[0], Interface: &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p-0"},
+			Client: cs.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: id}}}
+	}
+	ctx := context.Background()
+	rec := func(id string) resourcelock.LeaderElectionRecord {
+		now := metav1.Now()
+		return resourcelock.LeaderElectionRecord{HolderIdentity: id, LeaseDurationSeconds: 15, RenewTime: now, AcquireTime: now}
+	}
+	mine, other := lock("a"), lock("b")
+	if err := mine.Create(ctx, rec("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := mine.Get(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := mine.Update(ctx, rec("a")); err != nil {
+		t.Fatalf("a renewal of its own Lease was refused: %v", err)
+	}
+	// a is stopped; b adopts the expired Lease, then gives it back (released: no holder).
+	for _, id := range []string{"b", ""} {
+		if _, _, err := other.Get(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Interface.Update(ctx, rec(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := mine.Get(ctx); err != nil { // a thaws: its renew loop reads the released Lease
+		t.Fatal(err)
+	}
+	if err := mine.Update(ctx, rec("a")); !errors.Is(err, errTakenMeanwhile) {
+		t.Fatalf("the renew loop's take-back returned %v, want errTakenMeanwhile", err)
+	}
+	fresh := lock("a") // the candidate that balance starts next
+	if _, _, err := fresh.Get(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Update(ctx, rec("a")); err != nil {
+		t.Fatalf("a new candidate could not take the released Lease: %v", err)
 	}
 }

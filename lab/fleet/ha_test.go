@@ -57,7 +57,7 @@ func startHA(t *testing.T, prefix string, known int) *HA {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, s := range h.Servers {
-				t.Logf("%s's log ends:\n%s", s.Name, s.Log(60))
+				t.Logf("%s holds shards %v; its log ends:\n%s", s.Name, h.heldOf(slices.Index(h.Servers, s)), s.Log(60))
 			}
 		}
 	})

@@ -122,6 +122,9 @@ func StartHA(ctx context.Context, opts HAOptions) (_ *HA, err error) {
 	if opts.Known < 0 || opts.Known > MaxKnown || opts.Known > 0 && opts.Servers < 2 {
 		return nil, fmt.Errorf("ha: %d known machines: choose 0 to %d, with two servers or more (claims need dhcp.ha)", opts.Known, MaxKnown)
 	}
+	if _, err := os.Stat(opts.Bootserver); err != nil {
+		return nil, fmt.Errorf("ha: boot server binary: %w: run make build", err)
+	}
 	h := &HA{opts: opts}
 	defer func() {
 		if err != nil {

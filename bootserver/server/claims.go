@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
 	"github.com/pxejoin/pxejoin/bootserver/config"
@@ -22,15 +23,22 @@ func (s *Server) newClaimer(cl *Cluster, read kubernetes.Interface) error {
 	if h == nil || h.Claims == nil || s.kube == nil {
 		return nil
 	}
-	dyn := cl.Dynamic
+	dyn, ipc := cl.Dynamic, read
 	if cl.Config != nil {
+		// One budget of their own (api.claims) for both: a claim's requests never wait behind the
+		// informers' lists, and a burst of claims never delays anything else.
+		rc := budgeted(cl.Config, s.cfg.API.Claims)
+		rc.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(rc.QPS, rc.Burst)
 		var err error
-		if dyn, err = dynamic.NewForConfig(budgeted(cl.Config, s.cfg.API.Budget)); err != nil {
+		if dyn, err = dynamic.NewForConfig(rc); err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		if ipc, err = kubernetes.NewForConfig(rc); err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
 		}
 	}
 	start, end := h.Claims.Range()
-	c, err := addrclaim.New(addrclaim.Options{Client: read, Machines: dyn, Start: start, End: end, ServerName: h.Identity,
+	c, err := addrclaim.New(addrclaim.Options{Client: ipc, Machines: dyn, Start: start, End: end, ServerName: h.Identity,
 		Logger: s.log, Registerer: s.reg})
 	if err != nil {
 		return err

@@ -76,6 +76,7 @@ bench-join: deps k8s build
 FLEET_N ?= 1000
 bench-fleet: deps k8s build
 	$(GO) run ./lab/cmd/fleet -n $(FLEET_N) -inventory both
+	$(GO) run ./lab/cmd/fleet -n $(FLEET_N) -ha
 
 fuzz:
 	lab/fuzz.sh $(or $(FUZZTIME),2m)

@@ -139,6 +139,10 @@ var needs = []access{
 	{"get", "coordination.k8s.io", "leases", "", namespace, "shard-0"},
 	{"create", "coordination.k8s.io", "leases", "", namespace, ""},
 	{"update", "coordination.k8s.io", "leases", "", namespace, "shard-0"},
+	{"delete", "coordination.k8s.io", "leases", "", namespace, "pxejoin-dhcp-default-server-0"},
+	{"get", "", "configmaps", "", namespace, "pxejoin-dhcp-default-0"},
+	{"create", "", "configmaps", "", namespace, ""},
+	{"update", "", "configmaps", "", namespace, "pxejoin-dhcp-default-0"},
 }
 
 var denied = []access{

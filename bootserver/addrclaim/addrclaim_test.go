@@ -2,6 +2,7 @@ package addrclaim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -15,8 +16,12 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/pxejoin/pxejoin/bootserver/machineapi"
 	"github.com/pxejoin/pxejoin/deploy/crd"
@@ -275,5 +280,40 @@ func TestRepairLoopLeavesClaimsAlone(t *testing.T) {
 	})
 	if _, err := ips.Get(context.Background(), ip.String(), metav1.GetOptions{}); err != nil {
 		t.Fatalf("the claim: %v", err)
+	}
+}
+
+// TestBusyPastMaxInFlight: past MaxInFlight running claims a claim fails at once with ErrBusy
+// (counted), so that a burst of first boots cannot congest the API budget until none finishes
+// (pure logic: the claim in flight blocks in a fake clientset).
+func TestBusyPastMaxInFlight(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	dyn := dynamicfake.NewSimpleDynamicClient(runtime.NewScheme())
+	dyn.PrependReactor("get", "machines", func(k8stesting.Action) (bool, runtime.Object, error) {
+		entered <- struct{}{}
+		<-release
+		return true, nil, apierrors.NewNotFound(machineapi.GVR.GroupResource(), "m0")
+	})
+	c, err := New(Options{Client: kubefake.NewClientset(), Machines: dyn, Start: netip.MustParseAddr("10.0.0.1"),
+		End: netip.MustParseAddr("10.0.0.9"), ServerName: "a", MaxInFlight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := c.Claim(context.Background(), "m0"); done <- err }()
+	<-entered
+	if _, err := c.Claim(context.Background(), "m1"); !errors.Is(err, ErrBusy) {
+		t.Errorf("a second claim while one runs (MaxInFlight 1): %v, want ErrBusy", err)
+	}
+	if n := testutil.ToFloat64(c.decisions.WithLabelValues(DecisionBusy)); n != 1 {
+		t.Errorf("busy decisions %v, want 1", n)
+	}
+	close(release)
+	if err := <-done; err == nil {
+		t.Error("the blocked claim of a missing Machine succeeded")
+	}
+	if _, err := c.Claim(context.Background(), "m1"); errors.Is(err, ErrBusy) {
+		t.Error("a claim after the first finished is still busy")
 	}
 }

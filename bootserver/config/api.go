@@ -19,6 +19,8 @@ const (
 	DefaultTokenDeleteBurst = 50
 	DefaultStatusWriteQPS   = 10
 	DefaultStatusWriteBurst = 20
+	DefaultClaimQPS         = 25
+	DefaultClaimBurst       = 50
 	DefaultStatusQueue      = 4096
 	DefaultServerName       = "bootserver"
 	maxBudgetQPS            = 10000
@@ -37,6 +39,9 @@ type API struct {
 	TokenDeletes Budget `yaml:"tokenDeletes"`
 	// StatusWrites bounds the writes of Machine.status; default 10 QPS, burst 20.
 	StatusWrites Budget `yaml:"statusWrites"`
+	// Claims bounds first-boot address claims (dhcp.ha.claims: an IPAddress and the Machine's
+	// status.claimedIPv4, two or three requests each); default 25 QPS, burst 50.
+	Claims Budget `yaml:"claims"`
 	// StatusQueue bounds the machines waiting for a status write (one entry per machine, holding
 	// no copy of its timeline); past it a change is dropped and counted. Default 4096.
 	StatusQueue int `yaml:"statusQueue"`
@@ -62,6 +67,7 @@ func (c *Config) validateAPI(ck *checker) {
 		{"tokenCreates", &c.API.TokenCreates, DefaultTokenCreateQPS, DefaultTokenCreateBurst},
 		{"tokenDeletes", &c.API.TokenDeletes, DefaultTokenDeleteQPS, DefaultTokenDeleteBurst},
 		{"statusWrites", &c.API.StatusWrites, DefaultStatusWriteQPS, DefaultStatusWriteBurst},
+		{"claims", &c.API.Claims, DefaultClaimQPS, DefaultClaimBurst},
 	} {
 		path := []any{"api"}
 		if b.key != "" {

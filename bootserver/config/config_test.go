@@ -82,6 +82,7 @@ func TestParseValid(t *testing.T) {
 	}
 	wantAPI := API{Budget: Budget{DefaultAPIQPS, DefaultAPIBurst}, TokenCreates: Budget{DefaultTokenCreateQPS, DefaultTokenCreateBurst},
 		TokenDeletes: Budget{DefaultTokenDeleteQPS, DefaultTokenDeleteBurst}, StatusWrites: Budget{DefaultStatusWriteQPS, DefaultStatusWriteBurst},
+		Claims:      Budget{DefaultClaimQPS, DefaultClaimBurst},
 		StatusQueue: DefaultStatusQueue, ServerName: c.API.ServerName}
 	if c.API != wantAPI || c.API.ServerName == "" {
 		t.Errorf("api defaults not applied: %+v", c.API)

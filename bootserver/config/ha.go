@@ -149,6 +149,10 @@ func (c *Config) validateHA(ck *checker) {
 	}
 	if !bad {
 		// client-go's leaderelection refuses these too, but only at start and without naming the field.
+		if h.LeaseDuration%time.Second != 0 {
+			// A Lease records whole seconds: the others would count a shorter duration than the holder.
+			ck.fail(at("leaseDuration"), "%s is not a whole number of seconds (a Lease records seconds)", h.LeaseDuration)
+		}
 		if h.RenewDeadline >= h.LeaseDuration {
 			ck.fail(at("renewDeadline"), "%s is not shorter than leaseDuration %s: the holder must stop before another server may take the shard", h.RenewDeadline, h.LeaseDuration)
 		}

@@ -52,6 +52,7 @@ func TestHAErrors(t *testing.T) {
 		{"renew deadline too long", withHA("{leaseDuration: 10s, renewDeadline: 10s}"), 9, "dhcp.ha.renewDeadline: 10s is not shorter than leaseDuration 10s"},
 		{"retry period too long", withHA("{renewDeadline: 3s, retryPeriod: 3s}"), 9, "dhcp.ha.retryPeriod: 3s leaves no retry"},
 		{"mclt too short", withHA("{mclt: 5s}"), 9, "dhcp.ha.mclt: 5s is shorter than renewDeadline + 2 mirror intervals (12s)"},
+		{"fractional lease duration", withHA("{leaseDuration: 1500ms, renewDeadline: 1s, retryPeriod: 200ms, mclt: 5s}"), 9, "dhcp.ha.leaseDuration: 1.5s is not a whole number of seconds"},
 		{"negative mclt", withHA("{mclt: -1s}"), 9, "dhcp.ha.mclt: -1s is negative"},
 		{"bad namespace", withHA("{namespace: Kube_System}"), 9, `dhcp.ha.namespace: "Kube_System" is not a namespace name`},
 		{"bad prefix", withHA("{namePrefix: Shard_}"), 9, `dhcp.ha.namePrefix: "Shard_" does not start a valid object name`},

@@ -26,6 +26,7 @@ type allocator struct {
 	strangeHold time.Duration
 	declineHold time.Duration
 	maxUnknown  int
+	shards      Shards // nil: this server alone serves the range
 	// res are the reservations, replaced whole when the inventory changes (setInventory).
 	res atomic.Pointer[reservations]
 
@@ -83,6 +84,7 @@ func newAllocator(c *Config, serverIP func() netip.Addr) *allocator {
 		strangeHold: c.UnknownOfferHold,
 		declineHold: c.DeclineHold,
 		maxUnknown:  c.MaxUnknown,
+		shards:      c.Shards,
 		inventory:   c.Inventory,
 		held:        map[netip.Addr]hold{},
 		heldBy:      map[hwaddr.MAC]netip.Addr{},
@@ -178,6 +180,8 @@ func (a *allocator) usable(p *Pool, ip netip.Addr, mac hwaddr.MAC, now time.Time
 		}
 	} else if ip.Less(p.Start) || p.End.Less(ip) {
 		return false
+	} else if a.shards != nil && !a.shardUsable(ip, mac, now) {
+		return false
 	}
 	if until, ok := a.declined[ip]; ok {
 		if now.Before(until) {
@@ -270,23 +274,32 @@ func (a *allocator) offer(p *Pool, mac hwaddr.MAC, known bool, requested netip.A
 	if !ok || cur < start || cur > end {
 		cur = start
 	}
+	served := a.shards == nil
 	for i := uint32(0); i < size; i++ {
 		ip := addr32(cur)
 		cur++
 		if cur > end {
 			cur = start
 		}
+		if a.notServed(p, ip, now) {
+			continue
+		}
+		served = true
 		if a.usable(p, ip, mac, now) {
 			a.cursor[p.Subnet] = cur
 			take(ip)
 			return ip, nil
 		}
 	}
+	if !served {
+		return netip.Addr{}, errNoShard
+	}
 	return netip.Addr{}, errExhausted
 }
 
 var (
 	errExhausted   = errors.New("pool exhausted")
+	errNoShard     = errors.New("this server holds no shard of the pool")
 	errStrangerCap = errors.New("unknown machines hold as many addresses as they may")
 )
 

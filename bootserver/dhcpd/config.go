@@ -104,6 +104,13 @@ type Config struct {
 	MaxInFlight int
 	// DeclineHold is how long an address a client DECLINEd stays out of use; zero means 10 min.
 	DeclineHold time.Duration
+	// Shards, if set, limits the dynamic range to the shards this server holds (several servers
+	// on one segment; see Shards). Nil: this server alone hands out the pools' addresses.
+	Shards Shards
+	// Probe, if set, reports whether an address answers on the link (ARP or ICMP echo, short
+	// timeout). An address another client held before is probed before it is offered again; one
+	// that answers is kept out of use as if DECLINEd.
+	Probe func(netip.Addr) bool
 	// OnEvent, if set, receives boot events (see EventFunc).
 	OnEvent EventFunc
 	// Logger receives one line per event at Debug and problems at Warn; nil discards.

@@ -97,8 +97,11 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 	if !s.pinAddress(p, f, known) {
 		return nil, nil
 	}
-	ip, err := s.alloc.offer(p, mac, known, addrOf(req.RequestedIPAddress()), now)
+	ip, err := s.offer(p, mac, known, addrOf(req.RequestedIPAddress()), now)
 	switch err {
+	case errNoShard:
+		s.drop(dropNoShard, mac, p.Subnet.String())
+		return nil, nil
 	case errExhausted:
 		s.warn.Warn("dhcp pool exhausted: widen the pool or shorten the lease time", "pool", p.Subnet, "mac", mac.String())
 		s.drop(dropExhausted, mac, p.Subnet.String())
@@ -109,7 +112,30 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dh
 		s.drop(dropUnknownCap, mac, p.Subnet.String())
 		return nil, nil
 	}
-	return s.grant(req, s.reply(req, dhcpv4.MessageTypeOffer), p, f, ip)
+	return s.grant(req, s.reply(req, dhcpv4.MessageTypeOffer), p, f, ip, s.alloc.leaseEnd(p, mac, ip, now).Sub(now))
+}
+
+// maxProbes bounds the addresses one DISCOVER may find in use before it gets no offer.
+const maxProbes = 3
+
+// offer is allocator.offer, with Config.Probe asked about an address another client held before:
+// one that answers on the link is kept out of use (as if declined) and the next is tried.
+func (s *Server) offer(p *Pool, mac hwaddr.MAC, known bool, requested netip.Addr, now time.Time) (netip.Addr, error) {
+	for range maxProbes {
+		ip, err := s.alloc.offer(p, mac, known, requested, now)
+		if err != nil || s.cfg.Probe == nil {
+			return ip, err
+		}
+		if l, ok := s.cfg.Leases.ByIP(ip); !ok || l.MAC == mac || !s.cfg.Probe(ip) {
+			return ip, nil
+		}
+		s.warn.Warn("dhcp: a free address answers on the link, kept out of use: find the host that took it", "ip", ip)
+		s.drop(dropInUse, mac, ip.String())
+		s.alloc.decline(ip, now)
+		s.alloc.unhold(mac)
+		requested = netip.Addr{}
+	}
+	return netip.Addr{}, errExhausted
 }
 
 func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
@@ -134,6 +160,13 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 		s.drop(dropNoPool, mac, req.GatewayIPAddr.String())
 		return nil, nil
 	}
+	if s.alloc.notServed(p, want, now) {
+		// Another server holds the address's shard: it answers (a NAK from here would take the
+		// address away from a client that holds it).
+		s.alloc.unhold(mac)
+		s.drop(dropNotHeld, mac, want.String())
+		return nil, nil
+	}
 	known := s.known(f)
 	if !s.pinAddress(p, f, known) {
 		return nil, nil
@@ -149,7 +182,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 	if r, ok := s.alloc.reservation(p, mac); ok && r.IP == want && r.Hostname != "" {
 		hostname = r.Hostname
 	}
-	l := leases.Lease{MAC: mac, IP: want, Expiry: now.Add(p.LeaseTime), Hostname: hostname}
+	l := leases.Lease{MAC: mac, IP: want, Expiry: s.alloc.leaseEnd(p, mac, want, now), Hostname: hostname}
 	err := s.cfg.Leases.Commit(l)
 	s.alloc.unhold(mac)
 	if !known && err == nil {
@@ -162,16 +195,22 @@ func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhc
 		s.drop(dropStore, mac, err.Error())
 		return nil, nil
 	}
+	if s.alloc.notServed(p, want, time.Now()) {
+		// The shard's renew deadline passed while the lease was written: another server may
+		// take the shard from now on, so no ACK leaves (the client asks again).
+		s.drop(dropShardLost, mac, want.String())
+		return nil, nil
+	}
 	r := s.reply(req, dhcpv4.MessageTypeAck)
 	r.ClientIPAddr = req.ClientIPAddr
-	return s.grant(req, r, p, f, want)
+	return s.grant(req, r, p, f, want, l.Expiry.Sub(now))
 }
 
 // grant completes an OFFER or ACK of ip from p with the lease and boot options, counts it,
 // logs it and reports it as an event.
-func (s *Server) grant(req, r *dhcpv4.DHCPv4, p *Pool, f ClientFacts, ip netip.Addr) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+func (s *Server) grant(req, r *dhcpv4.DHCPv4, p *Pool, f ClientFacts, ip netip.Addr, lease time.Duration) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	r.YourIPAddr = ipOf(ip)
-	s.leaseOptions(r, p, f.MAC)
+	s.leaseOptions(r, p, f.MAC, lease)
 	boot := s.boot(f)
 	applyBoot(r, boot, f)
 	s.cfg.Logger.Debug(s.sent(r, f, ip, boot), "mac", f.MAC, "ip", ip, "file", boot.File, "relay", req.GatewayIPAddr)
@@ -315,11 +354,14 @@ func (s *Server) netOptions(r *dhcpv4.DHCPv4, p *Pool) {
 	}
 }
 
-func (s *Server) leaseOptions(r *dhcpv4.DHCPv4, p *Pool, mac hwaddr.MAC) {
+// leaseOptions sets the network options and the lease's time (option 51, T1 and T2 at half and
+// 7/8 of it), rounded down to whole seconds so the client never counts past the stored expiry.
+func (s *Server) leaseOptions(r *dhcpv4.DHCPv4, p *Pool, mac hwaddr.MAC, lease time.Duration) {
 	s.netOptions(r, p)
-	r.UpdateOption(dhcpv4.OptIPAddressLeaseTime(p.LeaseTime))
-	r.UpdateOption(dhcpv4.OptRenewTimeValue(p.LeaseTime / 2))
-	r.UpdateOption(dhcpv4.OptRebindingTimeValue(p.LeaseTime * 7 / 8))
+	lease = lease.Truncate(time.Second)
+	r.UpdateOption(dhcpv4.OptIPAddressLeaseTime(lease))
+	r.UpdateOption(dhcpv4.OptRenewTimeValue(lease / 2))
+	r.UpdateOption(dhcpv4.OptRebindingTimeValue(lease * 7 / 8))
 	if res, ok := s.alloc.reservation(p, mac); ok && res.Hostname != "" && addrOf(r.YourIPAddr) == res.IP {
 		r.UpdateOption(dhcpv4.OptHostName(res.Hostname))
 	}

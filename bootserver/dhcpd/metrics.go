@@ -53,6 +53,10 @@ const (
 	dropBusy        = "busy"
 	dropUnknownCap  = "unknown_cap"
 	dropSilenced    = "silenced"
+	dropNoShard     = "no_shard"
+	dropNotHeld     = "shard_not_held"
+	dropShardLost   = "shard_lost"
+	dropInUse       = "probe_in_use"
 )
 
 func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error) {

@@ -1,12 +1,14 @@
-// Package peers tells a boot server which other servers of its segment are alive and at which URL,
-// so that the iPXE script can name them all and a download in flight on a server that dies is
-// retried from the next (bootserver/httpd's Script).
+// Package peers tells a boot server which servers of its segment are alive and at which URL: the
+// iPXE script names them all so that a download in flight on a server that dies is retried from the
+// next (bootserver/httpd's Script), and the pool's shards are divided among the live identities
+// (bootserver/shards).
 //
-// Each server holds a presence Lease (coordination.k8s.io) of its own, named after its identity,
+// Each server holds one presence Lease (coordination.k8s.io) of its own, named after its identity,
 // with its URL in an annotation, renewed every RetryPeriod; a Lease not renewed within its duration
-// is a dead server's. The list is read with the renewals and kept in memory: rendering a script
-// makes no API call. Presence Leases are separate from the shards' Leases (they say who is alive,
-// not who owns what) and cost one write per server per RetryPeriod.
+// is a dead server's, and a server that stops deletes its own so that the others take its shards at
+// once. The list is read with the renewals and kept in memory: rendering a script or balancing the
+// shards makes no API call. Presence Leases are separate from the shards' Leases (they say who is
+// alive, not who owns what) and cost one write per server per RetryPeriod.
 package peers
 
 import (
@@ -60,7 +62,9 @@ type Peers struct {
 	opts   Options
 	log    *slog.Logger
 	others atomic.Pointer[[]string]
-	live   prometheus.Gauge
+	// servers is the live identities, this server's included, sorted; nil before the first list.
+	servers atomic.Pointer[[]string]
+	live    prometheus.Gauge
 }
 
 // New makes Peers; Run keeps them.
@@ -96,9 +100,20 @@ func New(opts Options) (*Peers, error) {
 // order). It never calls the API.
 func (p *Peers) Others() []string { return *p.others.Load() }
 
-// Run renews the presence and reads the others every RetryPeriod until ctx ends; API errors are
-// logged and retried (a server that cannot reach the API keeps naming the servers it saw last:
-// a dead one among them costs a machine one failed download before the next is tried).
+// Live returns the identities of the live servers, this one's included, sorted (every server sees
+// the same order), or nil before the others were first read. It never calls the API; an API error
+// keeps the servers seen last.
+func (p *Peers) Live() []string {
+	if l := p.servers.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+// Run renews the presence and reads the others every RetryPeriod until ctx ends, then deletes the
+// presence Lease; API errors are logged and retried (a server that cannot reach the API keeps naming
+// the servers it saw last: a dead one among them costs a machine one failed download before the
+// next is tried).
 func (p *Peers) Run(ctx context.Context) error {
 	t := time.NewTicker(p.opts.RetryPeriod)
 	defer t.Stop()
@@ -108,15 +123,28 @@ func (p *Peers) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			p.leave()
 			return nil
 		case <-t.C:
 		}
 	}
 }
 
-// Sync renews this server's presence and reads the others once.
+// leave deletes this server's presence Lease, so that the others count it out (and take its
+// shards) at once rather than after LeaseDuration.
+func (p *Peers) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), p.opts.RetryPeriod)
+	defer cancel()
+	err := p.opts.Client.CoordinationV1().Leases(p.opts.Namespace).Delete(ctx, p.name(), metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		p.log.Warn("boot server presence: not deleted; the others count this server out after the Lease's duration", "err", err)
+	}
+}
+
+// Sync renews this server's presence and reads the others once. It gives up after half the Lease's
+// duration: a renewal later than that would leave the others too little margin anyway.
 func (p *Peers) Sync(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.RetryPeriod)
+	ctx, cancel := context.WithTimeout(ctx, p.opts.LeaseDuration/2)
 	defer cancel()
 	err := p.renew(ctx)
 	l, lerr := p.opts.Client.CoordinationV1().Leases(p.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=" + p.segment()})
@@ -125,16 +153,22 @@ func (p *Peers) Sync(ctx context.Context) error {
 	}
 	now := p.opts.Now()
 	var others []string
+	servers := []string{p.opts.Identity}
 	for _, l := range l.Items {
-		url := l.Annotations[URLAnnotation]
-		if url == "" || url == p.opts.URL || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
-			continue
-		}
-		if now.After(l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)) {
+		s := l.Spec
+		if s.RenewTime == nil || s.LeaseDurationSeconds == nil || now.After(s.RenewTime.Add(time.Duration(*s.LeaseDurationSeconds)*time.Second)) {
 			continue // a dead server's
 		}
-		others = append(others, url)
+		if s.HolderIdentity != nil && *s.HolderIdentity != "" {
+			servers = append(servers, *s.HolderIdentity)
+		}
+		if url := l.Annotations[URLAnnotation]; url != "" && url != p.opts.URL {
+			others = append(others, url)
+		}
 	}
+	slices.Sort(servers)
+	servers = slices.Compact(servers)
+	p.servers.Store(&servers)
 	slices.Sort(others)
 	others = slices.Compact(others)
 	if len(others) > p.opts.MaxPeers {

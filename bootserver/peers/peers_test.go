@@ -63,6 +63,9 @@ func TestPeers(t *testing.T) {
 	if got, want := a.Others(), []string{"http://10.0.0.2:8080", "http://10.0.0.3:8080"}; !slices.Equal(got, want) {
 		t.Errorf("a sees %v, want %v", got, want)
 	}
+	if got, want := a.Live(), []string{"bs-a", "bs-b", "bs-c"}; !slices.Equal(got, want) {
+		t.Errorf("a's live servers: %v, want %v", got, want)
+	}
 	// c stops renewing (it died): 10 s later it is still listed, 16 s later no more.
 	clk.add(10 * time.Second)
 	sync(a, b)
@@ -80,5 +83,18 @@ func TestPeers(t *testing.T) {
 	}
 	if got, want := other.Others(), []string(nil); !slices.Equal(got, want) {
 		t.Errorf("another segment's server sees %v", got)
+	}
+	if got, want := other.Live(), []string{"bs-x"}; !slices.Equal(got, want) {
+		t.Errorf("another segment's server's live servers: %v, want %v", got, want)
+	}
+	// b stops: its Lease is deleted, and a counts it out at once, before the Lease would expire.
+	bctx, stop := context.WithCancel(ctx)
+	stop()
+	if err := b.Run(bctx); err != nil {
+		t.Fatal(err)
+	}
+	sync(a)
+	if got, want := a.Live(), []string{"bs-a", "bs-c"}; !slices.Equal(got, want) {
+		t.Errorf("a's live servers after b stopped: %v, want %v", got, want)
 	}
 }

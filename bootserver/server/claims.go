@@ -7,8 +7,10 @@ import (
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
+	"github.com/pxejoin/pxejoin/bootserver/config"
 	"github.com/pxejoin/pxejoin/bootserver/inventory"
 	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
@@ -21,15 +23,22 @@ func (s *Server) newClaimer(cl *Cluster, read kubernetes.Interface) error {
 	if h == nil || h.Claims == nil || s.kube == nil {
 		return nil
 	}
-	dyn := cl.Dynamic
+	dyn, ipc := cl.Dynamic, read
 	if cl.Config != nil {
+		// One budget of their own (api.claims) for both: a claim's requests never wait behind the
+		// informers' lists, and a burst of claims never delays anything else.
+		rc := budgeted(cl.Config, s.cfg.API.Claims)
+		rc.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(rc.QPS, rc.Burst)
 		var err error
-		if dyn, err = dynamic.NewForConfig(budgeted(cl.Config, s.cfg.API.Budget)); err != nil {
+		if dyn, err = dynamic.NewForConfig(rc); err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		if ipc, err = kubernetes.NewForConfig(rc); err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
 		}
 	}
 	start, end := h.Claims.Range()
-	c, err := addrclaim.New(addrclaim.Options{Client: read, Machines: dyn, Start: start, End: end, ServerName: h.Identity,
+	c, err := addrclaim.New(addrclaim.Options{Client: ipc, Machines: dyn, Start: start, End: end, ServerName: h.Identity,
 		Logger: s.log, Registerer: s.reg})
 	if err != nil {
 		return err
@@ -65,13 +74,24 @@ func (s *Server) address(mac hwaddr.MAC, uuid []byte) (netip.Addr, string, error
 	return a.IPv4, a.NodeName, nil
 }
 
-// newPeers makes this server's presence among the segment's servers when dhcp.ha is set.
-func (s *Server) newPeers(read kubernetes.Interface) error {
+// newPeers makes this server's presence among the segment's servers when dhcp.ha is set, and the
+// client that the presence and the shards' Leases share (s.haClient).
+func (s *Server) newPeers(cl *Cluster) error {
 	h := s.cfg.DHCP.HA
 	if h == nil {
 		return nil
 	}
-	p, err := peers.New(peers.Options{Client: read, Namespace: h.Namespace, Prefix: h.NamePrefix, Identity: h.Identity, URL: s.url,
+	s.haClient = cl.Client
+	if cl.Config != nil {
+		// A budget of its own: the presence and every shard are renewed or tried each retry
+		// period, and Lease renewals must never wait behind token or status writes.
+		qps := float32(h.Shards)/float32(h.RetryPeriod.Seconds())*2 + float32(h.Shards)/float32(h.MirrorInterval.Seconds()) + 10
+		var err error
+		if s.haClient, err = kubernetes.NewForConfig(budgeted(cl.Config, config.Budget{QPS: qps, Burst: int(qps) * 2})); err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+	}
+	p, err := peers.New(peers.Options{Client: s.haClient, Namespace: h.Namespace, Prefix: h.NamePrefix, Identity: h.Identity, URL: s.url,
 		LeaseDuration: h.LeaseDuration, RetryPeriod: h.RetryPeriod, Logger: s.log, Registerer: s.reg})
 	if err != nil {
 		return err

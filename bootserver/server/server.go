@@ -21,6 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pxejoin/pxejoin/bootserver/addrclaim"
 	"github.com/pxejoin/pxejoin/bootserver/approver"
@@ -31,6 +32,7 @@ import (
 	"github.com/pxejoin/pxejoin/bootserver/leases"
 	"github.com/pxejoin/pxejoin/bootserver/peers"
 	"github.com/pxejoin/pxejoin/bootserver/routeradv"
+	"github.com/pxejoin/pxejoin/bootserver/shards"
 	"github.com/pxejoin/pxejoin/bootserver/status"
 	"github.com/pxejoin/pxejoin/bootserver/statussync"
 	"github.com/pxejoin/pxejoin/bootserver/tftpd"
@@ -80,6 +82,10 @@ type Server struct {
 	approver  *approver.Controller // nil without a cluster or with approval.mode kubeadm
 	claims    *addrclaim.Claimer   // nil without dhcp.ha.claims
 	peers     *peers.Peers         // nil without dhcp.ha
+	haClient  kubernetes.Interface // the presence's and the shards' Leases (claims.go)
+
+	shards *shards.Manager   // nil without dhcp.ha (shards.go)
+	prober *dhcpd.ICMPProber // nil without dhcp.ha
 }
 
 // New opens the state store, connects to the cluster (if one is configured) and builds every part;
@@ -156,7 +162,7 @@ func New(opts Options) (_ *Server, err error) {
 		if err := s.newClaimer(cl, api.read); err != nil {
 			return nil, err
 		}
-		if err := s.newPeers(api.read); err != nil {
+		if err := s.newPeers(cl); err != nil {
 			return nil, err
 		}
 		tk, endpoint, pins = s.tokens, cl.Endpoint, cl.CAPins
@@ -328,6 +334,9 @@ func (s *Server) newDHCP() (err error) {
 			return fmt.Errorf("lease store in %s: %w: make the state directory writable by the boot server and stop any other bootserver using it, or set another stateDir (--state-dir)", c.StateDir, err)
 		}
 		dc.Leases = s.leases
+		if err := s.newShards(&dc, p); err != nil {
+			return err
+		}
 	}
 	d, err := dhcpd.New(dc)
 	if err != nil {
@@ -430,6 +439,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.ra != nil {
 		g.Go(func() error { return s.opts.InNetns(func() error { return s.ra.Serve(ctx) }) })
 	}
+	g.Go(func() error { return s.serveShards(ctx) })
 	if s.tokens != nil {
 		g.Go(func() error {
 			if err := s.tokens.Run(ctx); err != nil && ctx.Err() == nil {
@@ -479,6 +489,9 @@ func (s *Server) Close() {
 	}
 	if s.status != nil {
 		_ = s.status.Close()
+	}
+	if s.prober != nil {
+		_ = s.prober.Close()
 	}
 	if s.leases != nil {
 		_ = s.leases.Close()

@@ -20,6 +20,9 @@ type dhcpClient struct {
 	mu      sync.Mutex
 	waiters map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4
 	done    chan struct{}
+	// onReply, if set before the first request, sees every reply on the link (ha.go collects
+	// the ACKs of every server).
+	onReply func(*dhcpv4.DHCPv4)
 }
 
 func newDHCPClient(ns *netlab.NS, ifname string) (*dhcpClient, error) {
@@ -52,6 +55,9 @@ func (c *dhcpClient) readLoop() {
 		m, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil || m.OpCode != dhcpv4.OpcodeBootReply {
 			continue
+		}
+		if c.onReply != nil {
+			c.onReply(m)
 		}
 		c.mu.Lock()
 		ch := c.waiters[m.TransactionID]

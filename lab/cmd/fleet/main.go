@@ -1,7 +1,7 @@
 // Command fleet is make bench-fleet: N simulated machines PXE-boot through the real boot server and
 // join a real control plane at once, beside a control-plane-only reference (lab/fleet).
 //
-//	fleet [-n 1000] [-inventory file|kubernetes|both] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
+//	fleet [-n 1000] [-ha] [-inventory file|kubernetes|both] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
 //
 // FLEET_N sets -n's default. Needs root (network namespaces) and make deps / make k8s.
 package main
@@ -32,6 +32,7 @@ func main() {
 	keep := flag.String("keep", "", "work in this directory and keep it (logs, configurations, the machines' roots)")
 	noRef := flag.Bool("no-reference", false, "skip the control-plane-only reference run")
 	maxJoins := flag.Int("max-joins", 100, "agent joins running at once in this process (both runs)")
+	ha := flag.Bool("ha", false, "the HA DHCP benchmark instead: N unknown machines through one boot server, through two (dhcp.ha), and with one of two killed (half of those machines with a reserved or claimed address)")
 	inventory := flag.String("inventory", fleet.InventoryFile, "the boot server's inventory: file (its YAML), kubernetes (N Machine resources) or both (one run each)")
 	flag.Parse()
 	dir := *keep
@@ -46,6 +47,16 @@ func main() {
 	defer cleanup()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *ha {
+		res, err := fleet.RunHA(ctx, fleet.Options{N: n, Bootserver: *bin, Dir: dir, Logf: log.Printf})
+		if err != nil {
+			log.Print(err)
+			cleanup()
+			os.Exit(1)
+		}
+		fmt.Print(res)
+		return
+	}
 	res, err := fleet.Run(ctx, fleet.Options{N: n, Bootserver: *bin, Dir: dir, NoReference: *noRef, MaxJoins: *maxJoins, Inventory: *inventory, Logf: log.Printf})
 	if err != nil {
 		log.Print(err)

@@ -37,9 +37,10 @@ test: deps k8s vet build
 	VAGRANT_DOTFILE_PATH=$$(mktemp -d) vagrant validate
 
 # Every VM case: BIOS, UEFI with the iPXE ROM, UEFI native PXE, wrong CA pin, boot server restart, a
-# control-plane node PXE-booted into the kubeadm-made cluster (TestControlPlaneVMJoin).
+# control-plane node PXE-booted into the kubeadm-made cluster (TestControlPlaneVMJoin), the persistent
+# cases (a refused disk, a re-image, another cluster's credentials) and a boot server killed mid-boot.
 test-e2e: deps k8s build
-	PXEJOIN_E2E=all $(GO) test -count=1 -v -timeout 60m ./lab/e2e
+	PXEJOIN_E2E=all $(GO) test -count=1 -v -timeout 150m ./lab/e2e
 
 # The node image (debootstrap + containerd + kubelet, squashfs), cached by inputs.
 images: deps k8s

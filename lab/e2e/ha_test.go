@@ -75,15 +75,7 @@ func runHAKill(t *testing.T, name, killAt string, hostDown bool) {
 	node, mac := "vm-"+name, n.MAC(1)
 	dyn := haMachine(ctx, t, cp, node, mac)
 	servers := []*labenv.BootServer{haServer(ctx, t, n, cp, img, "a", 2), haServer(ctx, t, n, cp, img, "b", 3)}
-	// Each names the other in its scripts once it has seen the other's presence Lease.
-	for _, s := range servers {
-		if !eventually.Within(time.Minute, func() bool {
-			metrics, err := httpGet(s.URL() + "/metrics")
-			return err == nil && strings.Contains(metrics, "\npxejoin_peers_live 1\n")
-		}) {
-			t.Fatalf("%s does not see the other server (pxejoin_peers_live); log:\n%s", s.URL(), s.LogTail(40))
-		}
-	}
+	waitPeers(t, servers)
 
 	v := startVM(t, n, node, mac, vm.BIOS, 2048)
 
@@ -200,6 +192,20 @@ func runHAKill(t *testing.T, name, killAt string, hostDown bool) {
 // haServer runs boot server id in a namespace of its own at 10.77.<subnet>.<host>, its eth0 on the
 // lab bridge, with dhcp.ha and address claims in .20-.40; the test process reaches it through the
 // lab namespace, which routes.
+// waitPeers waits until each of two servers names the other in its scripts: it has seen the
+// other's presence Lease.
+func waitPeers(t *testing.T, servers []*labenv.BootServer) {
+	t.Helper()
+	for _, s := range servers {
+		if !eventually.Within(time.Minute, func() bool {
+			metrics, err := httpGet(s.URL() + "/metrics")
+			return err == nil && strings.Contains(metrics, "\npxejoin_peers_live 1\n")
+		}) {
+			t.Fatalf("%s does not see the other server (pxejoin_peers_live); log:\n%s", s.URL(), s.LogTail(40))
+		}
+	}
+}
+
 func haServer(ctx context.Context, t *testing.T, n *labenv.Net, cp *controlplane.ControlPlane, img *labenv.Image, id string, host int) *labenv.BootServer {
 	t.Helper()
 	prefix := n.BridgeAddr[:strings.LastIndex(n.BridgeAddr, ".")]
@@ -268,7 +274,7 @@ func TestJoinFileFromTheOtherServer(t *testing.T) {
 	haMachine(ctx, t, cp, node, mac)
 	// The servers only serve the image's files; this test boots nothing.
 	imgDir := t.TempDir()
-	img := &labenv.Image{Dir: imgDir, Kernel: filepath.Join(imgDir, "vmlinuz"), Initrd: filepath.Join(imgDir, "initramfs.cpio.zst"),
+	img := &labenv.Image{Dir: imgDir, Kernel: filepath.Join(imgDir, "vmlinuz"), Initrd: filepath.Join(imgDir, "initramfs.img"),
 		Root: filepath.Join(imgDir, "root.squashfs")}
 	for _, f := range []string{img.Kernel, img.Initrd, img.Root} {
 		if err := os.WriteFile(f, []byte("not booted"), 0o644); err != nil {
@@ -276,6 +282,7 @@ func TestJoinFileFromTheOtherServer(t *testing.T) {
 		}
 	}
 	servers := []*labenv.BootServer{haServer(ctx, t, n, cp, img, "a", 2), haServer(ctx, t, n, cp, img, "b", 3)}
+	waitPeers(t, servers) // else the script may not name the other server yet
 
 	// The machine: a namespace on the lab bridge with the Machine's MAC, addressed by DHCP.
 	ns := netlab.New(t, "ham")

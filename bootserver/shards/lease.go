@@ -123,6 +123,9 @@ func (l *fencedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecor
 }
 
 func (l *fencedLock) Create(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	if err := l.m.mayTake(l.s, ""); err != nil {
+		return err
+	}
 	err := l.Interface.Create(ctx, r)
 	if err == nil {
 		l.m.renewed(l.s, r.RenewTime.Time, "")
@@ -157,6 +160,11 @@ func (l *fencedLock) Update(ctx context.Context, r resourcelock.LeaderElectionRe
 		// bindings or allocating from it (TestHAStop). End the candidate instead: a new one
 		// acquires the shard, loads its mirrored bindings, and adopts it if needed.
 		return errTakenMeanwhile
+	}
+	if r.HolderIdentity == l.m.cfg.Identity && !l.acquired {
+		if err := l.m.mayTake(l.s, l.seen); err != nil {
+			return err
+		}
 	}
 	err := l.Interface.Update(ctx, r)
 	if err == nil && r.HolderIdentity == l.m.cfg.Identity {

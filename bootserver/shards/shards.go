@@ -8,10 +8,16 @@
 // election); a server allocates only from shards it holds.
 //
 // Who should hold what: the live servers (Config.Live: bootserver/peers' presence Leases), sorted,
-// divide the shards round robin (shard i's home is live[i % len(live)]), so
-// each holds its fair share. A server runs a candidate for its home shards and gives back, cleanly,
-// any shard whose home is another live server: it stops allocating, writes the shard's bindings to
-// the API, then releases the Lease, and the home server takes it at once.
+// divide the shards round robin (shard i's home is live[i % len(live)]), so each holds its fair
+// share. A server runs a candidate for every shard: for its home shards one that takes a free,
+// released or expired Lease; for the others a standby, which takes only a Lease whose holder let it
+// expire and is no longer live. The standby has watched the Lease all along, so a dead server's
+// shards are adopted LeaseDuration after its last renewal, not LeaseDuration after its presence
+// expired (client-go counts a Lease expired from the moment its candidate first saw it unchanged:
+// a candidate started only once the presence expired needed 8.2–9.2 s with test timings of 4 s,
+// where the target is LeaseDuration + MCLT = 9 s). A server gives back, cleanly, any shard it holds
+// whose home is another live server: it stops allocating, writes the shard's bindings to the API,
+// then releases the Lease, and the home server takes it at once.
 //
 // Safety: leader election does not fence, so
 //   - a holder allocates from a shard only until its last successful renewal plus RenewDeadline,
@@ -269,8 +275,8 @@ func (m *Manager) Serve(ctx context.Context) error {
 	}
 }
 
-// balance reads who is live and starts or gives back candidates so that this server runs one for
-// exactly its home shards. Until the live servers are known it runs none (a view without the others
+// balance reads who is live, runs a candidate for every shard (a standby for the shards of other
+// servers: mayTake), and gives back the shards it holds whose home is another live server. Until the live servers are known it runs none (a view without the others
 // would start a candidate for every shard, only to give most back). A stale view only moves shards
 // between servers: the shards' own Leases keep allocation safe.
 func (m *Manager) balance(cands context.Context) {
@@ -280,19 +286,41 @@ func (m *Manager) balance(cands context.Context) {
 		return
 	}
 	m.metrics.live.Set(float64(len(live)))
-	me := slices.Index(live, m.cfg.Identity)
 	for _, s := range m.shards {
-		home := me < 0 || live[s.i%len(live)] == m.cfg.Identity
 		s.mu.Lock()
-		running := s.cancel != nil
+		running, ready := s.cancel != nil, s.ready
 		s.mu.Unlock()
 		switch {
-		case home && !running:
+		case !running:
 			m.runCandidate(cands, s)
-		case !home && running:
+		case ready && !m.home(s, live):
 			m.giveBack(s, "rebalance")
 		}
 	}
+}
+
+// home reports whether s's home is this server among live (all shards are, while this server is
+// not among them yet).
+func (m *Manager) home(s *shard, live []string) bool {
+	me := slices.Index(live, m.cfg.Identity)
+	return me < 0 || live[s.i%len(live)] == m.cfg.Identity
+}
+
+// errStandby refuses a standby's take of a Lease that is free, released, or held by a live server.
+var errStandby = errors.New("shards: not this server's shard, and its holder is live or let it go cleanly; the home server takes it")
+
+// mayTake reports whether this server's candidate may take s's Lease, whose holder was holder ("" if
+// released, or if there was no Lease yet): always at home; as a standby, only from a holder that is
+// no longer live (it let the Lease expire: the shard is adopted).
+func (m *Manager) mayTake(s *shard, holder string) error {
+	live := m.cfg.Live()
+	if len(live) == 0 || m.home(s, live) {
+		return nil
+	}
+	if holder != "" && holder != m.cfg.Identity && !slices.Contains(live, holder) {
+		return nil
+	}
+	return errStandby
 }
 
 // stepDown marks the shards whose renew deadline passed as lost: allocation stopped at the deadline

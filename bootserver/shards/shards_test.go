@@ -370,3 +370,37 @@ func TestNoTakeBackWhileRenewing(t *testing.T) {
 		t.Fatalf("a new candidate could not take the released Lease: %v", err)
 	}
 }
+
+// TestMayTake: a candidate takes any Lease of its home shards; a standby only one whose holder let
+// it expire and is no longer live (pure logic).
+func TestMayTake(t *testing.T) {
+	live := []string{"a", "b"}
+	m, err := New(Config{Start: netip.MustParseAddr("10.0.0.1"), End: netip.MustParseAddr("10.0.0.9"), Shards: 2,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, MCLT: time.Minute, MirrorInterval: time.Second,
+		Identity: "a", Namespace: "ns", NamePrefix: "p-", Live: func() []string { return live }, Client: fake.NewClientset(), Store: &leases.Store{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		live   []string
+		shard  int
+		holder string
+		ok     bool
+	}{
+		{[]string{"a", "b"}, 0, "", true},        // home: a new or released Lease
+		{[]string{"a", "b"}, 0, "b", true},       // home: expired, from a live server
+		{[]string{"a", "b"}, 1, "", false},       // b's shard, released or not created yet: b takes it
+		{[]string{"a", "b"}, 1, "b", false},      // b's, expired but b is live: b takes it back
+		{[]string{"a", "b"}, 1, "a", false},      // b's, once this server's: b adopts it
+		{[]string{"a", "b"}, 1, "c", true},       // b's, but c (gone) let it expire: adopt it now
+		{[]string{"a", "b", "c"}, 1, "c", false}, // c is live
+		{[]string{"b", "c"}, 1, "", true},        // a not among the live yet: every shard is home
+		{[]string{"a"}, 1, "", true},             // alone
+		{nil, 1, "b", true},                      // the live servers not known: no standby rule
+	} {
+		live = tt.live
+		if err := m.mayTake(m.shards[tt.shard], tt.holder); (err == nil) != tt.ok {
+			t.Errorf("live %v, shard %d, holder %q: mayTake = %v, want ok=%v", tt.live, tt.shard, tt.holder, err, tt.ok)
+		}
+	}
+}

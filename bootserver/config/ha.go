@@ -20,6 +20,7 @@ const (
 	DefaultHARenewDeadline  = 10 * time.Second
 	DefaultHARetryPeriod    = 2 * time.Second
 	DefaultHAMirrorInterval = time.Second
+	DefaultHATakeoverAfter  = 2 * time.Second // dhcpd.DefaultTakeoverAfter
 	DefaultHANamespace      = "pxejoin-system"
 	maxHAShards             = 256
 )
@@ -49,6 +50,10 @@ type HA struct {
 	// MirrorInterval is how often a shard's bindings are written to the API (when they changed);
 	// default 1s.
 	MirrorInterval time.Duration `yaml:"mirrorInterval"`
+	// TakeoverAfter: each DISCOVER is answered at once by one live server (RFC 3074's hash of the
+	// MAC picks it); the others answer a machine that is still DISCOVERing this long after they
+	// first left it to that server. Default 2s.
+	TakeoverAfter time.Duration `yaml:"takeoverAfter"`
 	// Namespace holds the shard Leases and the mirrored bindings; default pxejoin-system.
 	Namespace string `yaml:"namespace"`
 	// NamePrefix starts the names of the shard Leases and binding ConfigMaps (<prefix><shard>);
@@ -137,6 +142,7 @@ func (c *Config) validateHA(ck *checker) {
 		{"renewDeadline", &h.RenewDeadline, DefaultHARenewDeadline},
 		{"retryPeriod", &h.RetryPeriod, DefaultHARetryPeriod},
 		{"mirrorInterval", &h.MirrorInterval, DefaultHAMirrorInterval},
+		{"takeoverAfter", &h.TakeoverAfter, DefaultHATakeoverAfter},
 	}
 	bad := false
 	for _, d := range durations {

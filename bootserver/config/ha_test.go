@@ -21,7 +21,7 @@ func TestHADefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := HA{Shards: DefaultHAShards, MCLT: DefaultHAMCLT, LeaseDuration: DefaultHALeaseDuration,
-		RenewDeadline: DefaultHARenewDeadline, RetryPeriod: DefaultHARetryPeriod, MirrorInterval: DefaultHAMirrorInterval,
+		RenewDeadline: DefaultHARenewDeadline, RetryPeriod: DefaultHARetryPeriod, MirrorInterval: DefaultHAMirrorInterval, TakeoverAfter: DefaultHATakeoverAfter,
 		Namespace: DefaultHANamespace, NamePrefix: "pxejoin-dhcp-default-", Identity: c.API.ServerName}
 	if c.DHCP.HA == nil || *c.DHCP.HA != want {
 		t.Errorf("ha defaults: got %+v, want %+v", c.DHCP.HA, want)

@@ -107,6 +107,10 @@ type Config struct {
 	// Shards, if set, limits the dynamic range to the shards this server holds (several servers
 	// on one segment; see Shards). Nil: this server alone hands out the pools' addresses.
 	Shards Shards
+	// TakeoverAfter is how long a machine whose DISCOVERs are another live server's share (with
+	// Shards) keeps DISCOVERing before this server answers it too; zero means
+	// DefaultTakeoverAfter.
+	TakeoverAfter time.Duration
 	// Probe, if set, reports whether an address answers on the link (ARP or ICMP echo, short
 	// timeout). An address another client held before is probed before it is offered again; one
 	// that answers is kept out of use as if DECLINEd.
@@ -154,6 +158,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxUnknown <= 0 {
 		c.MaxUnknown = DefaultMaxUnknown
+	}
+	if c.TakeoverAfter <= 0 {
+		c.TakeoverAfter = DefaultTakeoverAfter
 	}
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = DefaultMaxInFlight

@@ -87,6 +87,10 @@ func (s *Server) poolOf(req *dhcpv4.DHCPv4) *Pool {
 
 func (s *Server) discover(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	mac := f.MAC
+	if !s.balance.answers(mac, now) {
+		s.drop(dropPeerShare, mac, "")
+		return nil, nil
+	}
 	s.event(Event{Kind: EventDiscover, MAC: mac, VendorClass: f.VendorClass})
 	p := s.poolOf(req)
 	if p == nil {
@@ -140,6 +144,7 @@ func (s *Server) offer(p *Pool, mac hwaddr.MAC, known bool, requested netip.Addr
 
 func (s *Server) request(req *dhcpv4.DHCPv4, f ClientFacts, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	mac := f.MAC
+	s.balance.done(mac)
 	if sid := req.ServerIdentifier(); sid != nil && addrOf(sid) != s.serverIP {
 		// The client took another server's offer: free ours.
 		s.alloc.unhold(mac)

@@ -27,6 +27,11 @@ type Metrics struct {
 	EventsDropped prometheus.Counter
 	// LeasesActive is the number of unexpired leases in the store.
 	LeasesActive prometheus.GaugeFunc
+	// Takeovers counts DISCOVERs answered here although another live server's share (balance.go):
+	// the machine was still DISCOVERing Config.TakeoverAfter after it was left to that server.
+	// BalanceFull counts DISCOVERs answered here because the machines left to other servers were
+	// as many as this server remembers.
+	Takeovers, BalanceFull prometheus.Counter
 
 	// The per-type counters, looked up once (the packet path indexes them by message type).
 	packetsByType, repliesByType [256]prometheus.Counter
@@ -57,6 +62,7 @@ const (
 	dropNotHeld     = "shard_not_held"
 	dropShardLost   = "shard_lost"
 	dropInUse       = "probe_in_use"
+	dropPeerShare   = "peer_share"
 )
 
 func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error) {
@@ -82,6 +88,12 @@ func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error
 		EventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pxejoin_dhcp_events_dropped_total", Help: "Boot events dropped because the event callback fell behind.",
 		}),
+		Takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pxejoin_dhcp_takeovers_total", Help: "DISCOVERs answered although another live server's share: the machine was still DISCOVERing dhcp.ha.takeoverAfter after it was left to that server.",
+		}),
+		BalanceFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pxejoin_dhcp_balance_full_total", Help: "DISCOVERs of another server's share answered here because this server remembers as many machines left to others as it may.",
+		}),
 		LeasesActive: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "pxejoin_dhcp_leases_active", Help: "Unexpired leases in the store.",
 		}, func() float64 {
@@ -97,7 +109,7 @@ func newMetrics(reg prometheus.Registerer, store *leases.Store) (*Metrics, error
 		m.repliesByType[t] = m.Replies.WithLabelValues(name)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.Packets, m.Dropped, m.Replies, m.Offered, m.Acked, m.Naked, m.EventsDropped, m.LeasesActive} {
+		for _, c := range []prometheus.Collector{m.Packets, m.Dropped, m.Replies, m.Offered, m.Acked, m.Naked, m.EventsDropped, m.Takeovers, m.BalanceFull, m.LeasesActive} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("dhcpd: register metrics: %w", err)
 			}

@@ -31,6 +31,7 @@ type Server struct {
 	ready    chan struct{}
 	inFlight chan struct{}   // a slot per request being handled (Config.MaxInFlight)
 	warn     *ratelog.Logger // Warn lines that the network triggers
+	balance  *balancer       // nil without Config.Shards
 }
 
 const eventBuffer = 1024
@@ -47,6 +48,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, metrics: m, serverIP: cfg.ServerIP, ready: make(chan struct{}),
 		inFlight: make(chan struct{}, cfg.MaxInFlight), warn: ratelog.New(cfg.Logger, 0)}
 	s.alloc = newAllocator(&s.cfg, func() netip.Addr { return s.serverIP })
+	if cfg.Shards != nil {
+		s.balance = newBalancer(cfg.Shards, cfg.TakeoverAfter, m)
+	}
 	if cfg.OnEvent != nil {
 		s.events = make(chan Event, eventBuffer)
 	}

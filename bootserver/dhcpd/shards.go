@@ -18,7 +18,8 @@ import (
 //     not serve: the server that holds the address's shard answers, and a NAK from this one would
 //     take a working address away (the INIT-REBOOT shortcut applies in held shards only);
 //   - hands a free-looking address to a new holder only when Reusable says so;
-//   - ends each lease no later than Expiry allows (a binding not yet mirrored gets at most MCLT).
+//   - ends each lease no later than Expiry allows (a binding not yet mirrored gets at most MCLT);
+//   - answers at once only its share of the DISCOVERs (Share; balance.go).
 type Shards interface {
 	// Serves reports whether this server may bind ip at now.
 	Serves(ip netip.Addr, now time.Time) bool
@@ -26,6 +27,9 @@ type Shards interface {
 	Reusable(ip netip.Addr, now time.Time) bool
 	// Expiry caps the end of a lease of ip by mac that would otherwise end at want.
 	Expiry(mac hwaddr.MAC, ip netip.Addr, now, want time.Time) time.Time
+	// Share returns this server's index among the live servers of the segment (sorted alike on
+	// every server) and their number; index < 0 or of < 2: this server answers every DISCOVER.
+	Share() (index, of int)
 }
 
 // sharded reports whether ip is subject to Shards: Shards is set and ip is in p's dynamic range and

@@ -22,6 +22,14 @@ type fakeShards struct {
 	mirrored map[hwaddr.MAC]bool
 	// budget, if positive, is how many more Serves calls answer true (then it stops serving).
 	budget int
+	// index and of are Share's answer (zero: answer every DISCOVER).
+	index, of int
+}
+
+func (f *fakeShards) Share() (int, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.index, f.of
 }
 
 var servedEnd = netip.MustParseAddr("10.78.0.149")

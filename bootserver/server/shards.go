@@ -32,7 +32,7 @@ func (s *Server) newShards(dc *dhcpd.Config, p dhcpd.Pool) error {
 	if err != nil {
 		return err
 	}
-	s.shards, dc.Shards = m, m
+	s.shards, dc.Shards, dc.TakeoverAfter = m, m, h.TakeoverAfter
 	err = s.opts.InNetns(func() (err error) { s.prober, err = dhcpd.NewICMPProber(probeTimeout); return err })
 	if err != nil {
 		s.log.Warn("dhcp.ha: addresses are not probed before they are offered again: give the boot server CAP_NET_RAW", "err", err)

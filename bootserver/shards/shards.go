@@ -345,3 +345,10 @@ func (m *Manager) stepDown(now time.Time) {
 		}
 	}
 }
+
+// Share returns this server's index among the live servers (sorted) and their number: the DHCP
+// server answers at once the DISCOVERs whose hash falls to its index (dhcpd's balance.go).
+func (m *Manager) Share() (index, of int) {
+	live := m.cfg.Live()
+	return slices.Index(live, m.cfg.Identity), len(live)
+}

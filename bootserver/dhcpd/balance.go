@@ -9,8 +9,8 @@ import (
 
 // Several servers on one segment (Config.Shards) all receive every broadcast DISCOVER. Answering
 // each from every server would cost each server the work of the whole segment (an offer, a held
-// address and a probe per server per DISCOVER, of which the client takes one): two servers on the
-// same cores did a third less than one. So each DISCOVER has one server that answers it at once, as in
+// address and often a probe per server per DISCOVER, of which the client takes one). So each
+// DISCOVER has one server that answers it at once, as in
 // RFC 3074's load balancing (what ISC dhcpd's failover and Kea's HA load-balancing mode do): the
 // RFC's hash of the client's hardware address, modulo the number of live servers, picks one of them
 // in the sorted order every server sees (Shards.Share). The others stay silent (drop reason

@@ -31,8 +31,8 @@ type Capacity struct {
 	// Retransmits counts the exchanges (DISCOVER→OFFER or REQUEST→ACK) that had to be sent again.
 	Retransmits int
 	// ClientDrops and ServerDrops count the UDP datagrams the kernel dropped for a full socket
-	// buffer (RcvbufErrors) in the client's namespace and in the servers' together: each drop
-	// costs a retransmit.
+	// buffer (RcvbufErrors) in the client's namespace and in the servers' together. A drop by
+	// the client costs a retransmit; one by a server only when no other server answers.
 	ClientDrops, ServerDrops int
 	// ServerCPU is each server's user+system CPU time over the run, in HA.Servers' order.
 	ServerCPU []time.Duration

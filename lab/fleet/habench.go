@@ -87,9 +87,12 @@ func RunHA(ctx context.Context, opts HABenchOptions) (*HAResult, error) {
 	}
 	// Every setup's servers are fresh, and no client releases its lease: the capacity run's
 	// machines and the burst's share one pool.
-	if room := haPoolSize() - 2*opts.InFlight; opts.InFlight < 1 || opts.N+opts.Capacity > room {
-		return nil, fmt.Errorf("ha: %d capacity machines, %d in flight and a burst of %d do not fit the pool of %d addresses: lower -capacity or -n (in flight: 1 or more)",
-			opts.Capacity, opts.InFlight, opts.N, haPoolSize())
+	if opts.InFlight < 1 || opts.Capacity < 1 || opts.N < 1 {
+		return nil, fmt.Errorf("ha: %d machines in flight, %d capacity machines, a burst of %d: choose 1 or more of each", opts.InFlight, opts.Capacity, opts.N)
+	}
+	if room := haPoolSize() - 2*opts.InFlight; opts.N+opts.Capacity > room {
+		return nil, fmt.Errorf("ha: %d capacity machines and a burst of %d do not fit the pool of %d addresses (less room for %d offers): lower -capacity or -n",
+			opts.Capacity, opts.N, haPoolSize(), 2*opts.InFlight)
 	}
 	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: filepath.Join(opts.Dir, "ha-cp"), Logf: opts.Logf})
 	if err != nil {

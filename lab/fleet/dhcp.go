@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -23,7 +24,14 @@ type dhcpClient struct {
 	// onReply, if set before the first request, sees every reply on the link (ha.go collects
 	// the ACKs of every server).
 	onReply func(*dhcpv4.DHCPv4)
+	// retransmitted counts the exchanges that sent their request more than once (no reply in
+	// time): a DHCP rate measured with retransmits measures the client's timeouts.
+	retransmitted atomic.Int64
 }
+
+// clientReadBuffer is the client socket's receive buffer (net.core.rmem_max caps it; 4 MiB
+// here): room for a few thousand replies.
+const clientReadBuffer = 4 << 20
 
 func newDHCPClient(ns *netlab.NS, ifname string) (*dhcpClient, error) {
 	var conn *net.UDPConn
@@ -32,6 +40,12 @@ func newDHCPClient(ns *netlab.NS, ifname string) (*dhcpClient, error) {
 		return err
 	})
 	if err != nil {
+		return nil, fmt.Errorf("DHCP client socket: %w", err)
+	}
+	// Every machine's replies arrive here, two OFFERs per DISCOVER with two servers: the
+	// default buffer (about 90 packets) overflows in a burst, and a drop looks like a slow server.
+	if err := conn.SetReadBuffer(clientReadBuffer); err != nil {
+		conn.Close()
 		return nil, fmt.Errorf("DHCP client socket: %w", err)
 	}
 	c := &dhcpClient{conn: conn, waiters: map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4{}, done: make(chan struct{})}
@@ -85,6 +99,9 @@ func (c *dhcpClient) exchange(p *dhcpv4.DHCPv4, want dhcpv4.MessageType) (*dhcpv
 	}()
 	dst := &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ServerPort}
 	for wait := time.Second; wait <= 8*time.Second; wait *= 2 {
+		if wait == 2*time.Second {
+			c.retransmitted.Add(1)
+		}
 		if _, err := c.conn.WriteTo(p.ToBytes(), dst); err != nil {
 			return nil, err
 		}

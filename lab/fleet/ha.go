@@ -54,10 +54,10 @@ type HAOptions struct {
 // namespace, the machines at 10.80.0.200; claims and reservations next (haknown.go); the pool after
 // them.
 const (
-	haPrefixLen = 20
+	haPrefixLen = 18
 	haClient    = "10.80.0.200"
 	haPoolStart = "10.80.5.1"
-	haPoolEnd   = "10.80.15.254"
+	haPoolEnd   = "10.80.63.254"
 )
 
 // Ack is one ACK a machine's DHCP client saw, from whichever server.
@@ -279,7 +279,7 @@ dhcp:
   mode: full
   pool: {start: %s, end: %s}
   leaseTime: 1h
-  maxUnknownLeases: 4000
+  maxUnknownLeases: 16000
   maxInFlight: 1024
 %stftp: {disabled: true}
 cluster: {kubeconfig: %s}

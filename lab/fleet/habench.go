@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,38 +13,86 @@ import (
 	"github.com/pxejoin/pxejoin/lab/controlplane"
 )
 
-// HAResult is the HA benchmark (make bench-fleet): N unknown machines' DHCP through one boot server
-// (the local store alone) and through two (dhcp.ha, shards), and a run where one of two is SIGKILLed
-// at 30% of the burst, with half the machines known (a reserved or claimed address: HAOptions.Known).
+// HAResult is the HA benchmark (make bench-fleet): unknown machines' DHCP through one boot server
+// (the local store alone) and through two (dhcp.ha, shards), each measured for capacity (a closed
+// loop: HABenchOptions.InFlight machines at a time) and as a burst (N at once), and a run where
+// one of two is SIGKILLed at 30% of a burst, with half the machines known (a reserved or claimed
+// address: HAOptions.Known).
 type HAResult struct {
 	N int
+	// One and Two are the runs through one server and through two.
+	One, Two HASetup
 	// Known is how many machines of the kill run had an address.
 	Known int
-	// OneServer and TwoServers are DORA/s for the burst, all servers together.
-	OneServer, TwoServers float64
-	// Failed counts machines without a lease after the burst, per run; Retried those of the kill run
+	// KillFailed counts the kill run's machines without a lease after the burst; Retried those
 	// still without one after booting again (as firmware does after a failed PXE boot).
-	Failed  [3]int
-	Retried int
+	KillFailed, Retried int
 	// Adopted is how long after the kill the survivor held every shard; Limit is lease duration +
 	// MCLT, the target.
 	Adopted, Limit time.Duration
 }
 
+// HASetup is one setup's figures: its capacity, then a burst of N machines at once.
+type HASetup struct {
+	Capacity *Capacity
+	// Burst is the time from the burst's start to its last ACK (not a rate: the client's
+	// retransmit timeouts decide it); Failed counts the burst's machines without a lease.
+	Burst  time.Duration
+	Failed int
+}
+
+func (s *HASetup) burst(n int) string {
+	if s.Failed == 0 {
+		return fmt.Sprintf("burst: all %d leased in %.1f s (time to the last ACK: retransmit timeouts, not a rate)", n, s.Burst.Seconds())
+	}
+	return fmt.Sprintf("burst: %d of %d leased in %.1f s, %d without a lease", n-s.Failed, n, s.Burst.Seconds(), s.Failed)
+}
+
 func (r *HAResult) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "HA DHCP, %d unknown machines at once:\n", r.N)
-	fmt.Fprintf(&b, "  one server (local store):   %.0f DORA/s\n", r.OneServer)
-	fmt.Fprintf(&b, "  two servers (dhcp.ha):      %.0f DORA/s together (%.2f× one; target ≥ 0.9×)\n", r.TwoServers, r.TwoServers/r.OneServer)
-	fmt.Fprintf(&b, "  one of two SIGKILLed at 30%% (%d of the machines with a reserved or claimed address): survivor held every shard %v after the kill (target ≤ lease duration + MCLT = %v)\n", r.Known, r.Adopted.Round(time.Millisecond), r.Limit)
-	fmt.Fprintf(&b, "  machines without a lease: %d / %d / %d (the kill run's after booting again: %d)\n", r.Failed[0], r.Failed[1], r.Failed[2], r.Retried)
+	fmt.Fprintf(&b, "HA DHCP, unknown machines:\n")
+	fmt.Fprintf(&b, "  one server (local store):\n    %s\n    %s\n", r.One.Capacity, r.One.burst(r.N))
+	fmt.Fprintf(&b, "  two servers (dhcp.ha):\n    %s\n    %s\n", r.Two.Capacity, r.Two.burst(r.N))
+	fmt.Fprintf(&b, "  two servers / one: capacity %.2f×, DORA per server CPU-second %.2f× (target ≥ 0.9×: sharding costs nothing measurable)\n",
+		r.Two.Capacity.Rate()/r.One.Capacity.Rate(), r.Two.Capacity.PerCPU()/r.One.Capacity.PerCPU())
+	fmt.Fprintf(&b, "  per core (what a multi-core deployment scales from, one server per core): %.0f DORA per CPU-second with one server, %.0f with two\n",
+		r.One.Capacity.PerCPU(), r.Two.Capacity.PerCPU())
+	fmt.Fprintf(&b, "  one of two SIGKILLed at 30%% of a burst of %d (%d of the machines with a reserved or claimed address): survivor held every shard %v after the kill (target ≤ lease duration + MCLT = %v)\n", r.N, r.Known, r.Adopted.Round(time.Millisecond), r.Limit)
+	fmt.Fprintf(&b, "    machines without a lease: %d after the burst, %d after booting again\n", r.KillFailed, r.Retried)
 	return b.String()
 }
 
+// HABenchOptions configure RunHA.
+type HABenchOptions struct {
+	Options
+	// InFlight is how many machines the capacity runs keep in flight; default 32. Fewer if the
+	// report shows retransmits.
+	InFlight int
+	// Capacity is how many machines each capacity run does; default 6000 (seconds of server CPU,
+	// so that CPU time's 10 ms ticks do not matter). With the burst's N, at most the pool's size
+	// (15,102) less some room for offers.
+	Capacity int
+}
+
 // RunHA runs the HA benchmark on a fresh control plane.
-func RunHA(ctx context.Context, opts Options) (*HAResult, error) {
+func RunHA(ctx context.Context, opts HABenchOptions) (*HAResult, error) {
 	if opts.N == 0 {
 		opts.N = 1000
+	}
+	if opts.InFlight == 0 {
+		opts.InFlight = 32
+	}
+	if opts.Capacity == 0 {
+		opts.Capacity = 6000
+	}
+	// Every setup's servers are fresh, and no client releases its lease: the capacity run's
+	// machines and the burst's share one pool.
+	if opts.InFlight < 1 || opts.Capacity < 1 || opts.N < 1 {
+		return nil, fmt.Errorf("ha: %d machines in flight, %d capacity machines, a burst of %d: choose 1 or more of each", opts.InFlight, opts.Capacity, opts.N)
+	}
+	if room := haPoolSize() - 2*opts.InFlight; opts.N+opts.Capacity > room {
+		return nil, fmt.Errorf("ha: %d capacity machines and a burst of %d do not fit the pool of %d addresses (less room for %d offers): lower -capacity or -n",
+			opts.Capacity, opts.N, haPoolSize(), 2*opts.InFlight)
 	}
 	cp, err := controlplane.Start(ctx, controlplane.Options{StateDir: filepath.Join(opts.Dir, "ha-cp"), Logf: opts.Logf})
 	if err != nil {
@@ -68,18 +117,28 @@ func RunHA(ctx context.Context, opts Options) (*HAResult, error) {
 				time.Sleep(100 * time.Millisecond)
 			}
 		}
-		adopted := make(chan time.Duration, 1)
-		if run == 2 {
-			killed := h.KillAt(h.Servers[0], opts.N*3/10)
-			go func() { // from the kill on, not after the burst: the burst waits out its lost offers
-				tKill := <-killed
-				for len(h.heldOf(1)) != h.opts.Shards && time.Since(tKill) < 2*time.Minute {
-					time.Sleep(50 * time.Millisecond)
-				}
-				adopted <- time.Since(tKill)
-			}()
+		if run < 2 {
+			setup := &res.One
+			if run == 1 {
+				setup = &res.Two
+			}
+			if err := setup.measure(h, run, opts); err != nil {
+				h.Close()
+				return nil, err
+			}
+			opts.logf("ha run %d (%d servers): %.0f DORA/s in a closed loop, burst of %d in %.1f s", run, servers, setup.Capacity.Rate(), opts.N, setup.Burst.Seconds())
+			h.Close()
+			continue
 		}
-		t0 := time.Now()
+		adopted := make(chan time.Duration, 1)
+		killed := h.KillAt(h.Servers[0], opts.N*3/10)
+		go func() { // from the kill on, not after the burst: the burst waits out its lost offers
+			tKill := <-killed
+			for len(h.heldOf(1)) != h.opts.Shards && time.Since(tKill) < 2*time.Minute {
+				time.Sleep(50 * time.Millisecond)
+			}
+			adopted <- time.Since(tKill)
+		}()
 		macs := make([]net.HardwareAddr, opts.N)
 		for i := range macs {
 			macs[i] = haMAC(10+run, i)
@@ -87,61 +146,82 @@ func RunHA(ctx context.Context, opts Options) (*HAResult, error) {
 				macs[i] = haMAC(KnownRun, i)
 			}
 		}
-		failed := doraAll(h, macs)
-		res.Failed[run] = len(failed)
-		rate := float64(opts.N) / time.Since(t0).Seconds()
-		if run == 2 {
-			// A first-boot claim waits on the API: under load some machines give up before theirs
-			// is made; they boot again, as firmware does after a failed PXE boot.
-			res.Retried = len(doraAll(h, failed))
+		failed, _ := doraAll(h, macs)
+		res.KillFailed = len(failed)
+		// A first-boot claim waits on the API: under load some machines give up before theirs
+		// is made; they boot again, as firmware does after a failed PXE boot.
+		failed, _ = doraAll(h, failed)
+		res.Retried = len(failed)
+		opts.logf("ha run 2 (2 servers, one killed): %d without a lease after the burst, %d after booting again", res.KillFailed, res.Retried)
+		res.Limit = h.opts.LeaseDuration + h.opts.MCLT
+		res.Adopted = <-adopted
+		if err := CheckAcks(h.Acks()); err != nil {
+			h.Close()
+			return nil, err
 		}
-		switch run {
-		case 0:
-			res.OneServer = rate
-		case 1:
-			res.TwoServers = rate
-		case 2:
-			res.Limit = h.opts.LeaseDuration + h.opts.MCLT
-			res.Adopted = <-adopted
-			if err := CheckAcks(h.Acks()); err != nil {
-				h.Close()
-				return nil, err
-			}
-			var known error
-			for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-				if known = h.CheckKnown(ctx, h.Acks()); known == nil {
-					break
-				}
-			}
-			if known != nil {
-				h.Close()
-				return nil, fmt.Errorf("ha: known machines: %w", known)
+		var known error
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+			if known = h.CheckKnown(ctx, h.Acks()); known == nil {
+				break
 			}
 		}
-		opts.logf("ha run %d (%d servers): %.0f DORA/s", run, servers, rate)
 		h.Close()
+		if known != nil {
+			return nil, fmt.Errorf("ha: known machines: %w", known)
+		}
 	}
 	return res, nil
 }
 
-// doraAll runs the DHCP of every machine of macs at once and returns those that got no lease.
-func doraAll(h *HA, macs []net.HardwareAddr) []net.HardwareAddr {
+// measure runs the capacity run, then the burst, on a fresh segment h.
+func (s *HASetup) measure(h *HA, run int, opts HABenchOptions) error {
+	macs := make([]net.HardwareAddr, opts.Capacity)
+	for i := range macs {
+		macs[i] = haMAC(20+run, i)
+	}
+	var err error
+	if s.Capacity, err = capacity(h, macs, opts.InFlight); err != nil {
+		return err
+	}
+	macs = make([]net.HardwareAddr, opts.N)
+	for i := range macs {
+		macs[i] = haMAC(10+run, i)
+	}
+	failed, last := doraAll(h, macs)
+	s.Failed, s.Burst = len(failed), last
+	return nil
+}
+
+// doraAll runs the DHCP of every machine of macs at once and returns those that got no lease, and
+// the time from the start to the last ACK.
+func doraAll(h *HA, macs []net.HardwareAddr) (failed []net.HardwareAddr, last time.Duration) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var failed []net.HardwareAddr
+	t0 := time.Now()
 	for _, mac := range macs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := h.DORA(mac); err != nil {
-				mu.Lock()
+		wg.Go(func() {
+			_, err := h.DORA(mac)
+			d := time.Since(t0)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
 				failed = append(failed, mac)
-				mu.Unlock()
+				return
 			}
-		}()
+			last = max(last, d)
+		})
 	}
 	wg.Wait()
-	return failed
+	return failed, last
+}
+
+// haPoolSize is how many addresses the HA segment's pool holds.
+func haPoolSize() int {
+	u := func(s string) int {
+		b := netip.MustParseAddr(s).As4()
+		return int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3])
+	}
+	return u(haPoolEnd) - u(haPoolStart) + 1
 }
 
 // heldOf is the shards server i says it may allocate from (none if it cannot be asked).

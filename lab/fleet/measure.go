@@ -79,23 +79,43 @@ func writeDelta(before, after map[string]float64) map[string]float64 {
 	return d
 }
 
-// cpuTime is a process's user+system CPU time so far (from /proc/PID/stat; clock ticks of 10 ms).
+// cpuTime is a process's user+system CPU time so far (procCPU; 0 if it cannot be read).
 func cpuTime(pid int) time.Duration {
+	d, _ := procCPU(pid)
+	return d
+}
+
+// procCPU is a process's user+system CPU time so far, all its threads, its children excluded
+// (/proc/PID/stat's utime and stime).
+func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, err
 	}
+	return parseStatCPU(b)
+}
+
+// parseStatCPU reads utime+stime (fields 14 and 15, in clock ticks of 10 ms) from a /proc/PID/stat
+// line. The command name (field 2) may hold spaces and parentheses: fields are counted after its
+// last ')'.
+func parseStatCPU(b []byte) (time.Duration, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0
+		return 0, fmt.Errorf("/proc/PID/stat: no command name in %q", b)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0
+		return 0, fmt.Errorf("/proc/PID/stat: %d fields after the command name, want 13 or more", len(f))
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * 10 * time.Millisecond
+	u, err := strconv.ParseInt(f[11], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/PID/stat: utime: %w", err)
+	}
+	s, err := strconv.ParseInt(f[12], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/PID/stat: stime: %w", err)
+	}
+	return time.Duration(u+s) * 10 * time.Millisecond, nil
 }
 
 // peakRSS is a process's peak resident set (VmHWM), in bytes.

@@ -1,7 +1,7 @@
 // Command fleet is make bench-fleet: N simulated machines PXE-boot through the real boot server and
 // join a real control plane at once, beside a control-plane-only reference (lab/fleet).
 //
-//	fleet [-n 1000] [-ha] [-inventory file|kubernetes|both] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
+//	fleet [-n 1000] [-ha [-capacity 6000] [-inflight 32]] [-inventory file|kubernetes|both] [-bootserver bin/bootserver] [-keep DIR] [-no-reference] [-max-joins 100]
 //
 // FLEET_N sets -n's default. Needs root (network namespaces) and make deps / make k8s.
 package main
@@ -32,7 +32,9 @@ func main() {
 	keep := flag.String("keep", "", "work in this directory and keep it (logs, configurations, the machines' roots)")
 	noRef := flag.Bool("no-reference", false, "skip the control-plane-only reference run")
 	maxJoins := flag.Int("max-joins", 100, "agent joins running at once in this process (both runs)")
-	ha := flag.Bool("ha", false, "the HA DHCP benchmark instead: N unknown machines through one boot server, through two (dhcp.ha), and with one of two killed (half of those machines with a reserved or claimed address)")
+	ha := flag.Bool("ha", false, "the HA DHCP benchmark instead: unknown machines through one boot server and through two (dhcp.ha), each in a closed loop (capacity) and N at once (burst), and N with one of two killed (half of those machines with a reserved or claimed address)")
+	capacity := flag.Int("capacity", 6000, "with -ha: machines of each closed-loop capacity run (one server, two)")
+	inFlight := flag.Int("inflight", 32, "with -ha: machines in flight in a capacity run; lower it if the report shows retransmits")
 	inventory := flag.String("inventory", fleet.InventoryFile, "the boot server's inventory: file (its YAML), kubernetes (N Machine resources) or both (one run each)")
 	flag.Parse()
 	dir := *keep
@@ -48,7 +50,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *ha {
-		res, err := fleet.RunHA(ctx, fleet.Options{N: n, Bootserver: *bin, Dir: dir, Logf: log.Printf})
+		res, err := fleet.RunHA(ctx, fleet.HABenchOptions{Options: fleet.Options{N: n, Bootserver: *bin, Dir: dir, Logf: log.Printf}, InFlight: *inFlight, Capacity: *capacity})
 		if err != nil {
 			log.Print(err)
 			cleanup()

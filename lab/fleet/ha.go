@@ -31,8 +31,10 @@ import (
 
 // HAOptions configure a segment of several boot servers (dhcp.ha).
 type HAOptions struct {
-	// Servers is how many boot servers share the segment (1 runs one without dhcp.ha).
+	// Servers is how many boot servers share the segment; HA runs one with dhcp.ha too (more
+	// always do).
 	Servers int
+	HA      bool
 	// Bootserver is the binary; Dir holds configurations, state and logs. Both required.
 	Bootserver, Dir string
 	// CP is the control plane the servers use (its apiserver on loopback).
@@ -259,7 +261,7 @@ func (h *HA) startServer(ctx context.Context, i int) (*HAServer, error) {
 		return nil, err
 	}
 	ha, known := "", ""
-	if h.opts.Servers > 1 {
+	if h.opts.Servers > 1 || h.opts.HA {
 		o := h.opts
 		claims := ""
 		if o.Known > 0 {

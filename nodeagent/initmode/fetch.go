@@ -42,8 +42,9 @@ func (a *Agent) get(ctx context.Context, url string, limit int64) (body []byte, 
 }
 
 // download writes url to path and returns its size. A download that breaks off on one server
-// starts again from the start on the next (the boot server's images are not big enough on the
-// machine's link for a Range request to be worth its code).
+// starts again from the start on the next: the lab's 260 MB root image takes about 2 s on a 1 Gb/s
+// link, less than a Range request would save once it checked (If-Range) that the next server
+// holds the same file.
 func (a *Agent) download(ctx context.Context, url, path string) (n int64, err error) {
 	err = a.fetch(ctx, url, nil, func(resp *http.Response) error {
 		if err := checkOK(url, resp); err != nil {

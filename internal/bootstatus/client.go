@@ -17,6 +17,11 @@ import (
 // is not safe for concurrent use.
 type Client struct {
 	URL string
+	// Mirrors are the same status path on the other boot servers. A POST that the current server
+	// (at first URL's) does not answer (no connection, a timeout) or answers with a 5xx goes to the
+	// next, in turn; the one that answers stays current for the POSTs that follow, so a dead
+	// server costs one failed POST, not one per report.
+	Mirrors []string
 	// HTTP is the client used; nil means http.DefaultClient.
 	HTTP *http.Client
 	// Now is the clock of the status-dropped events; nil means time.Now.
@@ -24,6 +29,7 @@ type Client struct {
 
 	dropped int    // events dropped since the last status-dropped report went through
 	reason  string // why the last of them were dropped
+	cur     int    // the current server: 0 is URL, i is Mirrors[i-1]
 }
 
 // Drop counts n events the caller dropped itself (e.g. from a full queue) for the next
@@ -116,9 +122,28 @@ func chunk(head, evs []Event) (body []byte, k int, err error) {
 	return append(body, ']'), k, nil
 }
 
-// post sends one body; it returns the status code and the first line of the server's answer.
-func (c *Client) post(ctx context.Context, body []byte) (int, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL, bytes.NewReader(body))
+// post sends one body to the current server, or, when that one does not answer or answers a 5xx,
+// to the next ones in turn; it returns the status code and the first line of the last answer. When
+// ctx ends on one server the next is not tried, but it is the current one for the next POST: a
+// server that holds connections open without answering costs one POST's time.
+func (c *Client) post(ctx context.Context, body []byte) (code int, msg string, err error) {
+	urls := append([]string{c.URL}, c.Mirrors...)
+	for range urls {
+		code, msg, err = c.postTo(ctx, urls[c.cur%len(urls)], body)
+		if err == nil && code/100 != 5 {
+			return code, msg, nil
+		}
+		c.cur = (c.cur + 1) % len(urls)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return code, msg, err
+}
+
+// postTo sends one body to url; it returns the status code and the first line of the server's answer.
+func (c *Client) postTo(ctx context.Context, url string, body []byte) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return 0, "", err
 	}

@@ -12,12 +12,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	neturl "net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -69,6 +66,8 @@ type Agent struct {
 	Storage Storage
 	// StateDir is where the disk's state partition is mounted (/run/pxejoin/state).
 	StateDir string
+	// Idle is how long a download from a boot server may go without a byte (0: IdleTimeout).
+	Idle time.Duration
 
 	cfg          *joinconfig.JoinConfiguration
 	nodeName     string
@@ -77,6 +76,7 @@ type Agent struct {
 	joinBody     []byte // the join file as fetched (kept on a control-plane node for the unit)
 	attempt      int
 	rootMounted  bool
+	server       int // the boot server downloads go to first: 0 is JoinURL's, i is Cmdline.Servers[i-1]
 }
 
 // Phase is one step of the sequence. On failure the sequence restarts at RetryFrom after a backoff.
@@ -398,106 +398,6 @@ func (a *Agent) switchRoot(ctx context.Context) (string, error) {
 		err = fmt.Errorf("switch_root returned")
 	}
 	return "", err
-}
-
-// get fetches a small document.
-func (a *Agent) get(ctx context.Context, url string, limit int64) ([]byte, error) {
-	resp, err := a.do(ctx, url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	return io.ReadAll(io.LimitReader(resp.Body, limit))
-}
-
-// do GETs url; when its boot server does not answer at all (it died), the same path on the
-// other boot servers (pxejoin.servers=) in turn. An answer, even an error status, is final: a
-// join file refused by one server is not asked of the next.
-func (a *Agent) do(ctx context.Context, url string) (*http.Response, error) {
-	var errs []error
-	for _, u := range a.Cmdline.Mirrors(url) {
-		resp, err := a.doOne(ctx, u)
-		var ue *neturl.Error
-		if err == nil || !errors.As(err, &ue) || ctx.Err() != nil {
-			return resp, err
-		}
-		errs = append(errs, err)
-	}
-	return nil, errors.Join(errs...)
-}
-
-func (a *Agent) doOne(ctx context.Context, url string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	hc := a.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		err := fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
-		if wait, ok := retryAfter(resp); ok {
-			return nil, &RetryAfterError{Wait: wait, Err: err}
-		}
-		return nil, err
-	}
-	return resp, nil
-}
-
-// MaxRetryAfter bounds the wait a server's Retry-After may ask for: a wrong or hostile header
-// cannot park the machine for longer.
-const MaxRetryAfter = time.Minute
-
-// RetryAfterError is a 503 or 429 answer with a Retry-After header: the phase is retried after Wait
-// instead of the agent's backoff.
-type RetryAfterError struct {
-	Wait time.Duration
-	Err  error
-}
-
-func (e *RetryAfterError) Error() string { return e.Err.Error() }
-func (e *RetryAfterError) Unwrap() error { return e.Err }
-
-// retryAfter reads a 503 or 429's Retry-After in seconds (RFC 9110 10.2.3), capped at
-// MaxRetryAfter. The HTTP-date form is ignored (the backoff applies): before its join, the
-// machine's clock is not to be trusted.
-func retryAfter(resp *http.Response) (time.Duration, bool) {
-	if resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusTooManyRequests {
-		return 0, false
-	}
-	s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After")))
-	if err != nil || s < 0 {
-		return 0, false
-	}
-	return min(time.Duration(s)*time.Second, MaxRetryAfter), true
-}
-
-// download writes url to path and returns its size.
-func (a *Agent) download(ctx context.Context, url, path string) (int64, error) {
-	resp, err := a.do(ctx, url)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return 0, err
-	}
-	n, err := io.Copy(f, resp.Body)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
-		err = fmt.Errorf("GET %s: %d of %d bytes", url, n, resp.ContentLength)
-	}
-	return n, err
 }
 
 // HasValidCredentials says whether root holds a kubelet.conf and a kubelet client certificate valid

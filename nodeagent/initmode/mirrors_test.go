@@ -38,11 +38,12 @@ func TestGetFromTheNextServer(t *testing.T) {
 	if err != nil || string(body) != "join file" {
 		t.Fatalf("from the next server: %q, %v", body, err)
 	}
-	a.Cmdline = Cmdline{JoinURL: alive.URL + "/join/refused", Servers: []string{second.URL}}
+	// Other machines (an Agent asks the server that last answered first).
+	a = &Agent{Cmdline: Cmdline{JoinURL: alive.URL + "/join/refused", Servers: []string{second.URL}}}
 	if _, err := a.get(context.Background(), a.Cmdline.JoinURL, 1<<10); err == nil || !strings.Contains(err.Error(), "409") {
 		t.Fatalf("refusal: %v", err)
 	}
-	a.Cmdline = Cmdline{JoinURL: dead + "/join/m"}
+	a = &Agent{Cmdline: Cmdline{JoinURL: dead + "/join/m"}}
 	if _, err := a.get(context.Background(), a.Cmdline.JoinURL, 1<<10); err == nil {
 		t.Fatal("no server alive, yet an answer")
 	}

@@ -162,7 +162,8 @@ type imageSource struct {
 }
 
 // cachedImage returns the root image kept on the disk, downloading it when the profile's image
-// URL changed or the server has a newer one (a conditional GET: If-None-Match, If-Modified-Since).
+// URL changed or the server has a newer one (a conditional GET: If-None-Match, If-Modified-Since),
+// from the next boot server when its own does not answer or breaks off (fetch).
 func (a *Agent) cachedImage(ctx context.Context) (path, detail string, err error) {
 	dir := filepath.Join(a.StateDir, "image")
 	img, srcFile := filepath.Join(dir, "root.squashfs"), filepath.Join(dir, "source.json")
@@ -173,59 +174,54 @@ func (a *Agent) cachedImage(ctx context.Context) (path, detail string, err error
 	if b, err := os.ReadFile(srcFile); err == nil {
 		_ = json.Unmarshal(b, &src)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.Cmdline.ImageURL, nil)
-	if err != nil {
-		return "", "", err
-	}
 	_, statErr := os.Stat(img)
 	cached := src.URL == a.Cmdline.ImageURL && statErr == nil
+	header := http.Header{}
 	if cached {
 		if src.ETag != "" {
-			req.Header.Set("If-None-Match", src.ETag)
+			header.Set("If-None-Match", src.ETag)
 		}
 		if src.LastModified != "" {
-			req.Header.Set("If-Modified-Since", src.LastModified)
+			header.Set("If-Modified-Since", src.LastModified)
 		}
 	}
-	hc := a.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", "", err
-	}
-	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusNotModified && cached:
-		return img, "kept on the disk, not modified since " + firstOf(src.LastModified, src.ETag), nil
-	case resp.StatusCode != http.StatusOK:
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return "", "", fmt.Errorf("GET %s: %s: %s", a.Cmdline.ImageURL, resp.Status, strings.TrimSpace(string(msg)))
-	}
 	tmp := img + ".download"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return "", "", err
-	}
 	defer os.Remove(tmp)
-	n, err := io.Copy(f, resp.Body)
-	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
-		err = fmt.Errorf("GET %s: %d of %d bytes", a.Cmdline.ImageURL, n, resp.ContentLength)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	var n int64
+	notModified := false
+	got := imageSource{URL: a.Cmdline.ImageURL}
+	err = a.fetch(ctx, a.Cmdline.ImageURL, header, func(resp *http.Response) error {
+		if resp.StatusCode == http.StatusNotModified && cached {
+			notModified = true
+			return nil
+		}
+		if err := checkOK(a.Cmdline.ImageURL, resp); err != nil {
+			return err
+		}
+		f, err := os.Create(tmp)
+		if err != nil {
+			return err
+		}
+		n, err = io.Copy(f, resp.Body)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		got.ETag, got.LastModified = resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")
+		return err
+	})
+	switch {
+	case err != nil:
 		return "", "", err
+	case notModified:
+		return img, "kept on the disk, not modified since " + firstOf(src.LastModified, src.ETag), nil
 	}
 	if err := os.Rename(tmp, img); err != nil {
 		return "", "", err
 	}
-	b, _ := json.Marshal(imageSource{URL: a.Cmdline.ImageURL, ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")})
+	b, _ := json.Marshal(got)
 	if err := os.WriteFile(srcFile, b, 0o644); err != nil {
 		return "", "", err
 	}

@@ -68,7 +68,7 @@ func Main(c Config) {
 	logf("loaded %d modules in %s", n, time.Since(start).Round(time.Millisecond))
 	waitEntropy(logf)
 
-	rep := &Reporter{URL: cl.StatusURL, Client: bootClient(10 * time.Second),
+	rep := &Reporter{URL: cl.StatusURL, Mirrors: cl.Mirrors(cl.StatusURL)[1:], Client: bootClient(10 * time.Second),
 		Log: func(ev bootstatus.Event) {
 			msg := ev.Phase + " " + ev.State
 			if ev.Detail != "" {

@@ -17,11 +17,16 @@ import (
 // Events wait in the queue while the network is not up or the boot server does not answer (e.g. it
 // restarts); Flush sends synchronously (before switch_root). A backlog goes out in POSTs within the
 // protocol's limits, and events the server refuses (4xx) are dropped and reported as such
-// (bootstatus.Client), so the queue always drains. Secrets registered with AddSecret never leave the
+// (bootstatus.Client), so the queue always drains. When the boot server dies, the reports go to
+// the next of the others (Mirrors). Secrets registered with AddSecret never leave the
 // machine.
 type Reporter struct {
-	URL    string
-	Client *http.Client
+	URL string
+	// Mirrors are URL's path on the other boot servers (pxejoin.servers=): reports go to the next
+	// of them when URL's server does not answer or answers a 5xx, and stay with the one that
+	// answers (bootstatus.Client.Mirrors).
+	Mirrors []string
+	Client  *http.Client
 	// Log, if set, sees every event (the console).
 	Log func(bootstatus.Event)
 	// RetryEvery is how often the sender retries a failed post while online (default 1 s).
@@ -160,7 +165,7 @@ func (r *Reporter) Flush(ctx context.Context) bool {
 	r.lost = 0
 	r.mu.Unlock()
 
-	r.client.URL, r.client.HTTP = r.URL, r.Client
+	r.client.URL, r.client.Mirrors, r.client.HTTP = r.URL, r.Mirrors, r.Client
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	n, err := r.client.Send(ctx, batch)

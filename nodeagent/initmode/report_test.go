@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,6 +91,86 @@ func TestReporterBacklog(t *testing.T) {
 				if e.Detail != fmt.Sprint(first+i) {
 					t.Fatalf("event %d is %q, want %d", i, e.Detail, first+i)
 				}
+			}
+		})
+	}
+}
+
+// TestReporterFallsBack: the boot server of pxejoin.status= is dead (nothing listens), fails (503)
+// or holds the POST without answering: the reports go to the next server of pxejoin.servers=, every
+// one, in order, and later reports go there straight away (the broken server sees one POST).
+func TestReporterFallsBack(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+	tests := []struct {
+		name  string
+		first func(w http.ResponseWriter, r *http.Request, release <-chan struct{}) // nil: dead
+	}{
+		{"connection refused", nil},
+		{"503", func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+			http.Error(w, "cannot store the events", http.StatusServiceUnavailable)
+		}},
+		// The Reporter's POST gives up after its 5 s; the next one goes to the next server.
+		{"no answer", func(w http.ResponseWriter, r *http.Request, release <-chan struct{}) { <-release }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			first := dead
+			var firstPosts atomic.Int32
+			if tc.first != nil {
+				release := make(chan struct{})
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					firstPosts.Add(1)
+					tc.first(w, r, release)
+				}))
+				defer srv.Close()
+				defer close(release)
+				first = srv.URL
+			}
+			var mu sync.Mutex
+			var got []string
+			next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/status/m" {
+					t.Errorf("status posted to %s, want /status/m", r.URL.Path)
+				}
+				var evs []bootstatus.Event
+				if err := json.NewDecoder(r.Body).Decode(&evs); err != nil {
+					t.Errorf("status body: %v", err)
+				}
+				mu.Lock()
+				for _, e := range evs {
+					got = append(got, e.Detail)
+				}
+				mu.Unlock()
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			defer next.Close()
+
+			cl := Cmdline{JoinURL: first + "/join/m", Servers: []string{next.URL}}
+			r := &Reporter{URL: first + "/status/m", Mirrors: cl.Mirrors(first + "/status/m")[1:], RetryEvery: 10 * time.Millisecond}
+			r.SetOnline(true)
+			var want []string
+			for batch := range 3 {
+				for i := range 5 {
+					d := fmt.Sprintf("event %d.%d", batch, i)
+					want = append(want, d)
+					r.Report(context.Background(), bootstatus.Event{Phase: bootstatus.PhaseNetwork, State: bootstatus.StateStart, Detail: d})
+				}
+				if !r.Drain(context.Background(), time.Minute) {
+					t.Fatalf("batch %d: %d events not delivered", batch, r.Pending())
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("the next server got %v\nwant %v", got, want)
+			}
+			if tc.first != nil && firstPosts.Load() != 1 {
+				t.Errorf("the broken server saw %d POSTs, want 1", firstPosts.Load())
 			}
 		})
 	}

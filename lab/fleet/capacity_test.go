@@ -93,7 +93,8 @@ func TestHAResultString(t *testing.T) {
 		ServerCPU: []time.Duration{2 * time.Second}, Idle: 5 * time.Millisecond, ClientCPU: time.Second, Busy: 5400 * time.Millisecond, Cores: 2}
 	two := &Capacity{Machines: 6000, InFlight: 32, Elapsed: 4 * time.Second, P50: 20 * time.Millisecond, P99: 90 * time.Millisecond, Retransmits: 3, ClientDrops: 2,
 		ServerCPU: []time.Duration{1500 * time.Millisecond, 1500 * time.Millisecond}, Idle: 20 * time.Millisecond, ClientCPU: time.Second, Busy: 8 * time.Second, Cores: 2}
-	r := &HAResult{N: 1000, Known: 500, One: HASetup{Capacity: one, Burst: 3100 * time.Millisecond},
+	oneHA := &Capacity{Machines: 6000, InFlight: 32, Elapsed: 3 * time.Second, ServerCPU: []time.Duration{2400 * time.Millisecond}, Cores: 2}
+	r := &HAResult{N: 1000, Known: 500, One: HASetup{Capacity: one, Burst: 3100 * time.Millisecond}, OneHA: HASetup{Capacity: oneHA, Burst: time.Second},
 		Two: HASetup{Capacity: two, Burst: 1300 * time.Millisecond, Failed: 4}, KillFailed: 40, Adopted: 8500 * time.Millisecond, Limit: 9 * time.Second}
 	got := r.String()
 	for _, want := range []string{
@@ -103,8 +104,10 @@ func TestHAResultString(t *testing.T) {
 		"1500 DORA/s, DORA p50 20ms, p99 90ms, 3 exchanges retransmitted (datagrams dropped for a full socket buffer: 2 by the client, 0 by the servers) (not a capacity figure: lower -inflight)",
 		"server CPU 3.00 s (1.50 + 1.50): 2000 DORA per server CPU-second",
 		"burst: 996 of 1000 leased in 1.3 s, 4 without a lease",
-		"two servers / one: capacity 0.75×, DORA per server CPU-second 0.67× (target ≥ 0.9×",
-		"3000 DORA per CPU-second with one server, 2000 with two",
+		"one server with dhcp.ha (shards, their Leases and mirror):\n    capacity: 6000 machines, 32 in flight: 2000 DORA/s",
+		"sharding alone (one server with dhcp.ha / without): capacity 1.00×, DORA per server CPU-second 0.83× (target ≥ 0.9×",
+		"two servers / one, on the same 2 cores: capacity 0.75×, DORA per server CPU-second 0.67× (target ≥ 0.9×",
+		"3000 DORA per CPU-second with one server, 2500 with one with dhcp.ha, 2000 with two",
 		"survivor held every shard 8.5s after the kill (target ≤ lease duration + MCLT = 9s)",
 		"40 after the burst, 0 after booting again",
 	} {

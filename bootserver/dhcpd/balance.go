@@ -7,16 +7,20 @@ import (
 	"github.com/pxejoin/pxejoin/internal/hwaddr"
 )
 
-// Several servers on one segment (Config.Shards) all receive every broadcast DISCOVER. Answering
-// each from every server would cost each server the work of the whole segment (an offer, a held
-// address and often a probe per server per DISCOVER, of which the client takes one). So each
-// DISCOVER has one server that answers it at once, as in
-// RFC 3074's load balancing (what ISC dhcpd's failover and Kea's HA load-balancing mode do): the
-// RFC's hash of the client's hardware address, modulo the number of live servers, picks one of them
-// in the sorted order every server sees (Shards.Share). The others stay silent (drop reason
-// "peer_share") unless the machine is still DISCOVERing TakeoverAfter after they first left it to
-// its server: that server may be dead, cut off, without a shard yet, or slow, and the machine must
-// not wait for the presence Lease to expire.
+// Several servers on one segment (Config.Shards) all receive every broadcast DISCOVER. Answered by
+// every server, each DISCOVER would cost one offer per server, of which the client takes one: an
+// address held (and often probed) per server, and, for an inventory machine, a bootstrap token
+// minted ahead per server (bootserver/server's onDHCP) and a first-boot claim tried per server. So
+// each DISCOVER has one server that answers it at once, as in RFC 3074's load balancing (what ISC
+// dhcpd's failover and Kea's HA load-balancing mode do): the RFC's hash of the client's hardware
+// address, modulo the number of live servers, picks one of them in the sorted order every server
+// sees (Shards.Share). The others stay silent (drop reason "peer_share") unless the machine is
+// still DISCOVERing TakeoverAfter after they first left it to its server: that server may be dead,
+// cut off, without a shard yet, or slow, and the machine must not wait for the presence Lease to
+// expire. The price: while a dead server still counts as live, its machines wait TakeoverAfter
+// (and their next retransmission) for an answer. CPU is not what it saves: an offer costs no disk
+// write, and on the 2-core bench machine two servers' DORA per CPU-second was the same with and
+// without it (README, "Several boot servers").
 //
 // Deviations, with the reason:
 //   - The hash is over chaddr even when the client sends a client identifier (option 61, which RFC

@@ -14,8 +14,8 @@
 // expire and is no longer live. The standby has watched the Lease all along, so a dead server's
 // shards are adopted LeaseDuration after its last renewal, not LeaseDuration after its presence
 // expired (client-go counts a Lease expired from the moment its candidate first saw it unchanged:
-// a candidate started only once the presence expired needed 8.2–9.2 s with test timings of 4 s,
-// where the target is LeaseDuration + MCLT = 9 s). A server gives back, cleanly, any shard it holds
+// a candidate started only once the presence expired needed 8.2–9.4 s with the bench's 4 s
+// Leases, where the target is LeaseDuration + MCLT = 9 s; standbys need 4.6–5.2 s). A server gives back, cleanly, any shard it holds
 // whose home is another live server: it stops allocating, writes the shard's bindings to the API,
 // then releases the Lease, and the home server takes it at once.
 //

@@ -224,6 +224,25 @@ func TestRestartedServerWritesNothing(t *testing.T) {
 	}
 }
 
+// TestOwnClaimsNoConflict: one server claiming for many machines never asks the API for an address
+// it claimed itself (the machines' hashed starts collide with its own claims).
+func TestOwnClaimsNoConflict(t *testing.T) {
+	e := setup(t)
+	names := e.machines(t, "own", 30)
+	c, _ := e.claimer(t, "a", "10.77.9.1", "10.77.9.40", false)
+	for _, name := range names {
+		if _, err := c.Claim(context.Background(), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testutil.ToFloat64(c.decisions.WithLabelValues(DecisionConflict)); n != 0 {
+		t.Errorf("%v conflicts with this server's own claims, want 0", n)
+	}
+	if n := testutil.ToFloat64(c.decisions.WithLabelValues(DecisionClaimed)); n != 30 {
+		t.Errorf("%v claimed, want 30", n)
+	}
+}
+
 // TestConflictAndDeletion: an address another machine holds is skipped; a claim goes with its
 // Machine (kube-controller-manager's garbage collector, through the ownerReference), and the
 // address is claimed again afterwards.
